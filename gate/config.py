@@ -1,0 +1,84 @@
+"""Settings: built-in defaults, then a TOML file named by GATE_CONFIG, then GATE_* environment variables.
+
+This is the one place configuration is read; every setting is documented in the README's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from gate.errors import GateError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    """Bounds on what intake will read; far below safetensors' own (100 MB header) so a hostile file stays cheap."""
+
+    max_file_bytes: int = 4096 * MiB
+    max_header_bytes: int = 16 * MiB
+    max_metadata_bytes: int = 8 * MiB
+    max_tensors: int = 50_000
+    max_dims: int = 8
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gate can be told; defaults run a single machine on the embedded fixture world."""
+
+    data_dir: Path = REPO_ROOT / "var"
+    world_dir: Path = REPO_ROOT / "fixtures" / "world"
+    intake: IntakeLimits = field(default_factory=IntakeLimits)
+
+
+class ConfigError(GateError):
+    code = "config_invalid"
+
+
+def _coerce(value: str | int, kind: type) -> object:
+    if kind is Path or kind == "Path":
+        return Path(value).expanduser()
+    if kind is int or kind == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"expected an integer, got {value!r}") from None
+    return value
+
+
+def _apply(obj, values: dict, env_prefix: str):
+    """Return obj with values from a mapping (the TOML file) and then from GATE_* variables applied."""
+    changes = {}
+    for f in fields(obj):
+        current = getattr(obj, f.name)
+        env_name = f"{env_prefix}{f.name.upper()}"
+        if dataclasses.is_dataclass(current):
+            changes[f.name] = _apply(current, values.get(f.name, {}), f"{env_name}_")
+            continue
+        if f.name in values:
+            changes[f.name] = _coerce(values[f.name], f.type)
+        if env_name in os.environ:
+            changes[f.name] = _coerce(os.environ[env_name], f.type)
+    return dataclasses.replace(obj, **changes)
+
+
+def load_settings(overrides: dict | None = None) -> Settings:
+    """Load settings: defaults, then the GATE_CONFIG file, then GATE_* variables, then `overrides` (tests)."""
+    file_values: dict = {}
+    config_path = os.environ.get("GATE_CONFIG")
+    if config_path:
+        try:
+            file_values = tomllib.loads(Path(config_path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read GATE_CONFIG={config_path}: {exc}") from None
+    settings = _apply(Settings(), file_values, "GATE_")
+    if overrides:
+        settings = _apply(settings, overrides, "\0")  # no env variable has a NUL name
+    return settings

@@ -1,0 +1,264 @@
+"""Recognise a LoRA's layout from its tensor names and shapes: format, modules, ranks, components."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from math import prod
+
+from gate.errors import IntakeError, Refusal
+from gate.intake.header import FLOAT_DTYPES, Header, TensorInfo
+
+# kohya sd-scripts and LyCORIS name modules with underscores under a prefix naming the component.
+_KOHYA_PREFIXES = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+    "lora_te3_": "text_encoder_3",
+    "lycoris_": "unet",
+}
+_KOHYA_ROLES = {
+    "lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha",
+    "dora_scale": "dora_scale",
+    "hada_w1_a": "w1_a", "hada_w1_b": "w1_b", "hada_w2_a": "w2_a", "hada_w2_b": "w2_b",
+    "hada_t1": "t1", "hada_t2": "t2",
+    "lokr_w1": "w1", "lokr_w1_a": "w1_a", "lokr_w1_b": "w1_b",
+    "lokr_w2": "w2", "lokr_w2_a": "w2_a", "lokr_w2_b": "w2_b", "lokr_t2": "t2",
+}
+# diffusers/peft name modules by their dotted path; the first segment usually names the component.
+_PEFT_ROLES = {
+    "lora_A.weight": "down", "lora_B.weight": "up", "lora_A.bias": "down_bias", "lora_B.bias": "up_bias",
+    "lora_magnitude_vector": "dora_scale", "lora_magnitude_vector.weight": "dora_scale", "alpha": "alpha",
+}
+_LEGACY_ROLES = {"lora.down.weight": "down", "lora.up.weight": "up", "lora.alpha": "alpha"}
+# diffusers <0.21 attention processors: "<attention>.processor.to_k_lora.down.weight".
+_PROCESSOR_RE = re.compile(
+    r"^(?P<module>.+)\.processor\.(?P<proj>to_(?:q|k|v|out))_lora\.(?P<role>down|up)\.weight$"
+)
+_COMPONENTS = ("unet", "text_encoder_2", "text_encoder_3", "text_encoder", "transformer", "prior")
+_EXTRA_PREFIXES = ("base_model.model.", "diffusion_model.", "model.diffusion_model.")
+
+REQUIRED = {
+    "lora": ({"down", "up"},),
+    "loha": ({"w1_a", "w1_b", "w2_a", "w2_b"},),
+    "lokr": ({"w1", "w2"}, {"w1_a", "w1_b", "w2"}, {"w1", "w2_a", "w2_b"}, {"w1_a", "w1_b", "w2_a", "w2_b"}),
+}
+
+
+@dataclass
+class Module:
+    """One adapted layer: its weights by role, and the shape of the change it makes."""
+
+    name: str  # normalised: component-relative path with '_' for '.'
+    component: str
+    kind: str  # lora, loha, lokr
+    format: str  # kohya, diffusers, diffusers_legacy, loha, lokr
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    rank: int | None = None
+    in_features: int | None = None
+    out_features: int | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the file is as a LoRA."""
+
+    format: str
+    formats: dict[str, int]
+    modules: tuple[Module, ...]
+    rank: int | None
+    ranks: dict[int, int]
+    components: dict[str, int]
+    dora: bool
+    extra_tensors: tuple[str, ...]
+
+    def find(self, *fragments: str) -> list[Module]:
+        """Modules whose normalised name contains every fragment."""
+        return [m for m in self.modules if all(f in m.name for f in fragments)]
+
+
+def _split_kohya(name: str) -> tuple[str, str, str] | None:
+    for prefix, component in _KOHYA_PREFIXES.items():
+        if name.startswith(prefix):
+            module, _, suffix = name[len(prefix):].partition(".")
+            role = _KOHYA_ROLES.get(suffix)
+            if role and module:
+                return component, module, role
+    return None
+
+
+_UNET_MARKERS = ("down_blocks", "up_blocks", "mid_block", "input_blocks", "output_blocks", "middle_block")
+
+
+def _component_path(path: str) -> tuple[str, str]:
+    """Split a dotted module path into (component, normalised module name)."""
+    for prefix in _EXTRA_PREFIXES:
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+            break
+    head, _, rest = path.partition(".")
+    if head in _COMPONENTS and rest:
+        return head, rest.replace(".", "_")
+    if "text_model" in path:
+        component = "text_encoder"
+    elif any(marker in path for marker in _UNET_MARKERS):
+        component = "unet"
+    else:
+        component = "transformer"
+    return component, path.replace(".", "_")
+
+
+def _classify(name: str) -> tuple[str, str, str, str] | None:
+    """(format, component, module, role) for a LoRA tensor name, or None for anything else."""
+    kohya = _split_kohya(name)
+    if kohya:
+        fmt = "loha" if ".hada_" in name else "lokr" if ".lokr_" in name else "kohya"
+        return (fmt, *kohya)
+    processor = _PROCESSOR_RE.match(name)
+    if processor:
+        return ("diffusers_legacy", *_component_path(f"{processor['module']}.{processor['proj']}"),
+                processor["role"])
+    for fmt, roles in (("diffusers_legacy", _LEGACY_ROLES), ("diffusers", _PEFT_ROLES)):
+        for suffix, role in roles.items():
+            if name.endswith("." + suffix):
+                return (fmt, *_component_path(name[: -len(suffix) - 1]), role)
+    return None
+
+
+def read_layout(header: Header) -> Layout:
+    """Group tensors into modules and check that each module is complete and consistent."""
+    modules: dict[tuple[str, str], Module] = {}
+    extra: list[TensorInfo] = []
+    for tensor in header.tensors:
+        found = _classify(tensor.name)
+        if found is None:
+            extra.append(tensor)
+            continue
+        fmt, component, name, role = found
+        kind = fmt if fmt in ("loha", "lokr") else "lora"
+        module = modules.setdefault((component, name), Module(name, component, kind, fmt))
+        if kind != "lora":  # LyCORIS modules also carry alpha/dora_scale, named like kohya's
+            module.kind, module.format = kind, fmt
+        module.tensors[role] = tensor
+    # A dotted name ending in ".alpha" alone is not evidence of a LoRA; kohya's prefix is.
+    for key, module in list(modules.items()):
+        if module.format != "kohya" and set(module.tensors) <= {"alpha", "dora_scale"}:
+            extra.extend(modules.pop(key).tensors.values())
+
+    lora_bytes = sum(t.nbytes for m in modules.values() for t in m.tensors.values())
+    extra_bytes = sum(t.nbytes for t in extra)
+    if not modules:
+        sample = ", ".join(repr(t.name) for t in header.tensors[:3])
+        raise IntakeError(
+            Refusal.NOT_A_LORA,
+            f"no LoRA tensors (kohya lora_down/lora_up, diffusers lora_A/lora_B, LyCORIS hada_/lokr_); "
+            f"found names like {sample}",
+        )
+    if extra_bytes > lora_bytes:
+        raise IntakeError(
+            Refusal.NOT_A_LORA,
+            f"{len(extra)} tensors ({extra_bytes} bytes) are not LoRA weights, more than the LoRA part "
+            f"({lora_bytes} bytes): this looks like a full checkpoint",
+        )
+    for module in modules.values():
+        _check_module(module)
+
+    ordered = tuple(modules.values())
+    ranks = Counter(m.rank for m in ordered if m.rank is not None)
+    formats = Counter(m.format for m in ordered)
+    components = Counter(m.component for m in ordered)
+    return Layout(
+        format=formats.most_common(1)[0][0],
+        formats=dict(formats),
+        modules=ordered,
+        rank=ranks.most_common(1)[0][0] if ranks else None,
+        ranks=dict(sorted(ranks.items())),
+        components=dict(components),
+        dora=any("dora_scale" in m.tensors for m in ordered),
+        extra_tensors=tuple(t.name for t in extra),
+    )
+
+
+def _refuse_shape(module: Module, what: str) -> None:
+    raise IntakeError(Refusal.LORA_SHAPE_INVALID, f"module {module.component}.{module.name}: {what}")
+
+
+def _check_module(module: Module) -> None:
+    roles = set(module.tensors)
+    if not any(required <= roles for required in REQUIRED[module.kind]):
+        missing = sorted(min(REQUIRED[module.kind], key=lambda r: len(r - roles)) - roles)
+        raise IntakeError(
+            Refusal.LORA_PAIR_INCOMPLETE,
+            f"module {module.component}.{module.name} ({module.format}) lacks {', '.join(missing)}",
+        )
+    for role, tensor in module.tensors.items():
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise IntakeError(
+                Refusal.LORA_DTYPE_INVALID,
+                f"{tensor.name} is {tensor.dtype}; LoRA weights must be floating point",
+            )
+        if role == "alpha" and prod(tensor.shape) != 1:
+            _refuse_shape(module, f"alpha must be a scalar, not {list(tensor.shape)}")
+    {"lora": _check_lora, "loha": _check_loha, "lokr": _check_lokr}[module.kind](module)
+
+
+def _matrix(module: Module, role: str) -> tuple[int, ...]:
+    shape = module.tensors[role].shape
+    if len(shape) not in (2, 3, 4) or 0 in shape:
+        _refuse_shape(module, f"{role} has shape {list(shape)}; expected a non-empty 2-D or conv weight")
+    return shape
+
+
+def _check_lora(module: Module) -> None:
+    down, up = _matrix(module, "down"), _matrix(module, "up")
+    rank = down[0]
+    if up[1] != rank:
+        raise IntakeError(
+            Refusal.RANK_MISMATCH,
+            f"module {module.component}.{module.name}: down has rank {rank} but up expects {up[1]}",
+        )
+    if "mid" in module.tensors:
+        mid = _matrix(module, "mid")
+        if mid[0] != rank or mid[1] != rank:
+            raise IntakeError(
+                Refusal.RANK_MISMATCH,
+                f"module {module.component}.{module.name}: mid is {list(mid)} for rank {rank}",
+            )
+    module.rank, module.in_features, module.out_features = rank, prod(down[1:]), up[0]
+
+
+def _check_pair(module: Module, a: str, b: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    left, right = _matrix(module, a), _matrix(module, b)
+    if left[1] != right[0]:
+        raise IntakeError(
+            Refusal.RANK_MISMATCH,
+            f"module {module.component}.{module.name}: {a} {list(left)} does not chain with {b} {list(right)}",
+        )
+    return left, right
+
+
+def _check_loha(module: Module) -> None:
+    w1_a, w1_b = _check_pair(module, "w1_a", "w1_b")
+    w2_a, w2_b = _check_pair(module, "w2_a", "w2_b")
+    if w1_a[0] != w2_a[0]:
+        _refuse_shape(module, f"the two Hadamard factors have different outputs {w1_a[0]} and {w2_a[0]}")
+    module.rank, module.out_features, module.in_features = w1_b[0], w1_a[0], prod(w1_b[1:])
+
+
+def _lokr_factor(module: Module, index: str) -> tuple[int, int]:
+    if f"w{index}" in module.tensors:
+        shape = _matrix(module, f"w{index}")
+        return shape[0], prod(shape[1:])
+    left, right = _check_pair(module, f"w{index}_a", f"w{index}_b")
+    if module.rank is None:
+        module.rank = right[0]
+    return left[0], prod(right[1:])
+
+
+def _check_lokr(module: Module) -> None:
+    out1, in1 = _lokr_factor(module, "1")
+    out2, in2 = _lokr_factor(module, "2")
+    module.out_features, module.in_features = out1 * out2, in1 * in2
+

@@ -1,0 +1,62 @@
+"""The real `gate` command, in a fresh process: exit codes, output, and what it never does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import run_gate
+
+
+def test_inspect_json_for_an_accepted_lora(corpus_dir, gate_cli):
+    done = gate_cli("inspect", "--json", str(corpus_dir / "sdxl_kohya.safetensors"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] is True
+    assert (result["format"], result["base_family"], result["rank"]) == ("kohya", "sdxl", 4)
+    assert set(result) >= {"ok", "format", "base_family", "rank", "tensor_hash", "file_sha256", "metadata"}
+
+
+def test_inspect_refusal_exits_3_with_a_code_and_no_traceback(corpus_dir, gate_cli):
+    done = gate_cli("inspect", "--json", str(corpus_dir / "pickle_disguised.safetensors"))
+    assert done.returncode == 3
+    assert json.loads(done.stdout)["error"]["code"] == "format_pickle"
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "pwned" not in done.stdout  # the payload's print never ran
+
+
+def test_inspect_readable_summary(corpus_dir, gate_cli):
+    done = gate_cli("inspect", str(corpus_dir / "sd15_claims_sdxl.safetensors"),
+                    str(corpus_dir / "trailing_bytes.safetensors"))
+    assert done.returncode == 3
+    assert "accepted" in done.stdout and "kohya LoRA for sd15" in done.stdout
+    assert "claims sdxl" in done.stdout
+    assert "refused   trailing_bytes" in done.stdout
+
+
+def test_usage_errors_exit_2(gate_cli, tmp_path):
+    assert gate_cli("inspect").returncode == 2
+    assert gate_cli("inspect", str(tmp_path / "missing.safetensors")).returncode == 2
+    assert gate_cli("no-such-command").returncode == 2
+
+
+def test_whole_corpus_never_unpickles_and_never_imports_torch(corpus_dir, corpus):
+    script = (
+        "import pickle, sys\n"
+        "def refuse(*a, **k): raise AssertionError('something tried to unpickle')\n"
+        "pickle.loads = pickle.load = refuse\n"
+        "pickle.Unpickler = pickle._Unpickler = refuse\n"
+        "from gate.intake import inspect_file\n"
+        f"for name in {[c['file'] for c in corpus]!r}:\n"
+        f"    inspect_file({str(corpus_dir)!r} + '/' + name)\n"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'heavy import'\n"
+        "print('clean')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "clean", done.stderr
+
+
+def test_python_dash_m_gate_works():
+    done = run_gate("--help")
+    assert done.returncode == 0 and "inspect" in done.stdout
