@@ -59,7 +59,7 @@ def _has_non_finite(dtype: str, data: memoryview, scratch: np.ndarray) -> bool:
         return False
     unsigned, mask, threshold = spec
     bits = np.frombuffer(data, dtype=unsigned)
-    masked = np.bitwise_and(bits, mask, out=scratch.view(unsigned)[: bits.size])
+    masked = np.bitwise_and(bits, mask, out=scratch[: data.nbytes].view(unsigned))
     return bool(masked.size) and int(masked.max()) >= threshold
 
 
@@ -86,8 +86,10 @@ def fingerprint(path: str, stream: BinaryIO, header: Header) -> Fingerprints:
     """Read every tensor once in file order (stream is positioned anywhere); memory stays at two chunks."""
     file_digest = _FileDigest(path)
     file_digest.start()
-    buffer = bytearray(CHUNK_BYTES)
-    scratch = np.empty(CHUNK_BYTES, dtype=np.uint8)
+    # Buffers no larger than the largest tensor: small files (most hostile ones) cost kilobytes, not megabytes.
+    chunk = min(CHUNK_BYTES, max(t.nbytes for t in header.tensors) + 8)
+    buffer = bytearray(chunk)
+    scratch = np.empty(chunk, dtype=np.uint8)
     per_tensor = {}
     try:
         stream.seek(header.data_start)

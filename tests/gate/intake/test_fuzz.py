@@ -5,23 +5,14 @@ from __future__ import annotations
 import random
 import tracemalloc
 
-import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import save
 
-from fixtures.intake_corpus import kohya_metadata, lora_tensors, lycoris_tensors
-from fixtures.mutations import mutate
+from fixtures.mutations import mutate, seed_files
 from gate.errors import Refusal
 from gate.intake import inspect_file
 
-SEEDS = [
-    save(lora_tensors("sd15", "kohya", rank=1), metadata=kohya_metadata("sd15", "seed", rank=1)),
-    save(lora_tensors("sdxl", "diffusers", rank=1)),
-    save(lycoris_tensors("loha", "sd15", rank=1)),
-    save({"lora_unet_a_attn2_to_k.lora_down.weight": np.ones((2, 768), np.float32),
-          "lora_unet_a_attn2_to_k.lora_up.weight": np.ones((320, 2), np.float32)}),
-]
+SEEDS = seed_files()
 CODES = {str(code) for code in Refusal}
 
 

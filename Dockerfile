@@ -1,0 +1,36 @@
+# LoRA Gate: one image for the web gate and the GPU worker (`gate serve`, `gate worker --gpu`).
+# Build: docker build -t lora-gate .
+# Run:   docker run --gpus all -v /srv/gate:/data -v /srv/models:/models:ro lora-gate inspect /data/x.safetensors
+#
+# The base pins CUDA and PyTorch together; torch 2.5.1 satisfies the project's range (>=2.4,<2.15), so
+# `pip install .` keeps it and installs no other torch.
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    # Models load from local directories only; nothing is fetched from a hub at run time.
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    GATE_DATA_DIR=/data \
+    GATE_WORLD_DIR=/app/fixtures/world
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin gate \
+ && mkdir -p /data && chown gate:gate /data
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gate ./gate
+COPY probes ./probes
+# The fixture world (tiny base model, embedder, characters, LoRAs) is the embedded default configuration.
+COPY fixtures ./fixtures
+RUN pip install . \
+ && python -c "import torch, gate.intake; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+USER gate
+VOLUME ["/data"]
+EXPOSE 8000
+ENTRYPOINT ["gate"]
+CMD ["--help"]
