@@ -11,10 +11,54 @@ import click
 EXIT_REFUSED = 3
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class GateGroup(click.Group):
+    """Converts the library's typed errors into CLI messages at the edge: no tracebacks for expected failures."""
+
+    def invoke(self, ctx: click.Context):
+        from gate.errors import GateError
+
+        try:
+            return super().invoke(ctx)
+        except GateError as exc:
+            raise click.ClickException(f"{exc.code}: {exc.message}") from None
+
+
+@click.group(cls=GateGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lora-gate")
 def main() -> None:
     """LoRA Gate: Content ID for LoRAs. Inspect, scan and gate LoRA uploads."""
+
+
+def _settings():
+    from gate.config import load_settings
+
+    return load_settings()
+
+
+def _record(settings):
+    """The record, with the embedded default's registry seeded from the fixture world when empty."""
+    from gate.db import open_db
+    from gate.world import World, WorldMissing, seed_registry
+
+    db = open_db(settings.db_path)
+    if settings.base_model_dir is None:
+        try:
+            seed_registry(db, World.load(settings.world_dir), settings.references_dir)
+        except WorldMissing:
+            pass
+    return db
+
+
+def _scanner(settings, db, echo=None):
+    """Load the probe engine (base model, embedder) once; the slow part of a scan's start."""
+    from gate.scan import Scanner
+    from probes.engine import ProbeEngine
+    from probes.probe_set import load_probe_set
+
+    if echo:
+        echo(f"loading base model {settings.base_model} and embedder {settings.embedder} ...")
+    engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device)
+    return Scanner(settings, db, engine)
 
 
 def _summary(result: dict) -> str:
@@ -67,3 +111,178 @@ def inspect(paths: tuple[str, ...], as_json: bool) -> None:
         refused |= not result["ok"]
         click.echo(json.dumps(result, ensure_ascii=False) if as_json else _summary(result))
     sys.exit(EXIT_REFUSED if refused else 0)
+
+
+def _print_scan(result, characters) -> None:
+    verdict = result.verdict or "refused"
+    colour = {"allow": "green", "quarantine": "yellow", "block": "red"}.get(verdict, "red")
+    click.echo(f"{click.style(result.path, bold=True)}: {click.style(verdict.upper(), fg=colour, bold=True)}")
+    if not result.inspection.ok:
+        click.echo(f"  {result.inspection.error.code}: {result.inspection.error.message}")
+        return
+    for reason in result.decision.reasons:
+        click.echo(f"  - {reason.message}")
+    if not result.decision.reasons:
+        click.echo("  - no registered character in any probe render, no metadata hit")
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    click.echo(f"  probe set {result.probe_set or 'none'}; {timings}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file (JSON Lines).")
+@click.option("--evidence", type=click.Path(file_okay=False), help="Write a contact sheet and HTML page here.")
+def scan(paths: tuple[str, ...], as_json: bool, evidence: str | None) -> None:
+    """Scan LoRA files: intake, name screening, probe renders, matching, verdict with reasons.
+
+    Exit status 0 whatever the verdict, 3 when intake refused any file.
+
+    Example: gate scan --evidence out/ my_lora.safetensors
+    """
+    from pathlib import Path
+
+    settings = _settings()
+    db = _record(settings)
+    scanner = _scanner(settings, db, None if as_json else click.echo)
+    refused = False
+    for path in paths:
+        if as_json:
+            result = scanner.scan(path)
+        else:
+            with click.progressbar(length=5, label=Path(path).name, show_eta=False) as bar:
+                result = scanner.scan(path, progress=lambda stage: bar.update(1))
+        refused |= not result.inspection.ok
+        if evidence and result.decision:
+            from gate.evidence import write_evidence
+
+            target = Path(evidence) / Path(path).stem if len(paths) > 1 else Path(evidence)
+            write_evidence(result, scanner.characters, target)
+        if as_json:
+            click.echo(json.dumps(result.to_dict(scanner.characters), ensure_ascii=False))
+        else:
+            _print_scan(result, scanner.characters)
+    sys.exit(EXIT_REFUSED if refused else 0)
+
+
+@main.command()
+@click.argument("negatives", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write (default: DATA_DIR/calibration.json).")
+def calibrate(negatives: tuple[str, ...], out: str | None) -> None:
+    """Fit matching thresholds from negatives: base renders and known-clean LoRAs.
+
+    With no NEGATIVES, the embedded default uses the fixture world's clean LoRAs (styles, concepts,
+    original characters), and leaves held-back characters out of the registry it calibrates against.
+
+    Example: gate calibrate clean/*.safetensors
+    """
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from gate.calibration import calibrate as fit
+    from gate.calibration import negative_subjects
+    from gate.world import World
+
+    settings = _settings()
+    db = _record(settings)
+    scanner = _scanner(settings, db, click.echo)
+    excluded: set[str] = set()
+    paths = [Path(p) for p in negatives]
+    if not paths:
+        world = World.load(settings.world_dir)
+        paths = [world.path(lora["path"]) for lora in world.loras("style", "concept", "original")]
+        excluded = world.held_back()
+    references = scanner.references.without(excluded)
+    subjects = negative_subjects(scanner, paths, references, progress=click.echo)
+    thresholds = fit(subjects)
+    target = Path(out) if out else settings.data_dir / "calibration.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({
+        "thresholds": thresholds.to_dict(), "probe_set": scanner.engine.probe_set.id,
+        "embedder": scanner.engine.embedder_id, "negatives": [p.name for p in paths],
+        "characters": list(references.character_ids), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }, indent=2, ensure_ascii=False))
+    click.echo(json.dumps(thresholds.to_dict(), indent=2))
+    click.echo(f"wrote {target}")
+
+
+@main.group()
+def characters() -> None:
+    """The registry of characters rights holders protect."""
+
+
+@characters.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--all", "include_retired", is_flag=True, help="Include retired characters.")
+def characters_list(as_json: bool, include_retired: bool) -> None:
+    """List registered characters.
+
+    Example: gate characters list --json
+    """
+    from gate.registry import list_characters
+
+    found = list_characters(_record(_settings()), include_retired)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in found], ensure_ascii=False, indent=1))
+        return
+    for c in found:
+        click.echo(f"{c.id:<16} {c.name:<22} {c.policy:<10} {c.references:>3} refs  {c.rights_holder}"
+                   f"{'' if c.status == 'active' else '  (retired)'}")
+
+
+@characters.command("show")
+@click.argument("character_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def characters_show(character_id: str, as_json: bool) -> None:
+    """Show one character.
+
+    Example: gate characters show ultraman
+    """
+    from gate.registry import get_character
+
+    character = get_character(_record(_settings()), character_id)
+    if as_json:
+        click.echo(json.dumps(character.to_dict(), ensure_ascii=False, indent=1))
+        return
+    for key, value in character.to_dict().items():
+        click.echo(f"{key:<14} {', '.join(value) if isinstance(value, list) else value}")
+
+
+@characters.command("add")
+@click.argument("name")
+@click.option("--rights-holder", required=True, help="Who owns the character.")
+@click.option("--policy", type=click.Choice(["block", "quarantine"]), default="quarantine", show_default=True,
+              help="What a clear match does.")
+@click.option("--alias", "aliases", multiple=True, help="Another name, in any script (repeatable).")
+@click.option("--ref", "references", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A reference image, PNG/JPEG/WebP (repeatable).")
+@click.option("--id", "character_id", help="Stable id (default: from the name).")
+@click.option("--description", default="", help="A sentence about the design.")
+def characters_add(name, rights_holder, policy, aliases, references, character_id, description) -> None:
+    """Register a character with reference images; they are validated and embedded on arrival.
+
+    Example: gate characters add Ultraman --rights-holder Tsuburaya --policy block --alias 奥特曼 --ref ref1.png
+    """
+    from gate.registry import add_character
+
+    settings = _settings()
+    db = _record(settings)
+    scanner = _scanner(settings, db)
+    character = add_character(
+        db, settings.references_dir, name=name, rights_holder=rights_holder, policy=policy, references=references,
+        aliases=aliases, description=description, character_id=character_id, embed=scanner.engine.embed,
+        embedder_id=scanner.engine.embedder_id,
+    )
+    click.echo(f"registered {character.id}: {character.name} ({character.references} references, {policy})")
+
+
+@characters.command("retire")
+@click.argument("character_id")
+def characters_retire(character_id: str) -> None:
+    """Retire a character: it is no longer matched; its record stays.
+
+    Example: gate characters retire ultraman
+    """
+    from gate.registry import retire_character
+
+    character = retire_character(_record(_settings()), character_id)
+    click.echo(f"retired {character.id}")

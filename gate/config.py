@@ -35,21 +35,58 @@ class Settings:
 
     data_dir: Path = REPO_ROOT / "var"
     world_dir: Path = REPO_ROOT / "fixtures" / "world"
+    # Models for the probe engine; unset means the fixture world's (the embedded default).
+    base_model_dir: Path | None = None
+    embedder_dir: Path | None = None
+    probe_set: str = "fixture-v1"
+    device: str = ""
+    # Thresholds written by `gate calibrate`; unset means data_dir's, else the world's shipped file.
+    calibration: Path | None = None
+    # What happens to a LoRA that cannot be probed (another family, LyCORIS): a person looks at it.
+    not_probed_verdict: str = "quarantine"
     intake: IntakeLimits = field(default_factory=IntakeLimits)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "gate.db"
+
+    @property
+    def references_dir(self) -> Path:
+        return self.data_dir / "references"
+
+    @property
+    def base_model(self) -> Path:
+        return self.base_model_dir or self.world_dir / "base"
+
+    @property
+    def embedder(self) -> Path:
+        return self.embedder_dir or self.world_dir / "embedder"
+
+    @property
+    def calibration_file(self) -> Path:
+        if self.calibration:
+            return self.calibration
+        local = self.data_dir / "calibration.json"
+        return local if local.exists() else self.world_dir / "calibration.json"
 
 
 class ConfigError(GateError):
     code = "config_invalid"
 
 
-def _coerce(value: str | int, kind: type) -> object:
-    if kind is Path or kind == "Path":
-        return Path(value).expanduser()
-    if kind is int or kind == "int":
-        try:
+def _coerce(value: object, kind: str) -> object:
+    """Convert a file or environment value to the field's annotated type (annotations are strings here)."""
+    if value in ("", None) and "None" in kind:
+        return None
+    try:
+        if "Path" in kind:
+            return Path(str(value)).expanduser()
+        if kind == "int":
             return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"expected an integer, got {value!r}") from None
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"expected {kind}, got {value!r}") from None
     return value
 
 

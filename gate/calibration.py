@@ -1,0 +1,95 @@
+"""Calibrate matching thresholds from data: negatives are base renders and clean LoRAs' renders.
+
+Nothing here is a magic number: the per-render threshold is a high quantile of what negatives score,
+the quarantine count is one more than any negative subject reached, and an automatic block needs a render
+more similar than any negative ever was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gate.matching import Scores, Thresholds, render_matches
+
+DEFAULT_QUANTILE = 0.99
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One negative: a clean LoRA's scores with the base scores for the same probes (or the base itself)."""
+
+    name: str
+    lora: Scores
+    base: Scores
+
+
+def _nearest_scores(scores: Scores) -> np.ndarray:
+    return scores.similarity.max(axis=1) if scores.similarity.size else np.zeros(0)
+
+
+def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_quarantine: int = 2) -> Thresholds:
+    """Fit thresholds so that negatives stay below them; record the evidence they rest on."""
+    if not subjects:
+        raise ValueError("calibration needs at least one negative (the base renders)")
+    render_scores = np.concatenate([_nearest_scores(s.lora) for s in subjects])
+    lifts = []
+    for subject in subjects:
+        if subject.lora is subject.base:
+            continue
+        nearest = subject.lora.similarity.argmax(axis=1)
+        rows = np.arange(len(nearest))
+        lifts.append(subject.lora.similarity[rows, nearest] - subject.base.similarity[rows, nearest])
+    lift_values = np.concatenate(lifts) if lifts else np.zeros(1)
+    render_score = float(np.quantile(render_scores, quantile))
+    lift = max(0.0, float(np.quantile(lift_values, quantile)))
+    provisional = Thresholds(render_score, lift, 0, 0, 0.0)
+    negative_matches = {
+        s.name: int(np.bincount(render_matches(s.lora, s.base, provisional) + 1, minlength=1)[1:].max(initial=0))
+        for s in subjects
+    }
+    quarantine = max(min_quarantine, max(negative_matches.values()) + 1)
+    return Thresholds(
+        render_score=round(render_score, 6),
+        lift=round(lift, 6),
+        quarantine_matches=quarantine,
+        block_matches=quarantine + 1,
+        block_score=round(float(render_scores.max()) + 1e-6, 6),
+        provenance={
+            "quantile": quantile,
+            "negative_subjects": len(subjects),
+            "negative_renders": int(render_scores.size),
+            "max_negative_score": round(float(render_scores.max()), 6),
+            "negative_matches": negative_matches,
+        },
+    )
+
+
+def negative_subjects(scanner, paths: list[Path], references, progress=None) -> list[Subject]:
+    """Probe each known-clean LoRA, plus the base model alone, and score them against `references`."""
+    from gate.intake import inspect_file
+    from gate.matching import score
+    from gate.scan import probe_terms
+
+    progress = progress or (lambda stage: None)
+    base_probes = scanner.engine.probe_set.probes(probe_terms(_empty_metadata(), list(scanner.characters.values())))
+    _, base_vectors = scanner.engine.base(base_probes)
+    base_scores = score(base_vectors, references)
+    subjects = [Subject("base model", base_scores, base_scores)]
+    for path in paths:
+        progress(f"probing negative {Path(path).name}")
+        inspection = inspect_file(path, scanner.settings.intake)
+        if not inspection.ok:
+            raise ValueError(f"negative {path} was refused by intake: {inspection.error.code}")
+        outcome = scanner.probe(path, inspection)
+        subjects.append(Subject(Path(path).stem, score(outcome.lora_embeddings, references),
+                                score(outcome.base_embeddings, references)))
+    return subjects
+
+
+def _empty_metadata():
+    from gate.intake.metadata import LoraMetadata
+
+    return LoraMetadata()

@@ -1,0 +1,108 @@
+"""Turn evidence into a verdict: allow, quarantine or block, with every reason listed.
+
+The policy is data: a character's rights holder chooses block or quarantine for clear matches.
+Uncertain evidence goes to quarantine for a person, never silently to allow or to block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from gate.matching import CharacterMatch, Thresholds
+from gate.screening import NameHit
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    QUARANTINE = "quarantine"
+    BLOCK = "block"
+
+    @property
+    def severity(self) -> int:
+        return {"allow": 0, "quarantine": 1, "block": 2}[self.value]
+
+
+@dataclass
+class Reason:
+    kind: str  # blocklist, visual_match, metadata_name, not_probed
+    verdict: Verdict
+    message: str
+    character_id: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "verdict": str(self.verdict), "character": self.character_id,
+                "message": self.message, **self.details}
+
+
+@dataclass
+class Decision:
+    verdict: Verdict
+    reasons: list[Reason]
+
+    def to_dict(self) -> dict:
+        return {"verdict": str(self.verdict), "reasons": [r.to_dict() for r in self.reasons]}
+
+
+@dataclass(frozen=True)
+class CharacterPolicy:
+    character_id: str
+    name: str
+    policy: Verdict  # block or quarantine
+
+
+def decide(
+    *,
+    matches: list[CharacterMatch],
+    name_hits: list[NameHit],
+    characters: dict[str, CharacterPolicy],
+    thresholds: Thresholds,
+    blocklisted: str | None = None,
+    not_probed: str | None = None,
+    not_probed_verdict: Verdict = Verdict.QUARANTINE,
+) -> Decision:
+    """Combine static signals and visual matches into one verdict, keeping every reason."""
+    reasons: list[Reason] = []
+    if blocklisted:
+        reasons.append(
+            Reason("blocklist", Verdict.BLOCK, f"the tensor content matches a blocked upload ({blocklisted})")
+        )
+    if not_probed:
+        reasons.append(Reason("not_probed", not_probed_verdict, f"could not be probed: {not_probed}"))
+
+    named = {hit.character_id: hit for hit in name_hits}
+    for match in matches:
+        character = characters.get(match.character_id)
+        if character is None:
+            continue
+        hit = named.get(match.character_id)
+        needed = 1 if hit else thresholds.quarantine_matches
+        strong = match.matched >= thresholds.block_matches and match.best_score >= thresholds.block_score
+        if strong:
+            verdict, certainty = character.policy, "clear"
+        elif match.matched >= needed:
+            verdict, certainty = Verdict.QUARANTINE, "possible"
+        else:
+            continue
+        also = f"; its metadata names it ({hit.field}: {hit.text[:60]!r})" if hit else ""
+        reasons.append(Reason(
+            "visual_match", verdict,
+            f"{certainty} match with {character.name}: {match.matched} of {match.rendered} probe renders, "
+            f"best similarity {match.best_score:.3f} (base {match.best_score - match.best_lift:.3f}){also}",
+            match.character_id,
+            {"matched": match.matched, "rendered": match.rendered, "best_score": round(match.best_score, 4),
+             "best_lift": round(match.best_lift, 4), "certainty": certainty},
+        ))
+    seen_visual = {r.character_id for r in reasons if r.kind == "visual_match"}
+    for hit in name_hits:
+        if hit.character_id in seen_visual or hit.character_id not in characters:
+            continue
+        reasons.append(Reason(
+            "metadata_name", Verdict.ALLOW,
+            f"metadata names {characters[hit.character_id].name} ({hit.field}: {hit.text[:60]!r}) "
+            "but no probe render shows it",
+            hit.character_id, {"field": hit.field, "alias": hit.name},
+        ))
+    verdict = max((r.verdict for r in reasons), key=lambda v: v.severity, default=Verdict.ALLOW)
+    return Decision(verdict, reasons)

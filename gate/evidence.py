@@ -1,0 +1,93 @@
+"""Evidence a person would rather look at than read: a contact sheet (PNG) and a small HTML page.
+
+Each row: the probe render with the LoRA, the base render for the same prompt and seed, the matched
+reference, and the scores.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gate.images import check_image
+
+CELL = 160  # pixels per image on the sheet: tiny fixture renders are enlarged to be judged by eye
+ROWS = 8
+
+
+def _cell(image: np.ndarray | None) -> Image.Image:
+    if image is None:
+        return Image.new("RGB", (CELL, CELL), (235, 235, 235))
+    return Image.fromarray(image).convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST)
+
+
+def _rows(result) -> list[dict]:
+    """The renders to show: each match's renders first (best first), else the renders nearest any character."""
+    outcome, references = result.outcome, result.references
+    from gate.matching import score
+
+    lora, base = score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references)
+    if lora.similarity.size == 0:
+        return []
+    order = np.argsort(-lora.similarity.max(axis=1))[:ROWS]
+    rows = []
+    for index in order:
+        c = int(lora.similarity[index].argmax())
+        reference = int(lora.nearest_reference[index, c])
+        rows.append({
+            "probe": outcome.probes[index], "render": outcome.lora_images[index], "base": outcome.base_images[index],
+            "character": references.character_ids[c], "score": float(lora.similarity[index, c]),
+            "base_score": float(base.similarity[index, c]),
+            "reference": references.paths[reference] if references.paths else None,
+        })
+    return rows
+
+
+def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write contact_sheet.png and index.html for one scan; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _rows(result) if result.outcome is not None else []
+    label_width = 360
+    sheet = Image.new("RGB", (3 * CELL + label_width, max(1, len(rows)) * CELL + 30), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 8), f"{Path(result.path).name}: {result.verdict}   (LoRA render | base render | reference)",
+              fill="black")
+    html_rows = []
+    for i, row in enumerate(rows):
+        top = 30 + i * CELL
+        reference = check_image(row["reference"]).rgb() if row["reference"] else None
+        for j, image in enumerate((row["render"], row["base"], reference)):
+            sheet.paste(_cell(image), (j * CELL, top))
+        name = characters[row["character"]].name if row["character"] in characters else row["character"]
+        lines = [f"prompt: {row['probe'].prompt[:40]}", f"seed {row['probe'].seed}", f"nearest: {name}",
+                 f"score {row['score']:.3f}  base {row['base_score']:.3f}"]
+        for k, line in enumerate(lines):
+            draw.text((3 * CELL + 10, top + 10 + 18 * k), line, fill="black")
+        for kind, image in (("render", row["render"]), ("base", row["base"])):
+            _cell(image).save(out_dir / f"{i:02d}_{kind}.png")
+        if reference is not None:
+            _cell(reference).save(out_dir / f"{i:02d}_reference.png")
+        html_rows.append(
+            f"<tr><td><img src='{i:02d}_render.png'></td><td><img src='{i:02d}_base.png'></td>"
+            f"<td><img src='{i:02d}_reference.png' alt='no reference'></td>"
+            f"<td>{html.escape(row['probe'].prompt)}<br>seed {row['probe'].seed}<br><b>{html.escape(name)}</b><br>"
+            f"score {row['score']:.3f} (base {row['base_score']:.3f})</td></tr>"
+        )
+    sheet_path = out_dir / "contact_sheet.png"
+    sheet.save(sheet_path)
+    decided = result.decision.reasons if result.decision else []
+    reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
+    page = out_dir / "index.html"
+    page.write_text(
+        "<!doctype html><meta charset='utf-8'><title>LoRA Gate evidence</title>"
+        "<style>body{font:15px system-ui;margin:2em}td{padding:6px;vertical-align:top}img{width:160px;"
+        "image-rendering:pixelated}</style>"
+        f"<h1>{html.escape(Path(result.path).name)}: {html.escape(str(result.verdict))}</h1><ul>{reasons}</ul>"
+        "<table><tr><th>with the LoRA</th><th>base model</th><th>reference</th><th></th></tr>"
+        + "".join(html_rows) + "</table>"
+    )
+    return sheet_path, page

@@ -1,0 +1,134 @@
+"""Match probe renders against registered characters' references, render by render, then per character.
+
+A render matches a character when that character is its nearest (best reference similarity), the
+similarity clears the calibrated threshold, and it exceeds the base render's similarity for the same
+prompt and seed by the calibrated lift: what the LoRA added, not what the base model already drew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Calibrated from data (see gate.calibration); stored with the numbers they came from."""
+
+    render_score: float  # a render must be at least this similar to a character's nearest reference
+    lift: float  # ... and this much more similar than the base render of the same probe
+    quarantine_matches: int  # renders matching one character that send a LoRA to quarantine
+    block_matches: int  # renders needed before a character's policy (block) applies automatically
+    block_score: float  # ... with at least one render this similar
+    provenance: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Thresholds:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class References:
+    """Reference embeddings of the registered characters, stacked: rows of `vectors` belong to `owners`."""
+
+    character_ids: tuple[str, ...]
+    vectors: np.ndarray  # (r, d), L2-normalised
+    owners: np.ndarray  # (r,) index into character_ids
+    paths: tuple[str, ...] = ()  # (r,) the reference images, where known
+
+    @classmethod
+    def stack(cls, by_character: dict[str, np.ndarray]) -> References:
+        ids = tuple(cid for cid, vectors in by_character.items() if len(vectors))
+        if not ids:
+            return cls((), np.zeros((0, 1), np.float32), np.zeros(0, int))
+        vectors = np.concatenate([by_character[cid] for cid in ids]).astype(np.float32)
+        owners = np.concatenate([np.full(len(by_character[cid]), i) for i, cid in enumerate(ids)])
+        return cls(ids, vectors, owners)
+
+    def without(self, excluded: set[str]) -> References:
+        keep = [i for i, cid in enumerate(self.character_ids) if cid not in excluded]
+        rows = np.isin(self.owners, keep)
+        remap = {old: new for new, old in enumerate(keep)}
+        return References(tuple(self.character_ids[i] for i in keep), self.vectors[rows],
+                          np.array([remap[o] for o in self.owners[rows]], dtype=int),
+                          tuple(p for p, keep_row in zip(self.paths, rows, strict=False) if keep_row))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per render and character: the best reference similarity and which reference gave it."""
+
+    similarity: np.ndarray  # (n, C)
+    nearest_reference: np.ndarray  # (n, C) row index into References.vectors
+
+
+def score(embeddings: np.ndarray, references: References) -> Scores:
+    n, count = len(embeddings), len(references.character_ids)
+    if n == 0 or count == 0:
+        return Scores(np.zeros((n, count), np.float32), np.zeros((n, count), int))
+    cosine = embeddings.astype(np.float32) @ references.vectors.T  # (n, r)
+    similarity = np.full((n, count), -np.inf, np.float32)
+    nearest = np.zeros((n, count), int)
+    for c in range(count):
+        rows = np.flatnonzero(references.owners == c)
+        block = cosine[:, rows]
+        best = block.argmax(axis=1)
+        similarity[:, c] = block[np.arange(n), best]
+        nearest[:, c] = rows[best]
+    return Scores(similarity, nearest)
+
+
+def render_matches(lora: Scores, base: Scores, thresholds: Thresholds) -> np.ndarray:
+    """(n,) index of the character each render matches, or -1."""
+    if lora.similarity.shape[1] == 0:
+        return np.full(lora.similarity.shape[0], -1)
+    nearest = lora.similarity.argmax(axis=1)
+    rows = np.arange(len(nearest))
+    own = lora.similarity[rows, nearest]
+    lift = own - base.similarity[rows, nearest]
+    hit = (own >= thresholds.render_score) & (lift >= thresholds.lift)
+    return np.where(hit, nearest, -1)
+
+
+@dataclass(frozen=True)
+class CharacterMatch:
+    """How strongly one character shows in a LoRA's renders, with the best evidence kept."""
+
+    character_id: str
+    matched: int
+    rendered: int
+    best_score: float
+    best_lift: float
+    best_render: int  # index into the probe renders
+    best_reference: int  # row index into References.vectors
+
+    @property
+    def share(self) -> float:
+        return self.matched / self.rendered if self.rendered else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "share": round(self.share, 4)}
+
+
+def match_characters(lora: Scores, base: Scores, references: References,
+                     thresholds: Thresholds) -> list[CharacterMatch]:
+    """Characters with at least one matching render, strongest first."""
+    assigned = render_matches(lora, base, thresholds)
+    matches = []
+    for c in sorted(set(assigned.tolist()) - {-1}):
+        rows = np.flatnonzero(assigned == c)
+        best = rows[lora.similarity[rows, c].argmax()]
+        matches.append(CharacterMatch(
+            character_id=references.character_ids[c],
+            matched=len(rows),
+            rendered=len(assigned),
+            best_score=float(lora.similarity[best, c]),
+            best_lift=float(lora.similarity[best, c] - base.similarity[best, c]),
+            best_render=int(best),
+            best_reference=int(lora.nearest_reference[best, c]),
+        ))
+    return sorted(matches, key=lambda m: (-m.matched, -m.best_score))

@@ -1,0 +1,171 @@
+"""A scan: intake, static screening, probing (the engine renders and embeds), matching and the decision.
+
+The engine is passed in (an in-process probes.engine.ProbeEngine for the CLI, a queue worker later), so
+this module needs no torch: it sends ids and terms out and gets vectors and images back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from gate.config import Settings
+from gate.decisions import CharacterPolicy, Decision, Verdict, decide
+from gate.intake import Inspection, inspect_file
+from gate.intake.metadata import LoraMetadata
+from gate.matching import CharacterMatch, References, Thresholds, match_characters, score
+from gate.registry import Character, embed_missing, list_characters, load_references
+from gate.screening import NameHit, find_names
+from probes.errors import UnsupportedLora
+
+Progress = Callable[[str], None]
+
+
+class CalibrationMissing(Exception):
+    code = "calibration_missing"
+
+
+def load_thresholds(path: Path) -> Thresholds:
+    try:
+        return Thresholds.from_dict(json.loads(path.read_text())["thresholds"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CalibrationMissing(f"no usable calibration at {path} ({exc}); run `gate calibrate`") from None
+
+
+def lora_texts(metadata: LoraMetadata, filename: str) -> dict[str, list[str]]:
+    """The LoRA's own words, by field, for name screening."""
+    return {
+        "file name": [Path(filename).stem],
+        "title": [metadata.title or ""],
+        "output name": [metadata.output_name or ""],
+        "trigger": metadata.trigger_phrases,
+        "tags": metadata.tags + [tag for tag, _ in metadata.top_tags],
+        "dataset folders": list(metadata.dataset_dirs) + list(metadata.tag_frequency),
+        "description": [metadata.description or "", metadata.training_comment or ""],
+    }
+
+
+def probe_terms(metadata: LoraMetadata, characters: list[Character]) -> dict[str, list[str]]:
+    """What the probe set's templates are filled with: the LoRA's trigger, tags and name, and the registry."""
+    return {
+        "trigger": metadata.trigger_phrases,
+        "tag": [tag for tag, _ in metadata.top_tags],
+        "output_name": [name for name in (metadata.output_name, metadata.title) if name],
+        "registry": [c.name for c in characters],
+    }
+
+
+@dataclass
+class ScanResult:
+    path: str
+    inspection: Inspection
+    decision: Decision | None = None
+    matches: list[CharacterMatch] = field(default_factory=list)
+    name_hits: list[NameHit] = field(default_factory=list)
+    probe_set: str | None = None
+    outcome: object | None = None  # the engine's ProbeOutcome, for evidence
+    references: References | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str | None:
+        return str(self.decision.verdict) if self.decision else None
+
+    def to_dict(self, characters: dict[str, Character] | None = None) -> dict:
+        characters = characters or {}
+        inspection = self.inspection.to_dict()
+        result = {
+            "path": self.path,
+            "ok": self.inspection.ok,
+            "verdict": self.verdict,
+            "reasons": self.decision.to_dict()["reasons"] if self.decision else [],
+            "matches": [self._match_dict(m, characters) for m in self.matches],
+            "probe_set": self.probe_set,
+            "intake": {k: inspection[k] for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")},
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+        if not self.inspection.ok:
+            result["error"] = inspection["error"]
+        return result
+
+    def _match_dict(self, match: CharacterMatch, characters: dict[str, Character]) -> dict:
+        entry = match.to_dict()
+        character = characters.get(match.character_id)
+        entry["character"] = match.character_id
+        entry["name"] = character.name if character else match.character_id
+        del entry["character_id"]
+        if self.outcome is not None:
+            probe = self.outcome.probes[match.best_render]
+            entry["best_prompt"], entry["best_seed"] = probe.prompt, probe.seed
+        if self.references is not None and self.references.paths:
+            entry["best_reference"] = self.references.paths[match.best_reference]
+        return entry
+
+
+class Scanner:
+    """Everything a scan needs, loaded once and reused across files."""
+
+    def __init__(self, settings: Settings, db: Database, engine, thresholds: Thresholds | None = None):
+        self.settings, self.db, self.engine = settings, db, engine
+        self._thresholds = thresholds
+        embed_missing(db, engine.embed, engine.embedder_id)
+        self.characters = {c.id: c for c in list_characters(db)}
+        self.references = load_references(db, engine.embedder_id)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        if self._thresholds is None:
+            self._thresholds = load_thresholds(self.settings.calibration_file)
+        return self._thresholds
+
+    def probe(self, path: str | Path, inspection: Inspection, progress: Progress | None = None):
+        """Render and embed a file that intake accepted; raises UnsupportedLora."""
+        return self.engine.probe(
+            path, lora_format=inspection.layout.format, family=inspection.family.family,
+            modules=len(inspection.layout.modules),
+            terms=probe_terms(inspection.metadata, list(self.characters.values())), progress=progress,
+        )
+
+    def policies(self) -> dict[str, CharacterPolicy]:
+        return {c.id: CharacterPolicy(c.id, c.name, Verdict(c.policy)) for c in self.characters.values()}
+
+    def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None) -> ScanResult:
+        """Scan one file end to end. Refusals and unsupported LoRAs are results, not exceptions."""
+        progress = progress or (lambda stage: None)
+        started = time.perf_counter()
+        progress("intake")
+        inspection = inspect_file(path, self.settings.intake)
+        result = ScanResult(str(path), inspection)
+        result.timings["intake"] = time.perf_counter() - started
+        if not inspection.ok:
+            return result
+        metadata = inspection.metadata
+        names = {c.id: c.names for c in self.characters.values()}
+        result.name_hits = find_names(lora_texts(metadata, filename or str(path)), names)
+        blocked = self.db["blocklist"].count_where("tensor_hash = ?", [inspection.fingerprints.tensor_hash])
+        not_probed = None
+        if not blocked:
+            try:
+                outcome = self.probe(path, inspection, progress)
+            except UnsupportedLora as exc:
+                not_probed = exc.message
+            else:
+                result.outcome, result.probe_set, result.references = outcome, outcome.probe_set_id, self.references
+                result.timings.update(outcome.timings)
+                mark = time.perf_counter()
+                result.matches = match_characters(score(outcome.lora_embeddings, self.references),
+                                                  score(outcome.base_embeddings, self.references),
+                                                  self.references, self.thresholds)
+                result.timings["match"] = time.perf_counter() - mark
+        result.decision = decide(
+            matches=result.matches, name_hits=result.name_hits, characters=self.policies(),
+            thresholds=self.thresholds, blocklisted=inspection.fingerprints.tensor_hash if blocked else None,
+            not_probed=not_probed, not_probed_verdict=Verdict(self.settings.not_probed_verdict),
+        )
+        result.timings["total"] = time.perf_counter() - started
+        return result

@@ -1,0 +1,51 @@
+"""Image embedders loaded through transformers from a local directory: the fixture world's now, CLIP,
+SigLIP or DINOv2 in production, through the same code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probes.render import pick_device
+
+
+class ImageEmbedder:
+    """Embeds uint8 RGB images (each h, w, 3; sizes may differ) to L2-normalised vectors (n, d)."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None, batch_size: int = 64):
+        import transformers
+
+        self.device, _ = pick_device(device)
+        self.model_dir = Path(model_dir)
+        config = transformers.AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
+        # The saved architecture decides the class: AutoModel would drop a projection head.
+        architecture = (config.architectures or ["AutoModel"])[0]
+        model_class = getattr(transformers, architecture, transformers.AutoModel)
+        self.model = model_class.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
+        self.processor = transformers.AutoImageProcessor.from_pretrained(self.model_dir, local_files_only=True)
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def embed(self, images) -> np.ndarray:
+        vectors = []
+        for start in range(0, len(images), self.batch_size):
+            batch = list(images[start : start + self.batch_size])
+            inputs = self.processor(images=batch, return_tensors="pt").to(self.device)
+            vectors.append(self._features(inputs["pixel_values"]).float().cpu().numpy())
+        if not vectors:
+            return np.zeros((0, 0), np.float32)
+        matrix = np.concatenate(vectors)
+        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if hasattr(self.model, "get_image_features"):  # CLIPModel, SiglipModel
+            features = self.model.get_image_features(pixel_values=pixel_values)
+            return features if isinstance(features, torch.Tensor) else features.pooler_output
+        output = self.model(pixel_values=pixel_values)
+        for field in ("image_embeds", "pooler_output"):
+            value = getattr(output, field, None)
+            if value is not None:
+                return value
+        return output.last_hidden_state[:, 0]

@@ -1,0 +1,93 @@
+"""The probe engine: the GPU side's whole job for one LoRA. Render the probe set with and without the LoRA
+(base renders cached), embed both, and hand back images and vectors. It never opens the gate's record."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+
+from probes.embed import ImageEmbedder
+from probes.errors import UnsupportedLora
+from probes.probe_set import Probe, ProbeSet
+from probes.render import UNSUPPORTED_FORMATS, Renderer
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ProbeOutcome:
+    probe_set_id: str
+    probes: list[Probe]
+    lora_images: np.ndarray  # (n, h, w, 3) uint8
+    base_images: np.ndarray
+    lora_embeddings: np.ndarray  # (n, d)
+    base_embeddings: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _directory_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+class ProbeEngine:
+    """A resident base pipeline and embedder for one probe set."""
+
+    def __init__(self, base_dir: str | Path, embedder_dir: str | Path, probe_set: ProbeSet, device: str | None = None):
+        self.probe_set = probe_set
+        self.renderer = Renderer(base_dir, device or None)
+        self.embedder = ImageEmbedder(embedder_dir, device or None)
+        self.embedder_id = f"{Path(embedder_dir).name}@{_directory_digest(Path(embedder_dir))}"
+        self._base_vectors: dict[str, np.ndarray] = {}
+
+    def embed(self, images) -> np.ndarray:
+        return self.embedder.embed(images)
+
+    def check_supported(self, lora_format: str, family: str) -> None:
+        if lora_format in UNSUPPORTED_FORMATS:
+            raise UnsupportedLora(f"{UNSUPPORTED_FORMATS[lora_format]} adapters cannot be rendered by diffusers")
+        if family not in (self.probe_set.family, "unknown"):
+            raise UnsupportedLora(
+                f"the LoRA is for {family}; this engine renders {self.probe_set.family} ({self.probe_set.id})"
+            )
+
+    def base(self, probes: list[Probe]) -> tuple[np.ndarray, np.ndarray]:
+        """Base renders and their embeddings, each computed once per probe."""
+        images = self.renderer.render_base(probes, self.probe_set)
+        missing = [i for i, p in enumerate(probes) if p.key not in self._base_vectors]
+        if missing:
+            for i, vector in zip(missing, self.embed(images[missing]), strict=True):
+                self._base_vectors[probes[i].key] = vector
+        return images, np.stack([self._base_vectors[p.key] for p in probes])
+
+    def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
+              terms: dict[str, list[str]], progress: Progress | None = None) -> ProbeOutcome:
+        """Render and embed the probe set with and without the LoRA; raises UnsupportedLora."""
+        progress = progress or (lambda stage: None)
+        self.check_supported(lora_format, family)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        state_dict = load_file(str(lora_path))  # safetensors only: validated by intake, never unpickled
+        probes = self.probe_set.probes(terms)
+        progress(f"rendering {len(probes)} base probes")
+        base_images, base_vectors = self.base(probes)
+        timings["render_base"] = time.perf_counter() - started
+        progress(f"rendering {len(probes)} probes with the LoRA")
+        mark = time.perf_counter()
+        with self.renderer.lora(state_dict, modules):
+            lora_images = self.renderer.render(probes, self.probe_set)
+        timings["render_lora"] = time.perf_counter() - mark
+        progress("embedding renders")
+        mark = time.perf_counter()
+        lora_vectors = self.embed(lora_images)
+        timings["embed"] = time.perf_counter() - mark
+        return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings)

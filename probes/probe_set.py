@@ -1,0 +1,152 @@
+"""Probe sets: versioned, declarative prompt sets (TOML files in probes/sets/), identified by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+SETS_DIR = Path(__file__).resolve().parent / "sets"
+TEMPLATE_SOURCES = ("trigger", "tag", "output_name", "registry")
+_MAX_TERM = 80
+
+
+class ProbeSetError(ValueError):
+    """A probe set file that is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Template:
+    source: str  # one of TEMPLATE_SOURCES
+    text: str  # with "{value}" where the term goes
+    limit: int
+    seeds: int | None = None  # render at the first N seeds only (None: all); bounds the cost of long lists
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One render to make: a prompt and a seed. Base and LoRA renders of the same probe are compared."""
+
+    prompt: str
+    seed: int
+    source: str  # "generic" or a template source
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(f"{self.prompt}\0{self.seed}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    name: str
+    version: int
+    family: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: str
+    negative_prompt: str
+    seeds: tuple[int, ...]
+    batch_size: int
+    prompts: tuple[str, ...]
+    templates: tuple[Template, ...]
+    digest: str  # sha256 of the canonical content: comments and formatting do not change it
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}-v{self.version}@{self.digest[:12]}"
+
+    def probes(self, terms: dict[str, list[str]] | None = None) -> list[Probe]:
+        """The generic prompts, then each template filled with up to `limit` terms, each at every seed."""
+        probes = [Probe(text, seed, "generic") for text in self.prompts for seed in self.seeds]
+        seen = {text.casefold() for text in self.prompts}
+        for template in self.templates:
+            for term in _clean_terms((terms or {}).get(template.source, []))[: template.limit]:
+                prompt = template.text.replace("{value}", term)
+                if prompt.casefold() not in seen:
+                    seen.add(prompt.casefold())
+                    probes += [Probe(prompt, seed, template.source) for seed in self.seeds[: template.seeds]]
+        return probes
+
+
+def _clean_terms(terms: list[str]) -> list[str]:
+    """Terms come from untrusted metadata: one line, bounded length, no duplicates."""
+    cleaned, seen = [], set()
+    for term in terms:
+        term = re.sub(r"\s+", " ", str(term)).strip()[:_MAX_TERM]
+        if term and term.casefold() not in seen:
+            seen.add(term.casefold())
+            cleaned.append(term)
+    return cleaned
+
+
+def _require(data: dict, key: str, kind: type | tuple[type, ...]):
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ProbeSetError(f"probe set field {key!r} must be {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def parse_probe_set(text: str) -> ProbeSet:
+    """Parse and validate a probe set's TOML text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProbeSetError(f"not valid TOML: {exc}") from None
+    templates = []
+    for entry in data.get("templates", []):
+        source = _require(entry, "source", str)
+        if source not in TEMPLATE_SOURCES:
+            raise ProbeSetError(f"template source {source!r} is not one of {', '.join(TEMPLATE_SOURCES)}")
+        body = _require(entry, "text", str)
+        if "{value}" not in body:
+            raise ProbeSetError(f"template {body!r} has no {{value}}")
+        seeds_used = entry.get("seeds")
+        if seeds_used is not None and (not isinstance(seeds_used, int) or seeds_used < 1):
+            raise ProbeSetError(f"template seeds must be a positive integer, not {seeds_used!r}")
+        templates.append(Template(source, body, int(entry.get("limit", 3)), seeds_used))
+    seeds = _require(data, "seeds", list)
+    prompts = _require(data, "prompts", list)
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ProbeSetError("seeds must be a non-empty list of integers")
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ProbeSetError("prompts must be a non-empty list of strings")
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return ProbeSet(
+        name=_require(data, "name", str),
+        version=_require(data, "version", int),
+        family=_require(data, "family", str),
+        width=_require(data, "width", int),
+        height=_require(data, "height", int),
+        steps=_require(data, "steps", int),
+        guidance=float(_require(data, "guidance", (int, float))),
+        scheduler=_require(data, "scheduler", str),
+        negative_prompt=data.get("negative_prompt", ""),
+        seeds=tuple(seeds),
+        batch_size=int(data.get("batch_size", 8)),
+        prompts=tuple(prompts),
+        templates=tuple(templates),
+        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
+
+
+def load_probe_set(name_or_path: str | Path) -> ProbeSet:
+    """Load a probe set by file path, or by name ("fixture-v1") from probes/sets/."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SETS_DIR / f"{name_or_path}.toml"
+    try:
+        return parse_probe_set(path.read_text())
+    except OSError as exc:
+        raise ProbeSetError(f"cannot read probe set {name_or_path}: {exc.strerror}") from None
+
+
+def probe_set_for_family(family: str) -> ProbeSet | None:
+    """The newest probe set shipped for a base family, if any."""
+    candidates = [load_probe_set(path) for path in sorted(SETS_DIR.glob("*.toml"))]
+    matching = [s for s in candidates if s.family == family]
+    return max(matching, key=lambda s: s.version) if matching else None

@@ -1,0 +1,126 @@
+"""The renderer: a base pipeline loaded once and kept resident; LoRAs swapped in and out per job.
+
+A LoRA is loaded from a state dict that intake already validated (never from a path, so diffusers can
+never fall back to pickle loading), under a unique adapter name, rendered, and deleted: the pipeline
+returns bit-exactly to the base. Adapters are never fused in the swap loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from probes.errors import UnsupportedLora
+from probes.probe_set import Probe, ProbeSet
+
+log = logging.getLogger(__name__)
+
+# LyCORIS layouts that diffusers' LoRA loaders cannot apply.
+UNSUPPORTED_FORMATS = {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}
+
+
+def pick_device(requested: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """CUDA in float16 where present, else CPU in float32."""
+    if requested:
+        device = torch.device(requested)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, torch.float16 if device.type == "cuda" else torch.float32
+
+
+class Renderer:
+    """One resident base pipeline, with its base renders cached per probe."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        from diffusers import DiffusionPipeline
+
+        self.device, self.dtype = pick_device(device)
+        self.model_dir = Path(model_dir)
+        self.pipe = DiffusionPipeline.from_pretrained(
+            self.model_dir, local_files_only=True, torch_dtype=self.dtype
+        ).to(self.device)
+        if getattr(self.pipe, "safety_checker", None) is not None:
+            self.pipe.safety_checker = None  # the gate must see what the LoRA draws, unblurred
+        self.pipe.set_progress_bar_config(disable=True)
+        self._base_cache: dict[tuple[str, str], np.ndarray] = {}
+        self._scheduler_for: str | None = None
+
+    def _use_scheduler(self, probe_set: ProbeSet) -> None:
+        if self._scheduler_for != probe_set.id:
+            import diffusers
+
+            scheduler_class = getattr(diffusers, probe_set.scheduler, None)
+            if scheduler_class is None:
+                raise ValueError(f"probe set {probe_set.id} names unknown scheduler {probe_set.scheduler!r}")
+            self.pipe.scheduler = scheduler_class.from_config(self.pipe.scheduler.config)
+            self._scheduler_for = probe_set.id
+
+    @torch.inference_mode()
+    def render(self, probes: Sequence[Probe], probe_set: ProbeSet) -> np.ndarray:
+        """Render probes in batches; returns uint8 images (n, height, width, 3). Seeds are per probe."""
+        self._use_scheduler(probe_set)
+        images = []
+        for start in range(0, len(probes), probe_set.batch_size):
+            batch = probes[start : start + probe_set.batch_size]
+            generators = [torch.Generator(self.device).manual_seed(p.seed) for p in batch]
+            output = self.pipe(
+                prompt=[p.prompt for p in batch],
+                negative_prompt=[probe_set.negative_prompt] * len(batch),
+                num_inference_steps=probe_set.steps,
+                guidance_scale=probe_set.guidance,
+                width=probe_set.width,
+                height=probe_set.height,
+                generator=generators,
+                output_type="np",
+            )
+            images.append((np.clip(output.images, 0, 1) * 255).round().astype(np.uint8))
+        return np.concatenate(images) if images else np.zeros((0, probe_set.height, probe_set.width, 3), np.uint8)
+
+    def render_base(self, probes: Sequence[Probe], probe_set: ProbeSet) -> np.ndarray:
+        """Base renders, computed once per (probe set, probe) and then served from the cache."""
+        missing = [p for p in probes if (probe_set.id, p.key) not in self._base_cache]
+        if missing:
+            for probe, image in zip(missing, self.render(missing, probe_set), strict=True):
+                self._base_cache[(probe_set.id, probe.key)] = image
+        return np.stack([self._base_cache[(probe_set.id, p.key)] for p in probes])
+
+    @contextlib.contextmanager
+    def lora(self, state_dict: dict[str, torch.Tensor], expected_modules: int | None = None) -> Iterator[str]:
+        """Apply a LoRA for the duration of the block; always removed afterwards, even on error."""
+        name = f"upload_{uuid.uuid4().hex[:12]}"
+        try:
+            self.pipe.load_lora_weights(dict(state_dict), adapter_name=name)
+        except Exception as exc:  # diffusers raises many kinds for layouts it cannot map
+            self._remove(name)
+            raise UnsupportedLora(f"diffusers cannot apply this LoRA to the base model: {exc}"[:500]) from None
+        try:
+            applied = self._count_layers(name)
+            if applied == 0:
+                raise UnsupportedLora("no module of this LoRA matches a layer of the base model")
+            if expected_modules and applied < expected_modules:
+                log.warning("adapter %s applied to %d of %d modules", name, applied, expected_modules)
+            self.pipe.set_adapters([name], adapter_weights=[1.0])
+            yield name
+        finally:
+            self._remove(name)
+
+    def _count_layers(self, name: str) -> int:
+        count = 0
+        for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
+            model = getattr(self.pipe, component, None)
+            if model is None:
+                continue
+            count += sum(1 for module in model.modules() if name in getattr(module, "lora_A", {}))
+        return count
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            self.pipe.delete_adapters(name)
+        if self._count_layers(name):  # belt and braces: a half-loaded adapter must not leak into the base
+            self.pipe.unload_lora_weights()

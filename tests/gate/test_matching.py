@@ -1,0 +1,110 @@
+"""Matching, calibration and decisions on synthetic vectors: the rules, without rendering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gate.calibration import Subject, calibrate
+from gate.decisions import CharacterPolicy, Verdict, decide
+from gate.matching import References, Thresholds, match_characters, score
+from gate.screening import NameHit
+
+DIM = 16
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def world():
+    rng = np.random.default_rng(0)
+    centres = _unit(rng.standard_normal((3, DIM)))
+    refs = {cid: _unit(centres[i] + 0.05 * rng.standard_normal((4, DIM))) for i, cid in enumerate("abc")}
+    return rng, centres, References.stack(refs)
+
+
+def _near(rng, centre, n, noise=0.05):
+    return _unit(centre + noise * rng.standard_normal((n, DIM)))
+
+
+def _noise(rng, n):
+    return _unit(rng.standard_normal((n, DIM)))
+
+
+THRESHOLDS = Thresholds(render_score=0.8, lift=0.1, quarantine_matches=2, block_matches=3, block_score=0.9)
+
+
+def test_renders_near_a_character_match_it(world):
+    rng, centres, refs = world
+    lora = np.concatenate([_near(rng, centres[1], 5), _noise(rng, 5)])
+    matches = match_characters(score(lora, refs), score(_noise(rng, 10), refs), refs, THRESHOLDS)
+    assert [(m.character_id, m.matched) for m in matches] == [("b", 5)]
+    assert matches[0].best_render < 5 and refs.owners[matches[0].best_reference] == 1
+
+
+def test_what_the_base_already_draws_is_not_the_loras_doing(world):
+    rng, centres, refs = world
+    drawn = _near(rng, centres[0], 6)
+    assert match_characters(score(drawn, refs), score(drawn, refs), refs, THRESHOLDS) == []
+
+
+def test_calibration_puts_every_negative_below_the_block_bar(world):
+    rng, centres, refs = world
+    base = score(_noise(rng, 40), refs)
+    subjects = [Subject("base", base, base)] + [
+        Subject(f"clean{i}", score(_noise(rng, 40), refs), base) for i in range(3)]
+    thresholds = calibrate(subjects)
+    negatives = np.concatenate([s.lora.similarity.max(axis=1) for s in subjects])
+    assert thresholds.block_score > negatives.max()
+    assert np.mean(negatives >= thresholds.render_score) <= 0.02
+    assert thresholds.quarantine_matches >= 2 and thresholds.block_matches > thresholds.quarantine_matches
+    assert thresholds.provenance["negative_renders"] == 160
+    # A LoRA that draws character c in many renders clears both bars.
+    positive = score(np.concatenate([_near(rng, centres[2], 8, 0.01), _noise(rng, 32)]), refs)
+    [match] = match_characters(positive, base, refs, thresholds)
+    assert match.character_id == "c" and match.matched >= thresholds.block_matches
+
+
+def _match(rng, centres, refs, count):
+    lora = score(np.concatenate([_near(rng, centres[0], count, 0.01), _noise(rng, 10 - count)]), refs)
+    return match_characters(lora, score(_noise(rng, 10), refs), refs, THRESHOLDS)
+
+
+POLICIES = {"a": CharacterPolicy("a", "Aman", Verdict.BLOCK), "b": CharacterPolicy("b", "Bee", Verdict.QUARANTINE)}
+
+
+def test_clear_match_applies_the_characters_policy(world):
+    decision = decide(matches=_match(*world, 5), name_hits=[], characters=POLICIES, thresholds=THRESHOLDS)
+    assert decision.verdict is Verdict.BLOCK
+    assert "clear match with Aman: 5 of 10" in decision.reasons[0].message
+
+
+def test_uncertain_match_goes_to_quarantine_not_block(world):
+    decision = decide(matches=_match(*world, 2), name_hits=[], characters=POLICIES, thresholds=THRESHOLDS)
+    assert decision.verdict is Verdict.QUARANTINE
+    assert decision.reasons[0].details["certainty"] == "possible"
+
+
+def test_a_single_render_is_not_enough_unless_the_metadata_names_the_character(world):
+    single = _match(*world, 1)
+    assert decide(matches=single, name_hits=[], characters=POLICIES, thresholds=THRESHOLDS).verdict is Verdict.ALLOW
+    hit = NameHit("a", "Aman", "title", "Aman v2")
+    decision = decide(matches=single, name_hits=[hit], characters=POLICIES, thresholds=THRESHOLDS)
+    assert decision.verdict is Verdict.QUARANTINE
+    assert "metadata names it" in decision.reasons[0].message
+
+
+def test_a_name_alone_is_reported_but_allowed():
+    hit = NameHit("b", "Bee", "title", "Bee tree pack")
+    decision = decide(matches=[], name_hits=[hit], characters=POLICIES, thresholds=THRESHOLDS)
+    assert decision.verdict is Verdict.ALLOW
+    assert decision.reasons[0].kind == "metadata_name" and "no probe render shows it" in decision.reasons[0].message
+
+
+def test_blocklist_and_not_probed():
+    blocked = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS, blocklisted="abc")
+    assert blocked.verdict is Verdict.BLOCK
+    unprobed = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS, not_probed="LoHa")
+    assert unprobed.verdict is Verdict.QUARANTINE and unprobed.reasons[0].kind == "not_probed"

@@ -1,0 +1,53 @@
+"""Probe sets are data: validated on load, identified by their content, expanded with a LoRA's own terms."""
+
+from __future__ import annotations
+
+import pytest
+
+from probes.probe_set import SETS_DIR, ProbeSetError, load_probe_set, parse_probe_set, probe_set_for_family
+
+
+@pytest.mark.parametrize("path", sorted(SETS_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_probe_sets_load(path):
+    probe_set = load_probe_set(path)
+    assert path.stem == f"{probe_set.name}-v{probe_set.version}"
+    assert probe_set.id.startswith(path.stem + "@")
+    assert len(probe_set.probes()) == len(probe_set.prompts) * len(probe_set.seeds)
+
+
+def test_identity_is_the_content_not_the_formatting():
+    text = (SETS_DIR / "fixture-v1.toml").read_text()
+    same = parse_probe_set("# a new comment\n" + text)
+    changed = parse_probe_set(text.replace("steps = 20", "steps = 21"))
+    original = parse_probe_set(text)
+    assert same.id == original.id
+    assert changed.id != original.id
+
+
+def test_templates_are_filled_from_terms_deduplicated_and_bounded():
+    probe_set = load_probe_set("fixture-v1")
+    terms = {"trigger": ["pkmnyel", "PKMNYEL", "x" * 500, "a\nb"], "registry": ["Ultraman", "a figure"],
+             "tag": []}
+    probes = probe_set.probes(terms)
+    prompts = {p.prompt for p in probes}
+    assert {"pkmnyel", "pkmnyel, a portrait", "a b, a portrait"} <= prompts
+    assert max(len(p.prompt) for p in probes) < 120
+    assert sum(p.prompt == "pkmnyel" for p in probes) == len(probe_set.seeds)  # case duplicates dropped
+    assert [p.source for p in probes if p.prompt == "Ultraman"] == ["registry"]  # registry names: one seed
+    assert sum(p.prompt == "a figure" for p in probes) == len(probe_set.seeds)  # no duplicate of a generic prompt
+    assert len({p.key for p in probes}) == len(probes)
+
+
+def test_family_lookup():
+    assert probe_set_for_family("fixture").name == "fixture"
+    assert probe_set_for_family("sd15").family == "sd15"
+    assert probe_set_for_family("no-such-family") is None
+
+
+@pytest.mark.parametrize("bad", [
+    "name = 1", "not toml [", 'name="x"\nversion=1\nfamily="f"\nwidth=1\nheight=1\nsteps=1\nguidance=1\n'
+    'scheduler="s"\nseeds=[]\nprompts=["a"]',
+])
+def test_malformed_probe_sets_are_refused(bad):
+    with pytest.raises(ProbeSetError):
+        parse_probe_set(bad)
