@@ -30,8 +30,10 @@ def _commands(group: click.Group, prefix: str = "gate") -> list[tuple[str, click
 def test_every_command_has_help_with_an_example_and_is_in_the_readme(name, command):
     result = CliRunner().invoke(main, [*name.split()[1:], "--help"])
     assert result.exit_code == 0
-    assert command.help and "Example:" in command.help
-    assert f"`{name}" in README
+    assert command.help
+    if not isinstance(command, click.Group):
+        assert "Example:" in command.help
+    assert re.search(rf"(^|[`\n]){re.escape(name)}\b", README)
 
 
 @pytest.mark.parametrize("code", [str(c) for c in Refusal])
