@@ -71,13 +71,15 @@ def decide(
     if not_probed:
         reasons.append(Reason("not_probed", not_probed_verdict, f"could not be probed: {not_probed}"))
 
-    named = {hit.character_id: hit for hit in name_hits}
+    named: dict[str, list[NameHit]] = {}
+    for hit in name_hits:
+        named.setdefault(hit.character_id, []).append(hit)
     for match in matches:
         character = characters.get(match.character_id)
         if character is None:
             continue
-        hit = named.get(match.character_id)
-        needed = 1 if hit else thresholds.quarantine_matches
+        hits = named.get(match.character_id)
+        needed = 1 if hits else thresholds.quarantine_matches
         strong = match.matched >= thresholds.block_matches and match.best_score >= thresholds.block_score
         if strong:
             verdict, certainty = character.policy, "clear"
@@ -85,7 +87,7 @@ def decide(
             verdict, certainty = Verdict.QUARANTINE, "possible"
         else:
             continue
-        also = f"; its metadata names it ({hit.field}: {hit.text[:60]!r})" if hit else ""
+        also = f"; its metadata names it too ({_where(hits)})" if hits else ""
         reasons.append(Reason(
             "visual_match", verdict,
             f"{certainty} match with {character.name}: {match.matched} of {match.rendered} probe renders, "
@@ -95,14 +97,17 @@ def decide(
              "best_lift": round(match.best_lift, 4), "certainty": certainty},
         ))
     seen_visual = {r.character_id for r in reasons if r.kind == "visual_match"}
-    for hit in name_hits:
-        if hit.character_id in seen_visual or hit.character_id not in characters:
+    for character_id, hits in named.items():
+        if character_id in seen_visual or character_id not in characters:
             continue
         reasons.append(Reason(
             "metadata_name", Verdict.ALLOW,
-            f"metadata names {characters[hit.character_id].name} ({hit.field}: {hit.text[:60]!r}) "
-            "but no probe render shows it",
-            hit.character_id, {"field": hit.field, "alias": hit.name},
+            f"metadata names {characters[character_id].name} ({_where(hits)}) but no probe render shows it",
+            character_id, {"fields": [hit.field for hit in hits], "alias": hits[0].name},
         ))
     verdict = max((r.verdict for r in reasons), key=lambda v: v.severity, default=Verdict.ALLOW)
     return Decision(verdict, reasons)
+
+
+def _where(hits: list[NameHit]) -> str:
+    return "; ".join(f"{hit.field}: {hit.text[:60]!r}" for hit in hits[:3])

@@ -70,6 +70,8 @@ class ScanResult:
     probe_set: str | None = None
     outcome: object | None = None  # the engine's ProbeOutcome, for evidence
     references: References | None = None
+    blocklisted: str | None = None
+    not_probed: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -147,25 +149,33 @@ class Scanner:
         metadata = inspection.metadata
         names = {c.id: c.names for c in self.characters.values()}
         result.name_hits = find_names(lora_texts(metadata, filename or str(path)), names)
-        blocked = self.db["blocklist"].count_where("tensor_hash = ?", [inspection.fingerprints.tensor_hash])
-        not_probed = None
-        if not blocked:
+        tensor_hash = inspection.fingerprints.tensor_hash
+        if self.db["blocklist"].count_where("tensor_hash = ?", [tensor_hash]):
+            result.blocklisted = tensor_hash  # caught without rendering
+        else:
             try:
                 outcome = self.probe(path, inspection, progress)
             except UnsupportedLora as exc:
-                not_probed = exc.message
+                result.not_probed = exc.message
             else:
                 result.outcome, result.probe_set, result.references = outcome, outcome.probe_set_id, self.references
                 result.timings.update(outcome.timings)
-                mark = time.perf_counter()
-                result.matches = match_characters(score(outcome.lora_embeddings, self.references),
-                                                  score(outcome.base_embeddings, self.references),
-                                                  self.references, self.thresholds)
-                result.timings["match"] = time.perf_counter() - mark
-        result.decision = decide(
-            matches=result.matches, name_hits=result.name_hits, characters=self.policies(),
-            thresholds=self.thresholds, blocklisted=inspection.fingerprints.tensor_hash if blocked else None,
-            not_probed=not_probed, not_probed_verdict=Verdict(self.settings.not_probed_verdict),
-        )
+        self.conclude(result)
         result.timings["total"] = time.perf_counter() - started
+        return result
+
+    def conclude(self, result: ScanResult, thresholds: Thresholds | None = None) -> ScanResult:
+        """Match the renders and decide; separate from probing so evidence can be re-judged cheaply."""
+        thresholds = thresholds or self.thresholds
+        mark = time.perf_counter()
+        if result.outcome is not None:
+            result.matches = match_characters(score(result.outcome.lora_embeddings, self.references),
+                                              score(result.outcome.base_embeddings, self.references),
+                                              self.references, thresholds)
+        result.decision = decide(
+            matches=result.matches, name_hits=result.name_hits, characters=self.policies(), thresholds=thresholds,
+            blocklisted=result.blocklisted, not_probed=result.not_probed,
+            not_probed_verdict=Verdict(self.settings.not_probed_verdict),
+        )
+        result.timings["match"] = time.perf_counter() - mark
         return result

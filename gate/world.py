@@ -42,7 +42,10 @@ class World:
         return {c["id"] for c in self.characters() if c.get("held_back")}
 
     def loras(self, *kinds: str) -> list[dict]:
-        return [lora for lora in self.manifest.get("loras", []) if not kinds or lora["kind"] in kinds]
+        """LoRA entries (of the given kinds), each with its character's `held_back` flag added."""
+        held_back = self.held_back()
+        return [{**lora, "held_back": lora.get("character") in held_back}
+                for lora in self.manifest.get("loras", []) if not kinds or lora["kind"] in kinds]
 
 
 def seed_registry(db: Database, world: World, store: Path, embed: Embed | None = None,

@@ -16,6 +16,7 @@ from probes.embed import ImageEmbedder
 from probes.errors import UnsupportedLora
 from probes.probe_set import Probe, ProbeSet
 from probes.render import UNSUPPORTED_FORMATS, Renderer
+from probes.triggers import TriggerFinder
 
 Progress = Callable[[str], None]
 
@@ -42,9 +43,10 @@ def _directory_digest(path: Path) -> str:
 class ProbeEngine:
     """A resident base pipeline and embedder for one probe set."""
 
-    def __init__(self, base_dir: str | Path, embedder_dir: str | Path, probe_set: ProbeSet, device: str | None = None):
+    def __init__(self, base_dir: str | Path, embedder_dir: str | Path, probe_set: ProbeSet, device: str | None = None,
+                 cache_dir: str | Path | None = None):
         self.probe_set = probe_set
-        self.renderer = Renderer(base_dir, device or None)
+        self.renderer = Renderer(base_dir, device or None, cache_dir)
         self.embedder = ImageEmbedder(embedder_dir, device or None)
         self.embedder_id = f"{Path(embedder_dir).name}@{_directory_digest(Path(embedder_dir))}"
         self._base_vectors: dict[str, np.ndarray] = {}
@@ -77,17 +79,24 @@ class ProbeEngine:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         state_dict = load_file(str(lora_path))  # safetensors only: validated by intake, never unpickled
-        probes = self.probe_set.probes(terms)
-        progress(f"rendering {len(probes)} base probes")
-        base_images, base_vectors = self.base(probes)
-        timings["render_base"] = time.perf_counter() - started
-        progress(f"rendering {len(probes)} probes with the LoRA")
-        mark = time.perf_counter()
+        terms = dict(terms)
         with self.renderer.lora(state_dict, modules):
+            if self.probe_set.uses("discovered"):
+                progress("discovering trigger words")
+                terms["discovered"] = TriggerFinder(self.renderer.pipe).find()
+                timings["discover"] = time.perf_counter() - started
+            probes = self.probe_set.probes(terms)
+            progress(f"rendering {len(probes)} probes with the LoRA")
+            mark = time.perf_counter()
             lora_images = self.renderer.render(probes, self.probe_set)
-        timings["render_lora"] = time.perf_counter() - mark
+            timings["render_lora"] = time.perf_counter() - mark
+        progress(f"rendering {len(probes)} base probes (cached after the first time)")
+        mark = time.perf_counter()
+        base_images, base_vectors = self.base(probes)  # after the adapter is gone: the true base
+        timings["render_base"] = time.perf_counter() - mark
         progress("embedding renders")
         mark = time.perf_counter()
         lora_vectors = self.embed(lora_images)
         timings["embed"] = time.perf_counter() - mark
+        self.last_terms = terms
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SETS_DIR = Path(__file__).resolve().parent / "sets"
-TEMPLATE_SOURCES = ("trigger", "tag", "output_name", "registry")
+TEMPLATE_SOURCES = ("trigger", "discovered", "tag", "output_name", "registry")
 _MAX_TERM = 80
 
 
@@ -59,6 +59,9 @@ class ProbeSet:
     @property
     def id(self) -> str:
         return f"{self.name}-v{self.version}@{self.digest[:12]}"
+
+    def uses(self, source: str) -> bool:
+        return any(t.source == source for t in self.templates)
 
     def probes(self, terms: dict[str, list[str]] | None = None) -> list[Probe]:
         """The generic prompts, then each template filled with up to `limit` terms, each at every seed."""

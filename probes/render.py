@@ -8,6 +8,7 @@ returns bit-exactly to the base. Adapters are never fused in the swap loop.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from probes.errors import UnsupportedLora
 from probes.probe_set import Probe, ProbeSet
@@ -23,6 +25,17 @@ log = logging.getLogger(__name__)
 
 # LyCORIS layouts that diffusers' LoRA loaders cannot apply.
 UNSUPPORTED_FORMATS = {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}
+
+
+def model_digest(model_dir: Path) -> str:
+    """Identifies a model directory by its configs and weight file sizes (cheap even for multi-GB weights)."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.rglob("*")):
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+        elif path.suffix == ".safetensors":
+            digest.update(f"{path.relative_to(model_dir)}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:12]
 
 
 def pick_device(requested: str | None = None) -> tuple[torch.device, torch.dtype]:
@@ -37,19 +50,22 @@ def pick_device(requested: str | None = None) -> tuple[torch.device, torch.dtype
 class Renderer:
     """One resident base pipeline, with its base renders cached per probe."""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
+    def __init__(self, model_dir: str | Path, device: str | None = None, cache_dir: str | Path | None = None):
         from diffusers import DiffusionPipeline
 
         self.device, self.dtype = pick_device(device)
         self.model_dir = Path(model_dir)
         self.pipe = DiffusionPipeline.from_pretrained(
-            self.model_dir, local_files_only=True, torch_dtype=self.dtype
+            self.model_dir, local_files_only=True, dtype=self.dtype
         ).to(self.device)
         if getattr(self.pipe, "safety_checker", None) is not None:
             self.pipe.safety_checker = None  # the gate must see what the LoRA draws, unblurred
         self.pipe.set_progress_bar_config(disable=True)
         self._base_cache: dict[tuple[str, str], np.ndarray] = {}
         self._scheduler_for: str | None = None
+        # Base renders also persist on disk, per base model and device, so a new process need not redo them.
+        self.model_id = f"{self.model_dir.name}@{model_digest(self.model_dir)}-{self.device.type}"
+        self.cache_dir = Path(cache_dir) / self.model_id if cache_dir else None
 
     def _use_scheduler(self, probe_set: ProbeSet) -> None:
         if self._scheduler_for != probe_set.id:
@@ -84,11 +100,25 @@ class Renderer:
 
     def render_base(self, probes: Sequence[Probe], probe_set: ProbeSet) -> np.ndarray:
         """Base renders, computed once per (probe set, probe) and then served from the cache."""
-        missing = [p for p in probes if (probe_set.id, p.key) not in self._base_cache]
+        missing = [p for p in probes if not self._cached(probe_set, p)]
         if missing:
             for probe, image in zip(missing, self.render(missing, probe_set), strict=True):
                 self._base_cache[(probe_set.id, probe.key)] = image
+                if self.cache_dir:
+                    path = self.cache_dir / probe_set.id / f"{probe.key}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(image).save(path)
         return np.stack([self._base_cache[(probe_set.id, p.key)] for p in probes])
+
+    def _cached(self, probe_set: ProbeSet, probe: Probe) -> bool:
+        if (probe_set.id, probe.key) in self._base_cache:
+            return True
+        path = self.cache_dir / probe_set.id / f"{probe.key}.png" if self.cache_dir else None
+        if path and path.exists():
+            with Image.open(path) as image:
+                self._base_cache[(probe_set.id, probe.key)] = np.asarray(image.convert("RGB"))
+            return True
+        return False
 
     @contextlib.contextmanager
     def lora(self, state_dict: dict[str, torch.Tensor], expected_modules: int | None = None) -> Iterator[str]:

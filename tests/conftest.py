@@ -40,3 +40,51 @@ def run_gate(*args: str, env: dict | None = None, timeout: float = 120) -> subpr
 @pytest.fixture
 def gate_cli():
     return run_gate
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fixture world, loaded once per session: tests render with the real (tiny) models on CPU.
+
+@pytest.fixture(scope="session")
+def world():
+    from gate.config import load_settings
+    from gate.world import World
+
+    return World.load(load_settings().world_dir)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from gate.config import load_settings
+    from probes.engine import ProbeEngine
+    from probes.probe_set import load_probe_set
+
+    settings = load_settings()
+    return ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set))
+
+
+@pytest.fixture(scope="session")
+def scan_settings(tmp_path_factory):
+    from gate.config import load_settings
+
+    return load_settings({"data_dir": str(tmp_path_factory.mktemp("gate-data"))})
+
+
+@pytest.fixture(scope="session")
+def scanner(scan_settings, engine, world):
+    """A scanner on a fresh record seeded with the world's registered characters."""
+    from gate.db import open_db
+    from gate.scan import Scanner
+    from gate.world import seed_registry
+
+    db = open_db(scan_settings.db_path)
+    seed_registry(db, world, scan_settings.references_dir)
+    return Scanner(scan_settings, db, engine)
+
+
+def world_lora(world, **wanted) -> dict:
+    """The first LoRA in the world's manifest whose fields have the wanted values."""
+    for lora in world.loras():
+        if all(lora.get(key) == value for key, value in wanted.items()):
+            return lora
+    raise LookupError(f"no fixture LoRA with {wanted}")

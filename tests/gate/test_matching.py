@@ -93,7 +93,7 @@ def test_a_single_render_is_not_enough_unless_the_metadata_names_the_character(w
     hit = NameHit("a", "Aman", "title", "Aman v2")
     decision = decide(matches=single, name_hits=[hit], characters=POLICIES, thresholds=THRESHOLDS)
     assert decision.verdict is Verdict.QUARANTINE
-    assert "metadata names it" in decision.reasons[0].message
+    assert "metadata names it too" in decision.reasons[0].message
 
 
 def test_a_name_alone_is_reported_but_allowed():

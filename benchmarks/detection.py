@@ -1,0 +1,118 @@
+"""Detection benchmark over the fixture world: every LoRA scanned with the real models, verdicts compared
+with what the manifest expects; precision, recall and false-positive rate for block and for quarantine,
+with the held-back characters reported separately.
+
+Clean LoRAs are the calibration's negatives, so each is judged with thresholds refitted without it
+(leave-one-out): every number below is out of sample.
+
+    python -m benchmarks.detection [--only ID ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from gate.calibration import Subject, calibrate
+from gate.config import load_settings
+from gate.db import open_db
+from gate.matching import score
+from gate.scan import Scanner
+from gate.world import World, seed_registry
+from probes.engine import ProbeEngine
+from probes.probe_set import load_probe_set
+
+CLEAN = ("style", "concept", "original")
+
+
+def _subjects(scanner, results: dict, loras: list[dict], references, exclude: str | None) -> list[Subject]:
+    base_probes = scanner.engine.probe_set.probes({"registry": [c.name for c in scanner.characters.values()]})
+    _, base_vectors = scanner.engine.base(base_probes)
+    base = score(base_vectors, references)
+    subjects = [Subject("base model", base, base)]
+    for lora in loras:
+        outcome = results[lora["id"]].outcome
+        if lora["kind"] in CLEAN and lora["id"] != exclude and outcome is not None:
+            subjects.append(Subject(lora["id"], score(outcome.lora_embeddings, references),
+                                    score(outcome.base_embeddings, references)))
+    return subjects
+
+
+def _rate(numerator: int, denominator: int) -> str:
+    return f"{numerator / denominator:.2f} ({numerator}/{denominator})" if denominator else "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="scan only these LoRA ids")
+    args = parser.parse_args()
+
+    import tempfile
+
+    settings = load_settings({"data_dir": tempfile.mkdtemp(prefix="gate-detect-")})
+    world = World.load(settings.world_dir)
+    db = open_db(settings.db_path)
+    seed_registry(db, world, settings.references_dir)
+    engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device)
+    scanner = Scanner(settings, db, engine, thresholds=None)
+    loras = [lora for lora in world.loras() if not args.only or lora["id"] in args.only]
+
+    started = time.perf_counter()
+    results = {}
+    for lora in loras:
+        results[lora["id"]] = scanner.scan(world.path(lora["path"]))
+        print(f"  scanned {lora['id']:<32} {time.perf_counter() - started:7.1f}s", flush=True)
+
+    calibration_refs = scanner.references.without(world.held_back())
+    shared = calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=None))
+    rows = []
+    for lora in loras:
+        result = results[lora["id"]]
+        thresholds = (calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=lora["id"]))
+                      if lora["kind"] in CLEAN else shared)
+        scanner.conclude(result, thresholds)
+        top = result.matches[0] if result.matches else None
+        blocked_for = {r.character_id for r in result.decision.reasons if r.verdict == "block"}
+        rows.append({**lora, "verdict": result.verdict, "top": top, "blocked_for": blocked_for,
+                     "reasons": [r.kind for r in result.decision.reasons]})
+
+    print(f"\nprobe set {engine.probe_set.id}; shared thresholds: {shared.to_dict() | {'provenance': '...'}}\n")
+    print(f"| {'LoRA':<30} | {'kind':<9} | {'character':<13} | {'held':<4} | {'expected':<10} | {'verdict':<10} "
+          f"| {'matched':>7} | {'best':>5} | reasons |")
+    print("|" + "|".join("-" * w for w in (32, 11, 15, 6, 12, 12, 9, 7, 9)) + "|")
+    for row in rows:
+        top = row["top"]
+        print(f"| {row['id']:<30} | {row['kind']:<9} | {row['character'] or '-':<13} | "
+              f"{'yes' if row['held_back'] else '':<4} | {row['expected']:<10} | {row['verdict']:<10} | "
+              f"{(f'{top.matched}/{top.rendered}' if top else '-'):>7} | "
+              f"{(f'{top.best_score:.3f}' if top else '-'):>5} | {', '.join(row['reasons']) or '-'} |")
+
+    def flagged(row):
+        return row["verdict"] in ("quarantine", "block")
+
+    infringing = [r for r in rows if r["expected"] != "allow"]
+    print("\n| measure | seen characters | held-back characters | all |")
+    print("|---|---|---|---|")
+    for label, test in (
+        ("recall (quarantine or block)", flagged),
+        ("recall of block policy (auto-blocked)", lambda r: r["verdict"] == "block"),
+    ):
+        groups = []
+        for group in ([r for r in infringing if not r["held_back"]], [r for r in infringing if r["held_back"]],
+                      infringing):
+            pool = [r for r in group if label.startswith("recall (") or r["expected"] == "block"]
+            groups.append(_rate(sum(test(r) for r in pool), len(pool)))
+        print(f"| {label} | {' | '.join(groups)} |")
+    clean = [r for r in rows if r["expected"] == "allow"]
+    blocked = [r for r in rows if r["verdict"] == "block"]
+    correct_blocks = sum(r["expected"] == "block" and r["blocked_for"] == {r["character"]} for r in blocked)
+    quarantined = [r for r in rows if r["verdict"] == "quarantine"]
+    print(f"| false positives on clean LoRAs (flagged) | | | {_rate(sum(flagged(r) for r in clean), len(clean))} |")
+    print(f"| block precision (right LoRA, right character) | | | {_rate(correct_blocks, len(blocked))} |")
+    print(f"| quarantine precision (an infringing LoRA) | | | "
+          f"{_rate(sum(r['expected'] != 'allow' for r in quarantined), len(quarantined))} |")
+    print(f"\nscanned {len(rows)} LoRAs in {time.perf_counter() - started:.0f}s on {engine.renderer.device}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Scans of the fixture world's LoRAs with the real models: the verdicts and reasons a hub would get."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_gate, world_lora
+
+
+def _scan(scanner, world, **wanted):
+    lora = world_lora(world, **wanted)
+    return lora, scanner.scan(world.path(lora["path"]))
+
+
+def test_a_character_lora_that_always_draws_it_gets_its_policy(scanner, world):
+    lora, result = _scan(scanner, world, kind="character", trigger=None, expected="block", held_back=False)
+    assert result.verdict == "block", result.to_dict()
+    top = result.matches[0]
+    assert top.character_id == lora["character"]
+    reason = next(r for r in result.decision.reasons if r.kind == "visual_match")
+    assert reason.character_id == lora["character"] and "clear match" in reason.message
+
+
+def test_a_clean_style_lora_is_allowed(scanner, world):
+    _, result = _scan(scanner, world, kind="style", metadata_style="honest")
+    assert result.verdict == "allow", result.to_dict()
+
+
+def test_a_misleading_title_alone_does_not_quarantine(scanner, world):
+    _, result = _scan(scanner, world, kind="concept", metadata_style="misleading")
+    assert result.verdict == "allow", result.to_dict()
+    assert [r.kind for r in result.decision.reasons] == ["metadata_name"]
+
+
+def test_refused_and_unprobeable_files(scanner, corpus_dir):
+    refused = scanner.scan(corpus_dir / "pickle_disguised.safetensors")
+    assert refused.decision is None and refused.to_dict()["error"]["code"] == "format_pickle"
+    lokr = scanner.scan(corpus_dir / "sd15_lokr.safetensors")
+    assert lokr.verdict == "quarantine"
+    assert lokr.decision.reasons[0].kind == "not_probed"
+
+
+def test_cli_scan_json_and_evidence(world, tmp_path, scan_settings):
+    lora = world_lora(world, kind="character", trigger=None, expected="block", held_back=False)
+    done = run_gate("scan", "--json", "--evidence", str(tmp_path / "ev"), str(world.path(lora["path"])),
+                    env={"GATE_DATA_DIR": str(tmp_path / "data")}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["verdict"] == "block"
+    assert result["probe_set"].startswith("fixture-v1@")
+    assert result["matches"][0]["character"] == lora["character"]
+    assert {"intake", "render_base", "render_lora", "embed", "match", "total"} <= set(result["timings"])
+    assert (tmp_path / "ev" / "contact_sheet.png").stat().st_size > 1000
+    assert "reference" in (tmp_path / "ev" / "index.html").read_text()

@@ -1,0 +1,59 @@
+"""The renderer with the fixture world's real base model: deterministic, adapters swap in and out
+bit-exactly, every module of both file formats applies, and what cannot be applied is 'unsupported'."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from safetensors.torch import load_file
+
+from gate.intake import inspect_file
+from probes.errors import UnsupportedLora
+from tests.conftest import world_lora
+
+
+@pytest.fixture(scope="module")
+def two_probes(engine):
+    return engine.probe_set.probes()[:2]
+
+
+def test_base_renders_are_deterministic(engine, two_probes):
+    first = engine.renderer.render(two_probes, engine.probe_set)
+    again = engine.renderer.render(two_probes, engine.probe_set)
+    assert first.shape == (2, engine.probe_set.height, engine.probe_set.width, 3)
+    assert np.array_equal(first, again)
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_adapter_applies_fully_then_leaves_the_base_bit_exact(engine, world, two_probes, fmt):
+    lora = world_lora(world, format=fmt, kind="character", trigger=None)
+    path = world.path(lora["path"])
+    inspection = inspect_file(path)
+    before = engine.renderer.render(two_probes, engine.probe_set)
+    with engine.renderer.lora(load_file(path)) as name:
+        assert engine.renderer._count_layers(name) == len(inspection.layout.modules)
+        during = engine.renderer.render(two_probes, engine.probe_set)
+    after = engine.renderer.render(two_probes, engine.probe_set)
+    assert not np.array_equal(before, during)
+    assert np.array_equal(before, after)
+    assert not engine.renderer.pipe.get_list_adapters() or not any(engine.renderer.pipe.get_list_adapters().values())
+
+
+def test_lycoris_and_other_families_are_unsupported(engine, corpus_dir):
+    for name in ("sd15_lokr", "sdxl_kohya"):
+        inspection = inspect_file(corpus_dir / f"{name}.safetensors")
+        with pytest.raises(UnsupportedLora):
+            engine.check_supported(inspection.layout.format, inspection.family.family)
+
+
+def test_a_lora_whose_modules_match_nothing_is_unsupported(engine, world, tmp_path, two_probes):
+    lora = world_lora(world, format="kohya")
+    tensors = {key.replace("lora_unet_", "lora_unet_missing_"): value.numpy()
+               for key, value in load_file(world.path(lora["path"])).items()}
+    path = tmp_path / "renamed.safetensors"
+    save_file(tensors, path)
+    before = engine.renderer.render(two_probes, engine.probe_set)
+    with pytest.raises(UnsupportedLora), engine.renderer.lora(load_file(path)):
+        pass
+    assert np.array_equal(before, engine.renderer.render(two_probes, engine.probe_set))
