@@ -287,3 +287,50 @@ def characters_retire(character_id: str) -> None:
 
     character = retire_character(_record(_settings()), character_id)
     click.echo(f"retired {character.id}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--threads", default=8, show_default=True, type=int, help="Request threads.")
+def serve(host: str, port: int, threads: int) -> None:
+    """Run the web gate (hub webhooks, the JSON API, health and metrics) with a background scan worker.
+
+    Example: GATE_UPLOAD_SECRET=s3cret gate serve --port 8000
+    """
+    import logging
+
+    from waitress import serve as run
+
+    from gate.app import create_app
+    from gate.jobs import dispatcher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    settings = app.config["GATE_SETTINGS"]
+    if not settings.upload_secret:
+        click.echo("warning: GATE_UPLOAD_SECRET is not set; POST /v1/uploads will answer 503", err=True)
+    dispatcher(settings)  # start the worker now: it picks up uploads left pending by a previous run
+    click.echo(f"LoRA Gate listening on http://{host}:{port} (data in {settings.data_dir})")
+    run(app, host=host, port=port, threads=threads, ident="lora-gate")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--url", default="http://127.0.0.1:8000/v1/uploads", show_default=True, help="The gate's upload URL.")
+@click.option("--secret", envvar="GATE_UPLOAD_SECRET", required=True, help="The hub's secret [GATE_UPLOAD_SECRET].")
+@click.option("--meta", default=None, help="The hub's record of the upload, as JSON.")
+def deliver(path: str, url: str, secret: str, meta: str | None) -> None:
+    """Send a file to a gate as a hub would: signed multipart POST; prints the gate's answer.
+
+    Example: gate deliver my_lora.safetensors --meta '{"model_id": "m1", "title": "My LoRA"}'
+    """
+    from gate.client import deliver as send
+
+    try:
+        record = json.loads(meta) if meta else None
+    except ValueError:
+        raise click.BadParameter("not valid JSON", param_hint="--meta") from None
+    status, answer = send(url, path, secret, record)
+    click.echo(json.dumps(answer, indent=1))
+    sys.exit(0 if status == 202 else 1)

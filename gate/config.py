@@ -44,6 +44,8 @@ class Settings:
     calibration: Path | None = None
     # What happens to a LoRA that cannot be probed (another family, LyCORIS): a person looks at it.
     not_probed_verdict: str = "quarantine"
+    # The secret hubs sign direct uploads with (X-Gate-Signature); unset, signed endpoints answer 503.
+    upload_secret: str = ""
     intake: IntakeLimits = field(default_factory=IntakeLimits)
 
     @property

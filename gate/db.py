@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -32,6 +34,28 @@ def m001_registry(db: Database) -> None:
                            pk="tensor_hash")
 
 
+@migrations()
+def m002_uploads(db: Database) -> None:
+    db["uploads"].create(
+        {"id": str, "source": str, "delivery_key": str, "hub": str, "model_id": str, "version_id": str,
+         "uploader": str, "title": str, "tags": str, "description": str, "trigger_words": str, "filename": str,
+         "file_path": str, "file_sha256": str, "file_size": int, "tensor_hash": str, "state": str, "verdict": str,
+         "reasons": str, "matches": str, "probe_set": str, "error_code": str, "error_message": str,
+         "attempts": int, "created_at": str, "updated_at": str, "decided_at": str},
+        pk="id", defaults={"attempts": 0},
+    )
+    # Hubs retry: the same delivery (same hub record and the same bytes) must be one upload.
+    db["uploads"].create_index(["delivery_key"], unique=True)
+    db["uploads"].create_index(["state"])
+    # Append-only journal of every state change: who, when, what, why, before and after.
+    db["upload_events"].create(
+        {"id": int, "upload_id": str, "at": str, "actor": str, "action": str, "from_state": str, "to_state": str,
+         "detail": str},
+        pk="id", foreign_keys=[("upload_id", "uploads", "id")],
+    )
+    db["upload_events"].create_index(["upload_id"])
+
+
 def open_db(path: str | Path) -> Database:
     """Open (creating if needed) the record and bring its schema up to date."""
     path = Path(path)
@@ -42,3 +66,24 @@ def open_db(path: str | Path) -> Database:
     db.execute("PRAGMA busy_timeout = 5000")
     migrations.apply(db)
     return db
+
+
+@contextlib.contextmanager
+def writing(db: Database) -> Iterator[Database]:
+    """A write transaction that takes the write lock up front (BEGIN IMMEDIATE).
+
+    A deferred transaction that reads and then writes fails at once with "database is locked" when another
+    connection wrote in between; taking the lock first makes writers queue (busy_timeout) instead.
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    else:
+        db.conn.execute("COMMIT")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from sqlite_utils import Database
 
+from gate.db import writing
 from gate.errors import GateError
 from gate.images import CheckedImage, check_image
 from gate.matching import References
@@ -91,7 +92,7 @@ def add_character(
     if db["characters"].count_where("id = ?", [character_id]):
         raise RegistryError(f"a character with id {character_id!r} is already registered")
     now = _now()
-    with db.atomic():
+    with writing(db):
         db["characters"].insert({
             "id": character_id, "name": name.strip(), "aliases": json.dumps([a.strip() for a in aliases if a.strip()],
                                                                            ensure_ascii=False),

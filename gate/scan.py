@@ -125,18 +125,21 @@ class Scanner:
             self._thresholds = load_thresholds(self.settings.calibration_file)
         return self._thresholds
 
-    def probe(self, path: str | Path, inspection: Inspection, progress: Progress | None = None):
+    def probe(self, path: str | Path, inspection: Inspection, progress: Progress | None = None,
+              trigger_words: list[str] | None = None):
         """Render and embed a file that intake accepted; raises UnsupportedLora."""
+        terms = probe_terms(inspection.metadata, list(self.characters.values()))
+        terms["trigger"] = terms["trigger"] + list(trigger_words or [])
         return self.engine.probe(
             path, lora_format=inspection.layout.format, family=inspection.family.family,
-            modules=len(inspection.layout.modules),
-            terms=probe_terms(inspection.metadata, list(self.characters.values())), progress=progress,
+            modules=len(inspection.layout.modules), terms=terms, progress=progress,
         )
 
     def policies(self) -> dict[str, CharacterPolicy]:
         return {c.id: CharacterPolicy(c.id, c.name, Verdict(c.policy)) for c in self.characters.values()}
 
-    def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None) -> ScanResult:
+    def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
+             hub_meta: dict | None = None) -> ScanResult:
         """Scan one file end to end. Refusals and unsupported LoRAs are results, not exceptions."""
         progress = progress or (lambda stage: None)
         started = time.perf_counter()
@@ -148,13 +151,19 @@ class Scanner:
             return result
         metadata = inspection.metadata
         names = {c.id: c.names for c in self.characters.values()}
-        result.name_hits = find_names(lora_texts(metadata, filename or str(path)), names)
+        texts = lora_texts(metadata, filename or str(path))
+        if hub_meta:  # what the hub says of the upload is screened too: its title, tags, trigger words
+            texts["hub title"] = [hub_meta.get("title") or ""]
+            texts["hub tags"] = hub_meta.get("tags") or []
+            texts["hub trigger words"] = hub_meta.get("trigger_words") or []
+            texts["hub description"] = [hub_meta.get("description") or ""]
+        result.name_hits = find_names(texts, names)
         tensor_hash = inspection.fingerprints.tensor_hash
         if self.db["blocklist"].count_where("tensor_hash = ?", [tensor_hash]):
             result.blocklisted = tensor_hash  # caught without rendering
         else:
             try:
-                outcome = self.probe(path, inspection, progress)
+                outcome = self.probe(path, inspection, progress, (hub_meta or {}).get("trigger_words"))
             except UnsupportedLora as exc:
                 result.not_probed = exc.message
             else:

@@ -1,0 +1,41 @@
+"""The web gate's application factory: defaults, then environment, then the test mapping."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from gate.config import load_settings
+from gate.errors import GateError
+
+# HTTP status for the library's error codes that are the client's doing; the rest are 400.
+STATUS = {"signature_missing": 401, "signature_malformed": 401, "signature_expired": 401,
+          "signature_mismatch": 401, "webhook_secret_mismatch": 401, "upload_not_found": 404,
+          "not_configured": 503}
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the gate's Flask app; `config` overrides settings (tests build any configuration they need)."""
+    settings = load_settings(config)
+    app = Flask(__name__)
+    app.config["GATE_SETTINGS"] = settings
+    # Room for the weights plus the multipart envelope and the hub's record.
+    app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_file_bytes + 4 * 1024 * 1024
+
+    from gate.web import api, health, hooks, record
+
+    record.init_app(app)
+    app.register_blueprint(hooks.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(GateError)
+    def gate_error(exc: GateError):
+        return jsonify(error=exc.to_dict()), STATUS.get(exc.code, 400)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error={"code": code, "message": exc.description}), exc.code
+
+    return app

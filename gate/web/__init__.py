@@ -1,0 +1,1 @@
+"""The web gate's surfaces, one blueprint each: hub deliveries, the JSON API, health and metrics."""

@@ -1,0 +1,97 @@
+"""Direct uploads through the Flask app (its test client): signed, durable, idempotent, clear errors.
+The end-to-end path over real HTTP with RQ workers is issue 6's remaining work."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from gate.app import create_app
+from gate.client import multipart
+from gate.signatures import sign
+
+SECRET = "test-upload-secret"
+
+
+@pytest.fixture
+def app(tmp_path):
+    return create_app({"data_dir": str(tmp_path / "data"), "upload_secret": SECRET})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def post_upload(client, data: bytes, meta: dict | None = None, secret: str = SECRET, timestamp: int | None = None):
+    body, content_type = multipart(data, meta, "lora.safetensors")
+    return client.post("/v1/uploads", data=io.BytesIO(body), content_type=content_type,
+                       headers={"X-Gate-Signature": sign(body, secret, timestamp)})
+
+
+def wait_for(client, upload_id: str, states=("decided", "refused", "failed"), timeout: float = 240) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        answer = client.get(f"/v1/uploads/{upload_id}").get_json()
+        if answer["state"] in states:
+            return answer
+        time.sleep(0.2)
+    raise AssertionError(f"upload {upload_id} still {answer['state']} after {timeout}s")
+
+
+def test_a_pickle_is_accepted_for_the_record_then_refused_with_its_code(client, corpus_dir):
+    response = post_upload(client, (corpus_dir / "pickle_disguised.safetensors").read_bytes(), {"model_id": "m1"})
+    assert response.status_code == 202
+    answer = response.get_json()
+    assert answer["status_url"].endswith(f"/v1/uploads/{answer['id']}")
+    final = wait_for(client, answer["id"])
+    assert final["state"] == "refused" and final["verdict"] is None
+    assert final["error"]["code"] == "format_pickle"
+
+
+def test_a_retried_delivery_is_one_upload(client, corpus_dir):
+    data = (corpus_dir / "trailing_bytes.safetensors").read_bytes()
+    first = post_upload(client, data, {"model_id": "m2", "version_id": "v1"}).get_json()
+    again = post_upload(client, data, {"model_id": "m2", "version_id": "v1"}).get_json()
+    other_version = post_upload(client, data, {"model_id": "m2", "version_id": "v2"}).get_json()
+    assert again["id"] == first["id"] and again["duplicate"] is True
+    assert other_version["id"] != first["id"]
+
+
+@pytest.mark.parametrize("change,status,code", [
+    ({"secret": "wrong"}, 401, "signature_mismatch"),
+    ({"timestamp": 1_000_000}, 401, "signature_expired"),
+])
+def test_bad_signatures_are_refused(client, change, status, code):
+    response = post_upload(client, b"data", **change)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_malformed_requests_get_clear_json_errors(client):
+    assert client.post("/v1/uploads", data=b"{}", content_type="application/json",
+                       headers={"X-Gate-Signature": sign(b"{}", SECRET)}).status_code == 415
+    no_header = client.post("/v1/uploads", data=b"x", content_type="multipart/form-data; boundary=x")
+    assert no_header.status_code == 401 and no_header.get_json()["error"]["code"] == "signature_missing"
+    body = b"--b\r\nContent-Disposition: form-data; name=\"meta\"\r\n\r\n{}\r\n--b--\r\n"
+    missing = client.post("/v1/uploads", data=body, content_type="multipart/form-data; boundary=b",
+                          headers={"X-Gate-Signature": sign(body, SECRET)})
+    assert missing.status_code == 400 and missing.get_json()["error"]["code"] == "file_missing"
+    bad_meta = post_upload(client, b"x", {"tags": "not-a-list"})
+    assert bad_meta.status_code == 400 and bad_meta.get_json()["error"]["code"] == "meta_invalid"
+    assert client.get("/v1/uploads/up_nothing").status_code == 404
+
+
+def test_unconfigured_secret_answers_503(tmp_path):
+    client = create_app({"data_dir": str(tmp_path)}).test_client()
+    assert client.post("/v1/uploads").status_code == 503
+
+
+def test_health_readiness_and_metrics(client, corpus_dir):
+    wait_for(client, post_upload(client, (corpus_dir / "empty.safetensors").read_bytes()).get_json()["id"])
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json()["status"] == "ready"
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'gate_uploads{state="refused"} 1' in metrics and "gate_queue_depth" in metrics
