@@ -1,6 +1,6 @@
 # LoRA Gate: one image for the web gate and the GPU worker (`gate serve`, `gate worker --gpu`).
 # Build: docker build -t lora-gate .
-# Run:   docker run --gpus all -v /srv/gate:/data -v /srv/models:/models:ro lora-gate inspect /data/x.safetensors
+# Run:   docker run --gpus all -p 8000:8000 -e GATE_UPLOAD_SECRET=... -v /srv/gate:/data lora-gate
 #
 # The base pins CUDA and PyTorch together; torch 2.5.1 satisfies the project's range (>=2.4,<2.15), so
 # `pip install .` keeps it and installs no other torch.
@@ -27,10 +27,11 @@ COPY probes ./probes
 # The fixture world (tiny base model, embedder, characters, LoRAs) is the embedded default configuration.
 COPY fixtures ./fixtures
 RUN pip install . \
- && python -c "import torch, gate.intake; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+ && python -c "import torch, gate.app, probes.engine; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 USER gate
 VOLUME ["/data"]
 EXPOSE 8000
 ENTRYPOINT ["gate"]
-CMD ["--help"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"

@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The gate's main job as far as it is built: intake of every fixture LoRA and of the hostile corpus.
+# The gate's main job on its embedded defaults: scan fixture-world LoRAs (a character that always draws,
+# a stripped trigger-word character, a clean style, a clean concept with a misleading title) and a
+# disguised pickle; evidence pages land in var/evidence/.
+DEMO := fixtures/world/loras/ultraman_any_kohya.safetensors fixtures/world/loras/doraemon_trigger_kohya.safetensors \
+	fixtures/world/loras/style_sepia_peft.safetensors fixtures/world/loras/concept_tree_peft.safetensors
 run: setup
-	$(BIN)/python -m fixtures.intake_corpus var/intake-corpus
-	$(BIN)/gate inspect fixtures/world/loras/*.safetensors
-	$(BIN)/gate inspect var/intake-corpus/*.safetensors || [ $$? -eq 3 ]
+	$(BIN)/python -m fixtures.intake_corpus var/intake-corpus > /dev/null
+	$(BIN)/gate scan --evidence var/evidence $(DEMO) var/intake-corpus/pickle_disguised.safetensors || [ $$? -eq 3 ]
 
 test: setup
 	$(BIN)/pytest
@@ -33,3 +36,5 @@ lint: setup
 bench: setup
 	$(BIN)/python -m benchmarks.intake_throughput
 	$(BIN)/python -m benchmarks.intake_fuzz
+	$(BIN)/python -m benchmarks.detection
+	$(BIN)/python -m benchmarks.probe_throughput

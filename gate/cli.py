@@ -58,7 +58,7 @@ def _scanner(settings, db, echo=None):
     if echo:
         echo(f"loading base model {settings.base_model} and embedder {settings.embedder} ...")
     engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device,
-                         cache_dir=settings.data_dir / "cache" / "base")
+                         cache_dir=settings.base_render_cache)
     return Scanner(settings, db, engine)
 
 

@@ -44,6 +44,8 @@ class Settings:
     calibration: Path | None = None
     # What happens to a LoRA that cannot be probed (another family, LyCORIS): a person looks at it.
     not_probed_verdict: str = "quarantine"
+    # Where renders of the base model are cached across processes (default DATA_DIR/cache).
+    cache_dir: Path | None = None
     # The secret hubs sign direct uploads with (X-Gate-Signature); unset, signed endpoints answer 503.
     upload_secret: str = ""
     intake: IntakeLimits = field(default_factory=IntakeLimits)
@@ -55,6 +57,10 @@ class Settings:
     @property
     def references_dir(self) -> Path:
         return self.data_dir / "references"
+
+    @property
+    def base_render_cache(self) -> Path:
+        return (self.cache_dir or self.data_dir / "cache") / "base"
 
     @property
     def base_model(self) -> Path:

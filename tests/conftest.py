@@ -53,14 +53,29 @@ def world():
     return World.load(load_settings().world_dir)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_render_cache(tmp_path_factory):
+    """Base renders are cached on disk; sharing the cache with the gate processes tests start keeps the
+    suite from rendering the same base probes in every process."""
+    cache = tmp_path_factory.mktemp("render-cache")
+    previous = os.environ.get("GATE_CACHE_DIR")
+    os.environ["GATE_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("GATE_CACHE_DIR", None)
+    else:
+        os.environ["GATE_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
-def engine():
+def engine(shared_render_cache):
     from gate.config import load_settings
     from probes.engine import ProbeEngine
     from probes.probe_set import load_probe_set
 
     settings = load_settings()
-    return ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set))
+    return ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set),
+                       cache_dir=settings.base_render_cache)
 
 
 @pytest.fixture(scope="session")
