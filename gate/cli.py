@@ -334,3 +334,40 @@ def deliver(path: str, url: str, secret: str, meta: str | None) -> None:
     status, answer = send(url, path, secret, record)
     click.echo(json.dumps(answer, indent=1))
     sys.exit(0 if status == 202 else 1)
+
+
+@main.group(name="blocklist")
+def blocklist_group() -> None:
+    """Tensor hashes of blocked LoRAs: re-uploads are blocked at intake, without rendering."""
+
+
+@blocklist_group.command("add")
+@click.argument("tensor_hash")
+@click.option("--reason", required=True, help="Why it is blocked (kept with the entry).")
+@click.option("--source", default="operator", show_default=True, help="On whose word.")
+def blocklist_add(tensor_hash: str, reason: str, source: str) -> None:
+    """Block a LoRA's tensor content (the tensor_hash `gate inspect` reports).
+
+    Example: gate blocklist add 3f2a...e9 --reason "Ultraman LoRA, takedown 2026-11-02"
+    """
+    from gate.blocklist import add
+
+    add(_record(_settings()), tensor_hash, reason, source)
+    click.echo(f"blocked {tensor_hash}")
+
+
+@blocklist_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def blocklist_list(as_json: bool) -> None:
+    """List blocked tensor hashes.
+
+    Example: gate blocklist list --json
+    """
+    from gate.blocklist import entries
+
+    found = entries(_record(_settings()))
+    if as_json:
+        click.echo(json.dumps(found, indent=1, ensure_ascii=False))
+        return
+    for entry in found:
+        click.echo(f"{entry['tensor_hash']}  {entry['created_at']}  {entry['source']}: {entry['reason']}")

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from gate import blocklist
 from gate.config import Settings
 from gate.decisions import CharacterPolicy, Decision, Verdict, decide
+from gate.errors import GateError
 from gate.intake import Inspection, inspect_file
 from gate.intake.metadata import LoraMetadata
 from gate.matching import CharacterMatch, References, Thresholds, match_characters, score
@@ -26,15 +28,23 @@ from probes.errors import UnsupportedLora
 Progress = Callable[[str], None]
 
 
-class CalibrationMissing(Exception):
+class CalibrationMissing(GateError):
     code = "calibration_missing"
 
 
-def load_thresholds(path: Path) -> Thresholds:
+def load_thresholds(path: Path, probe_set_id: str, embedder_id: str) -> Thresholds:
+    """Thresholds from a calibration file, which must be for this probe set and embedder."""
     try:
-        return Thresholds.from_dict(json.loads(path.read_text())["thresholds"])
+        data = json.loads(path.read_text())
+        thresholds = Thresholds.from_dict(data["thresholds"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CalibrationMissing(f"no usable calibration at {path} ({exc}); run `gate calibrate`") from None
+    for what, have, want in (("probe set", data.get("probe_set"), probe_set_id),
+                             ("embedder", data.get("embedder"), embedder_id)):
+        if have != want:
+            raise CalibrationMissing(f"{path} was calibrated for {what} {have}, not {want}; run `gate calibrate`",
+                                     "calibration_stale")
+    return thresholds
 
 
 def lora_texts(metadata: LoraMetadata, filename: str) -> dict[str, list[str]]:
@@ -122,7 +132,8 @@ class Scanner:
     @property
     def thresholds(self) -> Thresholds:
         if self._thresholds is None:
-            self._thresholds = load_thresholds(self.settings.calibration_file)
+            self._thresholds = load_thresholds(self.settings.calibration_file, self.engine.probe_set.id,
+                                               self.engine.embedder_id)
         return self._thresholds
 
     def probe(self, path: str | Path, inspection: Inspection, progress: Progress | None = None,
@@ -159,8 +170,9 @@ class Scanner:
             texts["hub description"] = [hub_meta.get("description") or ""]
         result.name_hits = find_names(texts, names)
         tensor_hash = inspection.fingerprints.tensor_hash
-        if self.db["blocklist"].count_where("tensor_hash = ?", [tensor_hash]):
-            result.blocklisted = tensor_hash  # caught without rendering
+        entry = blocklist.contains(self.db, tensor_hash)
+        if entry:
+            result.blocklisted = f"{tensor_hash[:16]}…, {entry['reason']}"  # caught without rendering
         else:
             try:
                 outcome = self.probe(path, inspection, progress, (hub_meta or {}).get("trigger_words"))

@@ -52,3 +52,24 @@ def test_cli_scan_json_and_evidence(world, tmp_path, scan_settings):
     assert {"intake", "render_base", "render_lora", "embed", "match", "total"} <= set(result["timings"])
     assert (tmp_path / "ev" / "contact_sheet.png").stat().st_size > 1000
     assert "reference" in (tmp_path / "ev" / "index.html").read_text()
+
+
+def test_a_blocklisted_reupload_with_new_metadata_is_blocked_without_rendering(scanner, world, tmp_path):
+    from safetensors.numpy import save_file
+    from safetensors.torch import load_file
+
+    from gate import blocklist
+    from gate.intake import inspect_file
+
+    lora = world_lora(world, kind="style", metadata_style="honest")
+    original = world.path(lora["path"])
+    blocklist.add(scanner.db, inspect_file(original).fingerprints.tensor_hash, "takedown notice 42", "test")
+    renamed = tmp_path / "totally_new_name.safetensors"
+    save_file({k: v.numpy() for k, v in load_file(original).items()}, renamed, metadata={"ss_output_name": "fresh"})
+    try:
+        result = scanner.scan(renamed)
+    finally:
+        scanner.db["blocklist"].delete_where()
+    assert result.verdict == "block"
+    assert result.outcome is None  # nothing was rendered
+    assert result.decision.reasons[0].kind == "blocklist" and "takedown notice 42" in result.decision.reasons[0].message
