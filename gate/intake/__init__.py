@@ -46,7 +46,7 @@ class Inspection:
         layout, family, prints = self.layout, self.family, self.fingerprints
         result = {
             "ok": self.ok,
-            "path": self.path,
+            "path": self.path.encode("utf-8", "backslashreplace").decode("utf-8"),  # undecodable file names
             "file_size": self.file_size,
             "format": layout.format if layout else None,
             "base_family": family.family if family else None,
@@ -95,9 +95,11 @@ def inspect_file(path: str | os.PathLike, limits: IntakeLimits | None = None) ->
 
 
 def _inspect(path: Path, limits: IntakeLimits, inspection: Inspection) -> None:
+    if not stat.S_ISREG(os.stat(path).st_mode):  # before open(): opening a FIFO for reading blocks
+        raise IntakeError(Refusal.FILE_UNREADABLE, "not a regular file")
     with open(path, "rb") as stream:
         status = os.fstat(stream.fileno())
-        if not stat.S_ISREG(status.st_mode):
+        if not stat.S_ISREG(status.st_mode):  # replaced between the two checks
             raise IntakeError(Refusal.FILE_UNREADABLE, "not a regular file")
         size = status.st_size
         inspection.file_size = size
@@ -105,7 +107,7 @@ def _inspect(path: Path, limits: IntakeLimits, inspection: Inspection) -> None:
             raise IntakeError(
                 Refusal.FILE_TOO_LARGE, f"the file is {size} bytes; this gate accepts at most {limits.max_file_bytes}"
             )
-        sniff(stream.read(HEAD_BYTES))
+        sniff(stream.read(HEAD_BYTES), size)
         stream.seek(0)
         inspection.header = read_header(stream, size, limits)
         inspection.metadata = parse_metadata(inspection.header.metadata)
@@ -117,4 +119,4 @@ def _inspect(path: Path, limits: IntakeLimits, inspection: Inspection) -> None:
                 f"metadata ({inspection.family.claimed_by}) claims {inspection.family.claimed} but the "
                 f"tensor shapes say {inspection.family.family}"
             )
-        inspection.fingerprints = fingerprint(str(path), stream, inspection.header)
+        inspection.fingerprints = fingerprint(stream, inspection.header)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gate.intake.layout import Layout
@@ -22,6 +23,10 @@ _CLAIMS = (
     ("stable-diffusion-xl", "sdxl"), ("stable-diffusion-v1", "sd15"), ("stable-diffusion-v2", "sd2"),
     ("stable-diffusion-3", "sd3"), ("flux-1", "flux"), ("chroma", "flux"), ("lora_gate_fixture", "fixture"),
 )
+
+
+# A UNet attention's second-or-later transformer block, in diffusers or SGM (kohya SDXL) naming.
+_DEEP_UNET_BLOCK = re.compile(r"(?:attentions_\d+|blocks_\d+_1|middle_block_1)_transformer_blocks_[1-9]")
 
 
 @dataclass(frozen=True)
@@ -58,14 +63,16 @@ def _signals(layout: Layout) -> list[tuple[str, set[str]]]:
     for width in _widths(layout, "attn_to_q", component="transformer") | _widths(layout, "attn_to_k"):
         if width in TRANSFORMER_WIDTH:
             signals.append((f"transformer width {width}", {TRANSFORMER_WIDTH[width]}))
-    if any(n.startswith(("input_blocks", "output_blocks", "middle_block")) for n in names):
-        signals.append(("SGM block names (kohya SDXL)", {"sdxl"}))
+    # SD1.x/2.x UNets have one transformer block per attention; SDXL has 2 or 10.
+    if any(_DEEP_UNET_BLOCK.search(n) for n in names):
+        signals.append(("several transformer blocks per UNet attention", {"sdxl"}))
     for width in _widths(layout, "self_attn_q_proj", component="text_encoder"):
         signals.append((f"text encoder width {width}", TEXT_ENCODER_WIDTH.get(width, {"unknown"})))
+    # A second or third text encoder: CLIP-G (SDXL, SD3) or T5 (SD3; Flux in kohya's naming).
     if "text_encoder_2" in layout.components:
-        signals.append(("a second text encoder", {"sdxl", "sd3"}))
+        signals.append(("a second text encoder", {"sdxl", "sd3", "flux"}))
     if "text_encoder_3" in layout.components:
-        signals.append(("a third text encoder", {"sd3"}))
+        signals.append(("a third text encoder", {"sd3", "flux"}))
     return signals
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -33,21 +34,26 @@ class Fingerprints:
 
 
 class _FileDigest(threading.Thread):
-    """sha256 of the whole file on a second reader; hashlib drops the GIL, so it runs beside the scan."""
+    """sha256 of the validated file on a second thread; hashlib drops the GIL, so it runs beside the scan.
 
-    def __init__(self, path: str):
+    It reads the same open file (pread: no shared offset) up to the validated size, so the hash is of the
+    bytes that were checked even if the path is replaced meanwhile."""
+
+    def __init__(self, fd: int, size: int):
         super().__init__(daemon=True)
-        self.path, self.digest, self.error = path, "", None
+        self.fd, self.size, self.digest, self.error = fd, size, "", None
         self.cancelled = threading.Event()  # set when the scan refuses the file: stop reading
 
     def run(self) -> None:
         digest = hashlib.sha256()
-        buffer = bytearray(1024 * 1024)
-        view = memoryview(buffer)
+        offset = 0
         try:
-            with open(self.path, "rb") as stream:
-                while not self.cancelled.is_set() and (got := stream.readinto(buffer)):
-                    digest.update(view[:got])
+            while offset < self.size and not self.cancelled.is_set():
+                chunk = os.pread(self.fd, min(1024 * 1024, self.size - offset), offset)
+                if not chunk:
+                    raise OSError("the file shrank while it was read")
+                digest.update(chunk)
+                offset += len(chunk)
         except OSError as exc:
             self.error = exc
         self.digest = digest.hexdigest()
@@ -82,9 +88,9 @@ def _scan_tensor(stream: BinaryIO, tensor: TensorInfo, buffer: bytearray, scratc
     return digest.hexdigest()
 
 
-def fingerprint(path: str, stream: BinaryIO, header: Header) -> Fingerprints:
+def fingerprint(stream: BinaryIO, header: Header) -> Fingerprints:
     """Read every tensor once in file order (stream is positioned anywhere); memory stays at two chunks."""
-    file_digest = _FileDigest(path)
+    file_digest = _FileDigest(stream.fileno(), header.file_size)
     file_digest.start()
     # Buffers no larger than the largest tensor: small files (most hostile ones) cost kilobytes, not megabytes.
     chunk = min(CHUNK_BYTES, max(t.nbytes for t in header.tensors) + 8)

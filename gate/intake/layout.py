@@ -33,6 +33,9 @@ _PEFT_ROLES = {
     "lora_magnitude_vector": "dora_scale", "lora_magnitude_vector.weight": "dora_scale", "alpha": "alpha",
 }
 _LEGACY_ROLES = {"lora.down.weight": "down", "lora.up.weight": "up", "lora.alpha": "alpha"}
+# ComfyUI's LoraSave writes dotted module paths with kohya's suffixes ("diffusion_model.<path>.lora_up.weight").
+_DOTTED_KOHYA_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid",
+                       "dora_scale": "dora_scale"}
 # diffusers <0.21 attention processors: "<attention>.processor.to_k_lora.down.weight".
 _PROCESSOR_RE = re.compile(
     r"^(?P<module>.+)\.processor\.(?P<proj>to_(?:q|k|v|out))_lora\.(?P<role>down|up)\.weight$"
@@ -54,7 +57,7 @@ class Module:
     name: str  # normalised: component-relative path with '_' for '.'
     component: str
     kind: str  # lora, loha, lokr
-    format: str  # kohya, diffusers, diffusers_legacy, loha, lokr
+    format: str  # kohya, diffusers, diffusers_legacy, comfyui, loha, lokr
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     rank: int | None = None
     in_features: int | None = None
@@ -120,7 +123,8 @@ def _classify(name: str) -> tuple[str, str, str, str] | None:
     if processor:
         return ("diffusers_legacy", *_component_path(f"{processor['module']}.{processor['proj']}"),
                 processor["role"])
-    for fmt, roles in (("diffusers_legacy", _LEGACY_ROLES), ("diffusers", _PEFT_ROLES)):
+    for fmt, roles in (("diffusers_legacy", _LEGACY_ROLES), ("comfyui", _DOTTED_KOHYA_ROLES),
+                       ("diffusers", _PEFT_ROLES)):
         for suffix, role in roles.items():
             if name.endswith("." + suffix):
                 return (fmt, *_component_path(name[: -len(suffix) - 1]), role)
@@ -162,6 +166,12 @@ def read_layout(header: Header) -> Layout:
             f"{len(extra)} tensors ({extra_bytes} bytes) are not LoRA weights, more than the LoRA part "
             f"({lora_bytes} bytes): this looks like a full checkpoint",
         )
+    for tensor in extra:  # tolerated extras (textual-inversion bundles, …) are weights too, never raw bytes
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise IntakeError(
+                Refusal.LORA_DTYPE_INVALID,
+                f"tensor {tensor.name[:80]!r} is {tensor.dtype}: a LoRA file holds floating-point weights only",
+            )
     for module in modules.values():
         _check_module(module)
 
@@ -239,18 +249,41 @@ def _check_pair(module: Module, a: str, b: str) -> tuple[tuple[int, ...], tuple[
     return left, right
 
 
+def _check_tucker(module: Module, core: str, a: str, b: str) -> tuple[int, int, int]:
+    """LyCORIS Tucker factors: core [r, r, k, k], a [r, out], b [r, in]; returns (rank, out, in)."""
+    t, left, right = _matrix(module, core), _matrix(module, a), _matrix(module, b)
+    rank = t[0]
+    if t[1] != rank or left[0] != rank or right[0] != rank:
+        raise IntakeError(
+            Refusal.RANK_MISMATCH,
+            f"module {module.component}.{module.name}: Tucker factors {list(t)}, {list(left)}, {list(right)} "
+            "disagree on rank",
+        )
+    return rank, left[1], right[1] * prod(t[2:])
+
+
 def _check_loha(module: Module) -> None:
-    w1_a, w1_b = _check_pair(module, "w1_a", "w1_b")
-    w2_a, w2_b = _check_pair(module, "w2_a", "w2_b")
-    if w1_a[0] != w2_a[0]:
-        _refuse_shape(module, f"the two Hadamard factors have different outputs {w1_a[0]} and {w2_a[0]}")
-    module.rank, module.out_features, module.in_features = w1_b[0], w1_a[0], prod(w1_b[1:])
+    factors = []
+    for index, core in (("1", "t1"), ("2", "t2")):
+        if core in module.tensors:
+            factors.append(_check_tucker(module, core, f"w{index}_a", f"w{index}_b"))
+        else:
+            left, right = _check_pair(module, f"w{index}_a", f"w{index}_b")
+            factors.append((right[0], left[0], prod(right[1:])))
+    (rank, out1, in1), (_, out2, in2) = factors
+    if (out1, in1) != (out2, in2):
+        _refuse_shape(module, f"the two Hadamard factors have different shapes {(out1, in1)} and {(out2, in2)}")
+    module.rank, module.out_features, module.in_features = rank, out1, in1
 
 
 def _lokr_factor(module: Module, index: str) -> tuple[int, int]:
     if f"w{index}" in module.tensors:
         shape = _matrix(module, f"w{index}")
         return shape[0], prod(shape[1:])
+    if index == "2" and "t2" in module.tensors:
+        rank, out, fan_in = _check_tucker(module, "t2", "w2_a", "w2_b")
+        module.rank = module.rank or rank
+        return out, fan_in
     left, right = _check_pair(module, f"w{index}_a", f"w{index}_b")
     if module.rank is None:
         module.rank = right[0]

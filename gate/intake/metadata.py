@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -20,6 +21,7 @@ _KOHYA_TEXT = {
 _KOHYA_INT = {"network_dim": "ss_network_dim", "num_train_images": "ss_num_train_images",
               "epochs": "ss_num_epochs", "steps": "ss_max_train_steps"}
 _MAX_TAGS = 50
+_MAX_DEPTH = 16  # nested JSON in metadata deeper than this is kept raw: nothing legitimate nests so deep
 
 
 @dataclass
@@ -69,14 +71,34 @@ def _split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value: object) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [child for item in level if isinstance(item, dict | list)
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if depth > _MAX_DEPTH:
+            break
+    return depth
+
+
 def _json(raw: str, key: str, warnings: list[str]) -> object:
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant)
         # Some trainers double-encode: a JSON string that holds JSON.
-        return json.loads(value) if isinstance(value, str) else value
+        if isinstance(value, str):
+            value = json.loads(value, parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         warnings.append(f"{key} is not valid JSON; kept raw")
         return None
+    if _depth(value) > _MAX_DEPTH:
+        warnings.append(f"{key} nests deeper than {_MAX_DEPTH} levels; kept raw")
+        return None
+    return value
 
 
 def _tag_frequency(raw: str, warnings: list[str]) -> dict[str, dict[str, int]]:
@@ -118,8 +140,11 @@ def parse_metadata(raw: dict[str, str]) -> LoraMetadata:
         used.add("ss_network_alpha")
         try:
             meta.network_alpha = float(raw["ss_network_alpha"])
+            if not math.isfinite(meta.network_alpha):
+                raise ValueError
         except ValueError:
-            warnings.append(f"ss_network_alpha={raw['ss_network_alpha'][:40]!r} is not a number")
+            meta.network_alpha = None
+            warnings.append(f"ss_network_alpha={raw['ss_network_alpha'][:40]!r} is not a finite number")
     if "ss_network_args" in raw:
         used.add("ss_network_args")
         args = _json(raw["ss_network_args"], "ss_network_args", warnings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from gate.errors import IntakeError, Refusal
 
 # Pickle streams written with protocol 2+ open with PROTO (0x80) and the protocol number.
@@ -25,10 +27,20 @@ _OTHER_MAGICS = {
 HEAD_BYTES = 16
 
 
-def sniff(head: bytes) -> str:
+def _plausible_safetensors(head: bytes, file_size: int) -> bool:
+    """An 8-byte length that fits the file, then '{': the low bytes of the length can look like any magic
+    number (0x80 0x04 is a pickle's opening, 'MZ' an executable's), so this is checked first."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < struct.unpack("<Q", head[:8])[0] <= file_size - 8
+
+
+def sniff(head: bytes, file_size: int) -> str:
     """Return "safetensors" for a plausible safetensors file; raise IntakeError naming what it is otherwise."""
     if not head:
         raise IntakeError(Refusal.FILE_EMPTY, "the file is empty")
+    if _plausible_safetensors(head, file_size):
+        return "safetensors"
     if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
         raise IntakeError(
             Refusal.FORMAT_PICKLE,
