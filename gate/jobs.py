@@ -43,12 +43,20 @@ def process_upload(settings: Settings, db, upload_id: str, scanner_factory) -> d
     scanner = scanner_factory()
     result = scanner.scan(upload["file_path"], filename=upload["filename"], hub_meta=hub_meta)
     answer = result.to_dict(scanner.characters)
+    if result.decision is not None:
+        from gate.evidence import write_evidence
+
+        write_evidence(result, scanner.characters, evidence_dir(settings, upload_id))
     return transition(db, upload_id, UploadState.DECIDED, "gate", f"decided {result.verdict}", {
         "verdict": result.verdict, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
         "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,
         "tensor_hash": inspection.fingerprints.tensor_hash,
         "decided_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }, {"verdict": result.verdict, "reasons": [r["kind"] for r in answer["reasons"]]})
+
+
+def evidence_dir(settings: Settings, upload_id: str):
+    return settings.data_dir / "evidence" / upload_id
 
 
 class InProcessDispatcher:

@@ -18,7 +18,7 @@ def test_shipped_probe_sets_load(path):
 def test_identity_is_the_content_not_the_formatting():
     text = (SETS_DIR / "fixture-v1.toml").read_text()
     same = parse_probe_set("# a new comment\n" + text)
-    changed = parse_probe_set(text.replace("steps = 15", "steps = 16"))
+    changed = parse_probe_set(text.replace("steps = 20", "steps = 21"))
     original = parse_probe_set(text)
     assert same.id == original.id
     assert changed.id != original.id

@@ -64,5 +64,7 @@ def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world):
     assert final["state"] == "decided"
     assert final["verdict"] == "block"
     assert any(r["kind"] == "visual_match" and r["character"] == lora["character"] for r in final["reasons"])
+    page = urllib.request.urlopen(final["evidence_url"]).read().decode()
+    assert "contact_sheet" not in page and "_render.png" in page  # the page shows the renders side by side
     metrics = urllib.request.urlopen(f"{server}/metrics").read().decode()
     assert 'gate_decisions{verdict="block"} 1' in metrics
