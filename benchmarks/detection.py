@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from gate.calibration import Subject, calibrate
+from gate.calibration import Subject, calibrate, write_calibration
 from gate.config import load_settings
 from gate.db import open_db
 from gate.matching import score
@@ -45,6 +46,8 @@ def _rate(numerator: int, denominator: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="scan only these LoRA ids")
+    parser.add_argument("--write-calibration", type=Path,
+                        help="also write the shared thresholds here (what `gate calibrate` writes for the world)")
     args = parser.parse_args()
 
     import tempfile
@@ -60,11 +63,16 @@ def main() -> None:
     started = time.perf_counter()
     results = {}
     for lora in loras:
-        results[lora["id"]] = scanner.scan(world.path(lora["path"]))
+        results[lora["id"]] = scanner.scan(world.path(lora["path"]), conclude=False)
         print(f"  scanned {lora['id']:<32} {time.perf_counter() - started:7.1f}s", flush=True)
 
     calibration_refs = scanner.references.without(world.held_back())
     shared = calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=None))
+    if args.write_calibration:
+        negatives = [Path(lora["path"]).name for lora in loras if lora["kind"] in CLEAN]
+        write_calibration(args.write_calibration, shared, probe_set_id=engine.probe_set.id,
+                          embedder_id=engine.embedder_id, negatives=negatives,
+                          characters=list(calibration_refs.character_ids))
     rows = []
     for lora in loras:
         result = results[lora["id"]]

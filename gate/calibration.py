@@ -44,7 +44,11 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
         lifts.append(subject.lora.similarity[rows, nearest] - subject.base.similarity[rows, nearest])
     lift_values = np.concatenate(lifts) if lifts else np.zeros(1)
     render_score = float(np.quantile(render_scores, quantile))
-    lift = max(0.0, float(np.quantile(lift_values, quantile)))
+    # The lift is a rule, not a fitted margin: the LoRA render must be more like the character than the base
+    # render of the same probe. A high quantile of clean LoRAs' lifts was tried and rejected: a style LoRA
+    # can recolour a render toward some character by a wide margin, and that margin then hid every real
+    # match. The score threshold and the counts below carry the false-positive control.
+    lift = 0.0
     provisional = Thresholds(render_score, lift, 0, 0, 0.0)
     negative_matches = {
         s.name: int(np.bincount(render_matches(s.lora, s.base, provisional) + 1, minlength=1)[1:].max(initial=0))
@@ -63,6 +67,7 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
             "negative_renders": int(render_scores.size),
             "max_negative_score": round(float(render_scores.max()), 6),
             "negative_matches": negative_matches,
+            "negative_lift_quantile": round(float(np.quantile(lift_values, quantile)), 6),
         },
     )
 
@@ -87,6 +92,20 @@ def negative_subjects(scanner, paths: list[Path], references, progress=None) -> 
         subjects.append(Subject(Path(path).stem, score(outcome.lora_embeddings, references),
                                 score(outcome.base_embeddings, references)))
     return subjects
+
+
+def write_calibration(path: Path, thresholds: Thresholds, *, probe_set_id: str, embedder_id: str,
+                      negatives: list[str], characters: list[str]) -> None:
+    """The calibration file `gate scan` reads: thresholds, what they were fitted for, and on what."""
+    import json
+    from datetime import UTC, datetime
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "thresholds": thresholds.to_dict(), "probe_set": probe_set_id, "embedder": embedder_id,
+        "negatives": negatives, "characters": characters,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }, indent=2, ensure_ascii=False))
 
 
 def _empty_metadata():

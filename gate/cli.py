@@ -176,11 +176,10 @@ def calibrate(negatives: tuple[str, ...], out: str | None) -> None:
 
     Example: gate calibrate clean/*.safetensors
     """
-    from datetime import UTC, datetime
     from pathlib import Path
 
     from gate.calibration import calibrate as fit
-    from gate.calibration import negative_subjects
+    from gate.calibration import negative_subjects, write_calibration
     from gate.world import World
 
     settings = _settings()
@@ -196,12 +195,9 @@ def calibrate(negatives: tuple[str, ...], out: str | None) -> None:
     subjects = negative_subjects(scanner, paths, references, progress=click.echo)
     thresholds = fit(subjects)
     target = Path(out) if out else settings.data_dir / "calibration.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps({
-        "thresholds": thresholds.to_dict(), "probe_set": scanner.engine.probe_set.id,
-        "embedder": scanner.engine.embedder_id, "negatives": [p.name for p in paths],
-        "characters": list(references.character_ids), "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }, indent=2, ensure_ascii=False))
+    write_calibration(target, thresholds, probe_set_id=scanner.engine.probe_set.id,
+                      embedder_id=scanner.engine.embedder_id, negatives=[p.name for p in paths],
+                      characters=list(references.character_ids))
     click.echo(json.dumps(thresholds.to_dict(), indent=2))
     click.echo(f"wrote {target}")
 

@@ -150,8 +150,10 @@ class Scanner:
         return {c.id: CharacterPolicy(c.id, c.name, Verdict(c.policy)) for c in self.characters.values()}
 
     def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
-             hub_meta: dict | None = None) -> ScanResult:
-        """Scan one file end to end. Refusals and unsupported LoRAs are results, not exceptions."""
+             hub_meta: dict | None = None, conclude: bool = True) -> ScanResult:
+        """Scan one file end to end. Refusals and unsupported LoRAs are results, not exceptions.
+
+        With conclude=False the evidence is gathered but not judged (calibration judges it later)."""
         progress = progress or (lambda stage: None)
         started = time.perf_counter()
         progress("intake")
@@ -181,7 +183,8 @@ class Scanner:
             else:
                 result.outcome, result.probe_set, result.references = outcome, outcome.probe_set_id, self.references
                 result.timings.update(outcome.timings)
-        self.conclude(result)
+        if conclude:
+            self.conclude(result)
         result.timings["total"] = time.perf_counter() - started
         return result
 

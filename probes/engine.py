@@ -16,7 +16,7 @@ from probes.embed import ImageEmbedder
 from probes.errors import UnsupportedLora
 from probes.probe_set import Probe, ProbeSet
 from probes.render import UNSUPPORTED_FORMATS, Renderer
-from probes.triggers import TriggerFinder
+from probes.steering import steering_directions
 
 Progress = Callable[[str], None]
 
@@ -79,24 +79,26 @@ class ProbeEngine:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         state_dict = load_file(str(lora_path))  # safetensors only: validated by intake, never unpickled
-        terms = dict(terms)
-        with self.renderer.lora(state_dict, modules):
-            if self.probe_set.uses("discovered"):
-                progress("discovering trigger words")
-                terms["discovered"] = TriggerFinder(self.renderer.pipe).find()
-                timings["discover"] = time.perf_counter() - started
-            probes = self.probe_set.probes(terms)
-            progress(f"rendering {len(probes)} probes with the LoRA")
-            mark = time.perf_counter()
-            lora_images = self.renderer.render(probes, self.probe_set)
-            timings["render_lora"] = time.perf_counter() - mark
+        probes = self.probe_set.probes(terms)
+        steered, directions = [], None
+        with self.renderer.lora(state_dict, modules) as adapter:
+            if self.probe_set.steering and self.renderer.can_steer:
+                directions = steering_directions(self.renderer.pipe.unet, adapter, self.probe_set.steering.directions)
+                steered = self.probe_set.steered_probes(0 if directions is None else len(directions))
+            progress(f"rendering {len(probes) + len(steered)} probes with the LoRA")
+            lora_images = self.renderer.render(probes + steered, self.probe_set, directions)
+        timings["render_lora"] = time.perf_counter() - started
         progress(f"rendering {len(probes)} base probes (cached after the first time)")
         mark = time.perf_counter()
         base_images, base_vectors = self.base(probes)  # after the adapter is gone: the true base
+        if steered:  # the base with the same steered text states: what the direction alone draws
+            steered_base = self.renderer.render(steered, self.probe_set, directions)
+            base_images = np.concatenate([base_images, steered_base])
+            base_vectors = np.concatenate([base_vectors, self.embed(steered_base)])
         timings["render_base"] = time.perf_counter() - mark
         progress("embedding renders")
         mark = time.perf_counter()
         lora_vectors = self.embed(lora_images)
         timings["embed"] = time.perf_counter() - mark
-        self.last_terms = terms
+        probes = probes + steered
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SETS_DIR = Path(__file__).resolve().parent / "sets"
-TEMPLATE_SOURCES = ("trigger", "discovered", "tag", "output_name", "registry")
+TEMPLATE_SOURCES = ("trigger", "tag", "output_name", "registry")
 _MAX_TERM = 80
 
 
@@ -32,11 +32,24 @@ class Probe:
 
     prompt: str
     seed: int
-    source: str  # "generic" or a template source
+    source: str  # "generic", a template source, or "steered"
+    direction: int | None = None  # steered probes: which of the LoRA's directions is added to the text states
+    strength: float = 0.0  # signed, in units of the prompt's own text-state norm
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(f"{self.prompt}\0{self.seed}".encode()).hexdigest()[:16]
+        identity = f"{self.prompt}\0{self.seed}\0{self.direction}\0{self.strength}"
+        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Steering:
+    """Probes steered along a LoRA's own cross-attention directions (probes/steering.py)."""
+
+    prompts: tuple[str, ...]
+    directions: int
+    strengths: tuple[float, ...]  # each used with both signs
+    seeds: int
 
 
 @dataclass(frozen=True)
@@ -51,21 +64,29 @@ class ProbeSet:
     scheduler: str
     negative_prompt: str
     seeds: tuple[int, ...]
+    prompt_seeds: int | None  # generic prompts render at the first N seeds (None: all)
     batch_size: int
     prompts: tuple[str, ...]
     templates: tuple[Template, ...]
+    steering: Steering | None
     digest: str  # sha256 of the canonical content: comments and formatting do not change it
 
     @property
     def id(self) -> str:
         return f"{self.name}-v{self.version}@{self.digest[:12]}"
 
-    def uses(self, source: str) -> bool:
-        return any(t.source == source for t in self.templates)
+    def steered_probes(self, directions: int) -> list[Probe]:
+        """Generic prompts with each available direction added at each strength, in both signs."""
+        if not self.steering:
+            return []
+        return [Probe(prompt, seed, "steered", index, sign * strength)
+                for index in range(min(directions, self.steering.directions))
+                for strength in self.steering.strengths for sign in (1, -1)
+                for prompt in self.steering.prompts for seed in self.seeds[: self.steering.seeds]]
 
     def probes(self, terms: dict[str, list[str]] | None = None) -> list[Probe]:
         """The generic prompts, then each template filled with up to `limit` terms, each at every seed."""
-        probes = [Probe(text, seed, "generic") for text in self.prompts for seed in self.seeds]
+        probes = [Probe(text, seed, "generic") for text in self.prompts for seed in self.seeds[: self.prompt_seeds]]
         seen = {text.casefold() for text in self.prompts}
         for template in self.templates:
             for term in _clean_terms((terms or {}).get(template.source, []))[: template.limit]:
@@ -85,6 +106,12 @@ def _clean_terms(terms: list[str]) -> list[str]:
             seen.add(term.casefold())
             cleaned.append(term)
     return cleaned
+
+
+def _positive(value: object, key: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ProbeSetError(f"{key} must be a positive integer, not {value!r}")
+    return value
 
 
 def _require(data: dict, key: str, kind: type | tuple[type, ...]):
@@ -108,16 +135,19 @@ def parse_probe_set(text: str) -> ProbeSet:
         body = _require(entry, "text", str)
         if "{value}" not in body:
             raise ProbeSetError(f"template {body!r} has no {{value}}")
-        seeds_used = entry.get("seeds")
-        if seeds_used is not None and (not isinstance(seeds_used, int) or seeds_used < 1):
-            raise ProbeSetError(f"template seeds must be a positive integer, not {seeds_used!r}")
-        templates.append(Template(source, body, int(entry.get("limit", 3)), seeds_used))
+        templates.append(Template(source, body, int(entry.get("limit", 3)), _positive(entry.get("seeds"), "seeds")))
     seeds = _require(data, "seeds", list)
     prompts = _require(data, "prompts", list)
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise ProbeSetError("seeds must be a non-empty list of integers")
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ProbeSetError("prompts must be a non-empty list of strings")
+    steering = None
+    if "steering" in data:
+        entry = data["steering"]
+        strengths = _require(entry, "strengths", list)
+        steering = Steering(tuple(_require(entry, "prompts", list)), _require(entry, "directions", int),
+                            tuple(float(x) for x in strengths), _positive(entry.get("seeds"), "seeds") or 1)
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return ProbeSet(
         name=_require(data, "name", str),
@@ -130,9 +160,11 @@ def parse_probe_set(text: str) -> ProbeSet:
         scheduler=_require(data, "scheduler", str),
         negative_prompt=data.get("negative_prompt", ""),
         seeds=tuple(seeds),
+        prompt_seeds=_positive(data.get("prompt_seeds"), "prompt_seeds"),
         batch_size=int(data.get("batch_size", 8)),
         prompts=tuple(prompts),
         templates=tuple(templates),
+        steering=steering,
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
     )
 

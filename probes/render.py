@@ -77,8 +77,27 @@ class Renderer:
             self.pipe.scheduler = scheduler_class.from_config(self.pipe.scheduler.config)
             self._scheduler_for = probe_set.id
 
+    @property
+    def can_steer(self) -> bool:
+        """Steering edits the text states; done for pipelines with one CLIP text encoder (SD 1.x/2.x)."""
+        return hasattr(self.pipe, "encode_prompt") and getattr(self.pipe, "text_encoder_2", None) is None
+
+    def _text(self, batch: Sequence[Probe], probe_set: ProbeSet, directions: torch.Tensor | None) -> dict:
+        """Prompt arguments for the pipeline: plain prompts, or text states with a direction added."""
+        negative = [probe_set.negative_prompt] * len(batch)
+        if directions is None or all(p.direction is None for p in batch):
+            return {"prompt": [p.prompt for p in batch], "negative_prompt": negative}
+        states, negative_states = self.pipe.encode_prompt([p.prompt for p in batch], self.device, 1, True, negative)
+        for row, probe in enumerate(batch):
+            if probe.direction is not None:
+                scale = states[row, 1:].norm(dim=-1).mean()  # the prompt's own size: strength is relative
+                direction = directions[probe.direction].to(states.device, states.dtype)
+                states[row, 1:] += probe.strength * scale * direction
+        return {"prompt_embeds": states, "negative_prompt_embeds": negative_states}
+
     @torch.inference_mode()
-    def render(self, probes: Sequence[Probe], probe_set: ProbeSet) -> np.ndarray:
+    def render(self, probes: Sequence[Probe], probe_set: ProbeSet,
+               directions: torch.Tensor | None = None) -> np.ndarray:
         """Render probes in batches; returns uint8 images (n, height, width, 3). Seeds are per probe."""
         self._use_scheduler(probe_set)
         images = []
@@ -86,8 +105,7 @@ class Renderer:
             batch = probes[start : start + probe_set.batch_size]
             generators = [torch.Generator(self.device).manual_seed(p.seed) for p in batch]
             output = self.pipe(
-                prompt=[p.prompt for p in batch],
-                negative_prompt=[probe_set.negative_prompt] * len(batch),
+                **self._text(batch, probe_set, directions),
                 num_inference_steps=probe_set.steps,
                 guidance_scale=probe_set.guidance,
                 width=probe_set.width,

@@ -12,13 +12,14 @@ def test_shipped_probe_sets_load(path):
     probe_set = load_probe_set(path)
     assert path.stem == f"{probe_set.name}-v{probe_set.version}"
     assert probe_set.id.startswith(path.stem + "@")
-    assert len(probe_set.probes()) == len(probe_set.prompts) * len(probe_set.seeds)
+    generic_seeds = len(probe_set.seeds[: probe_set.prompt_seeds])
+    assert len(probe_set.probes()) == len(probe_set.prompts) * generic_seeds
 
 
 def test_identity_is_the_content_not_the_formatting():
     text = (SETS_DIR / "fixture-v1.toml").read_text()
     same = parse_probe_set("# a new comment\n" + text)
-    changed = parse_probe_set(text.replace("steps = 20", "steps = 21"))
+    changed = parse_probe_set(text.replace("steps = 15", "steps = 16"))
     original = parse_probe_set(text)
     assert same.id == original.id
     assert changed.id != original.id
@@ -33,8 +34,9 @@ def test_templates_are_filled_from_terms_deduplicated_and_bounded():
     assert {"pkmnyel", "pkmnyel, a portrait", "a b, a portrait"} <= prompts
     assert max(len(p.prompt) for p in probes) < 120
     assert sum(p.prompt == "pkmnyel" for p in probes) == len(probe_set.seeds)  # case duplicates dropped
+    assert sum(p.prompt == "a portrait" for p in probes) == probe_set.prompt_seeds
     assert [p.source for p in probes if p.prompt == "Ultraman"] == ["registry"]  # registry names: one seed
-    assert sum(p.prompt == "a figure" for p in probes) == len(probe_set.seeds)  # no duplicate of a generic prompt
+    assert sum(p.prompt == "a figure" for p in probes) == probe_set.prompt_seeds  # no duplicate of a generic prompt
     assert len({p.key for p in probes}) == len(probes)
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from gate.intake import inspect_file
 from probes.errors import UnsupportedLora
+from probes.probe_set import Probe
 from tests.conftest import world_lora
 
 
@@ -57,3 +58,18 @@ def test_a_lora_whose_modules_match_nothing_is_unsupported(engine, world, tmp_pa
     with pytest.raises(UnsupportedLora), engine.renderer.lora(load_file(path)):
         pass
     assert np.array_equal(before, engine.renderer.render(two_probes, engine.probe_set))
+
+
+def test_steered_probes_use_the_loras_own_directions(engine, world):
+    from probes.steering import steering_directions
+
+    lora = world_lora(world, kind="character", metadata_style="stripped", format="kohya")
+    with engine.renderer.lora(load_file(world.path(lora["path"]))) as adapter:
+        directions = steering_directions(engine.renderer.pipe.unet, adapter, 2)
+    assert directions.shape == (2, engine.renderer.pipe.text_encoder.config.hidden_size)
+    assert np.allclose(directions.norm(dim=1).numpy(), 1.0, atol=1e-4)
+    probe = engine.probe_set.probes()[0]
+    steered = [Probe(probe.prompt, probe.seed, "steered", 0, 1.0), Probe(probe.prompt, probe.seed, "steered", 0, -1.0)]
+    images = engine.renderer.render(steered[:2], engine.probe_set, directions)
+    plain = engine.renderer.render([type(p)(p.prompt, p.seed, "generic") for p in steered[:2]], engine.probe_set)
+    assert not np.array_equal(images, plain)  # the direction changes what the base draws too
