@@ -36,30 +36,15 @@ def _settings():
 
 
 def _record(settings):
-    """The record, with the embedded default's registry seeded from the fixture world when empty."""
-    from gate.db import open_db
-    from gate.world import World, WorldMissing, seed_registry
+    from gate.runtime import open_record
 
-    db = open_db(settings.db_path)
-    if settings.base_model_dir is None:
-        try:
-            seed_registry(db, World.load(settings.world_dir), settings.references_dir)
-        except WorldMissing:
-            pass
-    return db
+    return open_record(settings)
 
 
 def _scanner(settings, db, echo=None):
-    """Load the probe engine (base model, embedder) once; the slow part of a scan's start."""
-    from gate.scan import Scanner
-    from probes.engine import ProbeEngine
-    from probes.probe_set import load_probe_set
+    from gate.runtime import load_scanner
 
-    if echo:
-        echo(f"loading base model {settings.base_model} and embedder {settings.embedder} ...")
-    engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device,
-                         cache_dir=settings.base_render_cache)
-    return Scanner(settings, db, engine)
+    return load_scanner(settings, db, echo)
 
 
 def _summary(result: dict) -> str:

@@ -82,9 +82,9 @@ class InProcessDispatcher:
 
     def _scanner_factory(self):
         if self._scanner is None:
-            from gate.cli import _record, _scanner
+            from gate.runtime import load_scanner, open_record
 
-            self._scanner = _scanner(self.settings, _record(self.settings))
+            self._scanner = load_scanner(self.settings, open_record(self.settings))
         return self._scanner
 
     def _run(self) -> None:

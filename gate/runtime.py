@@ -1,0 +1,35 @@
+"""Assembling the running parts from settings: the record and the scanner. Shared by the CLI and the
+service's worker, so both load the same things the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gate.config import Settings
+
+
+def open_record(settings: Settings):
+    """The record, with the embedded default's registry seeded from the fixture world when empty."""
+    from gate.db import open_db
+    from gate.world import World, WorldMissing, seed_registry
+
+    db = open_db(settings.db_path)
+    if settings.base_model_dir is None:
+        try:
+            seed_registry(db, World.load(settings.world_dir), settings.references_dir)
+        except WorldMissing:
+            pass
+    return db
+
+
+def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = None):
+    """Load the probe engine (base model, embedder) once; the slow part of a scan's start."""
+    from gate.scan import Scanner
+    from probes.engine import ProbeEngine
+    from probes.probe_set import load_probe_set
+
+    if echo:
+        echo(f"loading base model {settings.base_model} and embedder {settings.embedder} ...")
+    engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device,
+                         cache_dir=settings.base_render_cache)
+    return Scanner(settings, db, engine)
