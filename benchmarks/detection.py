@@ -46,6 +46,7 @@ def _rate(numerator: int, denominator: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="scan only these LoRA ids")
+    parser.add_argument("--quantile", type=float, default=0.99, help="negatives' score quantile for the threshold")
     parser.add_argument("--write-calibration", type=Path,
                         help="also write the shared thresholds here (what `gate calibrate` writes for the world)")
     args = parser.parse_args()
@@ -67,7 +68,7 @@ def main() -> None:
         print(f"  scanned {lora['id']:<32} {time.perf_counter() - started:7.1f}s", flush=True)
 
     calibration_refs = scanner.references.without(world.held_back())
-    shared = calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=None))
+    shared = calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=None), args.quantile)
     if args.write_calibration:
         negatives = [Path(lora["path"]).name for lora in loras if lora["kind"] in CLEAN]
         write_calibration(args.write_calibration, shared, probe_set_id=engine.probe_set.id,
@@ -76,7 +77,7 @@ def main() -> None:
     rows = []
     for lora in loras:
         result = results[lora["id"]]
-        thresholds = (calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=lora["id"]))
+        thresholds = (calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=lora["id"]), args.quantile)
                       if lora["kind"] in CLEAN else shared)
         scanner.conclude(result, thresholds)
         top = result.matches[0] if result.matches else None
