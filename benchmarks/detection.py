@@ -14,10 +14,9 @@ import argparse
 import time
 from pathlib import Path
 
-from gate.calibration import Subject, calibrate, write_calibration
+from gate.calibration import Subject, base_subject, calibrate, outcome_subject, write_calibration
 from gate.config import load_settings
 from gate.db import open_db
-from gate.matching import score
 from gate.scan import Scanner
 from gate.world import World, seed_registry
 from probes.engine import ProbeEngine
@@ -27,16 +26,11 @@ CLEAN = ("style", "concept", "original")
 
 
 def _subjects(scanner, results: dict, loras: list[dict], references, exclude: str | None) -> list[Subject]:
-    base_probes = scanner.engine.probe_set.probes({"registry": [c.name for c in scanner.characters.values()]})
-    _, base_vectors = scanner.engine.base(base_probes)
-    base = score(base_vectors, references)
-    subjects = [Subject("base model", base, base)]
-    for lora in loras:
-        outcome = results[lora["id"]].outcome
-        if lora["kind"] in CLEAN and lora["id"] != exclude and outcome is not None:
-            subjects.append(Subject(lora["id"], score(outcome.lora_embeddings, references),
-                                    score(outcome.base_embeddings, references)))
-    return subjects
+    """The negatives `gate calibrate` uses, from this run's probe outcomes, leaving `exclude` out."""
+    return [base_subject(scanner, references)] + [
+        outcome_subject(lora["id"], results[lora["id"]].outcome, references) for lora in loras
+        if lora["kind"] in CLEAN and lora["id"] != exclude and results[lora["id"]].outcome is not None
+    ]
 
 
 def _rate(numerator: int, denominator: int) -> str:

@@ -72,25 +72,35 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
     )
 
 
+def base_subject(scanner, references) -> Subject:
+    """The base model alone as a negative: its renders of the generic and registry-name probes."""
+    from gate.matching import score
+
+    names = [c.name for c in scanner.characters.values()]
+    _, base_vectors = scanner.engine.base(scanner.engine.probe_set.probes({"registry": names}))
+    base_scores = score(base_vectors, references)
+    return Subject("base model", base_scores, base_scores)
+
+
+def outcome_subject(name: str, outcome, references) -> Subject:
+    """A probed clean LoRA as a negative, with the base renders of the same probes."""
+    from gate.matching import score
+
+    return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references))
+
+
 def negative_subjects(scanner, paths: list[Path], references, progress=None) -> list[Subject]:
     """Probe each known-clean LoRA, plus the base model alone, and score them against `references`."""
     from gate.intake import inspect_file
-    from gate.matching import score
-    from gate.scan import probe_terms
 
     progress = progress or (lambda stage: None)
-    base_probes = scanner.engine.probe_set.probes(probe_terms(_empty_metadata(), list(scanner.characters.values())))
-    _, base_vectors = scanner.engine.base(base_probes)
-    base_scores = score(base_vectors, references)
-    subjects = [Subject("base model", base_scores, base_scores)]
+    subjects = [base_subject(scanner, references)]
     for path in paths:
         progress(f"probing negative {Path(path).name}")
         inspection = inspect_file(path, scanner.settings.intake)
         if not inspection.ok:
             raise ValueError(f"negative {path} was refused by intake: {inspection.error.code}")
-        outcome = scanner.probe(path, inspection)
-        subjects.append(Subject(Path(path).stem, score(outcome.lora_embeddings, references),
-                                score(outcome.base_embeddings, references)))
+        subjects.append(outcome_subject(Path(path).stem, scanner.probe(path, inspection), references))
     return subjects
 
 
@@ -106,9 +116,3 @@ def write_calibration(path: Path, thresholds: Thresholds, *, probe_set_id: str, 
         "negatives": negatives, "characters": characters,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }, indent=2, ensure_ascii=False))
-
-
-def _empty_metadata():
-    from gate.intake.metadata import LoraMetadata
-
-    return LoraMetadata()

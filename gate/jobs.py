@@ -41,7 +41,7 @@ def process_upload(settings: Settings, db, upload_id: str, scanner_factory) -> d
     hub_meta = {"title": upload["title"], "tags": json.loads(upload["tags"] or "[]"),
                 "trigger_words": json.loads(upload["trigger_words"] or "[]"), "description": upload["description"]}
     scanner = scanner_factory()
-    result = scanner.scan(upload["file_path"], filename=upload["filename"], hub_meta=hub_meta)
+    result = scanner.scan(upload["file_path"], filename=upload["filename"], hub_meta=hub_meta, inspection=inspection)
     answer = result.to_dict(scanner.characters)
     if result.decision is not None:
         from gate.evidence import write_evidence

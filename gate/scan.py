@@ -150,14 +150,16 @@ class Scanner:
         return {c.id: CharacterPolicy(c.id, c.name, Verdict(c.policy)) for c in self.characters.values()}
 
     def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
-             hub_meta: dict | None = None, conclude: bool = True) -> ScanResult:
+             hub_meta: dict | None = None, conclude: bool = True,
+             inspection: Inspection | None = None) -> ScanResult:
         """Scan one file end to end. Refusals and unsupported LoRAs are results, not exceptions.
 
-        With conclude=False the evidence is gathered but not judged (calibration judges it later)."""
+        With conclude=False the evidence is gathered but not judged (calibration judges it later); a caller
+        that already ran intake on the file passes its `inspection` rather than reading the file twice."""
         progress = progress or (lambda stage: None)
         started = time.perf_counter()
         progress("intake")
-        inspection = inspect_file(path, self.settings.intake)
+        inspection = inspection or inspect_file(path, self.settings.intake)
         result = ScanResult(str(path), inspection)
         result.timings["intake"] = time.perf_counter() - started
         if not inspection.ok:
