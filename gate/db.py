@@ -56,6 +56,18 @@ def m002_uploads(db: Database) -> None:
     db["upload_events"].create_index(["upload_id"])
 
 
+@migrations()
+def m003_outbox(db: Database) -> None:
+    # Messages to hubs (decisions, dispute outcomes), written in the same transaction as the change they report
+    # and delivered later with retries, so a hub that is down never loses a decision.
+    db["outbox"].create(
+        {"id": int, "upload_id": str, "event": str, "payload": str, "state": str, "attempts": int,
+         "next_attempt_at": str, "last_error": str, "created_at": str, "delivered_at": str},
+        pk="id", defaults={"attempts": 0, "state": "pending"},
+    )
+    db["outbox"].create_index(["state", "next_attempt_at"])
+
+
 def open_db(path: str | Path) -> Database:
     """Open (creating if needed) the record and bring its schema up to date."""
     path = Path(path)
