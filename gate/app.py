@@ -10,8 +10,8 @@ from gate.errors import GateError
 
 # HTTP status for the library's error codes that are the client's doing; the rest are 400.
 STATUS = {"signature_missing": 401, "signature_malformed": 401, "signature_expired": 401,
-          "signature_mismatch": 401, "webhook_secret_mismatch": 401, "upload_not_found": 404,
-          "not_configured": 503}
+          "signature_mismatch": 401, "webhook_secret_mismatch": 401, "worker_token_mismatch": 401,
+          "upload_not_found": 404, "not_configured": 503}
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -22,12 +22,13 @@ def create_app(config: dict | None = None) -> Flask:
     # Room for the weights plus the multipart envelope and the hub's record.
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_file_bytes + 4 * 1024 * 1024
 
-    from gate.web import api, health, hooks, record
+    from gate.web import api, health, hooks, internal, record
 
     record.init_app(app)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(internal.bp)
 
     @app.errorhandler(GateError)
     def gate_error(exc: GateError):

@@ -291,7 +291,9 @@ def serve(host: str, port: int, threads: int) -> None:
     settings = app.config["GATE_SETTINGS"]
     if not settings.upload_secret:
         click.echo("warning: GATE_UPLOAD_SECRET is not set; POST /v1/uploads will answer 503", err=True)
-    dispatcher(settings)  # start the worker now: it picks up uploads left pending by a previous run
+    dispatcher(settings)  # in-process: start the worker now, picking up uploads a previous run left pending
+    jobs = f"RQ on {settings.redis_url}" if settings.redis_url else "in-process (no REDIS_URL)"
+    click.echo(f"jobs: {jobs}")
     click.echo(f"LoRA Gate listening on http://{host}:{port} (data in {settings.data_dir})")
     run(app, host=host, port=port, threads=threads, ident="lora-gate")
 
@@ -352,3 +354,79 @@ def blocklist_list(as_json: bool) -> None:
         return
     for entry in found:
         click.echo(f"{entry['tensor_hash']}  {entry['created_at']}  {entry['source']}: {entry['reason']}")
+
+
+@main.command()
+@click.option("--queues", "queue_names", default=None,
+              help="Comma-separated queues to work, in priority order [default: intake,probe,catalogue; "
+                   "with --gpu: probe].")
+@click.option("--gpu", is_flag=True, help="A rendering worker: preload the base model on CUDA, work the probe "
+                                          "queue; it never opens the record.")
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+@click.option("--name", default=None, help="Worker name (default: host and a random suffix).")
+def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None) -> None:
+    """Run an RQ worker on Redis (REDIS_URL) for the gate's queues.
+
+    Example: REDIS_URL=redis://127.0.0.1:6379/0 gate worker --queues intake,catalogue
+    """
+    import dataclasses
+    import logging
+
+    from gate.queues import PROBE, QUEUES
+    from gate.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.UsageError("set REDIS_URL (or GATE_REDIS_URL): without Redis, `gate serve` runs jobs in-process")
+    names = [q.strip() for q in (queue_names or (PROBE if gpu else ",".join(QUEUES))).split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if unknown:
+        raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}",
+                                 param_hint="--queues")
+    if gpu and not settings.device:
+        settings = dataclasses.replace(settings, device="cuda")
+    run_worker(settings, names, burst=burst, name=name)
+
+
+@main.command()
+@click.argument("upload_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(upload_id: str | None, as_json: bool) -> None:
+    """Show one upload's state, verdict and journal; without an id, the queues and the record at a glance.
+
+    Example: gate status 01JD3W5K8Z0M6S1Q9V4T2R7XBC
+    """
+    from gate.status import overview, upload_report
+
+    settings = _settings()
+    db = _record(settings)
+    report = upload_report(db, upload_id) if upload_id else overview(settings, db)
+    if as_json:
+        click.echo(json.dumps(report, indent=1, ensure_ascii=False))
+        return
+    for key, value in report.items():
+        if isinstance(value, list):
+            click.echo(f"{key}:")
+            for item in value:
+                click.echo(f"  {item}")
+        else:
+            click.echo(f"{key}: {value}")
+
+
+@main.group(name="db")
+def db_group() -> None:
+    """The record (SQLite): schema migrations."""
+
+
+@db_group.command("migrate")
+def db_migrate() -> None:
+    """Bring the record's schema up to date (also done on every start); prints the migrations applied.
+
+    Example: GATE_DATA_DIR=/srv/gate gate db migrate
+    """
+    from gate.db import open_db
+
+    settings = _settings()
+    applied = [row["name"] for row in open_db(settings.db_path)["_sqlite_migrations"].rows_where(order_by="id")]
+    click.echo(f"{settings.db_path}: {len(applied)} migrations applied, latest {applied[-1]}")

@@ -48,6 +48,17 @@ class Settings:
     cache_dir: Path | None = None
     # The secret hubs sign direct uploads with (X-Gate-Signature); unset, signed endpoints answer 503.
     upload_secret: str = ""
+    # Redis for the job queues (also read from REDIS_URL); unset, jobs run in-process (the embedded default).
+    redis_url: str = ""
+    # The gate's own base URL as workers on other machines reach it, to fetch upload files over HTTP.
+    public_url: str = ""
+    # The token GPU workers present to fetch upload files (GET /internal/uploads/<id>/file); unset, disabled.
+    worker_token: str = ""
+    # How long one job may run before RQ stops it (seconds).
+    job_timeout: int = 1800
+    # Where final decisions are POSTed (signed like uploads, with callback_secret or else upload_secret).
+    callback_url: str = ""
+    callback_secret: str = ""
     intake: IntakeLimits = field(default_factory=IntakeLimits)
 
     @property
@@ -124,6 +135,8 @@ def load_settings(overrides: dict | None = None) -> Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read GATE_CONFIG={config_path}: {exc}") from None
     settings = _apply(Settings(), file_values, "GATE_")
+    if not settings.redis_url and os.environ.get("REDIS_URL"):  # the conventional name, as the issue asks
+        settings = dataclasses.replace(settings, redis_url=os.environ["REDIS_URL"])
     if overrides:
         settings = _apply(settings, overrides, "\0")  # no env variable has a NUL name
     return settings

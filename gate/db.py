@@ -68,6 +68,15 @@ def m003_outbox(db: Database) -> None:
     db["outbox"].create_index(["state", "next_attempt_at"])
 
 
+@migrations()
+def m004_scan_generation(db: Database) -> None:
+    # Which run of an upload's scan pipeline is live: a run lost to a killed worker or a Redis restart is
+    # replaced by the next generation, and jobs of older generations do nothing.
+    db["uploads"].add_column("generation", int, not_null_default=0)
+    # Seconds the probe worker spent rendering and embedding this upload (the GPU's cost of a LoRA).
+    db["uploads"].add_column("probe_seconds", float)
+
+
 def open_db(path: str | Path) -> Database:
     """Open (creating if needed) the record and bring its schema up to date."""
     path = Path(path)

@@ -1,127 +1,253 @@
-"""Jobs: scanning an accepted upload, and the dispatcher that runs them.
+"""The scan of an accepted upload as three queue jobs: intake (CPU) → probe (GPU, probes.jobs) → conclude (CPU).
 
-Jobs take upload ids, not objects; they re-read what they need from the record. Without REDIS_URL (the
-embedded default) they run in one background thread of the web process, so `gate serve` works on a
-laptop; uploads still pending at start (a crash, a restart) are queued again, so nothing accepted is lost.
+Jobs take upload ids and plain JSON, never objects; they re-read what they need from the record, log why
+they did nothing when they do nothing, and raise on failure so the queue retries them (then `job_failed`
+records the upload as failed). Each pipeline run has a generation: the reconciler starts a new one when a
+run was lost (a worker killed, Redis restarted), and a job of an older generation does nothing.
+The GPU side (probes.jobs.probe_upload) never opens the record: it gets a request and hands back JSON.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 from datetime import UTC, datetime
 
+from gate import outbox
 from gate.config import Settings
-from gate.db import open_db
-from gate.intake import inspect_file
-from gate.uploads import UploadState, get_upload, pending, transition
+from gate.db import open_db, writing
+from gate.queues import INTAKE, PROBE, InProcessQueues, Queues, context, make_queues
+from gate.uploads import UploadState, get_upload, transition
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 3
-RETRY_SECONDS = (5, 30)
+PROBE_TIMINGS = ("render_lora", "render_base", "embed")
+LIVE_STATES = (UploadState.RECEIVED, UploadState.SCANNING)
 
 
-def process_upload(settings: Settings, db, upload_id: str, scanner_factory) -> dict:
-    """Scan one upload and record the outcome; raises on failure so the dispatcher can retry."""
-    upload = get_upload(db, upload_id)
-    if upload["state"] not in (UploadState.RECEIVED, UploadState.SCANNING):
-        log.info("upload %s is already %s; nothing to do", upload_id, upload["state"])
-        return upload
-    transition(db, upload_id, UploadState.SCANNING, "worker", "scan started",
-               {"attempts": (upload["attempts"] or 0) + 1})
-    inspection = inspect_file(upload["file_path"], settings.intake)
-    if not inspection.ok:
-        error = inspection.error
-        return transition(db, upload_id, UploadState.REFUSED, "intake", "refused",
-                          {"error_code": error.code, "error_message": error.message,
-                           "decided_at": datetime.now(UTC).isoformat(timespec="milliseconds")},
-                          {"code": error.code})
-    hub_meta = {"title": upload["title"], "tags": json.loads(upload["tags"] or "[]"),
-                "trigger_words": json.loads(upload["trigger_words"] or "[]"), "description": upload["description"]}
-    scanner = scanner_factory()
-    result = scanner.scan(upload["file_path"], filename=upload["filename"], hub_meta=hub_meta, inspection=inspection)
-    answer = result.to_dict(scanner.characters)
-    if result.decision is not None:
-        from gate.evidence import write_evidence
+def job_id(upload_id: str, generation: int, step: str) -> str:
+    """A scan job's id (RQ allows letters, digits, '_' and '-'): one per upload, generation and step."""
+    return f"{upload_id}-g{generation}-{step}"
 
-        write_evidence(result, scanner.characters, evidence_dir(settings, upload_id))
-    return transition(db, upload_id, UploadState.DECIDED, "gate", f"decided {result.verdict}", {
-        "verdict": result.verdict, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
-        "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,
-        "tensor_hash": inspection.fingerprints.tensor_hash,
-        "decided_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }, {"verdict": result.verdict, "reasons": [r["kind"] for r in answer["reasons"]]})
+
+def parse_job_id(value: str) -> tuple[str, int, str]:
+    upload_id, generation, step = value.rsplit("-", 2)
+    return upload_id, int(generation.lstrip("g")), step
+
+
+def start_scan(queues: Queues, upload_id: str, generation: int = 0) -> None:
+    """Hand an accepted upload to the queue: its intake job."""
+    queues.enqueue(INTAKE, "gate.jobs.intake_upload", upload_id, generation,
+                   job_id=job_id(upload_id, generation, "intake"))
 
 
 def evidence_dir(settings: Settings, upload_id: str):
     return settings.data_dir / "evidence" / upload_id
 
 
-class InProcessDispatcher:
-    """One worker thread in this process, loading the probe engine on its first scan."""
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# Per thread: sqlite connections may not cross threads, and each job thread loads its matcher (the embedder)
+# once. A worker runs one job thread, so that is once per process.
+_local = threading.local()
+
+
+def _db(settings: Settings):
+    connections = _local.__dict__.setdefault("db", {})
+    key = str(settings.db_path)
+    if key not in connections:
+        from gate.runtime import open_record
+
+        connections[key] = open_record(settings)
+    return connections[key]
+
+
+def _matcher(settings: Settings):
+    matchers = _local.__dict__.setdefault("matchers", {})
+    key = f"{settings.db_path}|{settings.embedder}|{settings.probe_set}"
+    if key not in matchers:
+        from gate.runtime import load_matcher
+
+        matchers[key] = load_matcher(settings, _db(settings))
+    else:
+        matchers[key].refresh()  # characters registered since the last job count
+    return matchers[key]
+
+
+def _current(upload_id: str, generation: int, step: str):
+    """The upload if this job is still the live one for it, else None (and why, in the log)."""
+    settings = context().settings
+    db = _db(settings)
+    upload = get_upload(db, upload_id)
+    if upload["state"] not in LIVE_STATES:
+        log.info("%s: upload %s is already %s; nothing to do", step, upload_id, upload["state"])
+        return None
+    if (upload["generation"] or 0) != generation:
+        log.info("%s: upload %s is on generation %s, not %s; nothing to do", step, upload_id,
+                 upload["generation"], generation)
+        return None
+    return upload
+
+
+def _hub_meta(upload: dict) -> dict:
+    return {"title": upload["title"], "tags": json.loads(upload["tags"] or "[]"),
+            "trigger_words": json.loads(upload["trigger_words"] or "[]"), "description": upload["description"]}
+
+
+def intake_upload(upload_id: str, generation: int = 0) -> str:
+    """Intake and static screening; then either a decision (refused, blocklisted) or a probe job."""
+    settings, queues = context().settings, context().queues
+    upload = _current(upload_id, generation, "intake")
+    if upload is None:
+        return "skipped"
+    db = _db(settings)
+    transition(db, upload_id, UploadState.SCANNING, "worker", "scan started",
+               {"attempts": (upload["attempts"] or 0) + 1})
+    matcher = _matcher(settings)
+    result = matcher.screen(upload["file_path"], upload["filename"], _hub_meta(upload))
+    if not result.inspection.ok:
+        error = result.inspection.error
+        _finish(db, upload_id, UploadState.REFUSED, "intake", "refused",
+                {"error_code": error.code, "error_message": error.message}, {"code": error.code})
+        return "refused"
+    if result.blocklisted:  # caught without rendering
+        return _decide(settings, db, matcher, upload_id, result)
+    request = {**matcher.probe_request(result, _hub_meta(upload)["trigger_words"]),
+               "upload_id": upload_id, "generation": generation, "file_path": upload["file_path"],
+               "file_url": _file_url(settings, upload_id)}
+    queues.enqueue(PROBE, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
+    return "probing"
+
+
+def _file_url(settings: Settings, upload_id: str) -> str | None:
+    """Where a probe worker on another machine fetches the file (it shares only Redis and the HTTP API)."""
+    if settings.public_url and settings.worker_token:
+        return f"{settings.public_url.rstrip('/')}/internal/uploads/{upload_id}/file"
+    return None
+
+
+def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
+    """Match the probe worker's vectors against the registry, decide, keep the evidence, tell the hub."""
+    settings = context().settings
+    upload = _current(upload_id, generation, "conclude")
+    if upload is None:
+        return "skipped"
+    db = _db(settings)
+    matcher = _matcher(settings)
+    result = matcher.screen(upload["file_path"], upload["filename"], _hub_meta(upload))
+    if not result.inspection.ok:  # the file changed under us: never trust an earlier reading
+        raise RuntimeError(f"upload {upload_id}'s file no longer passes intake: {result.inspection.error.code}")
+    if probed.get("unsupported"):
+        result.not_probed = probed["unsupported"]
+    else:
+        from probes.wire import outcome_from_json
+
+        if probed["embedder"] != matcher.engine.embedder_id or probed["probe_set"] != matcher.engine.probe_set.id:
+            raise RuntimeError(f"probe worker used {probed['probe_set']} / {probed['embedder']}, the gate "
+                               f"{matcher.engine.probe_set.id} / {matcher.engine.embedder_id}: configure both alike")
+        matcher.attach(result, outcome_from_json(probed))
+    return _decide(settings, db, matcher, upload_id, result)
+
+
+def _decide(settings: Settings, db, matcher, upload_id: str, result) -> str:
+    matcher.conclude(result)
+    answer = result.to_dict(matcher.characters)
+    if result.decision is not None:
+        from gate.evidence import write_evidence
+
+        write_evidence(result, matcher.characters, evidence_dir(settings, upload_id))
+    _finish(db, upload_id, UploadState.DECIDED, "gate", f"decided {result.verdict}", {
+        "verdict": result.verdict, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
+        "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,
+        "tensor_hash": result.inspection.fingerprints.tensor_hash,
+        "probe_seconds": sum(v for k, v in result.timings.items() if k in PROBE_TIMINGS) or None,
+    }, {"verdict": result.verdict, "reasons": [r["kind"] for r in answer["reasons"]]})
+    return str(result.verdict)
+
+
+def _finish(db, upload_id: str, state: UploadState, actor: str, action: str, changes: dict, detail: dict) -> None:
+    """A final state, and the message owed to the hub about it, in one transaction."""
+    with writing(db):
+        upload = transition(db, upload_id, state, actor, action, {**changes, "decided_at": _now()}, detail)
+        outbox.enqueue(db, upload_id, f"upload.{state}", _hub_message(upload))
+
+
+def _hub_message(upload: dict) -> dict:
+    from gate.uploads import status
+
+    return {key: value for key, value in status(upload).items() if key not in ("evidence_url",)}
+
+
+def record_failure(upload_id: str, generation: int, step: str, message: str) -> str:
+    """A job failed for good: record the upload as failed, visibly, rather than leave it waiting."""
+    if _current(upload_id, generation, f"failure of {step}") is None:
+        return "skipped"
+    _finish(_db(context().settings), upload_id, UploadState.FAILED, "worker", f"{step} failed",
+            {"error_code": "scan_failed", "error_message": f"{step}: {message}"[:500]}, {"error": message[:500]})
+    return "failed"
+
+
+def job_failed(job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ failure callback (every failed attempt): after the last retry, record the failure via the intake
+    queue, so that a GPU worker, which never opens the record, can report it too."""
+    if getattr(job, "retries_left", 0):
+        return
+    try:
+        upload_id, generation, step = parse_job_id(job.id)
+    except ValueError:
+        return  # not a scan job
+    message = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}"
+    context().queues.enqueue(INTAKE, "gate.jobs.record_failure", upload_id, generation, step, message,
+                             job_id=job_id(upload_id, generation, "failure"), retry=False)
+
+
+class Dispatcher:
+    """What the web gate hands accepted uploads to: the process's queues, plus their housekeeping when jobs
+    run in-process (outbox delivery, picking up uploads a previous run left pending)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.jobs: queue.Queue[str] = queue.Queue()
-        self._scanner = None
-        self._thread = threading.Thread(target=self._run, name="gate-worker", daemon=True)
-        self._thread.start()
-        for upload_id in pending(open_db(settings.db_path)):
-            self.enqueue(upload_id)
+        self.queues = make_queues(settings, on_idle=self.housekeeping)
+        if isinstance(self.queues, InProcessQueues):
+            from gate.uploads import pending
+
+            for upload_id in pending(open_db(settings.db_path)):  # after a restart, nothing is lost
+                self.enqueue(upload_id)
 
     def enqueue(self, upload_id: str) -> None:
-        self.jobs.put(upload_id)
+        """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it."""
+        generation = get_upload(_db(self.settings), upload_id)["generation"] or 0
+        try:
+            start_scan(self.queues, upload_id, generation)
+        except Exception as exc:  # noqa: BLE001 - recorded is what matters; the reconciler retries
+            log.warning("could not enqueue %s (%s); the reconciler will", upload_id, exc)
 
-    def depth(self) -> int:
-        return self.jobs.qsize()
+    def depth(self) -> dict[str, int]:
+        return self.queues.depth()
 
     def health(self) -> str:
-        return "ok" if self._thread.is_alive() else "worker thread stopped"
+        return self.queues.health()
 
-    def _scanner_factory(self):
-        if self._scanner is None:
-            from gate.runtime import load_scanner, open_record
+    def housekeeping(self) -> None:
+        from gate.callbacks import deliver_due
 
-            self._scanner = load_scanner(self.settings, open_record(self.settings))
-        return self._scanner
-
-    def _run(self) -> None:
-        db = open_db(self.settings.db_path)
-        while True:
-            upload_id = self.jobs.get()
-            try:
-                process_upload(self.settings, db, upload_id, self._scanner_factory)
-            except Exception as exc:  # noqa: BLE001 - a failed job is retried, then recorded as failed
-                log.exception("scan of %s failed", upload_id)
-                self._retry_or_fail(db, upload_id, exc)
-
-    def _retry_or_fail(self, db, upload_id: str, exc: Exception) -> None:
-        attempts = get_upload(db, upload_id)["attempts"] or 0
-        attempts += 1
-        db["uploads"].update(upload_id, {"attempts": attempts})
-        if attempts < MAX_ATTEMPTS:
-            transition(db, upload_id, UploadState.RECEIVED, "worker", "retry scheduled", detail={"error": str(exc)})
-            delay = RETRY_SECONDS[min(attempts - 1, len(RETRY_SECONDS) - 1)]
-            threading.Timer(delay, self.enqueue, [upload_id]).start()
-        else:
-            transition(db, upload_id, UploadState.FAILED, "worker", "failed",
-                       {"error_code": "scan_failed", "error_message": str(exc)[:500]}, {"error": str(exc)[:500]})
+        deliver_due(self.settings, _db(self.settings))
 
 
-_dispatchers: dict[str, InProcessDispatcher] = {}
+_dispatchers: dict[str, Dispatcher] = {}
 _lock = threading.Lock()
 
 
-def dispatcher(settings: Settings | None = None) -> InProcessDispatcher:
+def dispatcher(settings: Settings | None = None) -> Dispatcher:
     """The dispatcher for this process and record (one per database file)."""
     if settings is None:
         from gate.web.record import settings as current
 
         settings = current()
-    key = str(settings.db_path)
+    key = f"{settings.db_path}|{settings.redis_url}"
     with _lock:
         if key not in _dispatchers:
-            _dispatchers[key] = InProcessDispatcher(settings)
+            _dispatchers[key] = Dispatcher(settings)
         return _dispatchers[key]

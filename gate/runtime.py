@@ -33,3 +33,13 @@ def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = No
     engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device,
                          cache_dir=settings.base_render_cache)
     return Scanner(settings, db, engine)
+
+
+def load_matcher(settings: Settings, db):
+    """A scanner that screens, matches and decides but does not render: the CPU worker's side of a scan."""
+    from gate.scan import Scanner
+    from probes.engine import EmbeddingEngine
+    from probes.probe_set import load_probe_set
+
+    return Scanner(settings, db, EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set),
+                                                 settings.device))

@@ -136,37 +136,26 @@ class Scanner:
                                                self.engine.embedder_id)
         return self._thresholds
 
-    def probe(self, path: str | Path, inspection: Inspection, progress: Progress | None = None,
-              trigger_words: list[str] | None = None):
-        """Render and embed a file that intake accepted; raises UnsupportedLora."""
-        terms = probe_terms(inspection.metadata, list(self.characters.values()))
-        terms["trigger"] = terms["trigger"] + list(trigger_words or [])
-        return self.engine.probe(
-            path, lora_format=inspection.layout.format, family=inspection.family.family,
-            modules=len(inspection.layout.modules), terms=terms, progress=progress,
-        )
-
     def policies(self) -> dict[str, CharacterPolicy]:
         return {c.id: CharacterPolicy(c.id, c.name, Verdict(c.policy)) for c in self.characters.values()}
 
-    def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
-             hub_meta: dict | None = None, conclude: bool = True,
-             inspection: Inspection | None = None) -> ScanResult:
-        """Scan one file end to end. Refusals and unsupported LoRAs are results, not exceptions.
+    def refresh(self) -> None:
+        """Re-read the registry (characters registered or retired since this scanner was made)."""
+        embed_missing(self.db, self.engine.embed, self.engine.embedder_id)
+        self.characters = {c.id: c for c in list_characters(self.db)}
+        self.references = load_references(self.db, self.engine.embedder_id)
 
-        With conclude=False the evidence is gathered but not judged (calibration judges it later); a caller
-        that already ran intake on the file passes its `inspection` rather than reading the file twice."""
-        progress = progress or (lambda stage: None)
+    def screen(self, path: str | Path, filename: str | None = None, hub_meta: dict | None = None,
+               inspection: Inspection | None = None) -> ScanResult:
+        """Intake and the static signals (names, blocklist): everything a scan learns without rendering."""
         started = time.perf_counter()
-        progress("intake")
         inspection = inspection or inspect_file(path, self.settings.intake)
         result = ScanResult(str(path), inspection)
         result.timings["intake"] = time.perf_counter() - started
         if not inspection.ok:
             return result
-        metadata = inspection.metadata
         names = {c.id: c.names for c in self.characters.values()}
-        texts = lora_texts(metadata, filename or str(path))
+        texts = lora_texts(inspection.metadata, filename or str(path))
         if hub_meta:  # what the hub says of the upload is screened too: its title, tags, trigger words
             texts["hub title"] = [hub_meta.get("title") or ""]
             texts["hub tags"] = hub_meta.get("tags") or []
@@ -177,18 +166,51 @@ class Scanner:
         entry = blocklist.contains(self.db, tensor_hash)
         if entry:
             result.blocklisted = f"{tensor_hash[:16]}…, {entry['reason']}"  # caught without rendering
-        else:
+        return result
+
+    def probe_request(self, result: ScanResult, trigger_words: list[str] | None = None) -> dict:
+        """What the probe engine needs for a screened file, as JSON: the seam to a GPU worker."""
+        inspection = result.inspection
+        terms = probe_terms(inspection.metadata, list(self.characters.values()))
+        terms["trigger"] = terms["trigger"] + list(trigger_words or [])
+        return {"lora_format": inspection.layout.format, "family": inspection.family.family,
+                "modules": len(inspection.layout.modules), "terms": terms, "probe_set": self.engine.probe_set.id,
+                "file_sha256": inspection.fingerprints.file_sha256}
+
+    def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
+             hub_meta: dict | None = None, conclude: bool = True,
+             inspection: Inspection | None = None) -> ScanResult:
+        """Scan one file end to end in this process. Refusals and unsupported LoRAs are results, not exceptions.
+
+        With conclude=False the evidence is gathered but not judged (calibration judges it later); a caller
+        that already ran intake on the file passes its `inspection` rather than reading the file twice."""
+        progress = progress or (lambda stage: None)
+        started = time.perf_counter()
+        progress("intake")
+        result = self.screen(path, filename, hub_meta, inspection)
+        if result.inspection.ok and not result.blocklisted:
             try:
-                outcome = self.probe(path, inspection, progress, (hub_meta or {}).get("trigger_words"))
+                outcome = self.probe(path, result.inspection, progress, (hub_meta or {}).get("trigger_words"))
             except UnsupportedLora as exc:
                 result.not_probed = exc.message
             else:
-                result.outcome, result.probe_set, result.references = outcome, outcome.probe_set_id, self.references
-                result.timings.update(outcome.timings)
+                self.attach(result, outcome)
         if conclude:
             self.conclude(result)
         result.timings["total"] = time.perf_counter() - started
         return result
+
+    def probe(self, path: str | Path, inspection: Inspection, progress: Progress | None = None,
+              trigger_words: list[str] | None = None):
+        """Render and embed a file that intake accepted, in this process; raises UnsupportedLora."""
+        request = self.probe_request(ScanResult(str(path), inspection), trigger_words)
+        return self.engine.probe(path, lora_format=request["lora_format"], family=request["family"],
+                                 modules=request["modules"], terms=request["terms"], progress=progress)
+
+    def attach(self, result: ScanResult, outcome) -> None:
+        """Add the probe engine's renders and vectors to a screened result."""
+        result.outcome, result.probe_set, result.references = outcome, outcome.probe_set_id, self.references
+        result.timings.update(outcome.timings)
 
     def conclude(self, result: ScanResult, thresholds: Thresholds | None = None) -> ScanResult:
         """Match the renders and decide; separate from probing so evidence can be re-judged cheaply."""

@@ -40,6 +40,27 @@ def _directory_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def embedder_id(embedder_dir: str | Path) -> str:
+    """An embedder's identity: its directory name and a digest of its config and weights."""
+    return f"{Path(embedder_dir).name}@{_directory_digest(Path(embedder_dir))}"
+
+
+class EmbeddingEngine:
+    """The embedder and probe set without the diffusion pipeline: what the gate's matching side needs
+    (embedding reference images) on a machine that does not render."""
+
+    def __init__(self, embedder_dir: str | Path, probe_set: ProbeSet, device: str | None = None):
+        self.probe_set = probe_set
+        self.embedder = ImageEmbedder(embedder_dir, device or None)
+        self.embedder_id = embedder_id(embedder_dir)
+
+    def embed(self, images) -> np.ndarray:
+        return self.embedder.embed(images)
+
+    def probe(self, *args, **kwargs):
+        raise RuntimeError("this engine does not render; probing runs on a probe worker")
+
+
 class ProbeEngine:
     """A resident base pipeline and embedder for one probe set."""
 
@@ -48,7 +69,7 @@ class ProbeEngine:
         self.probe_set = probe_set
         self.renderer = Renderer(base_dir, device or None, cache_dir)
         self.embedder = ImageEmbedder(embedder_dir, device or None)
-        self.embedder_id = f"{Path(embedder_dir).name}@{_directory_digest(Path(embedder_dir))}"
+        self.embedder_id = embedder_id(embedder_dir)
         self._base_vectors: dict[str, np.ndarray] = {}
 
     def embed(self, images) -> np.ndarray:

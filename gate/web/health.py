@@ -42,6 +42,22 @@ def metrics():
         lines.append(f'gate_decisions{{verdict="{row["verdict"]}"}} {row["n"]}')
     from gate.jobs import dispatcher
 
-    lines += ["# HELP gate_queue_depth Jobs waiting.", "# TYPE gate_queue_depth gauge",
-              f"gate_queue_depth {dispatcher().depth()}"]
+    lines += ["# HELP gate_queue_depth Jobs waiting, by queue.", "# TYPE gate_queue_depth gauge"]
+    try:
+        depths = dispatcher().depth()
+    except Exception:  # noqa: BLE001 - Redis down: report what the record knows, not an error page
+        depths = {}
+    lines += [f'gate_queue_depth{{queue="{name}"}} {count}' for name, count in depths.items()]
+    latency = db().execute("select count(*), coalesce(sum((julianday(decided_at) - julianday(created_at)) * 86400), 0),"
+                           " count(probe_seconds), coalesce(sum(probe_seconds), 0) from uploads"
+                           " where decided_at is not null").fetchone()
+    lines += ["# HELP gate_scan_latency_seconds From delivery recorded to final state.",
+              "# TYPE gate_scan_latency_seconds summary",
+              f"gate_scan_latency_seconds_count {latency[0]}", f"gate_scan_latency_seconds_sum {latency[1]:.3f}",
+              "# HELP gate_probe_seconds Probe worker time (render and embed) per probed LoRA.",
+              "# TYPE gate_probe_seconds summary",
+              f"gate_probe_seconds_count {latency[2]}", f"gate_probe_seconds_sum {latency[3]:.3f}"]
+    owed = db().execute("select count(*) from outbox where state = 'pending'").fetchone()[0]
+    lines += ["# HELP gate_outbox_pending Messages owed to hubs, not yet acknowledged.",
+              "# TYPE gate_outbox_pending gauge", f"gate_outbox_pending {owed}"]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,214 @@
+"""Job queues: RQ on Redis when REDIS_URL is set, else one in-process background thread (the embedded default).
+
+Both carry the same jobs, named by dotted path with JSON arguments (RQ's JSON serializer: nothing is ever
+pickled), so the web process needs none of the worker's imports. Three queues, listened to in priority order:
+`intake` (CPU: intake, matching, decisions), `probe` (GPU: rendering) and `catalogue` (low priority).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+
+from gate.config import Settings
+
+log = logging.getLogger(__name__)
+
+INTAKE, PROBE, CATALOGUE = "intake", "probe", "catalogue"
+QUEUES = (INTAKE, PROBE, CATALOGUE)  # priority order: live uploads before the back catalogue
+RETRY_INTERVALS = (5, 30)  # seconds before the second and third attempts
+FAILURE_CALLBACK = "gate.jobs.job_failed"
+
+
+def resolve(path: str) -> Callable:
+    """The function a dotted path names."""
+    module, _, name = path.rpartition(".")
+    return getattr(import_module(module), name)
+
+
+@dataclass
+class Context:
+    """What a running job may use: the settings and the queues to hand the next step to."""
+
+    settings: Settings
+    queues: Queues
+
+
+_process_context: Context | None = None
+_thread_context = threading.local()
+
+
+def set_context(context: Context, thread_only: bool = False) -> None:
+    global _process_context
+    if thread_only:
+        _thread_context.value = context
+    else:
+        _process_context = context
+
+
+def context() -> Context:
+    """The running job's context (set by the worker that runs it)."""
+    found = getattr(_thread_context, "value", None) or _process_context
+    if found is None:
+        raise RuntimeError("no job context: jobs run inside `gate worker` or the in-process dispatcher")
+    return found
+
+
+class Queues:
+    """Where jobs go; `enqueue` is all a producer needs."""
+
+    def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True) -> None:
+        raise NotImplementedError
+
+    def depth(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def health(self) -> str:
+        raise NotImplementedError
+
+
+class RedisQueues(Queues):
+    """RQ queues on a Redis server."""
+
+    def __init__(self, redis_url: str, job_timeout: int = 1800, blocking: bool = False):
+        from redis import Redis
+
+        # A worker blocks in BLPOP for minutes, so its socket must not time out; the web gate's must, quickly,
+        # so that a Redis outage costs a delivery two seconds, not a hang (the upload is recorded regardless).
+        self.connection = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=None if blocking else 5)
+        self.job_timeout = job_timeout
+
+    def queue(self, name: str):
+        from rq import Queue
+        from rq.serializers import JSONSerializer
+
+        return Queue(name, connection=self.connection, serializer=JSONSerializer)
+
+    def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True) -> None:
+        from rq import Callback, Retry
+
+        self.queue(queue_name).enqueue(
+            func, *args, job_id=job_id, job_timeout=self.job_timeout, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+            retry=Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS)) if retry else None,
+            on_failure=Callback(FAILURE_CALLBACK),
+        )
+
+    def job_status(self, job_id: str) -> tuple[str | None, str | None]:
+        """(status, worker name) of a job, (None, None) when Redis no longer knows it."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+        from rq.serializers import JSONSerializer
+
+        try:
+            job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None, None
+        return job.get_status(refresh=False), job.worker_name
+
+    def result(self, job_id: str):
+        from rq.job import Job
+        from rq.serializers import JSONSerializer
+
+        return Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer).return_value()
+
+    def depth(self) -> dict[str, int]:
+        return {name: self.queue(name).count for name in QUEUES}
+
+    def health(self) -> str:
+        try:
+            self.connection.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure means the queue is not reachable
+            return f"redis unreachable: {exc}"
+        return "ok"
+
+
+class InProcessQueues(Queues):
+    """One background thread running every queue's jobs in priority order, with the same retries as RQ."""
+
+    def __init__(self, settings: Settings, on_idle: Callable[[], None] | None = None, idle_seconds: float = 2.0):
+        self.settings = settings
+        self.jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self.results: dict[str, object] = {}
+        self._order = itertools.count()
+        self._on_idle, self._idle_seconds = on_idle, idle_seconds
+        self._thread = threading.Thread(target=self._run, name="gate-worker", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True, attempt: int = 0) -> None:
+        self.jobs.put((QUEUES.index(queue_name), next(self._order), queue_name, func, args, job_id, retry, attempt))
+
+    def result(self, job_id: str):
+        return self.results.pop(job_id, None)
+
+    def job_status(self, job_id: str) -> tuple[str | None, str | None]:
+        return None, None  # jobs live only in this process; after a restart, nothing is running
+
+    def depth(self) -> dict[str, int]:
+        counts = dict.fromkeys(QUEUES, 0)
+        for entry in list(self.jobs.queue):
+            counts[entry[2]] += 1
+        return counts
+
+    def health(self) -> str:
+        return "ok" if self._thread.is_alive() else "worker thread stopped"
+
+    def _run(self) -> None:
+        set_context(Context(self.settings, self), thread_only=True)
+        while True:
+            try:
+                entry = self.jobs.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                self._idle()
+                continue
+            _, _, queue_name, func, args, job_id, retry, attempt = entry
+            try:
+                self.results[job_id] = resolve(func)(*args)
+            except Exception as exc:  # noqa: BLE001 - a failed job is retried, then recorded as failed
+                log.exception("job %s failed (attempt %d)", job_id, attempt + 1)
+                if retry and attempt < len(RETRY_INTERVALS):
+                    timer = threading.Timer(RETRY_INTERVALS[attempt], self.enqueue, [queue_name, func, *args],
+                                            {"job_id": job_id, "retry": retry, "attempt": attempt + 1})
+                    timer.daemon = True
+                    timer.start()
+                else:
+                    resolve(FAILURE_CALLBACK)(_FinishedJob(job_id, func, args), None, type(exc), exc, None)
+            self._idle()
+
+    def _idle(self) -> None:
+        if self._on_idle is not None:
+            try:
+                self._on_idle()
+            except Exception:  # noqa: BLE001 - housekeeping must never stop the worker
+                log.exception("housekeeping failed")
+
+
+@dataclass
+class _FinishedJob:
+    """The parts of an RQ job the failure callback reads, for jobs that ran in-process."""
+
+    id: str
+    func_name: str
+    args: tuple
+    retries_left: int = 0
+
+
+def make_queues(settings: Settings, on_idle: Callable[[], None] | None = None) -> Queues:
+    if settings.redis_url:
+        return RedisQueues(settings.redis_url, settings.job_timeout)
+    return InProcessQueues(settings, on_idle)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Poll until predicate() is true or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
