@@ -386,7 +386,7 @@ def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None) ->
                                  param_hint="--queues")
     if gpu and not settings.device:
         settings = dataclasses.replace(settings, device="cuda")
-    run_worker(settings, names, burst=burst, name=name)
+    run_worker(settings, names, burst=burst, name=name, gpu=gpu)
 
 
 @main.command()

@@ -213,12 +213,12 @@ class Dispatcher:
         if isinstance(self.queues, InProcessQueues):
             from gate.uploads import pending
 
-            for upload_id in pending(open_db(settings.db_path)):  # after a restart, nothing is lost
-                self.enqueue(upload_id)
+            db = open_db(settings.db_path)
+            for upload_id in pending(db):  # after a restart, nothing is lost
+                self.enqueue(upload_id, get_upload(db, upload_id)["generation"] or 0)
 
-    def enqueue(self, upload_id: str) -> None:
+    def enqueue(self, upload_id: str, generation: int = 0) -> None:
         """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it."""
-        generation = get_upload(_db(self.settings), upload_id)["generation"] or 0
         try:
             start_scan(self.queues, upload_id, generation)
         except Exception as exc:  # noqa: BLE001 - recorded is what matters; the reconciler retries

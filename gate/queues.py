@@ -93,9 +93,12 @@ class RedisQueues(Queues):
     def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True) -> None:
         from rq import Callback, Retry
 
+        # Probe jobs retry at once: spaced retries need RQ's scheduler, a forked process, and a GPU worker runs
+        # none (no fork after CUDA is initialised).
+        intervals = [0] * len(RETRY_INTERVALS) if queue_name == PROBE else list(RETRY_INTERVALS)
         self.queue(queue_name).enqueue(
             func, *args, job_id=job_id, job_timeout=self.job_timeout, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
-            retry=Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS)) if retry else None,
+            retry=Retry(max=len(RETRY_INTERVALS), interval=intervals) if retry else None,
             on_failure=Callback(FAILURE_CALLBACK),
         )
 

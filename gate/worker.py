@@ -54,7 +54,8 @@ def _housekeeping(settings: Settings, queues: RedisQueues) -> None:
         db.conn.close()
 
 
-def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, name: str | None = None) -> None:
+def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, name: str | None = None,
+               gpu: bool = False) -> None:
     """Work the given queues (in priority order) until stopped."""
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
@@ -75,6 +76,7 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
                           serializer=JSONSerializer, name=name)
     log.info("worker %s listening on %s", name, ", ".join(ordered))
     try:
-        worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+        # RQ's scheduler (spaced retries) is a forked process: never on a GPU worker, where CUDA is initialised.
+        worker.work(burst=burst, with_scheduler=not gpu, logging_level="INFO")
     finally:
         stop.set()

@@ -50,9 +50,23 @@ class World:
 
 def seed_registry(db: Database, world: World, store: Path, embed: Embed | None = None,
                   embedder_id: str | None = None) -> int:
-    """Register the world's registered characters in an empty registry; returns how many were added."""
-    if list_characters(db, include_retired=True):
-        return 0
+    """Register the world's registered characters in an empty registry; returns how many were added.
+
+    One transaction that takes the write lock first, so that processes starting together seed it once."""
+    from gate.db import writing
+
+    with writing(db):
+        if list_characters(db, include_retired=True):
+            return 0
+        added = _seed(db, world, store)
+    if embed and embedder_id:
+        from gate.registry import embed_missing
+
+        embed_missing(db, embed, embedder_id)
+    return added
+
+
+def _seed(db: Database, world: World, store: Path) -> int:
     added = 0
     for character in world.characters(registered=True):
         add_character(
@@ -62,8 +76,4 @@ def seed_registry(db: Database, world: World, store: Path, embed: Embed | None =
             references=[world.path(p) for p in character["references"]],
         )
         added += 1
-    if embed and embedder_id:
-        from gate.registry import embed_missing
-
-        embed_missing(db, embed, embedder_id)
     return added

@@ -185,7 +185,7 @@ def test_a_refused_file_is_decided_on_the_intake_queue_alone(service, corpus_dir
     service.spawn("worker", "--queues", "intake", log="worker-intake")  # no probe worker at all
     answer = _deliver(service, corpus_dir / "pickle_disguised.safetensors", "m-pickle")
     final = _final(answer["status_url"], service, timeout=60)
-    assert final["state"] == "refused" and final["error"]["code"] == "pickle"
+    assert final["state"] == "refused" and final["error"]["code"] == "format_pickle"
 
 
 def test_a_worker_killed_mid_job_loses_nothing(service, world):
@@ -229,4 +229,4 @@ def test_a_hub_that_is_down_gets_its_decision_later(service, corpus_dir):
     service.hub.refuse = False
     _wait(lambda: service.hub.received, 60, "the decision was never delivered")
     assert service.hub.received[0]["upload_id"] == answer["id"]
-    assert service.hub.received[0]["data"]["error"]["code"] == "pickle"
+    assert service.hub.received[0]["data"]["error"]["code"] == "format_pickle"

@@ -1,0 +1,168 @@
+"""Benchmark: hub deliveries accepted per second, and their latency, against the gate under gunicorn on loopback.
+
+The gate runs as it would in production with Redis (gunicorn, gthread workers, REDIS_URL; no worker takes the
+jobs, so only the acceptance path is measured). An open-loop generator sends deliveries at a fixed rate (each
+with its own bytes and hub record, signed) from a pool of keep-alive connections; latency is measured from
+each request's scheduled send time, so a server that falls behind is charged for the queueing it causes.
+The baseline, in the same run and the same server: `GET /healthz`, the framework's floor. After the run,
+every accepted delivery is counted in the record.
+
+    python -m benchmarks.webhook_load [--rate 500] [--seconds 10] [--workers 2] [--threads 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import secrets
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from gate import signatures
+from gate.client import multipart
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "load-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _requests(kind: str, count: int) -> list[tuple[str, str, bytes, dict]]:
+    """Pre-built requests (method, path, body, headers), so the generator only sends."""
+    built = []
+    for i in range(count):
+        if kind == "healthz":
+            built.append(("GET", "/healthz", b"", {}))
+            continue
+        body, content_type = multipart(secrets.token_bytes(2048), {"hub": "loadhub", "model_id": f"m{i}",
+                                                                    "version_id": "1", "uploader": f"u{i % 97}",
+                                                                    "title": f"load test {i}"}, f"lora{i}.safetensors")
+        built.append(("POST", "/v1/uploads", body, {"Content-Type": content_type,
+                                                     "X-Gate-Signature": signatures.sign(body, SECRET)}))
+    return built
+
+
+def _drive(port: int, requests: list, rate: float, connections: int) -> dict:
+    """Send requests at `rate` per second (open loop); latency from each request's scheduled time."""
+    work: queue.Queue = queue.Queue()
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def sender() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while (item := work.get()) is not None:
+            scheduled, (method, path, body, headers) = item
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                connection.request(method, path, body=body or None, headers=headers)
+                answer = connection.getresponse()
+                answer.read()
+                status = answer.status
+            except (OSError, http.client.HTTPException) as exc:
+                with lock:
+                    errors.append(repr(exc))
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                status = 0
+            done = time.perf_counter()
+            with lock:
+                latencies.append(done - scheduled)
+                statuses[status] = statuses.get(status, 0) + 1
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter() + 0.2
+    for i, request in enumerate(requests):
+        work.put((start + i / rate, request))
+    for _ in threads:
+        work.put(None)
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    ok = sum(n for status, n in statuses.items() if 200 <= status < 300)
+    return {"sent": len(requests), "ok": ok, "statuses": statuses, "per_second": ok / elapsed,
+            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * len(latencies)) - 1],
+            "max_ms": 1000 * latencies[-1], "errors": errors[:3]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500, help="deliveries per second offered")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--connections", type=int, default=32, help="client keep-alive connections")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="a Redis database it may flush")
+    args = parser.parse_args()
+
+    from redis import Redis
+
+    Redis.from_url(args.redis).flushdb()
+    count = int(args.rate * args.seconds)
+    with tempfile.TemporaryDirectory(prefix="gate-load-") as data:
+        port = _free_port()
+        env = {**os.environ, "GATE_DATA_DIR": data, "GATE_UPLOAD_SECRET": SECRET, "REDIS_URL": args.redis}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "gthread",
+             "--threads", str(args.threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+             "gate.app:create_app()"], cwd=REPO, env=env)
+        try:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise SystemExit("gunicorn did not start") from None
+                    time.sleep(0.2)
+            _drive(port, _requests("healthz", 200), 200, 8)  # warm up
+            rows = []
+            for name, kind in (("GET /healthz (baseline)", "healthz"),
+                               ("POST /v1/uploads (signed delivery)", "upload")):
+                requests = _requests(kind, count)
+                rows.append((name, _drive(port, requests, args.rate, args.connections)))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        recorded = sqlite3.connect(Path(data) / "gate.db").execute("select count(*) from uploads").fetchone()[0]
+    queued = Redis.from_url(args.redis).llen("rq:queue:intake")
+    Redis.from_url(args.redis).flushdb()
+
+    print(f"\ngunicorn {args.workers} workers x {args.threads} threads, {args.rate:.0f}/s offered for "
+          f"{args.seconds:.0f} s ({count} requests each), {args.connections} connections, loopback, "
+          f"{os.cpu_count()} cores shared with the load generator\n")
+    print("| request | accepted | per second | p50 ms | p99 ms | max ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, result in rows:
+        print(f"| {name} | {result['ok']}/{result['sent']} | {result['per_second']:.0f} | {result['p50_ms']:.1f} | "
+              f"{result['p99_ms']:.1f} | {result['max_ms']:.1f} |")
+    base, upload = rows[0][1], rows[1][1]
+    print(f"\np99 delivery / p99 baseline: {upload['p99_ms'] / base['p99_ms']:.2f}x")
+    print(f"accepted deliveries {upload['ok']}, recorded in SQLite {recorded}, intake jobs queued in Redis {queued}")
+    print(json.dumps({name: {"statuses": result["statuses"], "errors": result["errors"]} for name, result in rows}))
+
+
+if __name__ == "__main__":
+    main()
