@@ -11,7 +11,7 @@ from gate.errors import GateError
 # HTTP status for the library's error codes that are the client's doing; the rest are 400.
 STATUS = {"signature_missing": 401, "signature_malformed": 401, "signature_expired": 401,
           "signature_mismatch": 401, "webhook_secret_mismatch": 401, "worker_token_mismatch": 401,
-          "upload_not_found": 404, "not_configured": 503}
+          "upload_not_found": 404, "not_configured": 503, "body_too_large": 413}
 
 
 def create_app(config: dict | None = None) -> Flask:

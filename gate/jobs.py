@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from gate.uploads import UploadState, get_upload, transition
 log = logging.getLogger(__name__)
 PROBE_TIMINGS = ("render_lora", "render_base", "embed")
 LIVE_STATES = (UploadState.RECEIVED, UploadState.SCANNING)
+HANDOFF_BATCH = 200
 
 
 def job_id(upload_id: str, generation: int, step: str) -> str:
@@ -210,6 +212,8 @@ class Dispatcher:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.queues = make_queues(settings, on_idle=self.housekeeping)
+        self._handoff: queue.SimpleQueue | None = None
+        self._handoff_lock = threading.Lock()
         if isinstance(self.queues, InProcessQueues):
             from gate.uploads import pending
 
@@ -218,11 +222,33 @@ class Dispatcher:
                 self.enqueue(upload_id, get_upload(db, upload_id)["generation"] or 0)
 
     def enqueue(self, upload_id: str, generation: int = 0) -> None:
-        """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it."""
-        try:
+        """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it.
+
+        With Redis, a background thread hands accepted uploads over in batches (one round trip each), so a hub's
+        delivery waits only for its record, not for Redis; an upload this process dies holding is recorded as
+        received, and the reconciler starts it."""
+        if isinstance(self.queues, InProcessQueues):
             start_scan(self.queues, upload_id, generation)
-        except Exception as exc:  # noqa: BLE001 - recorded is what matters; the reconciler retries
-            log.warning("could not enqueue %s (%s); the reconciler will", upload_id, exc)
+            return
+        with self._handoff_lock:
+            if self._handoff is None:
+                self._handoff = queue.SimpleQueue()
+                threading.Thread(target=self._hand_over, name="gate-handoff", daemon=True).start()
+        self._handoff.put((INTAKE, "gate.jobs.intake_upload", (upload_id, generation),
+                           job_id(upload_id, generation, "intake")))
+
+    def _hand_over(self) -> None:
+        while True:
+            batch = [self._handoff.get()]
+            while len(batch) < HANDOFF_BATCH:
+                try:
+                    batch.append(self._handoff.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.queues.enqueue_many(batch)
+            except Exception as exc:  # noqa: BLE001 - recorded is what matters; the reconciler retries
+                log.warning("could not enqueue %d uploads (%s); the reconciler will", len(batch), exc)
 
     def depth(self) -> dict[str, int]:
         return self.queues.depth()

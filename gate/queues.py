@@ -90,17 +90,24 @@ class RedisQueues(Queues):
 
         return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
-    def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True) -> None:
+    def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True, pipeline=None) -> None:
         from rq import Callback, Retry
 
         # Probe jobs retry at once: spaced retries need RQ's scheduler, a forked process, and a GPU worker runs
         # none (no fork after CUDA is initialised).
         intervals = [0] * len(RETRY_INTERVALS) if queue_name == PROBE else list(RETRY_INTERVALS)
-        self.queue(queue_name).enqueue(
-            func, *args, job_id=job_id, job_timeout=self.job_timeout, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
+        self.queue(queue_name).enqueue_call(
+            func, args, job_id=job_id, timeout=self.job_timeout, result_ttl=24 * 3600, failure_ttl=7 * 24 * 3600,
             retry=Retry(max=len(RETRY_INTERVALS), interval=intervals) if retry else None,
-            on_failure=Callback(FAILURE_CALLBACK),
+            on_failure=Callback(FAILURE_CALLBACK), pipeline=pipeline,
         )
+
+    def enqueue_many(self, jobs: list[tuple[str, str, tuple, str]]) -> None:
+        """Enqueue (queue, func, args, job id) entries in one Redis round trip."""
+        with self.connection.pipeline() as pipeline:
+            for queue_name, func, args, job_id in jobs:
+                self.enqueue(queue_name, func, *args, job_id=job_id, pipeline=pipeline)
+            pipeline.execute()
 
     def job_status(self, job_id: str) -> tuple[str | None, str | None]:
         """(status, worker name) of a job, (None, None) when Redis no longer knows it."""

@@ -90,20 +90,22 @@ def record_upload(db: Database, source: str, meta: dict, file_path: Path, file_s
         "filename": filename[:500], "file_path": str(file_path), "file_sha256": file_sha256, "file_size": file_size,
         "state": UploadState.RECEIVED, "attempts": 0, "created_at": now, "updated_at": now,
     }
+    # Plain SQL on this path (no table introspection): it is the one every hub delivery waits on.
     with writing(db):  # the check and the insert under one write lock: concurrent retries make one upload
-        existing = list(db["uploads"].rows_where("delivery_key = ?", [key]))
-        if existing:
-            return Recorded(existing[0], False)
-        db["uploads"].insert(row)
+        existing = db.execute("SELECT * FROM uploads WHERE delivery_key = ?", [key])
+        columns = [c[0] for c in existing.description]
+        if (first := existing.fetchone()) is not None:
+            return Recorded(dict(zip(columns, first, strict=True)), False)
+        db.execute(f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         _journal(db, upload_id, "gate", "received", None, UploadState.RECEIVED, {"source": source})
-    return Recorded(get_upload(db, upload_id), True)
+    return Recorded({**dict.fromkeys(columns), "generation": 0, **row}, True)
 
 
 def _journal(db: Database, upload_id: str, actor: str, action: str, before: str | None, after: str | None,
              detail: dict) -> None:
-    db["upload_events"].insert({"upload_id": upload_id, "at": _now(), "actor": actor, "action": action,
-                                "from_state": before, "to_state": after,
-                                "detail": json.dumps(detail, ensure_ascii=False)})
+    db.execute("INSERT INTO upload_events (upload_id, at, actor, action, from_state, to_state, detail) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?)",
+               [upload_id, _now(), actor, action, before, after, json.dumps(detail, ensure_ascii=False)])
 
 
 def get_upload(db: Database, upload_id: str) -> dict:
@@ -146,7 +148,8 @@ def status(upload: dict) -> dict:
 def store_file(spool: Path, store: Path, sha256: str) -> Path:
     """Move a spooled upload into the content-addressed store (same bytes, one file)."""
     target = store / sha256[:2] / f"{sha256}.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.is_dir():  # a stat: mkdir on an existing directory costs a metadata write on some filesystems
+        target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         spool.unlink(missing_ok=True)
     else:
