@@ -99,17 +99,18 @@ def flagged(db: Database, tensor_hashes: list[str]) -> dict[str, dict]:
         return {}
     marks = ", ".join("?" for _ in tensor_hashes)
     found: dict[str, dict] = {}
-    for entry in db.query(f"select tensor_hash, reason from blocklist where tensor_hash in ({marks})", tensor_hashes):
-        found[entry["tensor_hash"]] = {"upload_id": None, "verdict": "block", "character_id": None}
     uploads = db.query(f"select id, tensor_hash, verdict, reasons from uploads where tensor_hash in ({marks}) "
                        "and verdict in ('block', 'quarantine') order by decided_at", tensor_hashes)
     for upload in uploads:
         character = _flagging_character(upload)
         if upload["verdict"] == "block" or character:
-            current = found.get(upload["tensor_hash"])
-            if current is None or current["verdict"] != "block" or upload["verdict"] == "block":
+            current = found.get(upload["tensor_hash"])  # the earliest block, else the earliest quarantine
+            if current is None or (current["verdict"] != "block" and upload["verdict"] == "block"):
                 found[upload["tensor_hash"]] = {"upload_id": upload["id"], "verdict": upload["verdict"],
                                                 "character_id": character}
+    for entry in db.query(f"select tensor_hash from blocklist where tensor_hash in ({marks})", tensor_hashes):
+        if found.get(entry["tensor_hash"], {}).get("verdict") != "block":  # an operator's entry, no upload blocked
+            found[entry["tensor_hash"]] = {"upload_id": None, "verdict": "block", "character_id": None}
     return found
 
 
