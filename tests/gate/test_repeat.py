@@ -172,3 +172,32 @@ def test_an_operators_blocklist_entry_flags_the_fingerprint_too(engine, tmp_path
     _not_rendered(result)
     reason = next(r for r in result.to_dict()["reasons"] if r["kind"] == "near_duplicate")
     assert reason["matched_upload"] is None and "blocklist entry" in reason["message"]
+
+
+def test_the_repeat_commands(tmp_path, copies):
+    from gate import blocklist
+    from gate.config import IntakeLimits
+    from gate.repeat import fingerprint_inspected, store
+    from tests.conftest import run_gate
+
+    db = open_db(tmp_path / "data" / "gate.db")
+    inspection = inspect_file(ORIGINAL)
+    store(db, inspection.fingerprints.tensor_hash, inspection.fingerprints.file_sha256,
+          fingerprint_inspected(inspection, IntakeLimits()))
+    blocklist.add(db, inspection.fingerprints.tensor_hash, "takedown 11", "operator")
+    for verdict in ("block", "allow"):
+        _decided(db, DISTINCT, verdict, uploader="mallory", hub="hf")
+    env = {"GATE_DATA_DIR": str(tmp_path / "data"), "GATE_REPEAT_OFFENDER_BLOCKS": "1"}
+
+    found = run_gate("repeat", "match", "--json", str(copies["combined"]), env=env)
+    assert found.returncode == 0, found.stderr
+    answer = json.loads(found.stdout)
+    assert [m["matched_tensor_hash"] for m in answer["matches"]] == [inspection.fingerprints.tensor_hash]
+    assert json.loads(run_gate("repeat", "match", "--json", str(DISTINCT), env=env).stdout)["matches"] == []
+    compared = json.loads(run_gate("repeat", "compare", str(copies["merged"]), str(ORIGINAL), env=env).stdout)
+    assert compared["containment"] >= 0.5 > json.loads(run_gate("repeat", "compare", str(DISTINCT), str(ORIGINAL),
+                                                                env=env).stdout)["containment"]
+    history = json.loads(run_gate("repeat", "history", "mallory", "--hub", "hf", "--json", env=env).stdout)
+    assert (history["uploads"], history["blocked"], history["repeat_offender"]) == (2, 1, True)
+    hostile = run_gate("repeat", "match", str(REPO / "README.md"), env=env)
+    assert hostile.returncode == 1 and "Traceback" not in hostile.stderr and "format_unknown" in hostile.stderr
