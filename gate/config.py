@@ -30,6 +30,21 @@ class IntakeLimits:
 
 
 @dataclass(frozen=True)
+class RepeatSettings:
+    """Repeat infringement: when a re-upload's weight fingerprint matches a blocked or quarantined LoRA, and
+    when an uploader's earlier blocks route their uploads to quarantine."""
+
+    # Whole-LoRA ΔW cosine at or above which an upload is a near-duplicate (distinct fixture LoRAs: <= 0.12).
+    similarity: float = 0.9
+    # Share of a flagged LoRA's ΔW found in an upload, module by module (a merge; distinct fixtures: <= 0.15).
+    containment: float = 0.5
+    # The index's coarse cut on global vectors before the exact re-rank (distinct fixtures: <= 0.24).
+    candidates: float = 0.35
+    # Uploads of an uploader with at least this many blocked uploads go to quarantine; 0 turns the policy off.
+    offender_blocks: int = 0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gate can be told; defaults run a single machine on the embedded fixture world."""
 
@@ -60,6 +75,7 @@ class Settings:
     callback_url: str = ""
     callback_secret: str = ""
     intake: IntakeLimits = field(default_factory=IntakeLimits)
+    repeat: RepeatSettings = field(default_factory=RepeatSettings)
 
     @property
     def db_path(self) -> Path:

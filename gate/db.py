@@ -77,6 +77,20 @@ def m004_scan_generation(db: Database) -> None:
     db["uploads"].add_column("probe_seconds", float)
 
 
+@migrations()
+def m251_weightprints(db: Database) -> None:
+    # Every scanned LoRA's weight-space fingerprint (gate/weightprint.py), keyed by its tensor hash: near-
+    # duplicates of blocked or quarantined uploads are found by it. Sketches are float16, scaled by `scale`.
+    db["weightprints"].create(
+        {"tensor_hash": str, "file_sha256": str, "version": str, "modules": str, "scale": float,
+         "sketches": bytes, "vector": bytes, "skipped": int, "created_at": str},
+        pk="tensor_hash",
+    )
+    # Finding the uploads a fingerprint belongs to, and an uploader's history.
+    db["uploads"].create_index(["tensor_hash"], index_name="idx_uploads_repeat_tensor_hash", if_not_exists=True)
+    db["uploads"].create_index(["hub", "uploader"], index_name="idx_uploads_repeat_uploader", if_not_exists=True)
+
+
 def open_db(path: str | Path) -> Database:
     """Open (creating if needed) the record and bring its schema up to date."""
     path = Path(path)

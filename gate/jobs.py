@@ -95,7 +95,8 @@ def _current(upload_id: str, generation: int, step: str):
 
 def _hub_meta(upload: dict) -> dict:
     return {"title": upload["title"], "tags": json.loads(upload["tags"] or "[]"),
-            "trigger_words": json.loads(upload["trigger_words"] or "[]"), "description": upload["description"]}
+            "trigger_words": json.loads(upload["trigger_words"] or "[]"), "description": upload["description"],
+            "hub": upload["hub"], "uploader": upload["uploader"]}
 
 
 def intake_upload(upload_id: str, generation: int = 0) -> str:
@@ -114,7 +115,7 @@ def intake_upload(upload_id: str, generation: int = 0) -> str:
         _finish(db, upload_id, UploadState.REFUSED, "intake", "refused",
                 {"error_code": error.code, "error_message": error.message}, {"code": error.code})
         return "refused"
-    if result.blocklisted:  # caught without rendering
+    if result.decided_without_rendering:  # blocklisted or a near-duplicate: caught without rendering
         return _decide(settings, db, matcher, upload_id, result)
     request = {**matcher.probe_request(result, _hub_meta(upload)["trigger_words"]),
                "upload_id": upload_id, "generation": generation, "file_path": upload["file_path"],

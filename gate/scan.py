@@ -22,6 +22,7 @@ from gate.intake import Inspection, inspect_file
 from gate.intake.metadata import LoraMetadata
 from gate.matching import CharacterMatch, References, Thresholds, match_characters, score
 from gate.registry import Character, embed_missing, list_characters, load_references
+from gate.repeat import NearDuplicate, RepeatScreen
 from gate.screening import NameHit, find_names
 from probes.errors import UnsupportedLora
 
@@ -82,7 +83,14 @@ class ScanResult:
     references: References | None = None
     blocklisted: str | None = None
     not_probed: str | None = None
+    near_duplicates: list[NearDuplicate] = field(default_factory=list)  # flagged LoRAs its weights match
+    repeat_offender: dict | None = None  # the uploader's history, when the repeat-offender policy applies
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def decided_without_rendering(self) -> bool:
+        """Blocklisted, or a near-duplicate of a flagged LoRA: the static signals settle it."""
+        return bool(self.blocklisted or self.near_duplicates)
 
     @property
     def verdict(self) -> str | None:
@@ -128,6 +136,7 @@ class Scanner:
         embed_missing(db, engine.embed, engine.embedder_id)
         self.characters = {c.id: c for c in list_characters(db)}
         self.references = load_references(db, engine.embedder_id)
+        self.repeats = RepeatScreen(settings, db)
 
     @property
     def thresholds(self) -> Thresholds:
@@ -166,6 +175,7 @@ class Scanner:
         entry = blocklist.contains(self.db, tensor_hash)
         if entry:
             result.blocklisted = f"{tensor_hash[:16]}…, {entry['reason']}"  # caught without rendering
+        self.repeats.screen(result, hub_meta)  # repeat infringement: exact and near-duplicate re-uploads
         return result
 
     def probe_request(self, result: ScanResult, trigger_words: list[str] | None = None) -> dict:
@@ -188,7 +198,7 @@ class Scanner:
         started = time.perf_counter()
         progress("intake")
         result = self.screen(path, filename, hub_meta, inspection)
-        if result.inspection.ok and not result.blocklisted:
+        if result.inspection.ok and not result.decided_without_rendering:
             try:
                 outcome = self.probe(path, result.inspection, progress, (hub_meta or {}).get("trigger_words"))
             except UnsupportedLora as exc:
@@ -225,5 +235,6 @@ class Scanner:
             blocklisted=result.blocklisted, not_probed=result.not_probed,
             not_probed_verdict=Verdict(self.settings.not_probed_verdict),
         )
+        self.repeats.add_reasons(result)
         result.timings["match"] = time.perf_counter() - mark
         return result
