@@ -34,7 +34,7 @@ from gate.uploads import UploadState, transition
 
 log = logging.getLogger(__name__)
 VECTOR_DTYPE = np.float16  # half the bytes of float32; similarities move by < 1e-3
-CHUNK_ROWS = 1 << 20  # renders converted to float32 at a time while searching
+CHUNK_ROWS = 1 << 18  # renders converted to float32 at a time while searching (16 MiB at 64 dims)
 
 
 class ScreeningError(GateError):
@@ -166,14 +166,18 @@ class CatalogueIndex:
         condition of the live rule, so judging only these uploads misses none."""
         if not len(self.lora) or not len(reference_vectors):
             return []
-        refs = np.ascontiguousarray(reference_vectors, dtype=np.float32).T  # (d, k)
+        refs = np.ascontiguousarray(np.asarray(reference_vectors, dtype=np.float32).T)  # (d, k)
         base_best = (self.base.astype(np.float32) @ refs).max(axis=1)  # (b,)
         hit = np.zeros(len(self.lora), bool)
+        buffer = np.empty((min(CHUNK_ROWS, len(self.lora)), self.dim), np.float32)  # reused: no page faults
         for start in range(0, len(self.lora), CHUNK_ROWS):
-            stop = start + CHUNK_ROWS
-            best = (self.lora[start:stop].astype(np.float32) @ refs).max(axis=1)
-            hit[start:stop] = ((best >= thresholds.render_score)
-                               & (best - base_best[self.base_rows[start:stop]] >= thresholds.lift))
+            chunk = self.lora[start:start + CHUNK_ROWS]
+            block = buffer[:len(chunk)]
+            np.copyto(block, chunk)
+            best = (block @ refs).max(axis=1)
+            hit[start:start + len(chunk)] = ((best >= thresholds.render_score)
+                                             & (best - base_best[self.base_rows[start:start + len(chunk)]]
+                                                >= thresholds.lift))
         hit &= self.live
         return [self.upload_ids[slot] for slot in np.unique(self.owners[hit])]
 
