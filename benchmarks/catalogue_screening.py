@@ -134,7 +134,7 @@ def main() -> None:
     scale = args.loras / sample
     estimated = " (extrapolated)" if sample < args.loras else ""
     print()
-    print(f"| method | LoRAs | time | peak traced memory | found |")
+    print("| method | LoRAs | time | peak traced memory | found |")
     print("| --- | --- | --- | --- | --- |")
     print(f"| per-LoRA Python loop (baseline) | {sample:,} | {base_time:.2f} s; {base_time * scale:.2f} s for "
           f"{args.loras:,}{estimated} | {base_peak / 2**20:.1f} MiB | {len(base_found)} |")

@@ -255,6 +255,9 @@ def characters_add(name, rights_holder, policy, aliases, references, character_i
         embedder_id=scanner.engine.embedder_id,
     )
     click.echo(f"registered {character.id}: {character.name} ({character.references} references, {policy})")
+    from gate.catalogue import registry_changed  # the back catalogue is screened for it at once (issue 8)
+
+    cli_catalogue.echo_screening(registry_changed(db, character.id, settings, cause="registered"))
 
 
 @characters.command("retire")
@@ -430,3 +433,12 @@ def db_migrate() -> None:
     settings = _settings()
     applied = [row["name"] for row in open_db(settings.db_path)["_sqlite_migrations"].rows_where(order_by="id")]
     click.echo(f"{settings.db_path}: {len(applied)} migrations applied, latest {applied[-1]}")
+
+
+from gate import cli_catalogue  # noqa: E402 - the back catalogue's commands (issue 8)
+
+characters.add_command(cli_catalogue.characters_update)
+characters.add_command(cli_catalogue.characters_refs)
+characters.add_command(cli_catalogue.characters_reports)
+main.add_command(cli_catalogue.catalogue_group)
+main.add_command(cli_catalogue.rescan)
