@@ -64,6 +64,9 @@ def check_image(path: str | Path) -> CheckedImage:
             image_format = image.format
     except UnidentifiedImageError:
         raise ImageError(f"{path.name}: not a PNG, JPEG or WebP image", "image_format") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path.name}: declares more pixels than any reference may have ({MAX_SIDE}x{MAX_SIDE})",
+                         "image_dimensions") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{path.name}: not a readable image ({exc})", "image_corrupt") from None
     return CheckedImage(data, hashlib.sha256(data).hexdigest(), image_format, width, height)
