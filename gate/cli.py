@@ -255,6 +255,9 @@ def characters_add(name, rights_holder, policy, aliases, references, character_i
         embedder_id=scanner.engine.embedder_id,
     )
     click.echo(f"registered {character.id}: {character.name} ({character.references} references, {policy})")
+    from gate.catalogue import registry_changed  # the back catalogue is screened for it at once (issue 8)
+
+    cli_catalogue.echo_screening(registry_changed(db, character.id, settings, cause="registered"))
 
 
 @characters.command("retire")
@@ -435,3 +438,11 @@ def db_migrate() -> None:
 from gate.cli_weightprint import repeat_group  # noqa: E402 - registered last, one module per feature
 
 main.add_command(repeat_group)
+
+from gate import cli_catalogue  # noqa: E402 - the back catalogue's commands (issue 8)
+
+characters.add_command(cli_catalogue.characters_update)
+characters.add_command(cli_catalogue.characters_refs)
+characters.add_command(cli_catalogue.characters_reports)
+main.add_command(cli_catalogue.catalogue_group)
+main.add_command(cli_catalogue.rescan)

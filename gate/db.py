@@ -91,6 +91,52 @@ def m251_weightprints(db: Database) -> None:
     db["uploads"].create_index(["hub", "uploader"], index_name="idx_uploads_repeat_uploader", if_not_exists=True)
 
 
+@migrations()
+def m201_catalogue(db: Database) -> None:
+    # Every concluded scan's probe embeddings, so a newly registered character can be screened against the whole
+    # catalogue without rendering: per render the LoRA's vector and the base vector of the same probe (float16,
+    # row-major bytes), the probes (prompt, seed), the probe set and embedder they came from. One row per upload;
+    # a rescan replaces it (a new id, so a resident index sees the change).
+    db["catalogue_scans"].create(
+        {"id": int, "upload_id": str, "probe_set": str, "embedder": str, "base_family": str, "renders": int,
+         "dim": int, "lora_vectors": bytes, "base_vectors": bytes, "probes": str, "created_at": str},
+        pk="id", foreign_keys=[("upload_id", "uploads", "id")],
+    )
+    db["catalogue_scans"].create_index(["upload_id"], unique=True)
+    db["catalogue_scans"].create_index(["embedder", "id"])
+    # A character screened against the stored embeddings: the run, and each upload that showed the character.
+    db["screenings"].create(
+        {"id": int, "character_id": str, "cause": str, "embedder": str, "thresholds": str, "screened": int,
+         "renders": int, "candidates": int, "hits": int, "changed": int, "seconds": float, "created_at": str},
+        pk="id", foreign_keys=[("character_id", "characters", "id")],
+    )
+    db["screenings"].create_index(["character_id"])
+    db["screening_hits"].create(
+        {"id": int, "screening_id": int, "upload_id": str, "verdict_before": str, "verdict_after": str,
+         "changed": int, "certainty": str, "matched": int, "rendered": int, "best_score": float, "best_lift": float,
+         "renders": str},
+        pk="id", foreign_keys=[("screening_id", "screenings", "id"), ("upload_id", "uploads", "id")],
+    )
+    db["screening_hits"].create_index(["screening_id"])
+
+
+@migrations()
+def m202_rescans(db: Database) -> None:
+    # A rescan run and its per-upload progress, so an interrupted run resumes without redoing finished uploads.
+    db["rescan_runs"].create(
+        {"id": str, "filters": str, "probe_set": str, "rate_per_min": float, "state": str, "total": int,
+         "created_at": str, "finished_at": str},
+        pk="id",
+    )
+    db["rescan_items"].create(
+        {"run_id": str, "upload_id": str, "position": int, "state": str, "verdict_before": str,
+         "verdict_after": str, "probe_set_before": str, "probe_set_after": str, "error": str, "finished_at": str},
+        pk=("run_id", "upload_id"),
+        foreign_keys=[("run_id", "rescan_runs", "id"), ("upload_id", "uploads", "id")],
+    )
+    db["rescan_items"].create_index(["run_id", "state"])
+
+
 def open_db(path: str | Path) -> Database:
     """Open (creating if needed) the record and bring its schema up to date."""
     path = Path(path)

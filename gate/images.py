@@ -34,25 +34,39 @@ class CheckedImage:
             return np.asarray(image.convert("RGB"))
 
 
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+
+
 def check_image(path: str | Path) -> CheckedImage:
-    """Read and validate one image file; raises ImageError naming what is wrong."""
+    """Read and validate one image file; raises ImageError (with a code naming what is wrong).
+
+    Pillow is told which formats to try (no other decoder ever sees the bytes), and the size is checked from
+    the header before any pixel is decoded, so a small file cannot expand into gigabytes."""
     path = Path(path)
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
-            raise ImageError(f"{path.name}: {size} bytes; references may be at most {MAX_BYTES}")
+            raise ImageError(f"{path.name}: {size} bytes; references may be at most {MAX_BYTES}", "image_too_large")
+        if size == 0:
+            raise ImageError(f"{path.name}: empty file", "image_corrupt")
         data = path.read_bytes()
     except OSError as exc:
-        raise ImageError(f"{path.name}: cannot read ({exc.strerror})") from None
+        raise ImageError(f"{path.name}: cannot read ({exc.strerror})", "image_unreadable") from None
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ALLOWED_FORMATS:
-                raise ImageError(f"{path.name}: {image.format} images are not accepted; use PNG, JPEG or WebP")
+        with Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS)) as image:
             width, height = image.size
-            if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-                raise ImageError(f"{path.name}: {width}x{height}; sides must be {MIN_SIDE} to {MAX_SIDE} pixels")
+            if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE) or width * height > MAX_PIXELS:
+                raise ImageError(f"{path.name}: {width}x{height}; sides must be {MIN_SIDE} to {MAX_SIDE} pixels",
+                                 "image_dimensions")
+            if getattr(image, "n_frames", 1) > 1:
+                raise ImageError(f"{path.name}: an animated image; give one still picture", "image_animated")
             image.load()  # decode fully: a truncated or corrupt file fails here, not later
             image_format = image.format
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{path.name}: not a readable image ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path.name}: not a PNG, JPEG or WebP image", "image_format") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path.name}: declares more pixels than any reference may have ({MAX_SIDE}x{MAX_SIDE})",
+                         "image_dimensions") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{path.name}: not a readable image ({exc})", "image_corrupt") from None
     return CheckedImage(data, hashlib.sha256(data).hexdigest(), image_format, width, height)

@@ -15,7 +15,7 @@ import queue
 import threading
 from datetime import UTC, datetime
 
-from gate import outbox
+from gate import catalogue, outbox
 from gate.config import Settings
 from gate.db import open_db, writing
 from gate.queues import INTAKE, PROBE, InProcessQueues, Queues, context, make_queues
@@ -161,6 +161,7 @@ def _decide(settings: Settings, db, matcher, upload_id: str, result) -> str:
         from gate.evidence import write_evidence
 
         write_evidence(result, matcher.characters, evidence_dir(settings, upload_id))
+    catalogue.record_scan(db, upload_id, result, matcher.engine.embedder_id)  # for back-catalogue screening
     _finish(db, upload_id, UploadState.DECIDED, "gate", f"decided {result.verdict}", {
         "verdict": result.verdict, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
         "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,

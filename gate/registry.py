@@ -165,3 +165,74 @@ def load_references(db: Database, embedder_id: str) -> References:
     if not vectors:
         return References((), np.zeros((0, 1), np.float32), np.zeros(0, int))
     return References(tuple(ids), np.stack(vectors), np.array(owners), tuple(paths))
+
+
+def update_character(
+    db: Database,
+    store: Path,
+    character_id: str,
+    *,
+    name: str | None = None,
+    aliases: Sequence[str] | None = None,
+    add_aliases: Sequence[str] = (),
+    policy: str | None = None,
+    rights_holder: str | None = None,
+    description: str | None = None,
+    add_references: Sequence[str | Path] = (),
+    remove_references: Sequence[str] = (),
+    embed: Embed | None = None,
+    embedder_id: str | None = None,
+) -> Character:
+    """Change a registered character: names, policy, references (new ones validated and embedded on arrival;
+    old ones removed by sha256 prefix). The whole change is one transaction, and is refused whole."""
+    character = get_character(db, character_id)
+    if policy is not None and policy not in POLICIES:
+        raise RegistryError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}", "policy_invalid")
+    if name is not None and not name.strip():
+        raise RegistryError("a character needs a name")
+    checked = [check_image(path) for path in add_references]
+    current = {row["sha256"]: row for row in db["character_references"].rows_where("character_id = ?",
+                                                                                     [character_id])}
+    removed = []
+    for prefix in remove_references:
+        found = [sha for sha in current if len(prefix) >= 8 and sha.startswith(prefix.lower())]
+        if len(found) != 1:
+            raise RegistryError(f"{prefix!r} names {len(found)} of {character_id}'s references; give at least 8 "
+                                "characters of one reference's sha256", "reference_not_found")
+        removed.append(current[found[0]])
+    remaining = len(current) - len(removed) + len({c.sha256 for c in checked} - set(current))
+    if not 1 <= remaining <= MAX_REFERENCES:
+        raise RegistryError(f"a character has 1 to {MAX_REFERENCES} references; this change leaves {remaining}",
+                            "references_count")
+    changes: dict = {"updated_at": _now()}
+    if name is not None:
+        changes["name"] = name.strip()
+    new_aliases = list(character.aliases if aliases is None else aliases) + list(add_aliases)
+    if aliases is not None or add_aliases:
+        kept = list(dict.fromkeys(a.strip() for a in new_aliases if a.strip()))
+        changes["aliases"] = json.dumps(kept, ensure_ascii=False)
+    for key, value in (("policy", policy), ("rights_holder", rights_holder), ("description", description)):
+        if value is not None:
+            changes[key] = value.strip() if key == "rights_holder" else value
+    now = changes["updated_at"]
+    with writing(db):
+        db["characters"].update(character_id, changes)
+        for row in removed:
+            db.execute("delete from reference_embeddings where reference_id = ?", [row["id"]])
+            db.execute("delete from character_references where id = ?", [row["id"]])
+        for image in checked:
+            _store_reference(db, store, character_id, image, now)
+    for row in removed:
+        if not db["character_references"].count_where("path = ?", [row["path"]]):
+            Path(row["path"]).unlink(missing_ok=True)
+    if embed and embedder_id:
+        embed_missing(db, embed, embedder_id)
+    return get_character(db, character_id)
+
+
+def reference_rows(db: Database, character_id: str) -> list[dict]:
+    """A character's reference images: sha256, size and where they are kept."""
+    get_character(db, character_id)
+    return [{"sha256": r["sha256"], "width": r["width"], "height": r["height"], "path": r["path"],
+             "created_at": r["created_at"]}
+            for r in db["character_references"].rows_where("character_id = ?", [character_id], order_by="id")]

@@ -1,0 +1,408 @@
+"""The back catalogue's memory of what every scanned LoRA draws, and screening it for a character.
+
+When a scan concludes, its probe embeddings are stored with the upload (`record_scan`): per render the LoRA's
+vector and the base vector of the same probe, float16. Registering or changing a character then screens the
+whole catalogue at once (`registry_changed`): a vectorised search over a resident float16 matrix finds every
+render that could match the character, and only those LoRAs are judged, with the live matcher's own rule
+(gate.matching) and calibrated thresholds. Nothing is rendered. Hits escalate the upload's verdict per the
+character's policy, journalled with the evidence and told to the hub in the same transaction, and the rights
+holder gets a report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from sqlite_utils import Database
+
+from gate import outbox
+from gate.config import Settings, load_settings
+from gate.db import writing
+from gate.decisions import CharacterPolicy, Verdict, decide
+from gate.errors import GateError
+from gate.matching import References, Thresholds, match_characters, render_matches, score
+from gate.registry import get_character, list_characters, load_references
+from gate.screening import find_names
+from gate.uploads import UploadState, transition
+
+log = logging.getLogger(__name__)
+VECTOR_DTYPE = np.float16  # half the bytes of float32; similarities move by < 1e-3
+CHUNK_ROWS = 1 << 18  # renders converted to float32 at a time while searching (16 MiB at 64 dims)
+
+
+class ScreeningError(GateError):
+    code = "screening_failed"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Storing what a scan saw
+
+
+def record_scan(db: Database, upload_id: str, result, embedder_id: str) -> bool:
+    """Keep a concluded scan's probe embeddings with its upload (replacing an earlier scan's); False when the
+    scan rendered nothing (refused, blocklisted, not probed): then only its base family is kept."""
+    inspection = result.inspection
+    if not inspection.ok:
+        return False
+    outcome = result.outcome
+    row = {"upload_id": upload_id, "embedder": embedder_id, "base_family": inspection.family.family,
+           "probe_set": result.probe_set, "renders": 0, "dim": 0, "lora_vectors": b"", "base_vectors": b"",
+           "probes": "[]", "created_at": _now()}
+    if outcome is not None:
+        lora = np.ascontiguousarray(outcome.lora_embeddings, dtype=VECTOR_DTYPE)
+        base = np.ascontiguousarray(outcome.base_embeddings, dtype=VECTOR_DTYPE)
+        row.update(probe_set=outcome.probe_set_id, renders=int(lora.shape[0]), dim=int(lora.shape[1]),
+                   lora_vectors=lora.tobytes(), base_vectors=base.tobytes(),
+                   probes=json.dumps([{"prompt": p.prompt, "seed": p.seed, "source": p.source}
+                                      for p in outcome.probes], ensure_ascii=False))
+    with writing(db):
+        db.execute("delete from catalogue_scans where upload_id = ?", [upload_id])
+        db["catalogue_scans"].insert(row)
+    return outcome is not None
+
+
+def stored_vectors(db: Database, upload_id: str) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
+    """One upload's stored (lora, base) render vectors as float32, and its probes; None when none are stored."""
+    rows = list(db.query("select renders, dim, lora_vectors, base_vectors, probes from catalogue_scans "
+                         "where upload_id = ? and renders > 0", [upload_id]))
+    if not rows:
+        return None
+    row = rows[0]
+    shape = (row["renders"], row["dim"])
+    return (np.frombuffer(row["lora_vectors"], VECTOR_DTYPE).reshape(shape).astype(np.float32),
+            np.frombuffer(row["base_vectors"], VECTOR_DTYPE).reshape(shape).astype(np.float32),
+            json.loads(row["probes"]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The resident index
+
+
+@dataclass
+class CatalogueIndex:
+    """Every stored render of one embedder, stacked: LoRA vectors (float16), and the distinct base vectors they
+    are compared with (base renders repeat across LoRAs: the generic probes are the same for all)."""
+
+    embedder: str
+    dim: int = 0
+    upload_ids: list[str] = field(default_factory=list)
+    lora: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), VECTOR_DTYPE))  # (n, d)
+    base_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) into base
+    base: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), VECTOR_DTYPE))  # (b, d) distinct
+    owners: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) into upload_ids
+    live: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (n,) False once replaced
+    last_id: int = 0
+    _slots: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def loras(self) -> int:
+        return len(self._slots)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.lora, self.base_rows, self.base, self.owners, self.live))
+
+    def add(self, upload_ids: list[str], lora: list[np.ndarray], base: list[np.ndarray]) -> None:
+        """Append scans (one (r, d) pair per upload); an upload seen before has its earlier renders retired."""
+        if not upload_ids:
+            return
+        new_lora = np.concatenate(lora).astype(VECTOR_DTYPE, copy=False)
+        new_base = np.concatenate(base).astype(VECTOR_DTYPE, copy=False)
+        if self.dim == 0:
+            self.dim = new_lora.shape[1]
+            self.lora, self.base = np.zeros((0, self.dim), VECTOR_DTYPE), np.zeros((0, self.dim), VECTOR_DTYPE)
+        if new_lora.shape[1] != self.dim:
+            raise ScreeningError(f"stored vectors of {new_lora.shape[1]} dimensions in an index of {self.dim}")
+        for upload_id in upload_ids:
+            if upload_id in self._slots:
+                self.live[self.owners == self._slots[upload_id]] = False
+        first_slot = len(self.upload_ids)
+        self.upload_ids.extend(upload_ids)
+        self._slots.update({upload_id: first_slot + i for i, upload_id in enumerate(upload_ids)})
+        counts = [len(v) for v in lora]
+        owners = np.repeat(np.arange(first_slot, first_slot + len(upload_ids), dtype=np.int32), counts)
+        # Distinct base vectors: the same probe's base render has the same bytes in every scan.
+        old_count = len(self.base)
+        combined = np.concatenate([self.base, new_base])
+        distinct, inverse = np.unique(combined.view(np.dtype((np.void, combined.itemsize * self.dim))).ravel(),
+                                      return_inverse=True)
+        inverse = inverse.reshape(-1).astype(np.int32)
+        self.base = distinct.view(VECTOR_DTYPE).reshape(-1, self.dim)
+        self.base_rows = np.concatenate([inverse[:old_count][self.base_rows], inverse[old_count:]])
+        self.lora = np.concatenate([self.lora, new_lora])
+        self.owners = np.concatenate([self.owners, owners])
+        self.live = np.concatenate([self.live, np.ones(len(new_lora), bool)])
+
+    def refresh(self, db: Database) -> int:
+        """Load the scans stored since the last refresh; returns how many."""
+        ids, lora, base, last = [], [], [], self.last_id
+        for row in db.query("select id, upload_id, renders, dim, lora_vectors, base_vectors from catalogue_scans "
+                            "where embedder = ? and id > ? order by id", [self.embedder, self.last_id]):
+            last = row["id"]
+            if not row["renders"]:
+                continue
+            shape = (row["renders"], row["dim"])
+            ids.append(row["upload_id"])
+            lora.append(np.frombuffer(row["lora_vectors"], VECTOR_DTYPE).reshape(shape))
+            base.append(np.frombuffer(row["base_vectors"], VECTOR_DTYPE).reshape(shape))
+        self.add(ids, lora, base)
+        self.last_id = last
+        return len(ids)
+
+    def candidates(self, reference_vectors: np.ndarray, thresholds: Thresholds) -> list[str]:
+        """Uploads with at least one render that could match a character with these references: as similar as
+        the calibrated render score and lifted above its base render by the calibrated lift. A necessary
+        condition of the live rule, so judging only these uploads misses none."""
+        if not len(self.lora) or not len(reference_vectors):
+            return []
+        refs = np.ascontiguousarray(np.asarray(reference_vectors, dtype=np.float32).T)  # (d, k)
+        base_best = (self.base.astype(np.float32) @ refs).max(axis=1)  # (b,)
+        hit = np.zeros(len(self.lora), bool)
+        buffer = np.empty((min(CHUNK_ROWS, len(self.lora)), self.dim), np.float32)  # reused: no page faults
+        for start in range(0, len(self.lora), CHUNK_ROWS):
+            chunk = self.lora[start:start + CHUNK_ROWS]
+            block = buffer[:len(chunk)]
+            np.copyto(block, chunk)
+            best = (block @ refs).max(axis=1)
+            hit[start:start + len(chunk)] = ((best >= thresholds.render_score)
+                                             & (best - base_best[self.base_rows[start:start + len(chunk)]]
+                                                >= thresholds.lift))
+        hit &= self.live
+        return [self.upload_ids[slot] for slot in np.unique(self.owners[hit])]
+
+
+_indexes: dict[tuple[str, str], CatalogueIndex] = {}
+_indexes_lock = threading.Lock()
+
+
+def catalogue_index(db: Database, embedder_id: str) -> CatalogueIndex:
+    """The process's resident index for this record and embedder, brought up to date."""
+    key = (str(Path(db.conn.execute("pragma database_list").fetchone()[2]).resolve()), embedder_id)
+    with _indexes_lock:
+        index = _indexes.setdefault(key, CatalogueIndex(embedder_id))
+        index.refresh(db)
+        return index
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Screening
+
+
+@dataclass
+class Hit:
+    upload_id: str
+    verdict_before: str
+    verdict_after: str
+    certainty: str
+    matched: int
+    rendered: int
+    best_score: float
+    best_lift: float
+    renders: list[dict]
+
+    @property
+    def changed(self) -> bool:
+        return self.verdict_before != self.verdict_after
+
+
+@dataclass
+class Screening:
+    id: int | None
+    character_id: str
+    cause: str
+    screened: int = 0
+    renders: int = 0
+    candidates: int = 0
+    hits: list[Hit] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        return sum(hit.changed for hit in self.hits)
+
+    def summary(self) -> str:
+        moved = ", ".join(f"{h.upload_id} {h.verdict_before} -> {h.verdict_after}" for h in self.hits if h.changed)
+        return (f"screened {self.screened:,} stored LoRAs ({self.renders:,} renders) for {self.character_id} in "
+                f"{self.seconds:.2f} s: {len(self.hits)} show it, {self.changed} changed"
+                + (f": {moved}" if moved else ""))
+
+
+def current_embedder(settings: Settings) -> tuple[str, str]:
+    """(embedder id, probe set id) of the configured models: what stored vectors and thresholds must match."""
+    from probes.engine import embedder_id
+    from probes.probe_set import load_probe_set
+
+    return embedder_id(settings.embedder), load_probe_set(settings.probe_set).id
+
+
+def _hub_texts(upload: dict) -> dict[str, list[str]]:
+    return {"file name": [Path(upload["filename"] or "").stem], "hub title": [upload["title"] or ""],
+            "hub tags": json.loads(upload["tags"] or "[]"),
+            "hub trigger words": json.loads(upload["trigger_words"] or "[]"),
+            "hub description": [upload["description"] or ""]}
+
+
+def _judge(db: Database, upload: dict, character_id: str, references: References, thresholds: Thresholds,
+           policies: dict[str, CharacterPolicy]) -> tuple[Hit, object] | None:
+    """The live rule on one upload's stored renders, for one character: the hit and its reason, if any."""
+    stored = stored_vectors(db, upload["id"])
+    if stored is None:
+        return None
+    lora_vectors, base_vectors, probes = stored
+    lora, base = score(lora_vectors, references), score(base_vectors, references)
+    match = next((m for m in match_characters(lora, base, references, thresholds)
+                  if m.character_id == character_id), None)
+    if match is None:
+        return None
+    names = {character_id: [policies[character_id].name, *get_character(db, character_id).aliases]}
+    decision = decide(matches=[match], name_hits=find_names(_hub_texts(upload), names), characters=policies,
+                      thresholds=thresholds)
+    reason = next((r for r in decision.reasons if r.kind == "visual_match"), None)
+    if reason is None:
+        return None
+    before = Verdict(upload["verdict"] or "allow")
+    after = max(before, reason.verdict, key=lambda v: v.severity)  # screening escalates, never clears
+    c = references.character_ids.index(character_id)
+    rows = np.flatnonzero(render_matches(lora, base, thresholds) == c)
+    renders = [{"render": int(i), "prompt": probes[i]["prompt"], "seed": probes[i]["seed"],
+                "score": round(float(lora.similarity[i, c]), 4),
+                "lift": round(float(lora.similarity[i, c] - base.similarity[i, c]), 4),
+                "reference": references.paths[lora.nearest_reference[i, c]] if references.paths else None}
+               for i in rows]
+    return Hit(upload["id"], str(before), str(after), reason.details["certainty"], match.matched, match.rendered,
+               round(match.best_score, 4), round(match.best_lift, 4), renders), reason
+
+
+def screen_character(db: Database, character_id: str, settings: Settings | None = None, *,
+                     cause: str = "registered", thresholds: Thresholds | None = None,
+                     embedder_id: str | None = None) -> Screening:
+    """Screen every decided upload's stored renders for one character; escalate the ones that show it."""
+    from gate.scan import load_thresholds
+
+    started = time.perf_counter()
+    settings = settings or load_settings()
+    character = get_character(db, character_id)
+    if character.status != "active":
+        return Screening(None, character_id, cause)
+    if embedder_id is None or thresholds is None:
+        embedder_id, probe_set_id = current_embedder(settings)
+        thresholds = thresholds or load_thresholds(settings.calibration_file, probe_set_id, embedder_id)
+    references = load_references(db, embedder_id)
+    if character_id not in references.character_ids:
+        raise ScreeningError(f"{character_id}'s references have no vectors for embedder {embedder_id}; "
+                             "embed them first (gate characters update embeds on arrival)", "references_not_embedded")
+    index = catalogue_index(db, embedder_id)
+    c = references.character_ids.index(character_id)
+    candidates = index.candidates(references.vectors[references.owners == c], thresholds)
+    policies = {ch.id: CharacterPolicy(ch.id, ch.name, Verdict(ch.policy)) for ch in list_characters(db)}
+    screening = Screening(None, character_id, cause, screened=index.loras, renders=int(index.live.sum()),
+                          candidates=len(candidates))
+    judged = []
+    for upload_id in candidates:
+        upload = next(iter(db["uploads"].rows_where("id = ?", [upload_id])), None)
+        if upload is None or upload["state"] != UploadState.DECIDED:
+            continue  # live scans match the registry as it is now; refused and failed uploads have no verdict
+        found = _judge(db, upload, character_id, references, thresholds, policies)
+        if found:
+            judged.append(found)
+    screening.hits = [hit for hit, _ in judged]
+    screening.seconds = time.perf_counter() - started
+    with writing(db):
+        screening.id = db["screenings"].insert({
+            "character_id": character_id, "cause": cause, "embedder": embedder_id,
+            "thresholds": json.dumps(thresholds.to_dict()), "screened": screening.screened,
+            "renders": screening.renders, "candidates": screening.candidates, "hits": len(screening.hits),
+            "changed": screening.changed, "seconds": round(screening.seconds, 4), "created_at": _now()}).last_pk
+        for hit, reason in judged:
+            db["screening_hits"].insert({
+                "screening_id": screening.id, "upload_id": hit.upload_id, "verdict_before": hit.verdict_before,
+                "verdict_after": hit.verdict_after, "changed": int(hit.changed), "certainty": hit.certainty,
+                "matched": hit.matched, "rendered": hit.rendered, "best_score": hit.best_score,
+                "best_lift": hit.best_lift, "renders": json.dumps(hit.renders, ensure_ascii=False)})
+            if hit.changed:
+                _escalate(db, hit, reason, character.name, screening.id)
+    log.info("%s", screening.summary())
+    return screening
+
+
+def _escalate(db: Database, hit: Hit, reason, name: str, screening_id: int) -> None:
+    """Apply a screening hit: the new verdict and reason, journalled with its evidence, and the hub told."""
+    from gate.jobs import _hub_message
+
+    upload = next(iter(db["uploads"].rows_where("id = ?", [hit.upload_id])))
+    reasons = [*json.loads(upload["reasons"] or "[]"),
+               {**reason.to_dict(), "screening": screening_id,
+                "message": f"back-catalogue screening: {reason.message}"}]
+    matches = [*json.loads(upload["matches"] or "[]"),
+               {"character": reason.character_id, "name": name, "matched": hit.matched, "rendered": hit.rendered,
+                "share": round(hit.matched / hit.rendered, 4) if hit.rendered else 0.0, "best_score": hit.best_score,
+                "best_lift": hit.best_lift, "screening": screening_id}]
+    updated = transition(
+        db, hit.upload_id, UploadState.DECIDED, "screening", f"screened for {reason.character_id}: {hit.verdict_after}",
+        {"verdict": hit.verdict_after, "reasons": json.dumps(reasons, ensure_ascii=False),
+         "matches": json.dumps(matches, ensure_ascii=False)},
+        {"screening": screening_id, "character": reason.character_id, "verdict_before": hit.verdict_before,
+         "verdict_after": hit.verdict_after, "certainty": hit.certainty, "matched": hit.matched,
+         "rendered": hit.rendered, "best_score": hit.best_score, "renders": hit.renders})
+    outbox.enqueue(db, hit.upload_id, "upload.decided", _hub_message(updated))
+
+
+def registry_changed(db: Database, character_id: str, settings: Settings | None = None, *, cause: str = "changed",
+                     embed=None) -> Screening:
+    """The one entry point after a character is registered or changed: embed its references if needed (with
+    `embed`, else the configured embedder, loaded here), then screen the back catalogue for it."""
+    from gate.registry import embed_missing
+
+    settings = settings or load_settings()
+    embedder_id, _ = current_embedder(settings)
+    if embed is None and db.execute(
+            "select count(*) from character_references r where r.character_id = ? and r.id not in "
+            "(select reference_id from reference_embeddings where embedder = ?)",
+            [character_id, embedder_id]).fetchone()[0]:
+        from probes.engine import EmbeddingEngine
+        from probes.probe_set import load_probe_set
+
+        embed = EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set), settings.device).embed
+    if embed is not None:
+        embed_missing(db, embed, embedder_id)
+    return screen_character(db, character_id, settings, cause=cause)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports for rights holders
+
+
+def character_reports(db: Database, character_id: str, limit: int = 20) -> list[dict]:
+    """A character's screenings, newest first, each with the uploads that showed the character."""
+    get_character(db, character_id)
+    reports = []
+    for run in db["screenings"].rows_where("character_id = ?", [character_id], order_by="id desc", limit=limit):
+        hits = []
+        for hit in db.query(
+                "select h.*, u.hub, u.model_id, u.version_id, u.title, u.uploader, u.filename from screening_hits h "
+                "join uploads u on u.id = h.upload_id where h.screening_id = ? order by h.best_score desc",
+                [run["id"]]):
+            hits.append({"upload_id": hit["upload_id"], "hub": hit["hub"], "model_id": hit["model_id"],
+                         "version_id": hit["version_id"], "title": hit["title"], "uploader": hit["uploader"],
+                         "filename": hit["filename"], "verdict_before": hit["verdict_before"],
+                         "verdict_after": hit["verdict_after"], "changed": bool(hit["changed"]),
+                         "certainty": hit["certainty"], "matched": hit["matched"], "rendered": hit["rendered"],
+                         "best_score": hit["best_score"], "best_lift": hit["best_lift"],
+                         "renders": json.loads(hit["renders"])})
+        reports.append({"screening": run["id"], "character": character_id, "cause": run["cause"],
+                        "at": run["created_at"], "embedder": run["embedder"], "screened": run["screened"],
+                        "renders": run["renders"], "candidates": run["candidates"], "hits": hits,
+                        "changed": run["changed"], "seconds": run["seconds"],
+                        "thresholds": json.loads(run["thresholds"])})
+    return reports

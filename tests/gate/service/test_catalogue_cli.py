@@ -1,0 +1,146 @@
+"""The back catalogue from the operator's side, with real parts: the real `gate` command in fresh processes,
+fixture-world LoRAs rendered by the real (tiny) models, a real redis-server and a real `gate worker` for the
+rescan, killed and resumed. A local HTTP server stands in for a remote hub serving LoRA files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import REPO, run_gate, world_lora
+
+LORAS = ("style_sepia_peft", "concept_house_kohya", "pebble_sprite_trigger_peft")
+NO_REDIS = {"REDIS_URL": "", "GATE_REDIS_URL": ""}
+
+
+def _query(db_path, sql: str, params=()) -> list[tuple]:
+    with sqlite3.connect(db_path, timeout=30) as connection:
+        return connection.execute(sql, params).fetchall()
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory, world):
+    """A hub's export directory imported (and scanned in-process) into a fresh record."""
+    root = tmp_path_factory.mktemp("catalogue-cli")
+    export = root / "hub-export"
+    export.mkdir()
+    for lora_id in LORAS:
+        shutil.copy(world.path(world_lora(world, id=lora_id)["path"]), export / f"{lora_id}.safetensors")
+    env = {**NO_REDIS, "GATE_DATA_DIR": str(root / "data")}
+    result = run_gate("catalogue", "import", str(export), "--hub", "oldhub", "--json", env=env, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, env, json.loads(result.stdout)
+
+
+def test_import_records_and_scans_a_directory_once(imported):
+    root, env, report = imported
+    assert report["entries"] == 3 and report["created"] == 3 and report["errors"] == 0
+    assert {item["state"] for item in report["items"]} == {"decided"}
+    rows = _query(root / "data" / "gate.db", "select source, hub, model_id, verdict from uploads order by model_id")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("import", "oldhub", f"{lora}.safetensors") for lora in sorted(LORAS)]
+    stored = _query(root / "data" / "gate.db", "select count(*) from catalogue_scans where renders > 0")
+    assert stored == [(3,)]  # every imported scan keeps its embeddings for screening
+
+    again = run_gate("catalogue", "import", str(root / "hub-export"), "--hub", "oldhub", "--json", env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["created"] == 0
+    assert _query(root / "data" / "gate.db", "select count(*) from uploads") == [(3,)]
+
+
+def test_import_a_manifest_with_urls_and_bad_entries(imported, tmp_path):
+    root, env, _ = imported
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root / "hub-export"))
+    handler.log_message = lambda *args: None
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # stands in for a remote hub's file server
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hub.server_address[1]}/style_sepia_peft.safetensors"
+        manifest = tmp_path / "export.jsonl"
+        manifest.write_text("\n".join([
+            json.dumps({"url": url, "hub": "civitai", "model_id": "123", "version_id": "456", "title": "Sepia",
+                        "tags": ["style"]}),
+            json.dumps({"url": "ftp://example.invalid/x.safetensors", "model_id": "9"}),
+            json.dumps({"path": "missing.safetensors", "model_id": "10"}),
+            "not json",
+        ]) + "\n")
+        first = run_gate("catalogue", "import", str(manifest), "--no-scan", "--json", env=env)
+        second = run_gate("catalogue", "import", str(manifest), "--no-scan", "--json", env=env)
+    finally:
+        hub.shutdown()
+    assert first.returncode == 3 and "Traceback" not in first.stderr
+    report = json.loads(first.stdout)
+    assert report["created"] == 1 and report["errors"] == 3
+    codes = sorted(item["error"]["code"] for item in report["items"] if "error" in item)
+    assert codes == ["import_entry_invalid", "import_fetch_failed", "import_url_invalid"]
+    assert json.loads(second.stdout)["created"] == 0
+    rows = _query(root / "data" / "gate.db", "select hub, model_id, version_id, state from uploads where hub = ?",
+                  ["civitai"])
+    assert rows == [("civitai", "123", "456", "received")]
+
+
+def test_rescan_in_process_without_redis(imported):
+    root, env, _ = imported
+    result = run_gate("rescan", "--all", "--limit", "1", "--verdict", "allow", "--json", env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["state"] == "finished" and report["counts"]["done"] == report["total"] == 1
+    assert sum(report["transitions"].values()) == 1
+    event = _query(root / "data" / "gate.db", "select actor, detail from upload_events where action like 'rescanned%'")
+    assert len(event) == 1 and json.loads(event[0][1])["run"] == report["run"]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(imported, tmp_path):
+    from tests.gate.service.test_queues import RedisServer, _wait
+
+    root, env, _ = imported
+    db_path = root / "data" / "gate.db"
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = {**os.environ, **env, "REDIS_URL": redis.url}
+    worker_log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue"], cwd=REPO, env=env,
+                              stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        cli = subprocess.Popen([sys.executable, "-m", "gate", "rescan", "--all", "--rate", "2/min"], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait(lambda: _query(db_path, "select count(*) from rescan_items i join rescan_runs r on r.id = i.run_id "
+                                      "where r.rate_per_min = 2 and i.state = 'done'")[0][0] >= 1,
+              600, "no rescan item finished")
+        cli.send_signal(signal.SIGKILL)  # the operator's terminal goes away mid-run
+        cli.wait(timeout=10)
+        run_id, total = _query(db_path, "select id, total from rescan_runs where rate_per_min = 2")[0]
+        assert total == 3
+        done_before = _query(db_path, "select upload_id from rescan_items where run_id = ? and state = 'done'",
+                             [run_id])
+        assert 1 <= len(done_before) < 3 or total == len(done_before)
+
+        resumed = subprocess.run([sys.executable, "-m", "gate", "rescan", "--resume", run_id, "--rate", "60/min",
+                                  "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        report = json.loads(resumed.stdout)
+        assert report["run"] == run_id and report["counts"]["done"] == 3 and report["state"] == "finished"
+        assert sum(report["transitions"].values()) == 3
+        assert "rescan " + run_id in resumed.stderr  # the progress bar's label
+        # Nothing was redone: each upload was rescanned exactly once in this run, on the catalogue queue.
+        per_upload = _query(db_path, "select upload_id, count(*) from upload_events where action like 'rescanned%' "
+                                     "and json_extract(detail, '$.run') = ? group by upload_id", [run_id])
+        assert len(per_upload) == 3 and {count for _, count in per_upload} == {1}
+        worker_output = (tmp_path / "worker.log").read_text()
+        assert "catalogue" in worker_output and "gate.rescan.rescan_upload" in worker_output
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+        redis.stop()
+        time.sleep(0)

@@ -1,0 +1,138 @@
+"""Back-catalogue screening with real parts: fixture-world LoRAs scanned by the real (tiny) models on CPU, their
+probe embeddings stored in a real SQLite record, then a character registered afterwards screened against them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gate import catalogue
+from gate.catalogue import CatalogueIndex, character_reports, registry_changed
+from gate.config import load_settings
+from gate.db import open_db
+from gate.jobs import _decide
+from gate.matching import Thresholds
+from gate.registry import add_character
+from gate.scan import Scanner
+from gate.uploads import get_upload, record_upload
+from gate.world import seed_registry
+from tests.conftest import world_lora
+
+
+def _record_and_scan(db, settings, scanner, world, lora_id: str) -> tuple[str, object]:
+    """An upload of a fixture LoRA, scanned and decided as the conclude job does it (which stores its vectors)."""
+    path = world.path(world_lora(world, id=lora_id)["path"])
+    data = path.read_bytes()
+    upload = record_upload(db, "test", {"hub": "fixture-hub", "model_id": lora_id, "title": lora_id}, path,
+                           hashlib.sha256(data).hexdigest(), len(data), path.name).upload
+    result = scanner.scan(path, filename=path.name, conclude=False)
+    _decide(settings, db, scanner, upload["id"], result)
+    return upload["id"], result
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory, engine, world):
+    """A record with a character LoRA of an unregistered original and a clean style LoRA, both scanned."""
+    settings = load_settings({"data_dir": str(tmp_path_factory.mktemp("catalogue"))})
+    db = open_db(settings.db_path)
+    seed_registry(db, world, settings.references_dir)
+    scanner = Scanner(settings, db, engine)
+    character_upload, character_result = _record_and_scan(db, settings, scanner, world, "pebble_sprite_trigger_peft")
+    clean_upload, _ = _record_and_scan(db, settings, scanner, world, "style_sepia_peft")
+    return settings, db, scanner, character_upload, character_result, clean_upload
+
+
+def _references_from(result, directory: Path, count: int = 4) -> list[Path]:
+    """What the rights holder registers: pictures of the character as the LoRA draws it (the renders the LoRA
+    changed most from the base render of the same probe)."""
+    outcome = result.outcome
+    change = (outcome.lora_embeddings * outcome.base_embeddings).sum(axis=1)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rank, index in enumerate(np.argsort(change)[:count]):
+        path = directory / f"ref_{rank}.png"
+        Image.fromarray(outcome.lora_images[index]).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_a_concluded_scan_stores_its_probe_embeddings(scanned):
+    settings, db, scanner, character_upload, result, _ = scanned
+    row = next(db["catalogue_scans"].rows_where("upload_id = ?", [character_upload]))
+    assert row["renders"] == len(result.outcome.probes) and row["dim"] == result.outcome.lora_embeddings.shape[1]
+    assert row["embedder"] == scanner.engine.embedder_id and row["probe_set"] == result.probe_set
+    assert row["base_family"] == "fixture"
+    lora, base, probes = catalogue.stored_vectors(db, character_upload)
+    assert lora.shape == base.shape == result.outcome.lora_embeddings.shape
+    np.testing.assert_allclose(lora, result.outcome.lora_embeddings, atol=2e-3)
+    np.testing.assert_allclose(base, result.outcome.base_embeddings, atol=2e-3)
+    assert probes[0]["prompt"] == result.outcome.probes[0].prompt
+
+
+def test_a_character_registered_later_quarantines_its_lora_without_rendering(scanned, tmp_path, monkeypatch):
+    settings, db, scanner, character_upload, result, clean_upload = scanned
+    assert get_upload(db, character_upload)["verdict"] == "allow"
+    assert get_upload(db, clean_upload)["verdict"] == "allow"
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("screening must not render")
+
+    from probes.render import Renderer
+
+    monkeypatch.setattr(Renderer, "render", no_rendering)
+    monkeypatch.setattr(Renderer, "render_base", no_rendering)
+    add_character(db, settings.references_dir, name="Pebble Sprite", rights_holder="Pebble Works",
+                  policy="quarantine", references=_references_from(result, tmp_path), character_id="pebble_sprite",
+                  embed=scanner.engine.embed, embedder_id=scanner.engine.embedder_id)
+    outbox_before = db["outbox"].count
+    screening = registry_changed(db, "pebble_sprite", settings, cause="registered")
+
+    assert screening.screened == 2 and screening.candidates >= 1
+    assert [hit.upload_id for hit in screening.hits] == [character_upload]
+    upload = get_upload(db, character_upload)
+    assert upload["verdict"] == "quarantine" and upload["state"] == "decided"
+    reason = json.loads(upload["reasons"])[-1]
+    assert reason["character"] == "pebble_sprite" and reason["kind"] == "visual_match"
+    assert get_upload(db, clean_upload)["verdict"] == "allow"
+    # Journalled with its evidence, and the hub owed a message, with the change.
+    event = list(db["upload_events"].rows_where("upload_id = ? and actor = 'screening'", [character_upload]))[-1]
+    detail = json.loads(event["detail"])
+    assert detail["verdict_before"] == "allow" and detail["verdict_after"] == "quarantine"
+    assert len(detail["renders"]) == detail["matched"] >= 4
+    assert all({"prompt", "seed", "score", "lift"} <= set(r) for r in detail["renders"])
+    assert db["outbox"].count == outbox_before + 1
+    message = list(db["outbox"].rows_where("upload_id = ?", [character_upload], order_by="id desc"))[0]
+    assert json.loads(message["payload"])["verdict"] == "quarantine"
+    # The rights holder's report.
+    report = character_reports(db, "pebble_sprite")[0]
+    assert report["hits"][0]["upload_id"] == character_upload and report["hits"][0]["changed"]
+    assert report["hits"][0]["model_id"] == "pebble_sprite_trigger_peft"
+
+    # Screening again (the character changed) finds it again but changes nothing: screening only escalates.
+    again = registry_changed(db, "pebble_sprite", settings, cause="updated")
+    assert [hit.upload_id for hit in again.hits] == [character_upload] and again.changed == 0
+    assert db["outbox"].count == outbox_before + 1
+
+
+def test_the_index_search_finds_what_the_live_rule_matches_and_skips_replaced_scans():
+    rng = np.random.default_rng(7)
+    dim, renders = 16, 12
+    generic_base = rng.normal(size=(renders, dim)).astype(np.float32)
+    generic_base /= np.linalg.norm(generic_base, axis=1, keepdims=True)
+    reference = rng.normal(size=(1, dim)).astype(np.float32)
+    reference /= np.linalg.norm(reference)
+    lora = {f"up_{i}": generic_base + 0.05 * rng.normal(size=(renders, dim)).astype(np.float32) for i in range(50)}
+    lora["up_7"][3] = reference[0]  # draws the character in one render
+    index = CatalogueIndex("embedder@test")
+    index.add(list(lora), list(lora.values()), [generic_base] * len(lora))
+    assert len(index.base) == renders  # base renders stored once however many LoRAs share them
+    thresholds = Thresholds(render_score=0.9, lift=0.1, quarantine_matches=1, block_matches=2, block_score=0.95)
+    assert index.candidates(reference, thresholds) == ["up_7"]
+    index.add(["up_7"], [generic_base.copy()], [generic_base])  # rescanned: now it draws nothing
+    assert index.candidates(reference, thresholds) == []
+    assert index.loras == 50
