@@ -430,3 +430,10 @@ def db_migrate() -> None:
     settings = _settings()
     applied = [row["name"] for row in open_db(settings.db_path)["_sqlite_migrations"].rows_where(order_by="id")]
     click.echo(f"{settings.db_path}: {len(applied)} migrations applied, latest {applied[-1]}")
+
+
+from gate.cli_review import audit_group, tokens, users  # noqa: E402 - issue 7's commands live in their own module
+
+main.add_command(users)
+main.add_command(tokens)
+main.add_command(audit_group)

@@ -165,3 +165,28 @@ def load_references(db: Database, embedder_id: str) -> References:
     if not vectors:
         return References((), np.zeros((0, 1), np.float32), np.zeros(0, int))
     return References(tuple(ids), np.stack(vectors), np.array(owners), tuple(paths))
+
+
+def update_character(db: Database, character_id: str, *, aliases: Sequence[str] | None = None,
+                     policy: str | None = None, description: str | None = None) -> Character:
+    """Change a character's aliases, policy or description (its references stay)."""
+    get_character(db, character_id)
+    changes: dict = {"updated_at": _now()}
+    if aliases is not None:
+        changes["aliases"] = json.dumps([a.strip() for a in aliases if a.strip()], ensure_ascii=False)
+    if policy is not None:
+        if policy not in POLICIES:
+            raise RegistryError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        changes["policy"] = policy
+    if description is not None:
+        changes["description"] = description
+    db["characters"].update(character_id, changes)
+    return get_character(db, character_id)
+
+
+def registry_changed(db: Database, character_id: str) -> None:
+    """Called after every registration, change or retirement of a character (issue 7's rights-holder pages).
+
+    Does nothing yet: issue 8 wires back-catalogue screening here (re-match stored evidence against the
+    changed character), so this is the one call site to connect.
+    """
