@@ -153,7 +153,7 @@ class Page:
 
 
 def queue_page(db: Database, query: QueueQuery, after: str | None = None, before: str | None = None,
-               last: bool = False, size: int = PAGE_SIZE) -> Page:
+               last: bool = False, size: int = PAGE_SIZE, with_total: bool = True) -> Page:
     """One page of the queue by keyset (seek) pagination: an index range from the cursor, never an OFFSET,
     so the last page of 100,000 items costs what the first does."""
     column, descending = SORTS[query.sort]
@@ -174,7 +174,7 @@ def queue_page(db: Database, query: QueueQuery, after: str | None = None, before
     rows = rows[:size]
     if backwards:
         rows.reverse()
-    total = count(db, query)
+    total = count(db, query) if with_total else -1
     if not rows:
         return Page([], None, None, total)
     has_next = (more if not backwards else True) and not last
