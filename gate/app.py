@@ -11,7 +11,12 @@ from gate.errors import GateError
 # HTTP status for the library's error codes that are the client's doing; the rest are 400.
 STATUS = {"signature_missing": 401, "signature_malformed": 401, "signature_expired": 401,
           "signature_mismatch": 401, "webhook_secret_mismatch": 401, "worker_token_mismatch": 401,
-          "upload_not_found": 404, "not_configured": 503, "body_too_large": 413}
+          "upload_not_found": 404, "not_configured": 503, "body_too_large": 413,
+          # issue 7: accounts, the queue, disputes, rights holders
+          "unauthenticated": 401, "token_missing": 401, "token_invalid": 401, "login_failed": 401,
+          "account_disabled": 403, "forbidden": 403, "csrf_failed": 403, "character_not_found": 404,
+          "account_not_found": 404, "claimed_by_other": 409, "not_in_queue": 409, "dispute_exists": 409,
+          "dispute_not_allowed": 409}
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -29,6 +34,9 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(internal.bp)
+    from gate.web import auth, disputes, review, rights  # issue 7: moderators, hubs' disputes, rights holders
+    for surface in (auth, review, disputes, rights):
+        app.register_blueprint(surface.bp)
 
     @app.errorhandler(GateError)
     def gate_error(exc: GateError):

@@ -379,6 +379,15 @@ def registry_changed(db: Database, character_id: str, settings: Settings | None 
     return screen_character(db, character_id, settings, cause=cause)
 
 
+def screen_job(character_id: str, cause: str) -> str:
+    """Catalogue-queue job: `registry_changed` for a character changed on the web (the worker has the embedder)."""
+    from gate.jobs import _db
+    from gate.queues import context
+
+    settings = context().settings
+    return registry_changed(_db(settings), character_id, settings, cause=cause).summary()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reports for rights holders
 

@@ -446,3 +446,9 @@ characters.add_command(cli_catalogue.characters_refs)
 characters.add_command(cli_catalogue.characters_reports)
 main.add_command(cli_catalogue.catalogue_group)
 main.add_command(cli_catalogue.rescan)
+
+from gate.cli_review import audit_group, tokens, users  # noqa: E402 - issue 7's commands live in their own module
+
+main.add_command(users)
+main.add_command(tokens)
+main.add_command(audit_group)

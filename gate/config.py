@@ -45,6 +45,22 @@ class RepeatSettings:
 
 
 @dataclass(frozen=True)
+class ReviewSettings:
+    """The moderators' side: sessions, claims on queue items, dispute deadlines."""
+
+    # Signs people's session cookies; unset, a random key is made once and kept in DATA_DIR/secret_key.
+    secret_key: str = ""
+    # How long a moderator's claim on a queue item holds before another may take it.
+    claim_minutes: int = 15
+    # How long the gate gives itself to answer a dispute (shown on the queue and sent to the hub).
+    dispute_deadline_days: int = 7
+    # Session cookies only over HTTPS (set it in production; tests and local runs use plain HTTP).
+    session_cookie_secure: bool = False
+    # How long a person stays signed in.
+    session_hours: int = 12
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gate can be told; defaults run a single machine on the embedded fixture world."""
 
@@ -76,6 +92,7 @@ class Settings:
     callback_secret: str = ""
     intake: IntakeLimits = field(default_factory=IntakeLimits)
     repeat: RepeatSettings = field(default_factory=RepeatSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
 
     @property
     def db_path(self) -> Path:
@@ -120,9 +137,22 @@ def _coerce(value: object, kind: str) -> object:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            return _bool(value)
     except (TypeError, ValueError):
         raise ConfigError(f"expected {kind}, got {value!r}") from None
     return value
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def _apply(obj, values: dict, env_prefix: str):

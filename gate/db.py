@@ -168,3 +168,86 @@ def writing(db: Database) -> Iterator[Database]:
         raise
     else:
         db.conn.execute("COMMIT")
+
+
+# --- issue 7: the moderators' side (accounts, audit, the review queue); numbers m101-m199 -------------------
+
+@migrations()
+def m101_accounts(db: Database) -> None:
+    # People (sessions) and machines (hub tokens). `party` is the rights holder a rights_holder account speaks
+    # for, or the hub a hub account speaks for; `session_epoch` bumps to end every session of an account.
+    db["accounts"].create(
+        {"id": int, "username": str, "role": str, "password_hash": str, "party": str, "disabled": int,
+         "session_epoch": int, "created_at": str, "updated_at": str},
+        pk="id", defaults={"disabled": 0, "session_epoch": 0}, not_null={"username", "role"},
+    )
+    db["accounts"].create_index(["username"], unique=True)
+    # API tokens are stored as the sha256 of a random token: the token itself is shown once and never kept.
+    db["api_tokens"].create(
+        {"id": int, "account_id": int, "name": str, "token_sha256": str, "created_at": str, "revoked_at": str,
+         "last_used_at": str},
+        pk="id", foreign_keys=[("account_id", "accounts", "id")],
+    )
+    db["api_tokens"].create_index(["token_sha256"], unique=True)
+
+
+@migrations()
+def m102_audit_log(db: Database) -> None:
+    # Append-only and hash-chained: every row carries the sha256 of its content and of the row before it, and
+    # triggers refuse UPDATE and DELETE, so an edit needs the triggers dropped and still breaks the chain.
+    db["audit_log"].create(
+        {"id": int, "at": str, "actor": str, "actor_role": str, "action": str, "subject_type": str,
+         "subject_id": str, "reason": str, "before": str, "after": str, "prev_hash": str, "hash": str},
+        pk="id",
+    )
+    db["audit_log"].create_index(["subject_type", "subject_id"])
+    db.execute("CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
+               "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END")
+    db.execute("CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+               "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END")
+
+
+@migrations()
+def m103_review_queue(db: Database) -> None:
+    # The queue is a view of uploads: review_status says whether a person must look (quarantined, disputed,
+    # escalated) and the denormalised columns make every sort and filter an index range, at 100k items.
+    uploads = db["uploads"]
+    for name, kind in (("review_status", str), ("review_score", float), ("review_character", str),
+                       ("review_rights_holder", str), ("claimed_by", str), ("claimed_until", str),
+                       ("dispute_statement", str), ("disputed_at", str), ("dispute_deadline", str),
+                       ("reviewed_by", str), ("reviewed_at", str)):
+        uploads.add_column(name, kind)
+    for columns in (["review_status", "created_at", "id"], ["review_status", "review_score", "id"],
+                    ["review_status", "review_character", "created_at", "id"],
+                    ["review_status", "review_rights_holder", "created_at", "id"],
+                    ["review_status", "hub", "created_at", "id"], ["review_status", "uploader", "created_at", "id"],
+                    ["uploader", "created_at"], ["tensor_hash"]):
+        uploads.create_index(columns, index_name="uploads_" + "_".join(columns))
+    # A scan that ends in quarantine puts the upload in the queue, whichever path decided it (jobs, reconciler).
+    db.execute("""
+        CREATE TRIGGER uploads_enter_review AFTER UPDATE OF verdict ON uploads
+        WHEN NEW.verdict = 'quarantine' AND NEW.state = 'decided' AND NEW.review_status IS NULL
+             AND OLD.verdict IS NOT 'quarantine'
+        BEGIN
+          UPDATE uploads SET review_status = 'quarantined' WHERE id = NEW.id;
+        END""")
+    # Whatever puts an upload in the queue (a scan, a dispute), its strongest match names the character, its
+    # rights holder and the score to sort by (0 when nothing matched, e.g. not probed or blocklisted).
+    db.execute("""
+        CREATE TRIGGER uploads_review_fields AFTER UPDATE OF review_status ON uploads
+        WHEN NEW.review_status IS NOT NULL AND OLD.review_status IS NULL
+        BEGIN
+          UPDATE uploads SET
+            review_score = coalesce((SELECT max(json_extract(m.value, '$.best_score'))
+                                     FROM json_each(coalesce(NEW.matches, '[]')) m), 0.0),
+            review_character = (SELECT json_extract(m.value, '$.character') FROM json_each(coalesce(NEW.matches,
+                                '[]')) m ORDER BY json_extract(m.value, '$.best_score') DESC LIMIT 1)
+          WHERE id = NEW.id;
+          UPDATE uploads SET review_rights_holder =
+            (SELECT rights_holder FROM characters WHERE characters.id = uploads.review_character)
+          WHERE id = NEW.id;
+        END""")
+    # Allowed false positives, remembered by tensor hash and character ('*' for reasons without one), so the
+    # same evidence does not quarantine the same weights again.
+    db["cleared"].create({"tensor_hash": str, "character_id": str, "upload_id": str, "cleared_by": str,
+                          "reason": str, "created_at": str}, pk=("tensor_hash", "character_id"))

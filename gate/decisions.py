@@ -61,6 +61,7 @@ def decide(
     blocklisted: str | None = None,
     not_probed: str | None = None,
     not_probed_verdict: Verdict = Verdict.QUARANTINE,
+    cleared: frozenset[str] | set[str] = frozenset(),
 ) -> Decision:
     """Combine static signals and visual matches into one verdict, keeping every reason."""
     reasons: list[Reason] = []
@@ -105,8 +106,20 @@ def decide(
             f"metadata names {characters[character_id].name} ({_where(hits)}) but no probe render shows it",
             character_id, {"fields": [hit.field for hit in hits], "alias": hits[0].name},
         ))
+    _apply_cleared(reasons, cleared)
     verdict = max((r.verdict for r in reasons), key=lambda v: v.severity, default=Verdict.ALLOW)
     return Decision(verdict, reasons)
+
+
+def _apply_cleared(reasons: list[Reason], cleared: frozenset[str] | set[str]) -> None:
+    """Issue 7's feedback: a moderator allowed these weights as a false positive of a character ('*': of a
+    reason without one), so the same quarantine-level evidence no longer quarantines them. Block-level
+    evidence (a clear match under a block policy, the blocklist) still counts."""
+    for reason in reasons:
+        if reason.verdict == Verdict.QUARANTINE and (reason.character_id or "*") in cleared:
+            reason.verdict = Verdict.ALLOW
+            reason.message += " (cleared: a moderator allowed these weights before on the same evidence)"
+            reason.details["cleared"] = True
 
 
 def _where(hits: list[NameHit]) -> str:

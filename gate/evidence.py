@@ -7,6 +7,7 @@ reference, and the scores.
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
     draw = ImageDraw.Draw(sheet)
     draw.text((8, 8), f"{Path(result.path).name}: {result.verdict}   (LoRA render | base render | reference)",
               fill="black")
-    html_rows = []
+    html_rows, described = [], []
     for i, row in enumerate(rows):
         top = 30 + i * CELL
         reference = check_image(row["reference"]).rgb() if row["reference"] else None
@@ -71,6 +72,11 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
             _cell(image).save(out_dir / f"{i:02d}_{kind}.png")
         if reference is not None:
             _cell(reference).save(out_dir / f"{i:02d}_reference.png")
+        described.append({"render": f"{i:02d}_render.png", "base": f"{i:02d}_base.png",
+                          "reference": f"{i:02d}_reference.png" if reference is not None else None,
+                          "prompt": row["probe"].prompt, "seed": row["probe"].seed, "character": row["character"],
+                          "character_name": name, "score": round(row["score"], 4),
+                          "base_score": round(row["base_score"], 4)})
         html_rows.append(
             f"<tr><td><img src='{i:02d}_render.png'></td><td><img src='{i:02d}_base.png'></td>"
             f"<td><img src='{i:02d}_reference.png' alt='no reference'></td>"
@@ -79,6 +85,10 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
         )
     sheet_path = out_dir / "contact_sheet.png"
     sheet.save(sheet_path)
+    # The same rows as data, for the moderators' item view (issue 7), with the static signals intake found.
+    inspection = result.inspection.to_dict()
+    intake = {k: inspection.get(k) for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")}
+    (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake}, ensure_ascii=False))
     decided = result.decision.reasons if result.decision else []
     reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
     page = out_dir / "index.html"

@@ -222,6 +222,12 @@ class Scanner:
         result.outcome, result.probe_set, result.references = outcome, outcome.probe_set_id, self.references
         result.timings.update(outcome.timings)
 
+    def _cleared(self, result: ScanResult) -> set[str]:
+        from gate.review import cleared_characters
+
+        return cleared_characters(self.db, result.inspection.fingerprints.tensor_hash) if result.inspection.ok \
+            else set()
+
     def conclude(self, result: ScanResult, thresholds: Thresholds | None = None) -> ScanResult:
         """Match the renders and decide; separate from probing so evidence can be re-judged cheaply."""
         thresholds = thresholds or self.thresholds
@@ -234,6 +240,7 @@ class Scanner:
             matches=result.matches, name_hits=result.name_hits, characters=self.policies(), thresholds=thresholds,
             blocklisted=result.blocklisted, not_probed=result.not_probed,
             not_probed_verdict=Verdict(self.settings.not_probed_verdict),
+            cleared=self._cleared(result),  # issue 7: allowed false positives are remembered
         )
         self.repeats.add_reasons(result)
         result.timings["match"] = time.perf_counter() - mark

@@ -1,0 +1,121 @@
+"""The audit log: who did what, when, why, with the state before and after, for every change a person or a
+machine makes to decisions, claims, the registry, policy, disputes and accounts.
+
+Append-only twice over: SQLite triggers refuse UPDATE and DELETE, and each row's hash covers its content and
+the previous row's hash, so `verify` finds any row edited or removed behind the triggers' back.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlite_utils import Database
+
+from gate.db import writing
+from gate.errors import GateError
+
+GENESIS = "0" * 64
+FIELDS = ("id", "at", "actor", "actor_role", "action", "subject_type", "subject_id", "reason", "before", "after",
+          "prev_hash", "hash")
+
+
+class AuditError(GateError):
+    code = "audit_invalid"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: an account's username and role, or the gate itself."""
+
+    name: str
+    role: str
+
+
+GATE = Actor("gate", "system")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _digest(prev_hash: str, row: dict) -> str:
+    content = {k: row[k] for k in FIELDS if k not in ("id", "hash", "prev_hash")}
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+def record(db: Database, actor: Actor, action: str, subject_type: str, subject_id: str, reason: str = "",
+           before: dict | None = None, after: dict | None = None) -> dict:
+    """Append one entry; call it inside the transaction that makes the change, so both or neither happen."""
+    with writing(db):  # the chain's tail is read and extended under the write lock
+        tail = db.execute("select hash from audit_log order by id desc limit 1").fetchone()
+        prev_hash = tail[0] if tail else GENESIS
+        row = {"at": _now(), "actor": actor.name, "actor_role": actor.role, "action": action,
+               "subject_type": subject_type, "subject_id": str(subject_id), "reason": reason or "",
+               "before": json.dumps(before, sort_keys=True, ensure_ascii=False) if before is not None else None,
+               "after": json.dumps(after, sort_keys=True, ensure_ascii=False) if after is not None else None,
+               "prev_hash": prev_hash}
+        row["hash"] = _digest(prev_hash, row)
+        row["id"] = db["audit_log"].insert(row).last_pk
+    return row
+
+
+def entries(db: Database, subject_type: str | None = None, subject_id: str | None = None,
+            limit: int | None = None, newest_first: bool = False) -> list[dict]:
+    where, args = [], []
+    if subject_type:
+        where.append("subject_type = ?")
+        args.append(subject_type)
+    if subject_id:
+        where.append("subject_id = ?")
+        args.append(subject_id)
+    return list(db["audit_log"].rows_where(" and ".join(where) or None, args,
+                                           order_by="id desc" if newest_first else "id", limit=limit))
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    rows: int
+    first_bad: int | None = None
+    problem: str = ""
+
+
+def verify(db: Database) -> Verification:
+    """Walk the chain: every row's hash must match its content and link to the row before it."""
+    prev_hash, count = GENESIS, 0
+    for row in db["audit_log"].rows_where(order_by="id"):
+        count += 1
+        if row["prev_hash"] != prev_hash:
+            return Verification(False, count, row["id"], "does not link to the row before it (a row removed?)")
+        if _digest(prev_hash, row) != row["hash"]:
+            return Verification(False, count, row["id"], "its content does not match its hash (edited?)")
+        prev_hash = row["hash"]
+    return Verification(True, count)
+
+
+def export(db: Database, fmt: str) -> str:
+    """The whole log as CSV or JSON, oldest first, for legal requests."""
+    rows = entries(db)
+    if fmt == "json":
+        return json.dumps(rows, ensure_ascii=False, indent=1)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_safe(row[k]) for k in FIELDS})
+        return out.getvalue()
+    raise AuditError(f"format must be csv or json, not {fmt!r}", "format_invalid")
+
+
+def _csv_safe(value):
+    """Spreadsheets run cells that start with = + - @ as formulas: a reason typed by anyone must not."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

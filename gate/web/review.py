@@ -1,0 +1,119 @@
+"""The moderators' pages: the queue, one item's evidence, decisions (one and bulk), claims, the audit log."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_from_directory, url_for
+
+from gate import audit, review
+from gate.errors import GateError
+from gate.jobs import evidence_dir
+from gate.web.auth import actor, people, person, render_error
+from gate.web.record import db, settings
+
+bp = Blueprint("review", __name__, template_folder="templates")
+bp.register_error_handler(GateError, render_error)
+
+
+@bp.get("/")
+def home():
+    return redirect(url_for("review.queue"))
+
+
+@bp.get("/queue")
+@people("queue.view")
+def queue():
+    """Quarantined, disputed and escalated items: filtered, sorted, counted, a keyset page at a time."""
+    query = review.QueueQuery.from_args(request.args)
+    page = review.queue_page(db(), query, after=request.args.get("after"), before=request.args.get("before"),
+                             last=request.args.get("page") == "last")
+    choices = {name: review.facets(db(), query.status, name) for name in review.FILTERS}
+    return render_template("review/queue.html", query=query, page=page, counts=review.counts(db()),
+                           items=review.with_claim_state(page.items, person()["username"]), choices=choices,
+                           sorts=review.SORTS, statuses=list(review.ReviewStatus), now=review.now_iso())
+
+
+@bp.get("/queue/<upload_id>")
+@people("queue.view")
+def item(upload_id: str):
+    """One item: the evidence side by side, the static signals, the uploader's history, its audit trail."""
+    details = review.item(db(), upload_id, evidence_dir(settings(), upload_id))
+    claim = review.with_claim_state([details["upload"]], person()["username"])[0]["claim"]
+    return render_template("review/item.html", it=details, u=details["upload"], claim=claim,
+                           back=request.args.get("back", ""))
+
+
+@bp.get("/queue/<upload_id>/evidence/<name>")
+@people("queue.view")
+def evidence(upload_id: str, name: str):
+    """The evidence images (send_from_directory refuses any path outside the upload's evidence folder)."""
+    if not name.endswith(".png"):
+        abort(404)
+    return send_from_directory(evidence_dir(settings(), upload_id), name, max_age=3600)
+
+
+@bp.post("/queue/<upload_id>/claim")
+@people("queue.decide")
+def claim(upload_id: str):
+    """Take the item for `claim_minutes`, or give it back."""
+    if request.form.get("release"):
+        review.release(db(), actor(person()), upload_id)
+    else:
+        review.claim(db(), actor(person()), upload_id, settings().review.claim_minutes)
+    return redirect(url_for("review.item", upload_id=upload_id))
+
+
+@bp.post("/queue/<upload_id>/decide")
+@people("queue.decide")
+def decide(upload_id: str):
+    """Allow, block or escalate, with a reason (required)."""
+    action = request.form.get("action", "")
+    review.decide(db(), actor(person()), upload_id, action, request.form.get("reason", ""))
+    flash(f"{upload_id}: {action} recorded")
+    back = request.form.get("back", "")
+    return redirect(back if back.startswith("/queue") and not back.startswith("//") else url_for("review.queue"))
+
+
+@bp.post("/queue/bulk")
+@people("queue.bulk")
+def bulk():
+    """Step one of a bulk decision: show exactly which items the filtered set holds, and ask to confirm."""
+    query = review.QueueQuery.from_args(request.form)
+    action = request.form.get("action", "")
+    if action not in set(review.Action):
+        raise review.ReviewError(f"action must be one of {', '.join(review.Action)}", "action_invalid")
+    reason = review.check_reason(request.form.get("reason", ""))
+    candidates = review.bulk_candidates(db(), query)
+    return render_template("review/bulk_confirm.html", query=query, action=action, reason=reason,
+                           items=candidates, total=review.count(db(), query), limit=review.BULK_LIMIT)
+
+
+@bp.post("/queue/bulk/confirm")
+@people("queue.bulk")
+def bulk_confirm():
+    """Step two: the confirmed items, each decided with its own audit row; skipped ones are reported."""
+    ids = request.form.getlist("id")
+    result = review.decide_many(db(), actor(person()), ids, request.form.get("action", ""),
+                                request.form.get("reason", ""))
+    flash(f"{len(result.done)} items: {request.form.get('action')} recorded"
+          + (f"; {len(result.skipped)} skipped ({', '.join(sorted(set(result.skipped.values())))})"
+             if result.skipped else ""))
+    return redirect(url_for("review.queue", status=request.form.get("status") or None))
+
+
+@bp.get("/audit")
+@people("audit.export")
+def audit_log():
+    """The latest audit entries, whether the chain verifies, and the exports."""
+    return render_template("review/audit.html", entries=audit.entries(db(), limit=200, newest_first=True),
+                           verification=audit.verify(db()))
+
+
+@bp.get("/audit/export.<fmt>")
+@people("audit.export")
+def audit_export(fmt: str):
+    """The whole audit log as CSV or JSON, for legal requests."""
+    body = audit.export(db(), fmt)
+    mimetype = "text/csv" if fmt == "csv" else "application/json"
+    return Response(body, mimetype=mimetype,
+                    headers={"Content-Disposition": f"attachment; filename=lora-gate-audit.{fmt}"})
+

@@ -1,0 +1,85 @@
+"""The moderators' side on a record full of quarantined items made from real scan evidence.
+
+Two fixture-world LoRAs are scanned with the real Scanner once (their evidence is kept in pytest's cache,
+keyed by the LoRA's content, so later sessions reuse it; delete .pytest_cache to scan again), then replicated
+into queue rows (fixtures/review_queue.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fixtures.review_queue import SCANNED, _file_key, replicate, scan_all
+
+REPO = Path(__file__).resolve().parents[3]
+LORAS = REPO / "fixtures" / "world" / "loras"
+PASSWORD = "correct horse battery"
+PEOPLE = {"mod": "moderator", "mod2": "moderator", "op": "operator", "adm": "admin", "rh": "rights_holder"}
+
+
+@pytest.fixture(scope="session")
+def scanned(request) -> list:
+    cache = Path(request.config.cache.mkdir("review-evidence"))
+    cached = all((cache / f"{name}-{_file_key(LORAS / f'{name}.safetensors')}" / "scan.json").exists()
+                 for name in SCANNED)
+    scanner = None if cached else request.getfixturevalue("scanner")
+    return scan_all(scanner, LORAS, cache)
+
+
+class Gate:
+    """A gate app on its own record, with one account per role and helpers to act as each."""
+
+    def __init__(self, data_dir: Path, scans, items: int):
+        from gate.accounts import add_account, create_token
+        from gate.app import create_app
+        from gate.audit import Actor
+        from gate.config import load_settings
+        from gate.db import open_db
+        from gate.world import World, seed_registry
+
+        self.data_dir = data_dir
+        self.app = create_app({"data_dir": str(data_dir), "review": {"secret_key": "test-secret",
+                                                                      "claim_minutes": 15}})
+        self.db = open_db(data_dir / "gate.db")
+        seed_registry(self.db, World.load(load_settings().world_dir), data_dir / "references")
+        self.ids = replicate(self.db, data_dir, scans, items)
+        setup = Actor("setup", "shell")
+        self.rights_holder = self.db.execute("select rights_holder from characters order by id limit 1").fetchone()[0]
+        for username, role in PEOPLE.items():
+            add_account(self.db, setup, username, role, PASSWORD,
+                        self.rights_holder if role == "rights_holder" else None)
+        add_account(self.db, setup, "hub1", "hub", party="civitai-test")
+        self.tokens = {"hub": create_token(self.db, setup, "hub1")[0], "rights_holder": create_token(self.db, setup,
+                                                                                                     "rh")[0]}
+        self.own_character = self.db.execute("select id from characters where rights_holder = ? order by id limit 1",
+                                             [self.rights_holder]).fetchone()[0]
+
+    def client(self, username: str | None = None):
+        client = self.app.test_client()
+        if username:
+            login(client, username)
+        return client
+
+    def item_for_hub(self, hub: str = "civitai-test", skip: int = 0) -> str:
+        return self.db.execute("select id from uploads where hub = ? and review_status = 'quarantined' "
+                               "order by id limit 1 offset ?", [hub, skip]).fetchone()[0]
+
+
+def csrf_of(client) -> str:
+    with client.session_transaction() as session:
+        return session.get("csrf", "")
+
+
+def login(client, username: str, password: str = PASSWORD):
+    page = client.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    answer = client.post("/login", data={"username": username, "password": password, "csrf": token})
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:500]
+    return answer
+
+
+@pytest.fixture
+def gate(tmp_path, scanned) -> Gate:
+    return Gate(tmp_path / "data", scanned, 12)
