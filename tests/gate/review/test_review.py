@@ -271,7 +271,7 @@ def test_rights_holders_manage_only_their_own_characters(gate, tmp_path):
     bad = client.post("/v1/characters", headers=headers, data={
         "name": "Broken", "reference": [(__import__("io").BytesIO(b"not an image"), "x.png")]},
         content_type="multipart/form-data")
-    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "image_invalid"
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "image_format"  # the registry's check
     retired = client.delete(f"/v1/characters/{created.get_json()['id']}", headers=headers)
     assert retired.get_json()["status"] == "retired"
     matches = client.get(f"/v1/characters/{gate.own_character}/matches", headers=headers)
