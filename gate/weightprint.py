@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
@@ -39,19 +40,32 @@ SKETCH_SIDE = 8  # per module a SKETCH_SIDE x SKETCH_SIDE sketch of ΔW
 MODULE_DIMS = SKETCH_SIDE * SKETCH_SIDE
 GLOBAL_DIMS = 128  # the whole LoRA, count-sketched from its modules' sketches: what the index scans
 _SEED = 0x5EED_1A7A
+_CACHED_DIM = 16_384
+# Widest input or output and highest rank fingerprinted (SD, SDXL, Flux, T5: widths <= 12,288): a module
+# beyond them is skipped, so a hostile file costs bounded memory (a [MAX_DIM, 8] sketch, 16 MiB).
+MAX_DIM = 1 << 18
+MAX_RANK = 4096
+CHUNK_BYTES = 8 * 1024 * 1024  # tensors are read in row blocks of at most this many bytes
 
 
 class WeightprintError(GateError):
     code = "weightprint_failed"
 
 
-@lru_cache(maxsize=256)
-def _projection(dim: int, side: str) -> np.ndarray:
-    """A fixed Gaussian sketch for one dimension (in or out), the same in every process."""
+def _make_projection(dim: int, side: str) -> np.ndarray:
     rng = np.random.default_rng([_SEED, dim, 1 if side == "in" else 2])
     matrix = rng.standard_normal((dim, SKETCH_SIDE), dtype=np.float64) / np.sqrt(SKETCH_SIDE)
     matrix.setflags(write=False)
     return matrix
+
+
+_cached_projection = lru_cache(maxsize=64)(_make_projection)
+
+
+def _projection(dim: int, side: str) -> np.ndarray:
+    """A fixed Gaussian sketch for one dimension (in or out), the same in every process; only the widths real
+    models use are cached, so a hostile file's odd widths cannot fill memory."""
+    return _cached_projection(dim, side) if dim <= _CACHED_DIM else _make_projection(dim, side)
 
 
 @lru_cache(maxsize=4096)
@@ -130,37 +144,51 @@ def module_name(module: Module) -> str:
 
 
 class _Reader:
-    """Reads tensors at the byte ranges a validated header declared, from one open file."""
+    """Reads tensors at the byte ranges a validated header declared, from one open file, in bounded blocks."""
 
     def __init__(self, fd: int, header: Header):
         self.fd, self.header = fd, header
 
-    def tensor(self, info: TensorInfo) -> np.ndarray:
-        raw = os.pread(self.fd, info.nbytes, self.header.data_start + info.begin)
-        if len(raw) != info.nbytes:
+    def _read(self, info: TensorInfo, offset: int, size: int, shape: tuple[int, ...]) -> np.ndarray:
+        raw = os.pread(self.fd, size, self.header.data_start + info.begin + offset)
+        if len(raw) != size:
             raise WeightprintError(f"the file ended inside {info.name!r}", "weightprint_truncated")
-        values = decode(info.dtype, raw, info.shape)
+        values = decode(info.dtype, raw, shape)
         if not np.isfinite(values).all():
             raise WeightprintError(f"{info.name!r} holds NaN or Inf", "weightprint_non_finite")
         return values
+
+    def scalar(self, info: TensorInfo) -> float:
+        return float(self._read(info, 0, info.nbytes, (-1,))[0])
+
+    def rows(self, info: TensorInfo, width: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, block) of the tensor seen as [rows, width], a few MiB at a time."""
+        row_bytes = info.nbytes // prod(info.shape) * width
+        total = info.nbytes // row_bytes
+        step = max(1, CHUNK_BYTES // row_bytes)
+        for start in range(0, total, step):
+            count = min(step, total - start)
+            yield start, self._read(info, start * row_bytes, count * row_bytes, (count, width))
 
 
 def _module_sketch(module: Module, reader: _Reader) -> np.ndarray | None:
     """Hᵀ·ΔW·G for a plain LoRA module, in O(rank·dim); None for what it cannot fingerprint."""
     if module.kind != "lora" or "mid" in module.tensors:
         return None
-    down = reader.tensor(module.tensors["down"])
-    up = reader.tensor(module.tensors["up"])
-    rank = down.shape[0]
-    down = down.reshape(rank, -1)
+    down, up = module.tensors["down"], module.tensors["up"]
+    rank, fan_in, fan_out = down.shape[0], prod(down.shape[1:]), up.shape[0]
     if prod(up.shape[1:]) != rank:  # an up factor with a kernel of its own: not a plain product
         return None
-    up = up.reshape(up.shape[0], rank)
-    scale = 1.0
-    if "alpha" in module.tensors:
-        scale = float(reader.tensor(module.tensors["alpha"]).reshape(-1)[0]) / rank
-    left = _projection(up.shape[0], "out").T @ up  # [side, rank]
-    right = down @ _projection(down.shape[1], "in")  # [rank, side]
+    if max(fan_in, fan_out) > MAX_DIM or rank > MAX_RANK:
+        return None
+    inputs, outputs = _projection(fan_in, "in"), _projection(fan_out, "out")
+    right = np.empty((rank, SKETCH_SIDE))  # down·G
+    for start, block in reader.rows(down, fan_in):
+        right[start:start + len(block)] = block @ inputs
+    left = np.zeros((SKETCH_SIDE, rank))  # Hᵀ·up
+    for start, block in reader.rows(up, rank):
+        left += outputs[start:start + len(block)].T @ block
+    scale = reader.scalar(module.tensors["alpha"]) / rank if "alpha" in module.tensors else 1.0
     return (scale * (left @ right)).reshape(-1)
 
 

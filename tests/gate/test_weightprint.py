@@ -167,3 +167,17 @@ def test_every_float_dtype_intake_accepts_is_read(tmp_path, dtype):
            "BF16": (values.view(np.uint32) >> 16).astype("<u2").tobytes(),
            "F8_E4M3": bytes([0x30, 0xBA, 0x40, 0x00]), "F8_E5M2": bytes([0x38, 0xBD, 0x40, 0x00])}[dtype]
     assert decode(dtype, raw, (4,)).tolist() == values.tolist()
+
+
+def test_a_module_too_wide_to_fingerprint_is_skipped_not_the_file(tmp_path):
+    from gate.weightprint import MAX_DIM
+
+    small = np.ones((2, 8), dtype="<f4")
+    wide = np.ones((1, MAX_DIM + 1), dtype="<f2").tobytes()
+    path = _write_safetensors(tmp_path / "wide.safetensors", {
+        "unet.a.lora_A.weight": ("F32", [2, 8], small.tobytes()), "unet.a.lora_B.weight": ("F32", [8, 2],
+                                                                                            small.T.tobytes()),
+        "unet.b.lora_A.weight": ("F16", [1, MAX_DIM + 1], wide),
+        "unet.b.lora_B.weight": ("F16", [4, 1], np.ones((4, 1), dtype="<f2").tobytes())})
+    print_ = fingerprint_file(path)
+    assert print_.modules == ("unet.a",) and print_.skipped == ("unet.b",)
