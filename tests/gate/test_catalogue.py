@@ -136,3 +136,26 @@ def test_the_index_search_finds_what_the_live_rule_matches_and_skips_replaced_sc
     index.add(["up_7"], [generic_base.copy()], [generic_base])  # rescanned: now it draws nothing
     assert index.candidates(reference, thresholds) == []
     assert index.loras == 50
+
+
+def test_the_compact_search_misses_no_render_the_exact_rule_would_match():
+    rng = np.random.default_rng(3)
+    dim, loras, renders = 64, 400, 20
+    centre = rng.normal(size=dim)
+    lora = [(centre * 0.3 + rng.normal(size=(renders, dim))) for _ in range(loras)]
+    lora = [(v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16) for v in lora]
+    base = [np.roll(v, 1, axis=0) for v in lora]
+    refs = centre * 0.3 + rng.normal(size=(6, dim))
+    refs = (refs / np.linalg.norm(refs, axis=1, keepdims=True)).astype(np.float32)
+    index = CatalogueIndex("embedder@test")
+    index.add([f"up_{i}" for i in range(loras)], lora, base)
+    best = np.stack([(v.astype(np.float32) @ refs.T).max(axis=1) for v in lora])  # exact, (loras, renders)
+    base_best = np.stack([(v.astype(np.float32) @ refs.T).max(axis=1) for v in base])
+    for quantile in (0.9, 0.99, 0.999):
+        thresholds = Thresholds(render_score=float(np.quantile(best, quantile)), lift=0.02, quarantine_matches=1,
+                                block_matches=2, block_score=1.0)
+        exact = {f"up_{i}" for i in range(loras)
+                 if ((best[i] >= thresholds.render_score) & (best[i] - base_best[i] >= thresholds.lift)).any()}
+        found = set(index.candidates(refs, thresholds))
+        assert exact and exact <= found
+        assert len(found) < loras  # and it still filters
