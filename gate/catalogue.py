@@ -198,16 +198,57 @@ class CatalogueIndex:
         return [self.upload_ids[slot] for slot in np.unique(self.owners[hit])]
 
 
+    ARRAYS = ("lora", "base_rows", "base", "owners", "live")
+
+    def save(self, directory: Path) -> None:
+        """Write the index beside the record, so the next process maps it instead of reading every scan."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in self.ARRAYS:
+            np.save(directory / f"{name}.tmp.npy", getattr(self, name))
+        meta = {"embedder": self.embedder, "dim": self.dim, "last_id": self.last_id, "upload_ids": self.upload_ids}
+        (directory / "index.tmp.json").write_text(json.dumps(meta))
+        for name in self.ARRAYS:
+            (directory / f"{name}.tmp.npy").replace(directory / f"{name}.npy")
+        (directory / "index.tmp.json").replace(directory / "index.json")  # last: it names what the arrays hold
+
+    @classmethod
+    def load(cls, directory: Path, embedder_id: str) -> CatalogueIndex | None:
+        """A saved index (its large matrices memory-mapped), or None when there is none or it does not fit."""
+        try:
+            meta = json.loads((directory / "index.json").read_text())
+            arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r" if name in ("lora", "base") else None)
+                      for name in cls.ARRAYS}
+        except (OSError, ValueError):
+            return None
+        if meta.get("embedder") != embedder_id or len(arrays["owners"]) != len(arrays["lora"]):
+            return None
+        index = cls(embedder_id, meta["dim"], meta["upload_ids"], last_id=meta["last_id"], **arrays)
+        index._slots = {upload_id: slot for slot, upload_id in enumerate(index.upload_ids)}
+        return index
+
+
 _indexes: dict[tuple[str, str], CatalogueIndex] = {}
 _indexes_lock = threading.Lock()
 
 
 def catalogue_index(db: Database, embedder_id: str) -> CatalogueIndex:
-    """The process's resident index for this record and embedder, brought up to date."""
-    key = (str(Path(db.conn.execute("pragma database_list").fetchone()[2]).resolve()), embedder_id)
+    """The process's resident index for this record and embedder, brought up to date: loaded once (memory-mapped
+    from its saved copy beside the record when there is one), then only scans stored since are read."""
+    import hashlib
+
+    db_path = Path(db.conn.execute("pragma database_list").fetchone()[2]).resolve()
+    directory = db_path.parent / "catalogue-index" / hashlib.sha256(embedder_id.encode()).hexdigest()[:16]
+    key = (str(db_path), embedder_id)
     with _indexes_lock:
-        index = _indexes.setdefault(key, CatalogueIndex(embedder_id))
-        index.refresh(db)
+        index = _indexes.get(key)
+        if index is None:
+            index = CatalogueIndex.load(directory, embedder_id)
+            newest = db.execute("select coalesce(max(id), 0) from catalogue_scans").fetchone()[0]
+            if index is None or index.last_id > newest:  # none saved, or saved from another record
+                index = CatalogueIndex(embedder_id)
+            _indexes[key] = index
+        if index.refresh(db) or not (directory / "index.json").exists():
+            index.save(directory)
         return index
 
 

@@ -138,6 +138,24 @@ def test_the_index_search_finds_what_the_live_rule_matches_and_skips_replaced_sc
     assert index.loras == 50
 
 
+def test_a_saved_index_is_mapped_back_and_keeps_growing(tmp_path):
+    rng = np.random.default_rng(5)
+    vectors = {f"up_{i}": rng.normal(size=(6, 8)).astype(np.float32) for i in range(20)}
+    vectors = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in vectors.items()}
+    index = CatalogueIndex("embedder@test")
+    index.add(list(vectors)[:10], list(vectors.values())[:10], list(vectors.values())[:10])
+    index.last_id = 10
+    index.save(tmp_path / "index")
+    loaded = CatalogueIndex.load(tmp_path / "index", "embedder@test")
+    assert isinstance(loaded.lora, np.memmap) and loaded.loras == 10 and loaded.last_id == 10
+    assert CatalogueIndex.load(tmp_path / "index", "another@embedder") is None
+    loaded.add(list(vectors)[10:], list(vectors.values())[10:], list(vectors.values())[10:])
+    thresholds = Thresholds(render_score=0.99, lift=-1.0, quarantine_matches=1, block_matches=2, block_score=1.0)
+    target = vectors["up_15"][2:3]
+    assert loaded.candidates(target, thresholds) == ["up_15"]
+    assert loaded.candidates(vectors["up_3"][0:1], thresholds) == ["up_3"]
+
+
 def test_the_compact_search_misses_no_render_the_exact_rule_would_match():
     rng = np.random.default_rng(3)
     dim, loras, renders = 64, 400, 20
