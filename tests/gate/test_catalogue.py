@@ -177,3 +177,20 @@ def test_the_compact_search_misses_no_render_the_exact_rule_would_match():
         found = set(index.candidates(refs, thresholds))
         assert exact and exact <= found
         assert len(found) < loras  # and it still filters
+
+
+def test_update_and_reports_from_the_command_line(scanned):
+    from click.testing import CliRunner
+
+    from gate.cli import main
+
+    settings, db, _, character_upload, _, _ = scanned
+    runner = CliRunner(env={"GATE_DATA_DIR": str(settings.data_dir), "REDIS_URL": "", "GATE_REDIS_URL": ""})
+    result = runner.invoke(main, ["characters", "update", "pebble_sprite", "--add-alias", "pbbl sprite", "--json"])
+    assert result.exit_code == 0, result.output
+    screening = json.loads(result.output.strip().splitlines()[-1])
+    assert [hit["upload_id"] for hit in screening["hits"]] == [character_upload] and screening["changed"] == 0
+    reports = json.loads(runner.invoke(main, ["characters", "reports", "pebble_sprite", "--json"]).output)
+    assert reports[0]["cause"] == "updated" and reports[0]["hits"][0]["upload_id"] == character_upload
+    bad = runner.invoke(main, ["characters", "update", "pebble_sprite", "--remove-ref", "abc"])
+    assert bad.exit_code == 1 and "reference_not_found" in bad.output and "Traceback" not in bad.output
