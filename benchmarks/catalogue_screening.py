@@ -6,8 +6,9 @@ references each, and a new character that 20 planted LoRAs draw. Compared in the
 
 - baseline: the live matcher run LoRA by LoRA in a Python loop over the stored vectors (score both render sets
   against every reference, apply the matching rule), as screening would be without an index;
-- the gate: the resident float16 index's vectorised search for renders that could match the new character,
-  then the same live rule on those candidates only.
+- the gate: the resident index's vectorised search (int8 render vectors with a bounded rounding error, a centroid
+  bound, then the character's references) for renders that could match the new character, then the same live
+  rule on those candidates only.
 
 Both must find the same LoRAs. Time is the median of --repeat runs; memory is the peak traced allocation during
 a screening (tracemalloc sees numpy's buffers) and the index's resident size.
@@ -138,7 +139,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     print(f"| per-LoRA Python loop (baseline) | {sample:,} | {base_time:.2f} s; {base_time * scale:.2f} s for "
           f"{args.loras:,}{estimated} | {base_peak / 2**20:.1f} MiB | {len(base_found)} |")
-    print(f"| resident float16 index, vectorised | {args.loras:,} | {gate_time:.3f} s (median of {args.repeat}) | "
+    print(f"| resident int8 index, vectorised | {args.loras:,} | {gate_time:.3f} s (median of {args.repeat}) | "
           f"{gate_peak / 2**20:.1f} MiB (+ {index.nbytes / 2**20:.0f} MiB index) | {len(gate_found)} |")
     print(f"\nspeed-up: {base_time * scale / gate_time:.0f}x; target <= 1 s: "
           f"{'met' if gate_time <= 1 else 'missed'}")

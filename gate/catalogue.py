@@ -34,7 +34,11 @@ from gate.uploads import UploadState, transition
 
 log = logging.getLogger(__name__)
 VECTOR_DTYPE = np.float16  # half the bytes of float32; similarities move by < 1e-3
-CHUNK_ROWS = 1 << 18  # renders converted to float32 at a time while searching (16 MiB at 64 dims)
+CHUNK_ROWS = 1 << 18  # renders converted to float32 at a time while searching (64 MiB at 64 dims)
+# The resident index keeps LoRA render vectors as int8 (x * 127, rounded): a quarter of float32, and converted to
+# float32 for the search an order of magnitude faster than float16. The rounding error is bounded, and the search
+# widens its thresholds by that bound, so it still finds every render the exact rule could match.
+QUANT = 127.0
 
 
 class ScreeningError(GateError):
@@ -97,7 +101,7 @@ class CatalogueIndex:
     embedder: str
     dim: int = 0
     upload_ids: list[str] = field(default_factory=list)
-    lora: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), VECTOR_DTYPE))  # (n, d)
+    lora: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int8))  # (n, d) round(x * QUANT)
     base_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) into base
     base: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), VECTOR_DTYPE))  # (b, d) distinct
     owners: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (n,) into upload_ids
@@ -121,7 +125,7 @@ class CatalogueIndex:
         new_base = np.concatenate(base).astype(VECTOR_DTYPE, copy=False)
         if self.dim == 0:
             self.dim = new_lora.shape[1]
-            self.lora, self.base = np.zeros((0, self.dim), VECTOR_DTYPE), np.zeros((0, self.dim), VECTOR_DTYPE)
+            self.lora, self.base = np.zeros((0, self.dim), np.int8), np.zeros((0, self.dim), VECTOR_DTYPE)
         if new_lora.shape[1] != self.dim:
             raise ScreeningError(f"stored vectors of {new_lora.shape[1]} dimensions in an index of {self.dim}")
         for upload_id in upload_ids:
@@ -140,7 +144,8 @@ class CatalogueIndex:
         inverse = inverse.reshape(-1).astype(np.int32)
         self.base = distinct.view(VECTOR_DTYPE).reshape(-1, self.dim)
         self.base_rows = np.concatenate([inverse[:old_count][self.base_rows], inverse[old_count:]])
-        self.lora = np.concatenate([self.lora, new_lora])
+        quantised = np.rint(np.clip(new_lora.astype(np.float32), -1, 1) * QUANT).astype(np.int8)
+        self.lora = np.concatenate([self.lora, quantised])
         self.owners = np.concatenate([self.owners, owners])
         self.live = np.concatenate([self.live, np.ones(len(new_lora), bool)])
 
@@ -163,23 +168,63 @@ class CatalogueIndex:
     def candidates(self, reference_vectors: np.ndarray, thresholds: Thresholds) -> list[str]:
         """Uploads with at least one render that could match a character with these references: as similar as
         the calibrated render score and lifted above its base render by the calibrated lift. A necessary
-        condition of the live rule, so judging only these uploads misses none."""
+        condition of the live rule (bounds, not estimates), so judging only these uploads misses none."""
         if not len(self.lora) or not len(reference_vectors):
             return []
-        refs = np.ascontiguousarray(np.asarray(reference_vectors, dtype=np.float32).T)  # (d, k)
-        base_best = (self.base.astype(np.float32) @ refs).max(axis=1)  # (b,)
+        refs = np.asarray(reference_vectors, dtype=np.float32)  # (k, d)
+        centre = refs.mean(axis=0)
+        spread = float(np.linalg.norm(refs - centre, axis=1).max())
+        # |<q - x, r>| <= |q - x| |r|, and each of the d components of q - x is at most 0.5 / QUANT.
+        rounding = np.sqrt(self.dim) * 0.5 / QUANT
+        error = rounding * float(np.linalg.norm(refs, axis=1).max())
+        # A render's best reference similarity is at most <x, centre> + |x| * spread (|x| <= 1 + rounding): one
+        # matrix-vector product rules out most renders before the k references are looked at.
+        coarse_floor = thresholds.render_score - error - spread * (1 + rounding)
         hit = np.zeros(len(self.lora), bool)
         buffer = np.empty((min(CHUNK_ROWS, len(self.lora)), self.dim), np.float32)  # reused: no page faults
         for start in range(0, len(self.lora), CHUNK_ROWS):
             chunk = self.lora[start:start + CHUNK_ROWS]
             block = buffer[:len(chunk)]
             np.copyto(block, chunk)
-            best = (block @ refs).max(axis=1)
-            hit[start:start + len(chunk)] = ((best >= thresholds.render_score)
-                                             & (best - base_best[self.base_rows[start:start + len(chunk)]]
-                                                >= thresholds.lift))
+            rows = np.flatnonzero(block @ (centre / QUANT) >= coarse_floor)
+            if not len(rows):
+                continue
+            best = (block[rows] @ (refs.T / QUANT)).max(axis=1) + error  # >= the exact best similarity
+            rows, best = rows[best >= thresholds.render_score], best[best >= thresholds.render_score]
+            base = self.base[self.base_rows[start + rows]].astype(np.float32)
+            rows = rows[best - (base @ refs.T).max(axis=1) >= thresholds.lift]
+            hit[start + rows] = True
         hit &= self.live
         return [self.upload_ids[slot] for slot in np.unique(self.owners[hit])]
+
+
+    ARRAYS = ("lora", "base_rows", "base", "owners", "live")
+
+    def save(self, directory: Path) -> None:
+        """Write the index beside the record, so the next process maps it instead of reading every scan."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in self.ARRAYS:
+            np.save(directory / f"{name}.tmp.npy", getattr(self, name))
+        meta = {"embedder": self.embedder, "dim": self.dim, "last_id": self.last_id, "upload_ids": self.upload_ids}
+        (directory / "index.tmp.json").write_text(json.dumps(meta))
+        for name in self.ARRAYS:
+            (directory / f"{name}.tmp.npy").replace(directory / f"{name}.npy")
+        (directory / "index.tmp.json").replace(directory / "index.json")  # last: it names what the arrays hold
+
+    @classmethod
+    def load(cls, directory: Path, embedder_id: str) -> CatalogueIndex | None:
+        """A saved index (its large matrices memory-mapped), or None when there is none or it does not fit."""
+        try:
+            meta = json.loads((directory / "index.json").read_text())
+            arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r" if name in ("lora", "base") else None)
+                      for name in cls.ARRAYS}
+        except (OSError, ValueError):
+            return None
+        if meta.get("embedder") != embedder_id or len(arrays["owners"]) != len(arrays["lora"]):
+            return None
+        index = cls(embedder_id, meta["dim"], meta["upload_ids"], last_id=meta["last_id"], **arrays)
+        index._slots = {upload_id: slot for slot, upload_id in enumerate(index.upload_ids)}
+        return index
 
 
 _indexes: dict[tuple[str, str], CatalogueIndex] = {}
@@ -187,11 +232,23 @@ _indexes_lock = threading.Lock()
 
 
 def catalogue_index(db: Database, embedder_id: str) -> CatalogueIndex:
-    """The process's resident index for this record and embedder, brought up to date."""
-    key = (str(Path(db.conn.execute("pragma database_list").fetchone()[2]).resolve()), embedder_id)
+    """The process's resident index for this record and embedder, brought up to date: loaded once (memory-mapped
+    from its saved copy beside the record when there is one), then only scans stored since are read."""
+    import hashlib
+
+    db_path = Path(db.conn.execute("pragma database_list").fetchone()[2]).resolve()
+    directory = db_path.parent / "catalogue-index" / hashlib.sha256(embedder_id.encode()).hexdigest()[:16]
+    key = (str(db_path), embedder_id)
     with _indexes_lock:
-        index = _indexes.setdefault(key, CatalogueIndex(embedder_id))
-        index.refresh(db)
+        index = _indexes.get(key)
+        if index is None:
+            index = CatalogueIndex.load(directory, embedder_id)
+            newest = db.execute("select coalesce(max(id), 0) from catalogue_scans").fetchone()[0]
+            if index is None or index.last_id > newest:  # none saved, or saved from another record
+                index = CatalogueIndex(embedder_id)
+            _indexes[key] = index
+        if index.refresh(db) or not (directory / "index.json").exists():
+            index.save(directory)
         return index
 
 

@@ -255,9 +255,7 @@ def characters_add(name, rights_holder, policy, aliases, references, character_i
         embedder_id=scanner.engine.embedder_id,
     )
     click.echo(f"registered {character.id}: {character.name} ({character.references} references, {policy})")
-    from gate.catalogue import registry_changed  # the back catalogue is screened for it at once (issue 8)
-
-    cli_catalogue.echo_screening(registry_changed(db, character.id, settings, cause="registered"))
+    cli_catalogue.screen_after_change(db, character.id, settings, "registered")  # the back catalogue, at once
 
 
 @characters.command("retire")

@@ -36,6 +36,21 @@ def echo_screening(screening, as_json: bool = False) -> None:
     click.echo(screening.summary())
 
 
+def screen_after_change(db, character_id: str, settings, cause: str, embed=None, as_json: bool = False) -> None:
+    """Screen the back catalogue for a character just registered or changed; the change itself stands even when
+    screening cannot run (no calibration for these models, say), and the operator is told why."""
+    from gate.catalogue import registry_changed
+    from gate.errors import GateError
+
+    try:
+        screening = registry_changed(db, character_id, settings, cause=cause, embed=embed)
+    except GateError as exc:
+        click.echo(f"the back catalogue was not screened for {character_id}: {exc.code}: {exc.message}; "
+                   f"run `gate catalogue screen {character_id}` once that is fixed", err=True)
+        return
+    echo_screening(screening, as_json)
+
+
 @click.command("update")
 @click.argument("character_id")
 @click.option("--name", default=None, help="A new name.")
@@ -58,7 +73,7 @@ def characters_update(character_id, name, aliases, add_aliases, policy, rights_h
 
     Example: gate characters update ultraman --add-alias ウルトラマン --policy block --ref new_ref.png
     """
-    from gate.catalogue import current_embedder, registry_changed
+    from gate.catalogue import current_embedder
     from gate.registry import update_character
 
     settings = _settings()
@@ -77,7 +92,7 @@ def characters_update(character_id, name, aliases, add_aliases, policy, rights_h
     if not as_json:
         click.echo(f"updated {character.id}: {character.name} ({character.references} references, {character.policy})")
     if not no_screen:
-        echo_screening(registry_changed(db, character.id, settings, cause="updated", embed=embed), as_json)
+        screen_after_change(db, character.id, settings, "updated", embed, as_json)
 
 
 @click.command("refs")

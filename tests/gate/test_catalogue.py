@@ -136,3 +136,61 @@ def test_the_index_search_finds_what_the_live_rule_matches_and_skips_replaced_sc
     index.add(["up_7"], [generic_base.copy()], [generic_base])  # rescanned: now it draws nothing
     assert index.candidates(reference, thresholds) == []
     assert index.loras == 50
+
+
+def test_a_saved_index_is_mapped_back_and_keeps_growing(tmp_path):
+    rng = np.random.default_rng(5)
+    vectors = {f"up_{i}": rng.normal(size=(6, 8)).astype(np.float32) for i in range(20)}
+    vectors = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in vectors.items()}
+    index = CatalogueIndex("embedder@test")
+    index.add(list(vectors)[:10], list(vectors.values())[:10], list(vectors.values())[:10])
+    index.last_id = 10
+    index.save(tmp_path / "index")
+    loaded = CatalogueIndex.load(tmp_path / "index", "embedder@test")
+    assert isinstance(loaded.lora, np.memmap) and loaded.loras == 10 and loaded.last_id == 10
+    assert CatalogueIndex.load(tmp_path / "index", "another@embedder") is None
+    loaded.add(list(vectors)[10:], list(vectors.values())[10:], list(vectors.values())[10:])
+    thresholds = Thresholds(render_score=0.99, lift=-1.0, quarantine_matches=1, block_matches=2, block_score=1.0)
+    target = vectors["up_15"][2:3]
+    assert loaded.candidates(target, thresholds) == ["up_15"]
+    assert loaded.candidates(vectors["up_3"][0:1], thresholds) == ["up_3"]
+
+
+def test_the_compact_search_misses_no_render_the_exact_rule_would_match():
+    rng = np.random.default_rng(3)
+    dim, loras, renders = 64, 400, 20
+    centre = rng.normal(size=dim)
+    lora = [(centre * 0.3 + rng.normal(size=(renders, dim))) for _ in range(loras)]
+    lora = [(v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float16) for v in lora]
+    base = [np.roll(v, 1, axis=0) for v in lora]
+    refs = centre * 0.3 + rng.normal(size=(6, dim))
+    refs = (refs / np.linalg.norm(refs, axis=1, keepdims=True)).astype(np.float32)
+    index = CatalogueIndex("embedder@test")
+    index.add([f"up_{i}" for i in range(loras)], lora, base)
+    best = np.stack([(v.astype(np.float32) @ refs.T).max(axis=1) for v in lora])  # exact, (loras, renders)
+    base_best = np.stack([(v.astype(np.float32) @ refs.T).max(axis=1) for v in base])
+    for quantile in (0.9, 0.99, 0.999):
+        thresholds = Thresholds(render_score=float(np.quantile(best, quantile)), lift=0.02, quarantine_matches=1,
+                                block_matches=2, block_score=1.0)
+        exact = {f"up_{i}" for i in range(loras)
+                 if ((best[i] >= thresholds.render_score) & (best[i] - base_best[i] >= thresholds.lift)).any()}
+        found = set(index.candidates(refs, thresholds))
+        assert exact and exact <= found
+        assert len(found) < loras  # and it still filters
+
+
+def test_update_and_reports_from_the_command_line(scanned):
+    from click.testing import CliRunner
+
+    from gate.cli import main
+
+    settings, db, _, character_upload, _, _ = scanned
+    runner = CliRunner(env={"GATE_DATA_DIR": str(settings.data_dir), "REDIS_URL": "", "GATE_REDIS_URL": ""})
+    result = runner.invoke(main, ["characters", "update", "pebble_sprite", "--add-alias", "pbbl sprite", "--json"])
+    assert result.exit_code == 0, result.output
+    screening = json.loads(result.output.strip().splitlines()[-1])
+    assert [hit["upload_id"] for hit in screening["hits"]] == [character_upload] and screening["changed"] == 0
+    reports = json.loads(runner.invoke(main, ["characters", "reports", "pebble_sprite", "--json"]).output)
+    assert reports[0]["cause"] == "updated" and reports[0]["hits"][0]["upload_id"] == character_upload
+    bad = runner.invoke(main, ["characters", "update", "pebble_sprite", "--remove-ref", "abc"])
+    assert bad.exit_code == 1 and "reference_not_found" in bad.output and "Traceback" not in bad.output

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,7 +19,8 @@ import pytest
 
 from tests.conftest import REPO, run_gate, world_lora
 
-LORAS = ("style_sepia_peft", "concept_house_kohya", "pebble_sprite_trigger_peft")
+LORAS = ("style_sepia_peft", "pebble_sprite_trigger_peft")
+RESCAN_LORAS = ("style_sepia_peft", "concept_house_kohya", "pebble_sprite_trigger_peft")
 NO_REDIS = {"REDIS_URL": "", "GATE_REDIS_URL": ""}
 
 
@@ -45,17 +45,17 @@ def imported(tmp_path_factory, world):
 
 def test_import_records_and_scans_a_directory_once(imported):
     root, env, report = imported
-    assert report["entries"] == 3 and report["created"] == 3 and report["errors"] == 0
+    assert report["entries"] == report["created"] == len(LORAS) and report["errors"] == 0
     assert {item["state"] for item in report["items"]} == {"decided"}
     rows = _query(root / "data" / "gate.db", "select source, hub, model_id, verdict from uploads order by model_id")
     assert [(r[0], r[1], r[2]) for r in rows] == [("import", "oldhub", f"{lora}.safetensors") for lora in sorted(LORAS)]
     stored = _query(root / "data" / "gate.db", "select count(*) from catalogue_scans where renders > 0")
-    assert stored == [(3,)]  # every imported scan keeps its embeddings for screening
+    assert stored == [(len(LORAS),)]  # every imported scan keeps its embeddings for screening
 
     again = run_gate("catalogue", "import", str(root / "hub-export"), "--hub", "oldhub", "--json", env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["created"] == 0
-    assert _query(root / "data" / "gate.db", "select count(*) from uploads") == [(3,)]
+    assert _query(root / "data" / "gate.db", "select count(*) from uploads") == [(len(LORAS),)]
 
 
 def test_import_a_manifest_with_urls_and_bad_entries(imported, tmp_path):
@@ -100,47 +100,65 @@ def test_rescan_in_process_without_redis(imported):
     assert len(event) == 1 and json.loads(event[0][1])["run"] == report["run"]
 
 
+@pytest.fixture
+def decided_earlier(tmp_path, world):
+    """A record whose uploads were decided by an earlier probe set version (the state a rescan starts from)."""
+    import hashlib
+
+    from gate.db import open_db
+    from gate.uploads import UploadState, record_upload, store_file, transition
+
+    db = open_db(tmp_path / "data" / "gate.db")
+    for lora_id in RESCAN_LORAS:
+        spool = tmp_path / f"{lora_id}.spool"
+        shutil.copy(world.path(world_lora(world, id=lora_id)["path"]), spool)
+        sha256 = hashlib.sha256(spool.read_bytes()).hexdigest()
+        size = spool.stat().st_size
+        stored = store_file(spool, tmp_path / "data" / "uploads", sha256)
+        upload = record_upload(db, "direct", {"hub": "oldhub", "model_id": lora_id}, stored, sha256, size,
+                               f"{lora_id}.safetensors").upload
+        transition(db, upload["id"], UploadState.DECIDED, "gate", "decided allow",
+                   {"verdict": "allow", "reasons": "[]", "matches": "[]", "probe_set": "fixture-v0@earlier"})
+    db.conn.close()
+    return tmp_path / "data"
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
-def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(imported, tmp_path):
+def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tmp_path):
     from tests.gate.service.test_queues import RedisServer, _wait
 
-    root, env, _ = imported
-    db_path = root / "data" / "gate.db"
+    db_path = decided_earlier / "gate.db"
     redis = RedisServer(tmp_path)
     redis.start()
-    env = {**os.environ, **env, "REDIS_URL": redis.url}
+    env = {**os.environ, "GATE_DATA_DIR": str(decided_earlier), "REDIS_URL": redis.url}
     worker_log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue"], cwd=REPO, env=env,
                               stdout=worker_log, stderr=subprocess.STDOUT)
     try:
-        cli = subprocess.Popen([sys.executable, "-m", "gate", "rescan", "--all", "--rate", "2/min"], cwd=REPO,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _wait(lambda: _query(db_path, "select count(*) from rescan_items i join rescan_runs r on r.id = i.run_id "
-                                      "where r.rate_per_min = 2 and i.state = 'done'")[0][0] >= 1,
-              600, "no rescan item finished")
+        cli = subprocess.Popen([sys.executable, "-m", "gate", "rescan", "--hub", "oldhub", "--rate", "1/min"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _wait(lambda: _query(db_path, "select count(*) from rescan_items where state = 'done'")[0][0] >= 1,
+              1200, "no rescan item finished")
         cli.send_signal(signal.SIGKILL)  # the operator's terminal goes away mid-run
         cli.wait(timeout=10)
-        run_id, total = _query(db_path, "select id, total from rescan_runs where rate_per_min = 2")[0]
-        assert total == 3
-        done_before = _query(db_path, "select upload_id from rescan_items where run_id = ? and state = 'done'",
-                             [run_id])
-        assert 1 <= len(done_before) < 3 or total == len(done_before)
+        run_id, total = _query(db_path, "select id, total from rescan_runs")[0]
+        assert total == len(RESCAN_LORAS)  # every upload decided by the earlier probe set
 
         resumed = subprocess.run([sys.executable, "-m", "gate", "rescan", "--resume", run_id, "--rate", "60/min",
-                                  "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                                  "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         report = json.loads(resumed.stdout)
-        assert report["run"] == run_id and report["counts"]["done"] == 3 and report["state"] == "finished"
-        assert sum(report["transitions"].values()) == 3
-        assert "rescan " + run_id in resumed.stderr  # the progress bar's label
-        # Nothing was redone: each upload was rescanned exactly once in this run, on the catalogue queue.
+        assert report["run"] == run_id and report["state"] == "finished"
+        assert report["counts"]["done"] == total and sum(report["transitions"].values()) == total
+        assert "rescan " + run_id in resumed.stderr  # the progress line
+        # Nothing was redone: each upload was rescanned exactly once in this run, by the catalogue worker.
         per_upload = _query(db_path, "select upload_id, count(*) from upload_events where action like 'rescanned%' "
                                      "and json_extract(detail, '$.run') = ? group by upload_id", [run_id])
-        assert len(per_upload) == 3 and {count for _, count in per_upload} == {1}
-        worker_output = (tmp_path / "worker.log").read_text()
-        assert "catalogue" in worker_output and "gate.rescan.rescan_upload" in worker_output
+        assert len(per_upload) == total and {count for _, count in per_upload} == {1}
+        probe_sets = _query(db_path, "select distinct probe_set from uploads")
+        assert len(probe_sets) == 1 and probe_sets[0][0].startswith("fixture-v1@")
+        assert "gate.rescan.rescan_upload" in (tmp_path / "worker.log").read_text()
     finally:
         worker.kill()
         worker.wait(timeout=10)
         redis.stop()
-        time.sleep(0)
