@@ -241,7 +241,8 @@ def item(db: Database, upload_id: str, evidence: Path) -> dict:
             "order by created_at desc limit 20", [upload["tensor_hash"], upload_id])]
     return {
         "upload": upload, "reasons": reasons, "matches": json.loads(upload["matches"] or "[]"),
-        "metadata_hits": [r for r in reasons if r.get("kind") == "metadata_name"],
+        "metadata_hits": [r for r in reasons if r.get("kind") == "metadata_name"
+                          or "metadata names" in (r.get("message") or "")],
         "intake": described.get("intake", {}), "evidence": evidence_rows(evidence),
         "history": history, "earlier_blocks": sum(1 for r in history if r["verdict"] == "block"),
         "repeats": repeats, "blocklisted": blocklist.contains(db, upload["tensor_hash"] or ""),
