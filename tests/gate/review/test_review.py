@@ -122,7 +122,9 @@ def test_escalated_items_are_for_operators(gate):
 
     with pytest.raises(Forbidden):
         review.decide(gate.db, MOD, item, "allow", "fine")
+    assert review.counts(gate.db) == {"quarantined": 11, "disputed": 0, "escalated": 1}
     assert review.decide(gate.db, OP, item, "allow", "original character")["verdict"] == "allow"
+    assert review.counts(gate.db) == {"quarantined": 11, "disputed": 0, "escalated": 0}
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 2001])
