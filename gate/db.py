@@ -218,3 +218,12 @@ def m104_review_counts(db: Database) -> None:
           UPDATE review_counts SET n = n - 1 WHERE status = OLD.review_status;
         END;
     """)
+
+
+@migrations()
+def m105_review_score_indexes(db: Database) -> None:
+    # Sorting a filtered queue by score needs the filter column before the score in the index, or SQLite sorts
+    # (or scans) every matching row: 400 ms for one character's 10,000 items.
+    for column in ("review_character", "review_rights_holder", "hub", "uploader"):
+        db["uploads"].create_index(["review_status", column, "review_score", "id"],
+                                   index_name=f"uploads_review_status_{column}_review_score_id")
