@@ -300,3 +300,10 @@ def test_a_scan_that_ends_in_quarantine_enters_the_queue(gate, scanned):
     assert row["review_score"] == top["best_score"]
     assert row["review_rights_holder"] == gate.db["characters"].get(top["character"])["rights_holder"]
     assert review.counts(gate.db)["quarantined"] == before + 1
+
+
+@pytest.mark.parametrize("path", ["/queue/../evidence/x.png", "/queue/..%2f..%2fgate.db/evidence/00_render.png",
+                                  "/queue/{item}/evidence/evidence.json", "/queue/{item}/evidence/..%2f..%2fgate.db"])
+def test_evidence_paths_stay_inside_the_items_folder(gate, path):
+    answer = gate.client("mod").get(path.format(item=gate.ids[0]))
+    assert answer.status_code == 404
