@@ -21,8 +21,9 @@ PEOPLE = {"mod": "moderator", "mod2": "moderator", "op": "operator", "adm": "adm
 
 
 @pytest.fixture(scope="session")
-def scanned(request) -> list:
-    cache = Path(request.config.cache.mkdir("review-evidence"))
+def scanned(request, tmp_path_factory) -> list:
+    store = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: scan into a temp dir
+    cache = Path(store.mkdir("review-evidence")) if store else tmp_path_factory.mktemp("review-evidence")
     cached = all((cache / f"{name}-{_file_key(LORAS / f'{name}.safetensors')}" / "scan.json").exists()
                  for name in SCANNED)
     scanner = None if cached else request.getfixturevalue("scanner")
