@@ -96,8 +96,8 @@ def main() -> None:
         ("last page, oldest first", review.QueueQuery(), {"page": "last"}),
         ("first page, highest score", review.QueueQuery(sort="score"), {}),
         (f"filtered: character={top[0]}, by score", review.QueueQuery(sort="score", character=top[0]), {}),
-        ("filtered: last page, hub + uploader", review.QueueQuery(hub="hf-test", uploader="user0001"),
-         {"page": "last"}),
+        ("filtered: last page, uploader", review.QueueQuery(uploader="user0001"), {"page": "last"}),
+        ("filtered: last page, hub", review.QueueQuery(hub="hf-test"), {"page": "last"}),
     ]
     rows = []
     for name, query, extra in cases:

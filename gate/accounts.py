@@ -6,6 +6,7 @@ Every change to an account is audited.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -136,11 +137,18 @@ def authenticate(db: Database, username: str, password: str) -> dict:
     """The account for a username and password, or AuthError (the same message whichever was wrong)."""
     rows = list(db["accounts"].rows_where("username = ?", [username.strip().lower()]))
     row = rows[0] if rows else None
-    if row is None or not row["password_hash"] or not check_password_hash(row["password_hash"], password):
+    # An unknown name costs a hash check too, so response times do not tell which usernames exist.
+    stored = row["password_hash"] if row and row["password_hash"] else _dummy_hash()
+    if not check_password_hash(stored, password) or row is None or not row["password_hash"]:
         raise AuthError("wrong username or password", "login_failed")
     if row["disabled"]:
         raise AuthError("this account is disabled", "account_disabled")
     return row
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return generate_password_hash(secrets.token_hex(16))
 
 
 def _token_sha256(token: str) -> str:

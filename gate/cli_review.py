@@ -44,6 +44,8 @@ def users_add(username: str, role: str, party: str | None, password_stdin: bool)
     from gate.accounts import PEOPLE, add_account
 
     password = None
+    if role == "rights_holder" and not party:  # said before a password is asked for
+        raise click.UsageError("a rights_holder account needs --party: the rights holder it speaks for")
     if role in PEOPLE:
         if password_stdin:
             password = sys.stdin.readline().rstrip("\n")

@@ -251,3 +251,39 @@ def m103_review_queue(db: Database) -> None:
     # same evidence does not quarantine the same weights again.
     db["cleared"].create({"tensor_hash": str, "character_id": str, "upload_id": str, "cleared_by": str,
                           "reason": str, "created_at": str}, pk=("tensor_hash", "character_id"))
+
+
+@migrations()
+def m104_review_counts(db: Database) -> None:
+    # The queue's tab counts, kept by triggers: counting 100,000 index entries on every page view cost more
+    # than the rest of the page.
+    db["review_counts"].create({"status": str, "n": int}, pk="status")
+    db.execute("INSERT INTO review_counts (status, n) SELECT review_status, count(*) FROM uploads "
+               "WHERE review_status IS NOT NULL GROUP BY review_status")
+    db.executescript("""
+        CREATE TRIGGER review_counts_insert AFTER INSERT ON uploads WHEN NEW.review_status IS NOT NULL
+        BEGIN
+          INSERT INTO review_counts (status, n) VALUES (NEW.review_status, 1)
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER review_counts_update AFTER UPDATE OF review_status ON uploads
+        WHEN OLD.review_status IS NOT NEW.review_status
+        BEGIN
+          UPDATE review_counts SET n = n - 1 WHERE status = OLD.review_status;
+          INSERT INTO review_counts (status, n) SELECT NEW.review_status, 1 WHERE NEW.review_status IS NOT NULL
+            ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER review_counts_delete AFTER DELETE ON uploads WHEN OLD.review_status IS NOT NULL
+        BEGIN
+          UPDATE review_counts SET n = n - 1 WHERE status = OLD.review_status;
+        END;
+    """)
+
+
+@migrations()
+def m105_review_score_indexes(db: Database) -> None:
+    # Sorting a filtered queue by score needs the filter column before the score in the index, or SQLite sorts
+    # (or scans) every matching row: 400 ms for one character's 10,000 items.
+    for column in ("review_character", "review_rights_holder", "hub", "uploader"):
+        db["uploads"].create_index(["review_status", column, "review_score", "id"],
+                                   index_name=f"uploads_review_status_{column}_review_score_id")

@@ -187,15 +187,17 @@ def queue_page(db: Database, query: QueueQuery, after: str | None = None, before
 
 
 def count(db: Database, query: QueueQuery) -> int:
+    """Items matching the query; unfiltered, the tab's kept count (no scan of the index)."""
     clauses, params = query.where()
+    if len(clauses) == 1:
+        return counts(db)[query.status]
     return db.execute(f"select count(*) from uploads where {' and '.join(clauses)}", params).fetchone()[0]
 
 
 def counts(db: Database) -> dict[str, int]:
-    """Items waiting, by review status (the queue's tabs)."""
+    """Items waiting, by review status (the queue's tabs), as the record's triggers keep them."""
     found = {str(s): 0 for s in ReviewStatus}
-    for status_, n in db.execute("select review_status, count(*) from uploads where review_status is not null "
-                                 "group by review_status").fetchall():
+    for status_, n in db.execute("select status, n from review_counts").fetchall():
         found[status_] = n
     return found
 
@@ -241,7 +243,8 @@ def item(db: Database, upload_id: str, evidence: Path) -> dict:
             "order by created_at desc limit 20", [upload["tensor_hash"], upload_id])]
     return {
         "upload": upload, "reasons": reasons, "matches": json.loads(upload["matches"] or "[]"),
-        "metadata_hits": [r for r in reasons if r.get("kind") == "metadata_name"],
+        "metadata_hits": [r for r in reasons if r.get("kind") == "metadata_name"
+                          or "metadata names" in (r.get("message") or "")],
         "intake": described.get("intake", {}), "evidence": evidence_rows(evidence),
         "history": history, "earlier_blocks": sum(1 for r in history if r["verdict"] == "block"),
         "repeats": repeats, "blocklisted": blocklist.contains(db, upload["tensor_hash"] or ""),

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, abort, flash, redirect, render_template, 
 from gate import audit, review
 from gate.errors import GateError
 from gate.jobs import evidence_dir
+from gate.uploads import get_upload
 from gate.web.auth import actor, people, person, render_error
 from gate.web.record import db, settings
 
@@ -46,6 +47,7 @@ def item(upload_id: str):
 @people("queue.view")
 def evidence(upload_id: str, name: str):
     """The evidence images (send_from_directory refuses any path outside the upload's evidence folder)."""
+    get_upload(db(), upload_id)  # an id the record knows, never a path such as '..'
     if not name.endswith(".png"):
         abort(404)
     return send_from_directory(evidence_dir(settings(), upload_id), name, max_age=3600)

@@ -7,6 +7,7 @@ into queue rows (fixtures/review_queue.py)."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ PEOPLE = {"mod": "moderator", "mod2": "moderator", "op": "operator", "adm": "adm
 
 
 @pytest.fixture(scope="session")
-def scanned(request) -> list:
-    cache = Path(request.config.cache.mkdir("review-evidence"))
+def scanned(request, tmp_path_factory) -> list:
+    store = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: scan into a temp dir
+    cache = Path(store.mkdir("review-evidence")) if store else tmp_path_factory.mktemp("review-evidence")
     cached = all((cache / f"{name}-{_file_key(LORAS / f'{name}.safetensors')}" / "scan.json").exists()
                  for name in SCANNED)
     scanner = None if cached else request.getfixturevalue("scanner")
@@ -31,7 +33,7 @@ def scanned(request) -> list:
 class Gate:
     """A gate app on its own record, with one account per role and helpers to act as each."""
 
-    def __init__(self, data_dir: Path, scans, items: int):
+    def __init__(self, data_dir: Path, scans, items: int, template: Gate | None = None):
         from gate.accounts import add_account, create_token
         from gate.app import create_app
         from gate.audit import Actor
@@ -40,9 +42,15 @@ class Gate:
         from gate.world import World, seed_registry
 
         self.data_dir = data_dir
+        if template is not None:  # a copy of a built record: accounts and items as the template has them
+            template.db.execute("pragma wal_checkpoint(truncate)")
+            shutil.copytree(template.data_dir, data_dir)
+            self.__dict__.update({k: v for k, v in template.__dict__.items() if k not in ("data_dir", "app", "db")})
         self.app = create_app({"data_dir": str(data_dir), "review": {"secret_key": "test-secret",
                                                                       "claim_minutes": 15}})
         self.db = open_db(data_dir / "gate.db")
+        if template is not None:
+            return
         seed_registry(self.db, World.load(load_settings().world_dir), data_dir / "references")
         self.ids = replicate(self.db, data_dir, scans, items)
         setup = Actor("setup", "shell")
@@ -80,6 +88,12 @@ def login(client, username: str, password: str = PASSWORD):
     return answer
 
 
+@pytest.fixture(scope="session")
+def gate_template(tmp_path_factory, scanned) -> Gate:
+    """Built once (accounts' password hashes are slow on purpose); each test gets a copy."""
+    return Gate(tmp_path_factory.mktemp("gate-template") / "data", scanned, 12)
+
+
 @pytest.fixture
-def gate(tmp_path, scanned) -> Gate:
-    return Gate(tmp_path / "data", scanned, 12)
+def gate(tmp_path, scanned, gate_template) -> Gate:
+    return Gate(tmp_path / "data", scanned, 12, template=gate_template)

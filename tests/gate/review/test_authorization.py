@@ -48,8 +48,8 @@ ENDPOINTS = [
 
 
 @pytest.fixture
-def matrix_gate(tmp_path, scanned) -> Gate:
-    gate = Gate(tmp_path / "data", scanned, 6)
+def matrix_gate(tmp_path, scanned, gate_template) -> Gate:
+    gate = Gate(tmp_path / "data", scanned, 12, template=gate_template)
     gate.reference = sorted((gate.data_dir / "references").rglob("*.png"))[0].read_bytes()
     return gate
 

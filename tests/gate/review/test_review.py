@@ -122,7 +122,9 @@ def test_escalated_items_are_for_operators(gate):
 
     with pytest.raises(Forbidden):
         review.decide(gate.db, MOD, item, "allow", "fine")
+    assert review.counts(gate.db) == {"quarantined": 11, "disputed": 0, "escalated": 1}
     assert review.decide(gate.db, OP, item, "allow", "original character")["verdict"] == "allow"
+    assert review.counts(gate.db) == {"quarantined": 11, "disputed": 0, "escalated": 0}
 
 
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 2001])
@@ -276,3 +278,32 @@ def test_rights_holders_manage_only_their_own_characters(gate, tmp_path):
     assert retired.get_json()["status"] == "retired"
     matches = client.get(f"/v1/characters/{gate.own_character}/matches", headers=headers)
     assert matches.status_code == 200
+
+
+def test_a_scan_that_ends_in_quarantine_enters_the_queue(gate, scanned):
+    """Whatever decides an upload (the jobs, the reconciler) goes through uploads.transition: the record's
+    trigger puts a quarantine in the queue with its strongest match's character, rights holder and score."""
+    from pathlib import Path
+
+    from gate.uploads import UploadState, record_upload, transition
+
+    scan = scanned[0][0]
+    upload = record_upload(gate.db, "direct", {"hub": "civitai-test", "uploader": "newcomer"}, Path("/nonexistent"),
+                           scan["file_sha256"], scan["file_size"], scan["filename"]).upload
+    before = review.counts(gate.db)["quarantined"]
+    transition(gate.db, upload["id"], UploadState.DECIDED, "gate", "decided quarantine",
+               {"verdict": "quarantine", "reasons": json.dumps(scan["reasons"]), "matches": json.dumps(scan["matches"]),
+                "tensor_hash": scan["tensor_hash"]})
+    row = gate.db["uploads"].get(upload["id"])
+    top = max(scan["matches"], key=lambda m: m["best_score"])
+    assert row["review_status"] == "quarantined" and row["review_character"] == top["character"]
+    assert row["review_score"] == top["best_score"]
+    assert row["review_rights_holder"] == gate.db["characters"].get(top["character"])["rights_holder"]
+    assert review.counts(gate.db)["quarantined"] == before + 1
+
+
+@pytest.mark.parametrize("path", ["/queue/../evidence/x.png", "/queue/..%2f..%2fgate.db/evidence/00_render.png",
+                                  "/queue/{item}/evidence/evidence.json", "/queue/{item}/evidence/..%2f..%2fgate.db"])
+def test_evidence_paths_stay_inside_the_items_folder(gate, path):
+    answer = gate.client("mod").get(path.format(item=gate.ids[0]))
+    assert answer.status_code == 404

@@ -1,0 +1,50 @@
+"""`gate users`, `gate tokens` and `gate audit` in a fresh process, as an operator at a shell runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_accounts_tokens_and_the_audit_export(tmp_path):
+    env = {**os.environ, "GATE_DATA_DIR": str(tmp_path / "data")}
+
+    def gate(*args, stdin=None):
+        return subprocess.run([sys.executable, "-m", "gate", *args], input=stdin, capture_output=True, text=True,
+                              timeout=120, cwd=REPO, env=env)
+
+    added = gate("users", "add", "alice", "--role", "moderator", "--password-stdin", stdin="a long password\n")
+    assert added.returncode == 0, added.stderr
+    weak = gate("users", "add", "bob", "--role", "moderator", "--password-stdin", stdin="short\n")
+    assert weak.returncode == 1 and "password_weak" in weak.stderr and "Traceback" not in weak.stderr
+    assert gate("users", "add", "civitai", "--role", "hub").returncode == 0
+    rights = gate("users", "add", "toho", "--role", "rights_holder")
+    assert rights.returncode == 2 and "--party" in rights.stderr
+    listed = json.loads(gate("users", "list", "--json").stdout)
+    assert [(a["username"], a["role"]) for a in listed] == [("alice", "moderator"), ("civitai", "hub")]
+
+    created = gate("tokens", "create", "civitai", "--name", "relay")
+    token = created.stdout.strip()
+    assert created.returncode == 0 and token.startswith("gt_")
+    assert token not in (tmp_path / "data" / "gate.db").read_bytes().decode("latin-1")  # only its sha256 is kept
+    assert gate("tokens", "create", "alice").returncode == 1  # people sign in; no tokens
+    assert gate("tokens", "revoke", "1", "--reason", "rotated").returncode == 0
+    assert "revoked" in gate("tokens", "list").stdout
+    assert gate("users", "disable", "alice", "--reason", "left").returncode == 0
+    assert "disabled" in gate("users", "list").stdout
+
+    exported = gate("audit", "export", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(exported.stdout)))
+    assert [r["action"] for r in rows] == ["account.create", "account.create", "token.create", "token.revoke",
+                                           "account.disable"]
+    assert rows[-1]["reason"] == "left" and rows[-1]["actor_role"] == "shell"
+    as_json = json.loads(gate("audit", "export", "--format", "json").stdout)
+    assert [r["hash"] for r in as_json] == [r["hash"] for r in rows]
+    assert gate("audit", "verify").stdout.startswith("ok: 5 entries")
+    assert gate("audit", "export", "--format", "xml").returncode == 2
