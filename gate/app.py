@@ -12,6 +12,7 @@ from gate.errors import GateError
 STATUS = {"signature_missing": 401, "signature_malformed": 401, "signature_expired": 401,
           "signature_mismatch": 401, "webhook_secret_mismatch": 401, "worker_token_mismatch": 401,
           "upload_not_found": 404, "not_configured": 503}
+STATUS.update({"delivery_not_found": 404})  # Hugging Face webhooks and URL uploads
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -22,13 +23,15 @@ def create_app(config: dict | None = None) -> Flask:
     # Room for the weights plus the multipart envelope and the hub's record.
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_file_bytes + 4 * 1024 * 1024
 
-    from gate.web import api, health, hooks, internal, record
+    from gate.web import api, deliveries, health, hooks, huggingface, internal, record
 
     record.init_app(app)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(internal.bp)
+    app.register_blueprint(huggingface.bp)
+    app.register_blueprint(deliveries.bp)
 
     @app.errorhandler(GateError)
     def gate_error(exc: GateError):
