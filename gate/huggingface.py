@@ -129,9 +129,17 @@ def hub_errors(what: str, call):
         raise FetchError(f"{what}: the Hub refused (HTTP {status})", "hub_error") from None
     except (ValueError, TypeError, KeyError) as exc:  # an answer that is not what the Hub sends
         raise FetchError(f"{what}: unexpected answer from the Hub ({exc})", "hub_error") from None
-    except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS, timeouts: all worth a retry
+    except Exception as exc:
+        if not _transport_error(exc):
+            raise
         raise FetchError(f"{what}: the Hub is unreachable ({type(exc).__name__}: {exc})", "hub_unreachable",
                          transient=True) from None
+
+
+def _transport_error(exc: Exception) -> bool:
+    """Connection refused, DNS, TLS, timeouts: from the HTTP client huggingface_hub uses (httpx or requests)."""
+    package = type(exc).__module__.split(".")[0]
+    return isinstance(exc, OSError) or package in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
 
 
 @dataclass(frozen=True)

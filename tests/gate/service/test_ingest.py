@@ -32,8 +32,8 @@ def hf_service(hub, monkeypatch, request):
     return request.getfixturevalue("service")
 
 
-def _hook(service, body: dict) -> dict:
-    request = urllib.request.Request(f"{service.base}/webhooks/huggingface", data=json.dumps(body).encode(),
+def _hook(gate, body: dict) -> dict:
+    request = urllib.request.Request(f"{gate.base}/webhooks/huggingface", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json", "X-Webhook-Secret": HOOK_SECRET})
     with urllib.request.urlopen(request, timeout=10) as answer:
         assert answer.status == 202
