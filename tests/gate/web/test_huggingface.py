@@ -212,6 +212,22 @@ def test_a_missing_repo_or_revision_fails_with_a_clear_code(client, hub, corpus_
     assert delivery["state"] == "failed" and delivery["error"]["code"] == code
 
 
+@pytest.mark.parametrize("token,state", [("hf_right", "fetched"), ("hf_wrong", "failed")])
+def test_the_token_is_sent_to_the_hub(tmp_path, corpus_dir, token, state):
+    hub = HubStandIn(token="hf_right").start()
+    try:
+        client = make_app(tmp_path, hub, huggingface={"token": token}).test_client()
+        hub.add("ivan/private", SHA_A, {"lora.safetensors": (corpus_dir / "random_names.safetensors").read_bytes()})
+        delivery = wait_delivery(client, send_hook(client, payload("ivan/private")).get_json()["id"])
+        assert delivery["state"] == state
+        if state == "failed":
+            assert delivery["error"]["code"] == "repo_not_found"
+        else:
+            assert hub.downloads == [("ivan/private", SHA_A, "lora.safetensors")]
+    finally:
+        hub.stop()
+
+
 def test_the_hub_down_then_up_is_retried(client, hub, corpus_dir):
     hub.add("grace/lora", SHA_A, {"lora.safetensors": (corpus_dir / "random_names.safetensors").read_bytes()})
     hub.stop()
