@@ -430,3 +430,8 @@ def db_migrate() -> None:
     settings = _settings()
     applied = [row["name"] for row in open_db(settings.db_path)["_sqlite_migrations"].rows_where(order_by="id")]
     click.echo(f"{settings.db_path}: {len(applied)} migrations applied, latest {applied[-1]}")
+
+
+from gate.cli_ingest import deliveries  # noqa: E402 - registered after the group is built
+
+main.add_command(deliveries)

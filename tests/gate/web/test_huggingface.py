@@ -10,8 +10,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from click.testing import CliRunner
 
 from gate.app import create_app
+from gate.cli import main
 from gate.signatures import sign
 from tests.gate.web.hub_standin import HubStandIn
 
@@ -170,13 +172,20 @@ def test_only_new_or_changed_weight_files_become_uploads(client, hub, corpus_dir
     assert sorted(u["filename"] for u in delivery["uploads"]) == ["three.safetensors", "two.safetensors"]
 
 
-def test_a_redelivery_is_one_delivery_and_fetches_once(client, hub, corpus_dir):
+def test_a_redelivery_is_one_delivery_and_fetches_once(client, hub, corpus_dir, tmp_path, monkeypatch):
     hub.add("carol/lora", SHA_A, {"lora.safetensors": (corpus_dir / "random_names.safetensors").read_bytes()})
     first = send_hook(client, payload("carol/lora")).get_json()
     again = send_hook(client, payload("carol/lora")).get_json()
     assert again["id"] == first["id"] and again["duplicate"] is True
     wait_delivery(client, first["id"])
     assert len(hub.downloads) == 1
+    monkeypatch.setenv("GATE_DATA_DIR", str(tmp_path / "data"))
+    listed = CliRunner().invoke(main, ["deliveries"])
+    assert listed.exit_code == 0 and listed.output.count(first["id"]) == 1
+    assert "carol/lora@aaaaaaaaaaaa" in listed.output
+    shown = CliRunner().invoke(main, ["deliveries", first["id"]])
+    assert json.loads(shown.output)["state"] == "fetched"
+    assert CliRunner().invoke(main, ["deliveries", "dl_nope"]).exit_code == 1
 
 
 def test_a_pickle_bin_becomes_an_upload_refused_with_format_pickle(client, hub, corpus_dir):
