@@ -4,11 +4,14 @@ real HTTP, the Hub stand-in (tests/gate/web/hub_standin.py, the only stand-in) s
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 
-from tests.conftest import world_lora
+from tests.conftest import REPO, world_lora
 from tests.gate.service.test_queues import _final, _status, _wait, service  # noqa: F401 - the fixture
 from tests.gate.web.hub_standin import HubStandIn
 from tests.gate.web.test_huggingface import HOOK_SECRET, SHA_A, payload
@@ -71,6 +74,31 @@ def test_a_hub_webhook_ends_in_a_verdict(hf_service, hub, world):
         assert upload["id"] in hub.discussions[0][1]["description"]
     else:
         assert hub.settings_received == []
+
+
+def test_a_blocked_hub_upload_makes_the_repo_private_and_opens_a_discussion(hf_service, hub, world, tmp_path):
+    lora = world_lora(world, kind="character", trigger=None, metadata_style="honest")
+    env = {**os.environ, "GATE_DATA_DIR": str(tmp_path / "data")}
+    inspected = subprocess.run([sys.executable, "-m", "gate", "inspect", "--json", str(world.path(lora["path"]))],
+                               cwd=REPO, capture_output=True, text=True, env=env)
+    tensor_hash = json.loads(inspected.stdout)["tensor_hash"]
+    added = subprocess.run([sys.executable, "-m", "gate", "blocklist", "add", tensor_hash, "--reason", "takedown"],
+                           cwd=REPO, capture_output=True, text=True, env=env)
+    assert added.returncode == 0, added.stderr
+    hf_service.spawn("worker", "--queues", "intake", log="worker-intake")  # blocklisted: decided without rendering
+    hub.fail_writes = 1  # the Hub refuses the first write: retried
+    hub.add("mallory/reupload", SHA_A, {"ultra.safetensors": world.path(lora["path"]).read_bytes()})
+    delivery = _fetched(_hook(hf_service, payload("mallory/reupload", SHA_A))["status_url"])
+    [upload] = delivery["uploads"]
+    final = _final(f"{hf_service.base}/v1/uploads/{upload['id']}", hf_service, timeout=120)
+    assert final["verdict"] == "block", final
+    _wait(lambda: hub.settings_received and hub.discussions, 90, "the block adapter did not act")
+    assert hub.settings_received == [("mallory/reupload", {"visibility": "private"})]
+    assert upload["id"] in hub.discussions[0][1]["description"]
+    report = subprocess.run([sys.executable, "-m", "gate", "status", upload["id"], "--json"], cwd=REPO,
+                            capture_output=True, text=True, env=env)
+    journal = "\n".join(json.loads(report.stdout)["journal"])
+    assert "repo made private" in journal and "discussion #1 opened" in journal
 
 
 def test_a_webhook_while_redis_is_down_is_fetched_when_it_is_back(hf_service, hub, corpus_dir):
