@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.webhook_load import SECRET, _drive, _free_port, _requests
 from gate import signatures
+from gate.db import open_db
 
 REPO = Path(__file__).resolve().parent.parent
 HOOK_SECRET = "load-hook-secret"
@@ -64,6 +65,9 @@ def main() -> None:
     redis.flushdb()
     count = int(args.rate * args.seconds)
     with tempfile.TemporaryDirectory(prefix="gate-hf-load-") as data:
+        # Migrate first, as a deployment does (`gate db migrate`): gunicorn workers starting together on a fresh
+        # record race to create the migrations table.
+        open_db(Path(data) / "gate.db").conn.close()
         port = _free_port()
         env = {**os.environ, "GATE_DATA_DIR": data, "GATE_UPLOAD_SECRET": SECRET, "REDIS_URL": args.redis,
                "GATE_HUGGINGFACE_WEBHOOK_SECRET": HOOK_SECRET, "GATE_HUGGINGFACE_ENDPOINT": "http://127.0.0.1:9"}
