@@ -42,14 +42,24 @@ def start_fetch(queues: Queues, delivery_id: str, generation: int = 0) -> None:
                    job_id=fetch_job_id(delivery_id, generation))
 
 
-def enqueue_fetch(delivery_id: str) -> None:
-    """From the web gate: start the fetch; with Redis down the delivery stays recorded and the reconciler starts it."""
+def accept_delivery(db, recorded) -> dict:
+    """From the web gate, once a delivery is recorded: start its fetch if it is new; a failed one sent again is
+    tried again (a new generation). With Redis down it stays recorded and the reconciler starts it."""
+    delivery = recorded.delivery
+    if not recorded.created:
+        with writing(db):  # read and bump under one lock: two redeliveries at once retry it once
+            delivery = get_delivery(db, delivery["id"])
+            if delivery["state"] != DeliveryState.FAILED:
+                return delivery
+            delivery = update_delivery(db, delivery["id"], DeliveryState.RECEIVED, attempts=0,
+                                       generation=(delivery["generation"] or 0) + 1)
     from gate.jobs import dispatcher
 
     try:
-        start_fetch(dispatcher().queues, delivery_id)
+        start_fetch(dispatcher().queues, delivery["id"], delivery["generation"] or 0)
     except Exception as exc:  # noqa: BLE001 - recorded is what matters; the reconciler retries
-        log.warning("could not enqueue delivery %s (%s); the reconciler will", delivery_id, exc)
+        log.warning("could not enqueue delivery %s (%s); the reconciler will", delivery["id"], exc)
+    return delivery
 
 
 def _limit(settings: Settings) -> int:

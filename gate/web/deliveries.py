@@ -55,10 +55,8 @@ def url_upload(secret: str):
     # The same URL with the same hub record is one delivery, however often the hub retries it.
     key = "url|" + hashlib.sha256(json.dumps([url, meta], sort_keys=True).encode()).hexdigest()
     recorded = record_delivery(db(), "url", key, raw.decode("utf-8", errors="replace"), url=url, meta=meta)
-    if recorded.created:
-        from gate.ingest import enqueue_fetch
+    from gate.ingest import accept_delivery
 
-        enqueue_fetch(recorded.delivery["id"])
-    delivery = recorded.delivery
+    delivery = accept_delivery(db(), recorded)
     return jsonify(id=delivery["id"], status=delivery["state"], duplicate=not recorded.created,
                    status_url=url_for("deliveries.delivery_status", delivery_id=delivery["id"], _external=True)), 202

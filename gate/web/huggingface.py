@@ -52,8 +52,6 @@ def huggingface_webhook():
         return _answer(recorded.delivery, recorded.created, 200)
     recorded = record_delivery(db(), HUB, webhook.key, text, repo_id=webhook.repo_id, revision=webhook.revision,
                                meta={"previous": webhook.previous, "event": f"{webhook.scope}.{webhook.action}"})
-    if recorded.created:
-        from gate.ingest import enqueue_fetch
+    from gate.ingest import accept_delivery
 
-        enqueue_fetch(recorded.delivery["id"])
-    return _answer(recorded.delivery, recorded.created, 202)
+    return _answer(accept_delivery(db(), recorded), recorded.created, 202)

@@ -221,6 +221,16 @@ def test_a_missing_repo_or_revision_fails_with_a_clear_code(client, hub, corpus_
     assert delivery["state"] == "failed" and delivery["error"]["code"] == code
 
 
+def test_a_failed_delivery_sent_again_is_tried_again(client, hub, corpus_dir):
+    first = wait_delivery(client, send_hook(client, payload("judy/late")).get_json()["id"])
+    assert first["error"]["code"] == "repo_not_found"
+    hub.add("judy/late", SHA_A, {"lora.safetensors": (corpus_dir / "random_names.safetensors").read_bytes()})
+    again = send_hook(client, payload("judy/late")).get_json()
+    assert again["id"] == first["id"] and again["duplicate"] is True
+    delivery = wait_delivery(client, again["id"])
+    assert delivery["state"] == "fetched" and len(delivery["uploads"]) == 1 and "error" not in delivery
+
+
 @pytest.mark.parametrize("token,state", [("hf_right", "fetched"), ("hf_wrong", "failed")])
 def test_the_token_is_sent_to_the_hub(tmp_path, corpus_dir, token, state):
     hub = HubStandIn(token="hf_right").start()
