@@ -10,9 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # Models load from local directories only; nothing is fetched from a hub at run time.
-    HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1 \
+    # Models load from local directories with local_files_only=True, so no offline switch is needed for them;
+    # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE, which huggingface_hub also reads) would make every Hub call
+    # fail, including the fetch of a repo's files after a Hugging Face webhook. Telemetry stays off.
     HF_HUB_DISABLE_TELEMETRY=1 \
     GATE_DATA_DIR=/data \
     GATE_WORLD_DIR=/app/fixtures/world

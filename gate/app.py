@@ -17,6 +17,7 @@ STATUS = {"signature_missing": 401, "signature_malformed": 401, "signature_expir
           "account_disabled": 403, "forbidden": 403, "csrf_failed": 403, "character_not_found": 404,
           "account_not_found": 404, "claimed_by_other": 409, "not_in_queue": 409, "dispute_exists": 409,
           "dispute_not_allowed": 409}
+STATUS.update({"delivery_not_found": 404})  # Hugging Face webhooks and URL uploads
 
 
 def create_app(config: dict | None = None) -> Flask:
@@ -27,7 +28,7 @@ def create_app(config: dict | None = None) -> Flask:
     # Room for the weights plus the multipart envelope and the hub's record.
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_file_bytes + 4 * 1024 * 1024
 
-    from gate.web import api, health, hooks, internal, record
+    from gate.web import api, deliveries, health, hooks, huggingface, internal, record
 
     record.init_app(app)
     app.register_blueprint(hooks.bp)
@@ -37,6 +38,8 @@ def create_app(config: dict | None = None) -> Flask:
     from gate.web import auth, disputes, review, rights  # issue 7: moderators, hubs' disputes, rights holders
     for surface in (auth, review, disputes, rights):
         app.register_blueprint(surface.bp)
+    app.register_blueprint(huggingface.bp)
+    app.register_blueprint(deliveries.bp)
 
     @app.errorhandler(GateError)
     def gate_error(exc: GateError):

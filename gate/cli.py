@@ -450,3 +450,7 @@ from gate.cli_review import audit_group, tokens, users  # noqa: E402 - issue 7's
 main.add_command(users)
 main.add_command(tokens)
 main.add_command(audit_group)
+
+from gate.cli_ingest import deliveries  # noqa: E402 - registered after the group is built
+
+main.add_command(deliveries)

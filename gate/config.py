@@ -61,6 +61,32 @@ class ReviewSettings:
 
 
 @dataclass(frozen=True)
+class HuggingFaceSettings:
+    """The Hugging Face Hub: its webhooks, where weights are fetched from, and what a block does to a repo."""
+
+    # The secret the Hub sends verbatim in X-Webhook-Secret; unset, POST /webhooks/huggingface answers 503.
+    webhook_secret: str = ""
+    # The Hub's API (or a self-hosted hub / mirror); repos are listed and files fetched from here.
+    endpoint: str = "https://huggingface.co"
+    # A token that can read the repos (and, for block_action, change their settings and open discussions).
+    token: str = ""
+    # Most weight files taken from one revision; more is refused (too_many_files).
+    max_files: int = 20
+    # What a final block does to the Hub repo: "" (nothing, the default), "private" or "gated".
+    block_action: str = ""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """Bounds on fetching weights from a hub or a URL, enforced while streaming, not only from headers."""
+
+    max_bytes: int = 4096 * MiB
+    timeout_seconds: float = 600.0
+    connect_timeout_seconds: float = 10.0
+    max_redirects: int = 5
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gate can be told; defaults run a single machine on the embedded fixture world."""
 
@@ -93,6 +119,8 @@ class Settings:
     intake: IntakeLimits = field(default_factory=IntakeLimits)
     repeat: RepeatSettings = field(default_factory=RepeatSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
+    huggingface: HuggingFaceSettings = field(default_factory=HuggingFaceSettings)
+    fetch: FetchLimits = field(default_factory=FetchLimits)
 
     @property
     def db_path(self) -> Path:

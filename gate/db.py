@@ -137,6 +137,32 @@ def m202_rescans(db: Database) -> None:
     db["rescan_items"].create_index(["run_id", "state"])
 
 
+@migrations()
+def m301_deliveries(db: Database) -> None:
+    # Deliveries that name weights elsewhere (a Hugging Face webhook, a URL upload): recorded before they are
+    # answered, then fetched on the intake queue; each becomes zero or more uploads.
+    db["deliveries"].create(
+        {"id": str, "kind": str, "delivery_key": str, "payload": str, "repo_id": str, "revision": str, "url": str,
+         "meta": str, "state": str, "reason": str, "upload_ids": str, "error_code": str, "error_message": str,
+         "attempts": int, "generation": int, "created_at": str, "updated_at": str},
+        pk="id", defaults={"attempts": 0, "generation": 0, "upload_ids": "[]"},
+    )
+    db["deliveries"].create_index(["delivery_key"], unique=True)
+    db["deliveries"].create_index(["state"])
+
+
+@migrations()
+def m302_hub_actions(db: Database) -> None:
+    # What the gate did (or tried to do) to a hub after a block: one row per action, retried until done.
+    db["hub_actions"].create(
+        {"id": int, "upload_id": str, "hub": str, "repo_id": str, "action": str, "state": str, "attempts": int,
+         "next_attempt_at": str, "last_error": str, "result": str, "created_at": str, "done_at": str},
+        pk="id", defaults={"attempts": 0, "state": "pending"},
+    )
+    db["hub_actions"].create_index(["upload_id", "action"], unique=True)
+    db["hub_actions"].create_index(["state", "next_attempt_at"])
+
+
 def open_db(path: str | Path) -> Database:
     """Open (creating if needed) the record and bring its schema up to date."""
     path = Path(path)

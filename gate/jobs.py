@@ -222,6 +222,9 @@ class Dispatcher:
             db = open_db(settings.db_path)
             for upload_id in pending(db):  # after a restart, nothing is lost
                 self.enqueue(upload_id, get_upload(db, upload_id)["generation"] or 0)
+            from gate.ingest import resume_deliveries
+
+            resume_deliveries(db, self.queues)  # Hugging Face webhooks and URL uploads
 
     def enqueue(self, upload_id: str, generation: int = 0) -> None:
         """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it.
@@ -262,6 +265,9 @@ class Dispatcher:
         from gate.callbacks import deliver_due
 
         deliver_due(self.settings, _db(self.settings))
+        from gate.hub_actions import enforce_blocks
+
+        enforce_blocks(self.settings, _db(self.settings))  # the Hugging Face adapter for blocks (off by default)
 
 
 _dispatchers: dict[str, Dispatcher] = {}

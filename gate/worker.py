@@ -43,13 +43,17 @@ def _heartbeat(queues: RedisQueues, name: str, settings: Settings, housekeeping:
 
 def _housekeeping(settings: Settings, queues: RedisQueues) -> None:
     from gate.callbacks import deliver_due
+    from gate.hub_actions import enforce_blocks
+    from gate.ingest import reconcile_deliveries
     from gate.reconcile import reconcile
     from gate.runtime import open_record
 
     db = open_record(settings)
     try:
         reconcile(db, queues)
+        reconcile_deliveries(db, queues)  # Hugging Face webhooks and URL uploads
         deliver_due(settings, db)
+        enforce_blocks(settings, db)  # the Hugging Face adapter for blocks (off by default)
     finally:
         db.conn.close()
 

@@ -19,10 +19,15 @@ bp = Blueprint("hooks", __name__)
 
 @bp.post("/v1/uploads")
 def direct_upload():
-    """A hub pushes a LoRA: multipart with a `file` part and an optional `meta` JSON part, signed."""
+    """A hub pushes a LoRA: multipart with a `file` part and an optional `meta` JSON part, signed (or a JSON
+    body naming a URL: gate.web.deliveries)."""
     config = settings()
     if not config.upload_secret:
         raise GateError("GATE_UPLOAD_SECRET is not set: this gate cannot authenticate uploads", "not_configured")
+    if request.mimetype == "application/json":  # a URL upload: the weights are fetched on the queue
+        from gate.web.deliveries import url_upload
+
+        return url_upload(config.upload_secret)
     if not request.mimetype == "multipart/form-data":
         raise UnsupportedMediaType("send multipart/form-data with a 'file' part (and an optional 'meta' part)")
     timestamp, candidates = signatures.parse_header(request.headers.get("X-Gate-Signature"))

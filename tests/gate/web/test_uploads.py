@@ -71,8 +71,11 @@ def test_bad_signatures_are_refused(client, change, status, code):
 
 
 def test_malformed_requests_get_clear_json_errors(client):
-    assert client.post("/v1/uploads", data=b"{}", content_type="application/json",
+    assert client.post("/v1/uploads", data=b"{}", content_type="text/plain",
                        headers={"X-Gate-Signature": sign(b"{}", SECRET)}).status_code == 415
+    no_url = client.post("/v1/uploads", data=b"{}", content_type="application/json",  # JSON is a URL upload
+                         headers={"X-Gate-Signature": sign(b"{}", SECRET)})
+    assert no_url.status_code == 400 and no_url.get_json()["error"]["code"] == "url_missing"
     no_header = client.post("/v1/uploads", data=b"x", content_type="multipart/form-data; boundary=x")
     assert no_header.status_code == 401 and no_header.get_json()["error"]["code"] == "signature_missing"
     body = b"--b\r\nContent-Disposition: form-data; name=\"meta\"\r\n\r\n{}\r\n--b--\r\n"

@@ -1,0 +1,129 @@
+"""Fetching weights over HTTP with limits: http/https only, Content-Length checked first, the size enforced while
+streaming, an overall deadline, a redirect cap, and typed errors. Used for URL uploads and Hub files alike.
+
+Runs only in jobs (the intake queue), never in a request thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gate.config import FetchLimits
+from gate.errors import GateError
+
+CHUNK = 1024 * 1024
+MAX_URL_CHARS = 4096
+SCHEMES = ("http", "https")
+
+
+class FetchError(GateError):
+    """A fetch failed; `transient` ones (the server unreachable or overloaded) are worth retrying."""
+
+    code = "fetch_failed"
+
+    def __init__(self, message: str, code: str | None = None, transient: bool = False):
+        super().__init__(message, code)
+        self.transient = transient
+
+
+def check_url(url: object) -> str:
+    """An absolute http(s) URL with a host, or a typed error (url_invalid) saying what is wrong."""
+    if not isinstance(url, str) or not url:
+        raise FetchError("url must be a non-empty string", "url_invalid")
+    if len(url) > MAX_URL_CHARS:
+        raise FetchError(f"url is longer than {MAX_URL_CHARS} characters", "url_invalid")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES:
+        raise FetchError(f"url scheme {parts.scheme or '(none)'!r} is not allowed: use http or https", "url_invalid")
+    if not parts.hostname:
+        raise FetchError("url has no host", "url_invalid")
+    return url
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows at most `limit` redirects, and only to http(s)."""
+
+    def __init__(self, limit: int):
+        self.max_redirections = limit
+        self.max_repeats = 2  # the same URL twice more is a loop
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_url(newurl)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    sha256: str
+    size: int
+
+
+def _http_error(url: str, exc: urllib.error.HTTPError) -> FetchError:
+    if 300 <= exc.code < 400:
+        return FetchError(f"{url}: too many redirects or a redirect loop", "fetch_redirects")
+    if exc.code in (404, 410):
+        return FetchError(f"{url}: not found (HTTP {exc.code})", "fetch_not_found")
+    if exc.code in (401, 403):
+        return FetchError(f"{url}: access denied (HTTP {exc.code})", "fetch_forbidden")
+    if exc.code == 429 or exc.code >= 500:
+        return FetchError(f"{url}: the server answered HTTP {exc.code}", "fetch_unreachable", transient=True)
+    return FetchError(f"{url}: the server refused (HTTP {exc.code})", "fetch_refused")
+
+
+def fetch_to_file(url: str, spool_dir: Path, limits: FetchLimits, max_bytes: int,
+                  headers: dict[str, str] | None = None) -> Fetched:
+    """Stream `url` into a new file under spool_dir, hashing as it goes; never more than max_bytes."""
+    check_url(url)
+    opener = urllib.request.build_opener(_Redirects(limits.max_redirects))
+    request = urllib.request.Request(url, headers={"User-Agent": "lora-gate"})
+    for name, value in (headers or {}).items():
+        request.add_unredirected_header(name, value)  # credentials never follow a redirect to another host
+    deadline = time.monotonic() + limits.timeout_seconds
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    target = None
+    try:
+        with opener.open(request, timeout=limits.connect_timeout_seconds) as answer:
+            declared = answer.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise FetchError(f"{url}: Content-Length {declared} is over the limit of {max_bytes} bytes",
+                                 "fetch_too_large")
+            digest, size = hashlib.sha256(), 0
+            with tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".fetch") as out:
+                target = Path(out.name)
+                while chunk := answer.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise FetchError(f"{url}: the body is over the limit of {max_bytes} bytes", "fetch_too_large")
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"{url}: not fetched within {limits.timeout_seconds:g} s", "fetch_timeout",
+                                         transient=True)
+                    digest.update(chunk)
+                    out.write(chunk)
+    except FetchError:
+        _discard(target)
+        raise
+    except urllib.error.HTTPError as exc:
+        _discard(target)
+        raise _http_error(url, exc) from None
+    except TimeoutError:
+        _discard(target)
+        raise FetchError(f"{url}: timed out", "fetch_timeout", transient=True) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        _discard(target)
+        reason = getattr(exc, "reason", exc)
+        raise FetchError(f"{url}: unreachable ({reason})", "fetch_unreachable", transient=True) from None
+    return Fetched(target, digest.hexdigest(), size)
+
+
+def _discard(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)

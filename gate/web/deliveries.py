@@ -1,0 +1,62 @@
+"""Deliveries that name weights elsewhere: URL uploads (POST /v1/uploads with a JSON body, signed like the
+multipart form) and the status of any delivery (GET /v1/deliveries/<id>). The fetch runs on the intake queue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from flask import Blueprint, jsonify, request, url_for
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from gate import signatures
+from gate.deliveries import get_delivery, record_delivery, status
+from gate.errors import GateError
+from gate.fetch import check_url
+from gate.uploads import parse_meta
+from gate.web.record import db
+
+bp = Blueprint("deliveries", __name__)
+MAX_BODY_BYTES = 256 * 1024
+
+
+class UrlUploadInvalid(GateError):
+    code = "body_invalid"
+
+
+@bp.get("/v1/deliveries/<delivery_id>")
+def delivery_status(delivery_id: str):
+    """State (received / fetching / fetched / ignored / failed / invalid), the uploads made, and the error."""
+    return jsonify(status(db(), get_delivery(db(), delivery_id)))
+
+
+def url_upload(secret: str):
+    """A hub names a LoRA by URL: `{"url": ..., "meta": {...}}`, signed over the raw body; fetched later."""
+    timestamp, candidates = signatures.parse_header(request.headers.get("X-Gate-Signature"))
+    signatures.check_timestamp(timestamp)
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge(f"a URL upload's body is at most {MAX_BODY_BYTES} bytes")
+    raw = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise RequestEntityTooLarge(f"a URL upload's body is at most {MAX_BODY_BYTES} bytes")
+    mac = signatures.signer(secret, timestamp)
+    mac.update(raw)
+    signatures.check_mac(mac.hexdigest(), candidates)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise UrlUploadInvalid("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise UrlUploadInvalid("the body must be a JSON object with 'url' (and an optional 'meta')")
+    if "url" not in body:
+        raise UrlUploadInvalid("the body has no 'url'", "url_missing")
+    url = check_url(body["url"])
+    meta = parse_meta(body.get("meta"))
+    # The same URL with the same hub record is one delivery, however often the hub retries it.
+    key = "url|" + hashlib.sha256(json.dumps([url, meta], sort_keys=True).encode()).hexdigest()
+    recorded = record_delivery(db(), "url", key, raw.decode("utf-8", errors="replace"), url=url, meta=meta)
+    from gate.ingest import accept_delivery
+
+    delivery = accept_delivery(db(), recorded)
+    return jsonify(id=delivery["id"], status=delivery["state"], duplicate=not recorded.created,
+                   status_url=url_for("deliveries.delivery_status", delivery_id=delivery["id"], _external=True)), 202
