@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,7 +172,11 @@ def open_db(path: str | Path) -> Database:
     db.enable_wal()
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 5000")
-    migrations.apply(db)
+    # Processes starting together on a new record (gunicorn's workers) would race to create the migrations
+    # table; a lock file beside the record lets one migrate while the others wait.
+    with open(path.parent / f"{path.name}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        migrations.apply(db)
     return db
 
 
