@@ -84,6 +84,9 @@ class FetchLimits:
     timeout_seconds: float = 600.0
     connect_timeout_seconds: float = 10.0
     max_redirects: int = 5
+    # URL uploads name hosts the uploader chose: only public addresses are fetched from unless this is set
+    # (a hub that serves its files from its own network; the tests' local file server).
+    allow_private_addresses: bool = False
 
 
 @dataclass(frozen=True)

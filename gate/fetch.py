@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
 import tempfile
 import time
 import urllib.error
@@ -48,6 +49,33 @@ def check_url(url: object) -> str:
     return url
 
 
+def _public_only(connection_class):
+    """A connection class that refuses, once connected and before sending anything, a peer that is not a public
+    address (loopback, private, link-local such as cloud metadata): the check is on the address actually
+    connected to, so DNS tricks and redirects cannot reach the gate's own network."""
+
+    class PublicOnly(connection_class):
+        def connect(self):
+            super().connect()
+            address = ipaddress.ip_address(self.sock.getpeername()[0].split("%")[0])
+            if not address.is_global:
+                self.sock.close()
+                raise FetchError(f"{self.host} is at {address}, not a public address: the gate fetches uploads "
+                                 "only from the internet", "url_private")
+
+    return PublicOnly
+
+
+class _PublicHTTP(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_public_only(http.client.HTTPConnection), req)
+
+
+class _PublicHTTPS(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_public_only(http.client.HTTPSConnection), req, context=self._context)
+
+
 class _Redirects(urllib.request.HTTPRedirectHandler):
     """Follows at most `limit` redirects, and only to http(s)."""
 
@@ -80,10 +108,14 @@ def _http_error(url: str, exc: urllib.error.HTTPError) -> FetchError:
 
 
 def fetch_to_file(url: str, spool_dir: Path, limits: FetchLimits, max_bytes: int,
-                  headers: dict[str, str] | None = None) -> Fetched:
-    """Stream `url` into a new file under spool_dir, hashing as it goes; never more than max_bytes."""
+                  headers: dict[str, str] | None = None, public_only: bool = False) -> Fetched:
+    """Stream `url` into a new file under spool_dir, hashing as it goes; never more than max_bytes. With
+    `public_only` (a URL an uploader chose), only public addresses are connected to."""
     check_url(url)
-    opener = urllib.request.build_opener(_Redirects(limits.max_redirects))
+    handlers = [_Redirects(limits.max_redirects)]
+    if public_only:
+        handlers += [_PublicHTTP(), _PublicHTTPS()]
+    opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(url, headers={"User-Agent": "lora-gate"})
     for name, value in (headers or {}).items():
         request.add_unredirected_header(name, value)  # credentials never follow a redirect to another host

@@ -144,7 +144,8 @@ def _fetch_url(settings: Settings, db, queues: Queues, delivery: dict, upload_id
         return  # fetched on an earlier attempt
     meta = json.loads(delivery["meta"] or "{}")
     url = delivery["url"]
-    fetched = fetch_to_file(url, settings.data_dir / "incoming", settings.fetch, _limit(settings))
+    fetched = fetch_to_file(url, settings.data_dir / "incoming", settings.fetch, _limit(settings),
+                            public_only=not settings.fetch.allow_private_addresses)
     filename = posixpath.basename(unquote(urlsplit(url).path)) or "upload.safetensors"
     _accept(settings, db, queues, "url", meta, fetched, filename, url, upload_ids)
 

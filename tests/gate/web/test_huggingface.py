@@ -34,7 +34,9 @@ def hub():
 def make_app(tmp_path, hub: HubStandIn, **overrides):
     config = {"data_dir": str(tmp_path / "data"), "upload_secret": UPLOAD_SECRET,
               "huggingface": {"webhook_secret": HOOK_SECRET, "endpoint": hub.endpoint,
-                              **overrides.pop("huggingface", {})}, **overrides}
+                              **overrides.pop("huggingface", {})},
+              # the file server below is on loopback, which URL uploads refuse by default
+              "fetch": {"allow_private_addresses": True, **overrides.pop("fetch", {})}, **overrides}
     return create_app(config)
 
 
@@ -279,10 +281,14 @@ class FileServer(ThreadingHTTPServer):
     """A plain HTTP server for URL uploads: a file, a 404, a body too big without Content-Length, a loop."""
 
     def __init__(self, data: bytes):
+        requests: list[str] = []
+        self.requests = requests
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"  # no Content-Length: the body ends when the connection closes
 
             def do_GET(self):
+                requests.append(self.path)
                 if self.path == "/lora.safetensors":
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
@@ -347,6 +353,14 @@ def test_url_fetch_failures_are_typed(tmp_path, hub, files, path, code):
     delivery = wait_delivery(client, post_url(client, {"url": files.url(path)}).get_json()["id"])
     assert delivery["state"] == "failed" and delivery["error"]["code"] == code
     assert not list((tmp_path / "data" / "incoming").glob("*.fetch"))  # nothing half-fetched is left
+
+
+def test_url_uploads_refuse_private_addresses_by_default(tmp_path, hub, files):
+    client = make_app(tmp_path, hub, fetch={"allow_private_addresses": False}).test_client()
+    for url in (files.url("/lora.safetensors"), files.url("/lora.safetensors").replace("127.0.0.1", "localhost")):
+        delivery = wait_delivery(client, post_url(client, {"url": url}).get_json()["id"])
+        assert delivery["state"] == "failed" and delivery["error"]["code"] == "url_private"
+    assert files.requests == [], "nothing was sent to the private address"
 
 
 @pytest.mark.parametrize("raw,code", [
