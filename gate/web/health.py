@@ -33,13 +33,22 @@ def readyz():
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus text format: uploads by state, decisions by verdict, queue depth."""
+    """Prometheus text format: uploads by state, decisions by verdict, deliveries, review items, queue depth."""
     lines = ["# HELP gate_uploads Uploads in the record, by state.", "# TYPE gate_uploads gauge"]
     for row in db().query("select state, count(*) as n from uploads group by state"):
         lines.append(f'gate_uploads{{state="{row["state"]}"}} {row["n"]}')
     lines += ["# HELP gate_decisions Decided uploads, by verdict.", "# TYPE gate_decisions gauge"]
     for row in db().query("select verdict, count(*) as n from uploads where verdict is not null group by verdict"):
         lines.append(f'gate_decisions{{verdict="{row["verdict"]}"}} {row["n"]}')
+    lines += ["# HELP gate_deliveries Webhook and URL deliveries in the record, by kind and state.",
+              "# TYPE gate_deliveries gauge"]
+    for row in db().query("select kind, state, count(*) as n from deliveries group by kind, state"):
+        lines.append(f'gate_deliveries{{kind="{row["kind"]}",state="{row["state"]}"}} {row["n"]}')
+    lines += ["# HELP gate_review_items Uploads waiting for a person, by review status.",
+              "# TYPE gate_review_items gauge"]
+    for row in db().query("select review_status, count(*) as n from uploads where review_status is not null "
+                          "group by review_status"):
+        lines.append(f'gate_review_items{{status="{row["review_status"]}"}} {row["n"]}')
     from gate.jobs import dispatcher
 
     lines += ["# HELP gate_queue_depth Jobs waiting, by queue.", "# TYPE gate_queue_depth gauge"]
