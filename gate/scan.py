@@ -229,7 +229,10 @@ class Scanner:
             else set()
 
     def conclude(self, result: ScanResult, thresholds: Thresholds | None = None) -> ScanResult:
-        """Match the renders and decide; separate from probing so evidence can be re-judged cheaply."""
+        """Match the renders and decide; separate from probing so evidence can be re-judged cheaply. A file intake
+        refused gets no decision: its result is the refusal."""
+        if not result.inspection.ok:
+            return result
         thresholds = thresholds or self.thresholds
         mark = time.perf_counter()
         if result.outcome is not None:
