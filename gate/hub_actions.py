@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from gate.callbacks import backoff
 from gate.config import Settings
 from gate.db import writing
-from gate.uploads import _journal
+from gate.uploads import journal
 
 log = logging.getLogger(__name__)
 ACTOR = "huggingface-adapter"
@@ -46,7 +46,7 @@ def owe_actions(settings: Settings, db) -> int:
                 db["hub_actions"].insert({"upload_id": upload["id"], "hub": "huggingface",
                                           "repo_id": upload["model_id"], "action": name, "state": "pending",
                                           "attempts": 0, "next_attempt_at": now, "created_at": now})
-            _journal(db, upload["id"], ACTOR, "hub actions owed", None, None,
+            journal(db, upload["id"], ACTOR, "hub actions owed", None, None,
                      {"repo": upload["model_id"], "actions": [action, "discussion"]})
     return len(blocked)
 
@@ -94,14 +94,14 @@ def perform_due(settings: Settings, db, limit: int = 20) -> int:
                 db["hub_actions"].update(row["id"], {
                     "attempts": attempts, "last_error": error, "state": state,
                     "next_attempt_at": _stamp(now + timedelta(seconds=backoff(attempts)))})
-                _journal(db, row["upload_id"], ACTOR, f"{row['action']} failed", None, None,
+                journal(db, row["upload_id"], ACTOR, f"{row['action']} failed", None, None,
                          {"repo": row["repo_id"], "attempt": attempts, "error": error, "gave_up": state == "failed"})
             log.warning("hub action %s on %s failed (%s)", row["action"], row["repo_id"], error)
             continue
         with writing(db):
             db["hub_actions"].update(row["id"], {"attempts": attempts, "state": "done", "result": result,
                                                  "done_at": _stamp(_now()), "last_error": None})
-            _journal(db, row["upload_id"], ACTOR, result, None, None, {"repo": row["repo_id"], "attempt": attempts})
+            journal(db, row["upload_id"], ACTOR, result, None, None, {"repo": row["repo_id"], "attempt": attempts})
         done += 1
     return done
 

@@ -26,7 +26,7 @@ from gate.config import Settings
 from gate.db import writing
 from gate.errors import GateError
 from gate.queues import CATALOGUE, Context, context, set_context
-from gate.uploads import UploadState, get_upload, transition
+from gate.uploads import UploadState, get_upload, journal, transition
 
 log = logging.getLogger(__name__)
 LIVE_JOB = {"queued", "started", "deferred", "scheduled"}
@@ -218,6 +218,16 @@ def rescan_upload(run_id: str, upload_id: str) -> str:
         if _item(db, run_id, upload_id)["state"] == "done":  # a second copy of this job finished first
             return "skipped"
         catalogue.record_scan(db, upload_id, result, scanner.engine.embedder_id)
+        if upload.get("reviewed_by") and after != before:  # a person's decision stands against a machine's
+            journal(db, upload_id, "rescan", f"rescanned: {after}, but {before} kept (decided by "
+                    f"{upload['reviewed_by']})", upload["state"], upload["state"],
+                    {"run": run_id, "verdict_before": before, "rescan_verdict": after,
+                     "probe_set_after": result.probe_set})
+            db["rescan_items"].update((run_id, upload_id), {
+                "state": "done", "verdict_before": before, "verdict_after": before, "finished_at": _now(),
+                "error": f"kept: {upload['reviewed_by']} decided {before}; the new probes say {after}",
+                "probe_set_before": upload["probe_set"], "probe_set_after": result.probe_set})
+            return str(before)
         updated = transition(
             db, upload_id, UploadState.DECIDED, "rescan", f"rescanned: {before} -> {after}",
             {"verdict": after, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),

@@ -21,7 +21,7 @@ from gate.accounts import Forbidden, allowed
 from gate.audit import Actor
 from gate.db import writing
 from gate.errors import GateError
-from gate.uploads import _journal, get_upload, status
+from gate.uploads import get_upload, journal, status
 
 PAGE_SIZE = 50
 BULK_LIMIT = 500
@@ -339,7 +339,7 @@ def decide(db: Database, actor: Actor, upload_id: str, action: str, reason: str)
         elif action == Action.ALLOW:
             _feed_back_allow(db, actor, before, reason)
         disputed = before["review_status"] == ReviewStatus.DISPUTED or bool(before["disputed_at"])
-        _journal(db, upload_id, actor.name, f"review {action}", before["state"], after["state"],
+        journal(db, upload_id, actor.name, f"review {action}", before["state"], after["state"],
                  {"reason": reason, "verdict": after["verdict"], "role": actor.role})
         audit.record(db, actor, f"decision.{action}", "upload", upload_id, reason, _snapshot(before),
                      _snapshot(after))
@@ -466,7 +466,7 @@ def file_dispute(db: Database, hub: dict, upload_id: str, statement: str, deadli
         db["uploads"].update(upload_id, {"dispute_statement": statement, "disputed_at": _iso(now),
                                          "dispute_deadline": deadline, "claimed_by": None, "claimed_until": None})
         after = get_upload(db, upload_id)
-        _journal(db, upload_id, actor.name, "disputed", before["state"], after["state"],
+        journal(db, upload_id, actor.name, "disputed", before["state"], after["state"],
                  {"statement": statement[:500], "deadline": deadline})
         audit.record(db, actor, "dispute.file", "upload", upload_id, statement, _snapshot(before), _snapshot(after))
         outbox.enqueue(db, upload_id, "dispute.received", {**_hub_status(after), "dispute": {

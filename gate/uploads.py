@@ -97,12 +97,13 @@ def record_upload(db: Database, source: str, meta: dict, file_path: Path, file_s
         if (first := existing.fetchone()) is not None:
             return Recorded(dict(zip(columns, first, strict=True)), False)
         db.execute(f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-        _journal(db, upload_id, "gate", "received", None, UploadState.RECEIVED, {"source": source})
+        journal(db, upload_id, "gate", "received", None, UploadState.RECEIVED, {"source": source})
     return Recorded({**dict.fromkeys(columns), "generation": 0, **row}, True)
 
 
-def _journal(db: Database, upload_id: str, actor: str, action: str, before: str | None, after: str | None,
-             detail: dict) -> None:
+def journal(db: Database, upload_id: str, actor: str, action: str, before: str | None, after: str | None,
+            detail: dict) -> None:
+    """One entry in an upload's append-only journal (call inside the transaction that made the change)."""
     db.execute("INSERT INTO upload_events (upload_id, at, actor, action, from_state, to_state, detail) "
                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                [upload_id, _now(), actor, action, before, after, json.dumps(detail, ensure_ascii=False)])
@@ -121,7 +122,7 @@ def transition(db: Database, upload_id: str, to_state: UploadState, actor: str, 
     with writing(db):
         before = get_upload(db, upload_id)["state"]
         db["uploads"].update(upload_id, {**(changes or {}), "state": to_state, "updated_at": _now()})
-        _journal(db, upload_id, actor, action, before, to_state, detail or {})
+        journal(db, upload_id, actor, action, before, to_state, detail or {})
     return get_upload(db, upload_id)
 
 

@@ -162,3 +162,19 @@ def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tm
         worker.kill()
         worker.wait(timeout=10)
         redis.stop()
+
+
+def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
+    db_path = decided_earlier / "gate.db"
+    with sqlite3.connect(db_path) as db:  # a moderator blocked the first upload; the rescan will not say block
+        upload_id = db.execute("select id from uploads order by created_at limit 1").fetchone()[0]
+        db.execute("update uploads set verdict = 'block', reviewed_by = 'alice' where id = ?", [upload_id])
+    env = {**NO_REDIS, "GATE_DATA_DIR": str(decided_earlier)}
+    result = run_gate("rescan", "--verdict", "block", "--json", env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["total"] == 1 and report["transitions"] == {"block -> block": 1}, report["counts"]
+    verdict, events = _query(db_path, "select verdict, (select group_concat(action, '|') from upload_events e "
+                                      "where e.upload_id = u.id) from uploads u where id = ?", [upload_id])[0]
+    assert verdict == "block" and "kept (decided by alice)" in events
+    assert _query(db_path, "select count(*) from outbox where upload_id = ?", [upload_id])[0][0] == 0
