@@ -7,7 +7,10 @@ each request's scheduled send time, so a server that falls behind is charged for
 The baseline, in the same run and the same server: `GET /healthz`, the framework's floor. After the run,
 every accepted delivery is counted in the record.
 
-    python -m benchmarks.webhook_load [--rate 500] [--seconds 10] [--workers 2] [--threads 4]
+Kinds of delivery, each in its own phase: `upload` (multipart with the weights), `webhook` (a Hugging Face
+content update) and `url` (a URL upload); the last two are recorded and answered, their fetch left to a worker.
+
+    python -m benchmarks.webhook_load [--rate 500] [--seconds 10] [--kinds upload,webhook,url] [--workers 2]
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from gate.client import multipart
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "load-secret"
+HOOK_SECRET = "load-hook-secret"
+WARM_UP = 64  # requests of each kind before the measured runs
+KINDS = {"upload": "POST /v1/uploads multipart (signed delivery)",
+         "webhook": "POST /webhooks/huggingface (content update)", "url": "POST /v1/uploads JSON (URL upload)"}
 
 
 def _free_port() -> int:
@@ -42,18 +49,31 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _requests(kind: str, count: int) -> list[tuple[str, str, bytes, dict]]:
-    """Pre-built requests (method, path, body, headers), so the generator only sends."""
+def _requests(kind: str, count: int, first: int = 0) -> list[tuple[str, str, bytes, dict]]:
+    """Pre-built requests (method, path, body, headers), so the generator only sends; numbered from `first`."""
     built = []
-    for i in range(count):
+    for i in range(first, first + count):
         if kind == "healthz":
             built.append(("GET", "/healthz", b"", {}))
-            continue
-        body, content_type = multipart(secrets.token_bytes(2048), {"hub": "loadhub", "model_id": f"m{i}",
-                                                                    "version_id": "1", "uploader": f"u{i % 97}",
-                                                                    "title": f"load test {i}"}, f"lora{i}.safetensors")
-        built.append(("POST", "/v1/uploads", body, {"Content-Type": content_type,
-                                                     "X-Gate-Signature": signatures.sign(body, SECRET)}))
+        elif kind == "upload":
+            body, content_type = multipart(secrets.token_bytes(2048), {
+                "hub": "loadhub", "model_id": f"m{i}", "version_id": "1", "uploader": f"u{i % 97}",
+                "title": f"load test {i}"}, f"lora{i}.safetensors")
+            built.append(("POST", "/v1/uploads", body, {"Content-Type": content_type,
+                                                         "X-Gate-Signature": signatures.sign(body, SECRET)}))
+        elif kind == "webhook":
+            body = json.dumps({"event": {"action": "update", "scope": "repo.content"},
+                               "repo": {"type": "model", "name": f"user{i % 97}/lora-{i}", "headSha": f"{i:040x}"},
+                               "updatedRefs": [{"ref": "refs/heads/main", "oldSha": "0" * 40,
+                                                "newSha": f"{i:040x}"}],
+                               "webhook": {"id": "bench", "version": 3}}).encode()
+            built.append(("POST", "/webhooks/huggingface", body, {"Content-Type": "application/json",
+                                                                  "X-Webhook-Secret": HOOK_SECRET}))
+        else:
+            body = json.dumps({"url": f"https://example.org/loras/{i}.safetensors",
+                               "meta": {"hub": "loadhub", "model_id": f"url{i}", "version_id": "1"}}).encode()
+            built.append(("POST", "/v1/uploads", body, {"Content-Type": "application/json",
+                                                        "X-Gate-Signature": signatures.sign(body, SECRET)}))
     return built
 
 
@@ -114,7 +134,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--connections", type=int, default=32, help="client keep-alive connections")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="a Redis database it may flush")
+    parser.add_argument("--kinds", default="upload,webhook,url", help=f"which deliveries: {', '.join(KINDS)}")
     args = parser.parse_args()
+    kinds = [kind for kind in args.kinds.split(",") if kind]
+    if not kinds or set(kinds) - set(KINDS):
+        parser.error(f"--kinds takes a list of {', '.join(KINDS)}")
 
     from redis import Redis
 
@@ -122,7 +146,9 @@ def main() -> None:
     count = int(args.rate * args.seconds)
     with tempfile.TemporaryDirectory(prefix="gate-load-") as data:
         port = _free_port()
-        env = {**os.environ, "GATE_DATA_DIR": data, "GATE_UPLOAD_SECRET": SECRET, "REDIS_URL": args.redis}
+        # Nothing is fetched (no worker runs); the endpoint is only where fetch jobs would go.
+        env = {**os.environ, "GATE_DATA_DIR": data, "GATE_UPLOAD_SECRET": SECRET, "REDIS_URL": args.redis,
+               "GATE_HUGGINGFACE_WEBHOOK_SECRET": HOOK_SECRET, "GATE_HUGGINGFACE_ENDPOINT": "http://127.0.0.1:9"}
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "gthread",
              "--threads", str(args.threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
@@ -137,16 +163,21 @@ def main() -> None:
                     if time.time() > deadline:
                         raise SystemExit("gunicorn did not start") from None
                     time.sleep(0.2)
-            _drive(port, _requests("healthz", 200), 200, 8)  # warm up
+            # Warm up every thread's connections (each opens its record connection on its first delivery).
+            for kind in ("healthz", *kinds):
+                _drive(port, _requests(kind, WARM_UP, first=10**6), 100, args.connections)
             rows = []
-            for name, kind in (("GET /healthz (baseline)", "healthz"),
-                               ("POST /v1/uploads (signed delivery)", "upload")):
+            for name, kind in [("GET /healthz (baseline)", "healthz"), *((KINDS[kind], kind) for kind in kinds)]:
                 requests = _requests(kind, count)
                 rows.append((name, _drive(port, requests, args.rate, args.connections)))
         finally:
             server.terminate()
             server.wait(timeout=30)
-        recorded = sqlite3.connect(Path(data) / "gate.db").execute("select count(*) from uploads").fetchone()[0]
+        record = sqlite3.connect(Path(data) / "gate.db")
+        # Warm-up requests are numbered from 10**6: counted apart by the zeros in their ids.
+        uploads = record.execute("select count(*) from uploads where model_id not like '%000000%'").fetchone()[0]
+        deliveries = dict(record.execute("select kind, count(*) from deliveries where coalesce(repo_id, url) not like "
+                                         "'%000000%' group by kind").fetchall())
     queued = Redis.from_url(args.redis).llen("rq:queue:intake")
     Redis.from_url(args.redis).flushdb()
 
@@ -158,9 +189,13 @@ def main() -> None:
     for name, result in rows:
         print(f"| {name} | {result['ok']}/{result['sent']} | {result['per_second']:.0f} | {result['p50_ms']:.1f} | "
               f"{result['p99_ms']:.1f} | {result['max_ms']:.1f} |")
-    base, upload = rows[0][1], rows[1][1]
-    print(f"\np99 delivery / p99 baseline: {upload['p99_ms'] / base['p99_ms']:.2f}x")
-    print(f"accepted deliveries {upload['ok']}, recorded in SQLite {recorded}, intake jobs queued in Redis {queued}")
+    base = rows[0][1]
+    print()
+    for name, result in rows[1:]:
+        print(f"p99 {name} / p99 baseline: {result['p99_ms'] / base['p99_ms']:.2f}x")
+    accepted = {kind: result["ok"] for kind, (_, result) in zip(kinds, rows[1:], strict=True)}
+    print(f"accepted {accepted}; recorded: uploads {uploads}, deliveries {deliveries}; intake jobs queued in Redis "
+          f"(scans and fetches, warm-up included) {queued}")
     print(json.dumps({name: {"statuses": result["statuses"], "errors": result["errors"]} for name, result in rows}))
 
 
