@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -125,7 +126,10 @@ class Renderer:
                 if self.cache_dir:
                     path = self.cache_dir / probe_set.id / f"{probe.key}.png"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(image).save(path)
+                    # Written aside and renamed: workers sharing the cache never read half a file.
+                    partial = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.png")
+                    Image.fromarray(image).save(partial)
+                    os.replace(partial, path)
         return np.stack([self._base_cache[(probe_set.id, p.key)] for p in probes])
 
     def _cached(self, probe_set: ProbeSet, probe: Probe) -> bool:

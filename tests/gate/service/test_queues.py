@@ -100,7 +100,7 @@ def service(tmp_path):
     hub = Hub()
     port = _free_port()
     env = {**os.environ, "REDIS_URL": redis.url, "GATE_DATA_DIR": str(tmp_path / "data"),
-           "GATE_UPLOAD_SECRET": SECRET, "GATE_CALLBACK_URL": hub.url, "GATE_CACHE_DIR": str(tmp_path / "cache")}
+           "GATE_UPLOAD_SECRET": SECRET, "GATE_CALLBACK_URL": hub.url}
     processes: list[subprocess.Popen] = []
 
     def spawn(*args: str, log: str, extra_env: dict | None = None) -> subprocess.Popen:
