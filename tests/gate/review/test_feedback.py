@@ -5,12 +5,28 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from fixtures.review_queue import replicate
 from gate import review
 from gate.audit import Actor
 from tests.gate.review.conftest import LORAS
 
 MOD = Actor("mod", "moderator")
+
+
+@pytest.fixture
+def scanner(engine, world, tmp_path):
+    """A scanner on a record of its own: the decisions below must not reach the scan tests' shared record."""
+    from gate.config import load_settings
+    from gate.db import open_db
+    from gate.scan import Scanner
+    from gate.world import seed_registry
+
+    settings = load_settings({"data_dir": str(tmp_path / "data")})
+    db = open_db(settings.db_path)
+    seed_registry(db, world, settings.references_dir)
+    return Scanner(settings, db, engine)
 
 
 def test_decisions_reach_the_scanner(scanner, scanned, tmp_path):
@@ -20,20 +36,14 @@ def test_decisions_reach_the_scanner(scanner, scanned, tmp_path):
     lora = LORAS / ultraman[0]["filename"]
     copy = tmp_path / "renamed_upload.safetensors"  # another name: the tensor hash, not the name, is what counts
     shutil.copy(lora, copy)
-    try:
-        assert not scanner.screen(copy).blocklisted
-        review.decide(db, MOD, first, "block", "the character in every render")
-        screened = scanner.screen(copy)
-        assert screened.blocklisted and "the character in every render" in screened.blocklisted
-        scanner.conclude(screened)  # no renders: the blocklist decides
-        assert screened.verdict == "block" and screened.outcome is None
+    assert not scanner.screen(copy).blocklisted
+    review.decide(db, MOD, first, "block", "the character in every render")
+    screened = scanner.screen(copy)
+    assert screened.blocklisted and "the character in every render" in screened.blocklisted
+    scanner.conclude(screened)  # no renders: the blocklist decides
+    assert screened.verdict == "block" and screened.outcome is None
 
-        other = scanner.screen(LORAS / pikachu[0]["filename"])
-        assert scanner._cleared(other) == set()
-        review.decide(db, MOD, second, "allow", "an original mascot")
-        assert scanner._cleared(other) == {r["character"] for r in pikachu[0]["reasons"]
-                                           if r["verdict"] == "quarantine"}
-    finally:  # the session's scanner record is shared with the scan tests
-        db.execute("delete from blocklist")
-        db.execute("delete from cleared")
-        db.conn.commit()
+    other = scanner.screen(LORAS / pikachu[0]["filename"])
+    assert scanner._cleared(other) == set()
+    review.decide(db, MOD, second, "allow", "an original mascot")
+    assert scanner._cleared(other) == {r["character"] for r in pikachu[0]["reasons"] if r["verdict"] == "quarantine"}
