@@ -35,6 +35,15 @@ def _settings():
     return load_settings()
 
 
+def cli_actor():
+    """Who acts from the command line, for the audit log: the operating-system user, as an operator."""
+    import getpass
+
+    from gate.audit import Actor
+
+    return Actor(f"cli:{getpass.getuser()}", "operator")
+
+
 def _record(settings):
     from gate.runtime import open_record
 
@@ -254,6 +263,9 @@ def characters_add(name, rights_holder, policy, aliases, references, character_i
         aliases=aliases, description=description, character_id=character_id, embed=scanner.engine.embed,
         embedder_id=scanner.engine.embedder_id,
     )
+    from gate import audit
+
+    audit.record(db, cli_actor(), "character.register", "character", character.id, "", None, character.to_dict())
     click.echo(f"registered {character.id}: {character.name} ({character.references} references, {policy})")
     cli_catalogue.screen_after_change(db, character.id, settings, "registered")  # the back catalogue, at once
 
@@ -265,9 +277,16 @@ def characters_retire(character_id: str) -> None:
 
     Example: gate characters retire ultraman
     """
-    from gate.registry import retire_character
+    from gate import audit
+    from gate.db import writing
+    from gate.registry import get_character, retire_character
 
-    character = retire_character(_record(_settings()), character_id)
+    db = _record(_settings())
+    with writing(db):
+        before = get_character(db, character_id)
+        character = retire_character(db, character_id)
+        audit.record(db, cli_actor(), "character.retire", "character", character_id, "", before.to_dict(),
+                     character.to_dict())
     click.echo(f"retired {character.id}")
 
 
@@ -334,9 +353,15 @@ def blocklist_add(tensor_hash: str, reason: str, source: str) -> None:
 
     Example: gate blocklist add 3f2a...e9 --reason "Ultraman LoRA, takedown 2026-11-02"
     """
+    from gate import audit
     from gate.blocklist import add
+    from gate.db import writing
 
-    add(_record(_settings()), tensor_hash, reason, source)
+    db = _record(_settings())
+    with writing(db):
+        add(db, tensor_hash, reason, source)
+        audit.record(db, cli_actor(), "blocklist.add", "tensor_hash", tensor_hash.strip().lower(), reason, None,
+                     {"source": source})
     click.echo(f"blocked {tensor_hash}")
 
 

@@ -85,10 +85,17 @@ def characters_update(character_id, name, aliases, add_aliases, policy, rights_h
 
         engine = EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set), settings.device)
         embed, embedder_id = engine.embed, current_embedder(settings)[0]
+    from gate import audit
+    from gate.cli import cli_actor
+    from gate.registry import get_character
+
+    before = get_character(db, character_id)
     character = update_character(
         db, settings.references_dir, character_id, name=name, aliases=list(aliases) if aliases else None,
         add_aliases=add_aliases, policy=policy, rights_holder=rights_holder, description=description,
         add_references=add_references, remove_references=remove_references, embed=embed, embedder_id=embedder_id)
+    audit.record(db, cli_actor(), "policy.change" if character.policy != before.policy else "character.update",
+                 "character", character_id, "", before.to_dict(), character.to_dict())
     if not as_json:
         click.echo(f"updated {character.id}: {character.name} ({character.references} references, {character.policy})")
     if not no_screen:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_gate
 
 
 def test_accounts_tokens_and_the_audit_export(tmp_path):
@@ -48,3 +48,17 @@ def test_accounts_tokens_and_the_audit_export(tmp_path):
     assert [r["hash"] for r in as_json] == [r["hash"] for r in rows]
     assert gate("audit", "verify").stdout.startswith("ok: 5 entries")
     assert gate("audit", "export", "--format", "xml").returncode == 2
+
+
+def test_operators_registry_and_blocklist_changes_from_the_cli_are_audited(tmp_path, world):
+    env = {"GATE_DATA_DIR": str(tmp_path / "data")}
+    tensor_hash = "ab" * 32
+    assert run_gate("blocklist", "add", tensor_hash, "--reason", "takedown 12", env=env).returncode == 0
+    character = next(c for c in world.characters() if c["registered"])["id"]
+    retired = run_gate("characters", "retire", character, env=env)
+    assert retired.returncode == 0, retired.stderr[-2000:]
+    exported = run_gate("audit", "export", "--format", "json", env=env)
+    entries = [(e["action"], e["subject_id"], e["actor_role"]) for e in json.loads(exported.stdout)]
+    assert ("blocklist.add", tensor_hash, "operator") in entries
+    assert ("character.retire", character, "operator") in entries
+    assert run_gate("audit", "verify", env=env).returncode == 0
