@@ -49,23 +49,25 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _requests(kind: str, count: int, first: int = 0) -> list[tuple[str, str, bytes, dict]]:
-    """Pre-built requests (method, path, body, headers), so the generator only sends; numbered from `first`."""
+def _requests(kind: str, count: int, tag: str = "") -> list[tuple[str, str, bytes, dict]]:
+    """Pre-built requests (method, path, body, headers), so the generator only sends; `tag` marks their ids."""
     built = []
-    for i in range(first, first + count):
+    for n in range(count):
+        i = f"{tag}{n}"
         if kind == "healthz":
             built.append(("GET", "/healthz", b"", {}))
         elif kind == "upload":
             body, content_type = multipart(secrets.token_bytes(2048), {
-                "hub": "loadhub", "model_id": f"m{i}", "version_id": "1", "uploader": f"u{i % 97}",
+                "hub": "loadhub", "model_id": f"m{i}", "version_id": "1", "uploader": f"u{n % 97}",
                 "title": f"load test {i}"}, f"lora{i}.safetensors")
             built.append(("POST", "/v1/uploads", body, {"Content-Type": content_type,
                                                          "X-Gate-Signature": signatures.sign(body, SECRET)}))
         elif kind == "webhook":
             body = json.dumps({"event": {"action": "update", "scope": "repo.content"},
-                               "repo": {"type": "model", "name": f"user{i % 97}/lora-{i}", "headSha": f"{i:040x}"},
+                               "repo": {"type": "model", "name": f"user{n % 97}/lora-{i}",
+                                        "headSha": f"{n:040x}"},
                                "updatedRefs": [{"ref": "refs/heads/main", "oldSha": "0" * 40,
-                                                "newSha": f"{i:040x}"}],
+                                                "newSha": f"{n:040x}"}],
                                "webhook": {"id": "bench", "version": 3}}).encode()
             built.append(("POST", "/webhooks/huggingface", body, {"Content-Type": "application/json",
                                                                   "X-Webhook-Secret": HOOK_SECRET}))
@@ -165,7 +167,7 @@ def main() -> None:
                     time.sleep(0.2)
             # Warm up every thread's connections (each opens its record connection on its first delivery).
             for kind in ("healthz", *kinds):
-                _drive(port, _requests(kind, WARM_UP, first=10**6), 100, args.connections)
+                _drive(port, _requests(kind, WARM_UP, tag="warm"), 100, args.connections)
             rows = []
             for name, kind in [("GET /healthz (baseline)", "healthz"), *((KINDS[kind], kind) for kind in kinds)]:
                 requests = _requests(kind, count)
@@ -174,10 +176,9 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
         record = sqlite3.connect(Path(data) / "gate.db")
-        # Warm-up requests are numbered from 10**6: counted apart by the zeros in their ids.
-        uploads = record.execute("select count(*) from uploads where model_id not like '%000000%'").fetchone()[0]
+        uploads = record.execute("select count(*) from uploads where model_id not like '%warm%'").fetchone()[0]
         deliveries = dict(record.execute("select kind, count(*) from deliveries where coalesce(repo_id, url) not like "
-                                         "'%000000%' group by kind").fetchall())
+                                         "'%warm%' group by kind").fetchall())
     queued = Redis.from_url(args.redis).llen("rq:queue:intake")
     Redis.from_url(args.redis).flushdb()
 
