@@ -36,10 +36,15 @@ def fetch_job_id(delivery_id: str, generation: int) -> str:
     return f"{delivery_id}-fetch_g{generation}"
 
 
+def fetch_job(delivery_id: str, generation: int = 0) -> tuple[str, str, tuple, str]:
+    """A recorded delivery's job (queue, function, arguments, job id): its fetch."""
+    return INTAKE, "gate.ingest.fetch_delivery", (delivery_id, generation), fetch_job_id(delivery_id, generation)
+
+
 def start_fetch(queues: Queues, delivery_id: str, generation: int = 0) -> None:
     """Hand a recorded delivery to the intake queue."""
-    queues.enqueue(INTAKE, "gate.ingest.fetch_delivery", delivery_id, generation,
-                   job_id=fetch_job_id(delivery_id, generation))
+    queue_name, func, args, job = fetch_job(delivery_id, generation)
+    queues.enqueue(queue_name, func, *args, job_id=job)
 
 
 def accept_delivery(db, recorded) -> dict:
@@ -55,10 +60,7 @@ def accept_delivery(db, recorded) -> dict:
                                        generation=(delivery["generation"] or 0) + 1)
     from gate.jobs import dispatcher
 
-    try:
-        start_fetch(dispatcher().queues, delivery["id"], delivery["generation"] or 0)
-    except Exception as exc:  # noqa: BLE001 - recorded is what matters; the reconciler retries
-        log.warning("could not enqueue delivery %s (%s); the reconciler will", delivery["id"], exc)
+    dispatcher().hand_off(*fetch_job(delivery["id"], delivery["generation"] or 0))
     return delivery
 
 

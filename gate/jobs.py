@@ -37,10 +37,15 @@ def parse_job_id(value: str) -> tuple[str, int, str]:
     return upload_id, int(generation.lstrip("g")), step
 
 
+def scan_job(upload_id: str, generation: int = 0) -> tuple[str, str, tuple, str]:
+    """An accepted upload's first job (queue, function, arguments, job id): its intake."""
+    return INTAKE, "gate.jobs.intake_upload", (upload_id, generation), job_id(upload_id, generation, "intake")
+
+
 def start_scan(queues: Queues, upload_id: str, generation: int = 0) -> None:
     """Hand an accepted upload to the queue: its intake job."""
-    queues.enqueue(INTAKE, "gate.jobs.intake_upload", upload_id, generation,
-                   job_id=job_id(upload_id, generation, "intake"))
+    queue_name, func, args, job = scan_job(upload_id, generation)
+    queues.enqueue(queue_name, func, *args, job_id=job)
 
 
 def evidence_dir(settings: Settings, upload_id: str):
@@ -227,20 +232,23 @@ class Dispatcher:
             resume_deliveries(db, self.queues)  # Hugging Face webhooks and URL uploads
 
     def enqueue(self, upload_id: str, generation: int = 0) -> None:
-        """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it.
+        """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it."""
+        self.hand_off(*scan_job(upload_id, generation))
 
-        With Redis, a background thread hands accepted uploads over in batches (one round trip each), so a hub's
-        delivery waits only for its record, not for Redis; an upload this process dies holding is recorded as
-        received, and the reconciler starts it."""
+    def hand_off(self, queue_name: str, func: str, args: tuple, job: str) -> None:
+        """Queue a job for something the web gate has just recorded.
+
+        With Redis, a background thread hands jobs over in batches (one round trip each), so a hub's delivery waits
+        only for its record, never for Redis; what this process dies holding is recorded as received, and the
+        reconciler starts it."""
         if isinstance(self.queues, InProcessQueues):
-            start_scan(self.queues, upload_id, generation)
+            self.queues.enqueue(queue_name, func, *args, job_id=job)
             return
         with self._handoff_lock:
             if self._handoff is None:
                 self._handoff = queue.SimpleQueue()
                 threading.Thread(target=self._hand_over, name="gate-handoff", daemon=True).start()
-        self._handoff.put((INTAKE, "gate.jobs.intake_upload", (upload_id, generation),
-                           job_id(upload_id, generation, "intake")))
+        self._handoff.put((queue_name, func, args, job))
 
     def _hand_over(self) -> None:
         while True:
