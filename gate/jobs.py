@@ -111,15 +111,11 @@ def intake_upload(upload_id: str, generation: int = 0) -> str:
     if upload is None:
         return "skipped"
     db = _db(settings)
-    transition(db, upload_id, UploadState.SCANNING, "worker", "scan started",
-               {"attempts": (upload["attempts"] or 0) + 1})
+    begin_scan(db, upload)
     matcher = _matcher(settings)
     result = matcher.screen(upload["file_path"], upload["filename"], _hub_meta(upload))
     if not result.inspection.ok:
-        error = result.inspection.error
-        _finish(db, upload_id, UploadState.REFUSED, "intake", "refused",
-                {"error_code": error.code, "error_message": error.message}, {"code": error.code})
-        return "refused"
+        return refuse(db, upload_id, result.inspection.error)
     if result.decided_without_rendering:  # blocklisted or a near-duplicate: caught without rendering
         return _decide(settings, db, matcher, upload_id, result)
     request = {**matcher.probe_request(result, _hub_meta(upload)["trigger_words"]),
@@ -127,6 +123,19 @@ def intake_upload(upload_id: str, generation: int = 0) -> str:
                "file_url": _file_url(settings, upload_id)}
     queues.enqueue(PROBE, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
     return "probing"
+
+
+def begin_scan(db, upload: dict, how: str = "") -> None:
+    """The upload is being scanned (one more attempt)."""
+    transition(db, upload["id"], UploadState.SCANNING, "worker", f"scan started{how}",
+               {"attempts": (upload["attempts"] or 0) + 1})
+
+
+def refuse(db, upload_id: str, error) -> str:
+    """Intake refused the file: its final state, with the code, and the hub told."""
+    _finish(db, upload_id, UploadState.REFUSED, "intake", "refused",
+            {"error_code": error.code, "error_message": error.message}, {"code": error.code})
+    return "refused"
 
 
 def _file_url(settings: Settings, upload_id: str) -> str | None:

@@ -241,22 +241,17 @@ def scan_here(settings: Settings, upload_ids: list[tuple[str, int]], tick=None) 
 
 def scan_upload(upload_id: str, generation: int = 0) -> str:
     """A `catalogue` queue job: the whole scan of an imported upload (intake, render, match, decide)."""
-    from gate.jobs import _current, _db, _decide, _finish, _hub_meta
+    from gate.jobs import _current, _db, _decide, _hub_meta, begin_scan, refuse
     from gate.rescan import probe_scanner
-    from gate.uploads import transition
 
     settings = context().settings
     upload = _current(upload_id, generation, "catalogue scan")
     if upload is None:
         return "skipped"
     db = _db(settings)
-    transition(db, upload_id, UploadState.SCANNING, "worker", "scan started (catalogue)",
-               {"attempts": (upload["attempts"] or 0) + 1})
+    begin_scan(db, upload, " (catalogue)")
     scanner = probe_scanner(settings, db)
     result = scanner.scan(upload["file_path"], filename=upload["filename"], hub_meta=_hub_meta(upload), conclude=False)
     if not result.inspection.ok:
-        error = result.inspection.error
-        _finish(db, upload_id, UploadState.REFUSED, "intake", "refused",
-                {"error_code": error.code, "error_message": error.message}, {"code": error.code})
-        return "refused"
+        return refuse(db, upload_id, result.inspection.error)
     return _decide(settings, db, scanner, upload_id, result)
