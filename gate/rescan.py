@@ -208,39 +208,37 @@ def rescan_upload(run_id: str, upload_id: str) -> str:
         db["rescan_items"].update((run_id, upload_id), {"state": "failed", "error": f"{exc}"[:500],
                                                         "finished_at": _now()})
         raise
-    if result.decision is not None:
+    before, after = upload["verdict"], result.verdict
+    kept = bool(upload.get("reviewed_by")) and after != before  # a person's decision stands against a machine's
+    if result.decision is not None and not kept:  # the evidence a moderator decided on stays as it was
         from gate.evidence import write_evidence
 
         write_evidence(result, scanner.characters, evidence_dir(settings, upload_id))
     answer = result.to_dict(scanner.characters)
-    before, after = upload["verdict"], result.verdict
     with writing(db):
         if _item(db, run_id, upload_id)["state"] == "done":  # a second copy of this job finished first
             return "skipped"
         catalogue.record_scan(db, upload_id, result, scanner.engine.embedder_id)
-        if upload.get("reviewed_by") and after != before:  # a person's decision stands against a machine's
+        if kept:
             journal(db, upload_id, "rescan", f"rescanned: {after}, but {before} kept (decided by "
                     f"{upload['reviewed_by']})", upload["state"], upload["state"],
                     {"run": run_id, "verdict_before": before, "rescan_verdict": after,
                      "probe_set_after": result.probe_set})
-            db["rescan_items"].update((run_id, upload_id), {
-                "state": "done", "verdict_before": before, "verdict_after": before, "finished_at": _now(),
-                "error": f"kept: {upload['reviewed_by']} decided {before}; the new probes say {after}",
-                "probe_set_before": upload["probe_set"], "probe_set_after": result.probe_set})
-            return str(before)
-        updated = transition(
-            db, upload_id, UploadState.DECIDED, "rescan", f"rescanned: {before} -> {after}",
-            {"verdict": after, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
-             "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,
-             "tensor_hash": result.inspection.fingerprints.tensor_hash},
-            {"run": run_id, "verdict_before": before, "verdict_after": after,
-             "probe_set_before": upload["probe_set"], "probe_set_after": result.probe_set})
-        if after != before:
-            outbox.enqueue(db, upload_id, "upload.decided", _hub_message(updated))
+        else:
+            updated = transition(
+                db, upload_id, UploadState.DECIDED, "rescan", f"rescanned: {before} -> {after}",
+                {"verdict": after, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
+                 "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,
+                 "tensor_hash": result.inspection.fingerprints.tensor_hash},
+                {"run": run_id, "verdict_before": before, "verdict_after": after,
+                 "probe_set_before": upload["probe_set"], "probe_set_after": result.probe_set})
+            if after != before:
+                outbox.enqueue(db, upload_id, "upload.decided", _hub_message(updated))
         db["rescan_items"].update((run_id, upload_id), {
-            "state": "done", "verdict_before": before, "verdict_after": after, "error": None,
+            "state": "done", "verdict_before": before, "verdict_after": before if kept else after,
+            "error": f"kept: {upload['reviewed_by']} decided {before}; the new probes say {after}" if kept else None,
             "probe_set_before": upload["probe_set"], "probe_set_after": result.probe_set, "finished_at": _now()})
-    return str(after)
+    return str(before if kept else after)
 
 
 # ---------------------------------------------------------------------------------------------------------

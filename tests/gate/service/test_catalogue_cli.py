@@ -178,3 +178,4 @@ def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
                                       "where e.upload_id = u.id) from uploads u where id = ?", [upload_id])[0]
     assert verdict == "block" and "kept (decided by alice)" in events
     assert _query(db_path, "select count(*) from outbox where upload_id = ?", [upload_id])[0][0] == 0
+    assert not (decided_earlier / "evidence" / upload_id).exists()  # nothing replaced what the moderator saw
