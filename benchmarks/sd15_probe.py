@@ -100,6 +100,17 @@ def build_models(work: Path, tiny: bool, device: str) -> tuple[Path, Path]:
     return base_dir, embedder_dir
 
 
+def _random_factors(module: torch.nn.Module, targets: tuple[str, ...], rank: int,
+                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """'<path>.lora_A.weight' / '.lora_B.weight' for every targeted linear layer, in float16."""
+    state = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, torch.nn.Linear) and name.endswith(targets):
+            state[f"{name}.lora_A.weight"] = (torch.randn(rank, layer.in_features, generator=generator) / 32).half()
+            state[f"{name}.lora_B.weight"] = (torch.randn(layer.out_features, rank, generator=generator) / 32).half()
+    return state
+
+
 def write_loras(work: Path, base_dir: Path, count: int, rank: int = 16) -> list[Path]:
     """SD 1.5-shaped LoRAs with random weights, alternately in the kohya and the peft layout."""
     import diffusers
@@ -110,16 +121,8 @@ def write_loras(work: Path, base_dir: Path, count: int, rank: int = 16) -> list[
     paths = []
     for number in range(count):
         generator = torch.Generator().manual_seed(number)
-
-        def factors(module: torch.nn.Module, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
-            state = {}
-            for name, layer in module.named_modules():
-                if isinstance(layer, torch.nn.Linear) and name.endswith(targets):
-                    state[f"{name}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=generator) / 32
-                    state[f"{name}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=generator) / 32
-            return {key: value.half() for key, value in state.items()}
-
-        unet_state, text_state = factors(unet, UNET_TARGETS), factors(text_encoder, TEXT_TARGETS)
+        unet_state = _random_factors(unet, UNET_TARGETS, rank, generator)
+        text_state = _random_factors(text_encoder, TEXT_TARGETS, rank, generator)
         layout = "kohya" if number % 2 == 0 else "peft"
         state = (kohya_state_dict(unet_state, text_state, rank, rank) if layout == "kohya"
                  else peft_state_dict(unet_state, text_state))

@@ -14,9 +14,9 @@ def _scan(scanner, world, **wanted):
     return lora, scanner.scan(world.path(lora["path"]))
 
 
-# The committed fixture world's LoRAs and embedder are too weak for visual detection yet (issue 4's note:
-# character hit rates 0.24 against a 0.90 bar). Strict: when the world improves, this XPASSes and fails,
-# so the marker is removed rather than forgotten.
+# The committed fixture world is still too weak for reliable visual detection (issue 4: character hit rates
+# 0.41 against a 0.90 bar, recall 4/11; this LoRA is quarantined, not blocked). Strict: when the world
+# improves, this XPASSes and fails, so the marker is removed rather than forgotten.
 @pytest.mark.xfail(strict=True, reason="fixture world too weak for visual detection (issue 4)")
 def test_a_character_lora_that_always_draws_it_gets_its_policy(scanner, world):
     lora, result = _scan(scanner, world, kind="character", trigger=None, expected="block", held_back=False)
