@@ -11,6 +11,7 @@ Kinds of delivery, each in its own phase: `upload` (multipart with the weights),
 content update) and `url` (a URL upload); the last two are recorded and answered, their fetch left to a worker.
 
     python -m benchmarks.webhook_load [--rate 500] [--seconds 10] [--kinds upload,webhook,url] [--workers 2]
+                                      [--record-sync normal|full]
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="client keep-alive connections")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/13", help="a Redis database it may flush")
     parser.add_argument("--kinds", default="upload,webhook,url", help=f"which deliveries: {', '.join(KINDS)}")
+    parser.add_argument("--record-sync", default="normal", choices=("normal", "full"),
+                        help="GATE_RECORD_SYNC for the gate: full fsyncs each delivery before its 202")
     args = parser.parse_args()
     kinds = [kind for kind in args.kinds.split(",") if kind]
     if not kinds or set(kinds) - set(KINDS):
@@ -150,7 +153,8 @@ def main() -> None:
         port = _free_port()
         # Nothing is fetched (no worker runs); the endpoint is only where fetch jobs would go.
         env = {**os.environ, "GATE_DATA_DIR": data, "GATE_UPLOAD_SECRET": SECRET, "REDIS_URL": args.redis,
-               "GATE_HUGGINGFACE_WEBHOOK_SECRET": HOOK_SECRET, "GATE_HUGGINGFACE_ENDPOINT": "http://127.0.0.1:9"}
+               "GATE_HUGGINGFACE_WEBHOOK_SECRET": HOOK_SECRET, "GATE_HUGGINGFACE_ENDPOINT": "http://127.0.0.1:9",
+               "GATE_RECORD_SYNC": args.record_sync}
         server = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "gthread",
              "--threads", str(args.threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
@@ -182,7 +186,8 @@ def main() -> None:
     queued = Redis.from_url(args.redis).llen("rq:queue:intake")
     Redis.from_url(args.redis).flushdb()
 
-    print(f"\ngunicorn {args.workers} workers x {args.threads} threads, {args.rate:.0f}/s offered for "
+    print(f"\ngunicorn {args.workers} workers x {args.threads} threads, GATE_RECORD_SYNC={args.record_sync}, "
+          f"{args.rate:.0f}/s offered for "
           f"{args.seconds:.0f} s ({count} requests each), {args.connections} connections, loopback, "
           f"{os.cpu_count()} cores shared with the load generator\n")
     print("| request | accepted | per second | p50 ms | p99 ms | max ms |")

@@ -89,6 +89,9 @@ class FetchLimits:
     allow_private_addresses: bool = False
 
 
+RECORD_SYNC = ("normal", "full")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the gate can be told; defaults run a single machine on the embedded fixture world."""
@@ -119,6 +122,10 @@ class Settings:
     # Where final decisions are POSTed (signed like uploads, with callback_secret or else upload_secret).
     callback_url: str = ""
     callback_secret: str = ""
+    # How hard a commit waits for the disk: "normal" (WAL, synchronous=NORMAL: an accepted delivery survives any
+    # of the gate's processes dying; an OS crash or power loss can undo the last commits) or "full" (each
+    # delivery's file and row are fsynced before the 202: survives power loss, at the disk's fsync latency).
+    record_sync: str = "normal"
     intake: IntakeLimits = field(default_factory=IntakeLimits)
     repeat: RepeatSettings = field(default_factory=RepeatSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
@@ -216,4 +223,6 @@ def load_settings(overrides: dict | None = None) -> Settings:
         settings = dataclasses.replace(settings, redis_url=os.environ["REDIS_URL"])
     if overrides:
         settings = _apply(settings, overrides, "\0")  # no env variable has a NUL name
+    if settings.record_sync not in RECORD_SYNC:
+        raise ConfigError(f"GATE_RECORD_SYNC must be one of {', '.join(RECORD_SYNC)}, not {settings.record_sync!r}")
     return settings

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +16,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 migrations = Migrations("gate")
+log = logging.getLogger(__name__)
 
 
 @migrations()
@@ -164,20 +170,63 @@ def m302_hub_actions(db: Database) -> None:
     db["hub_actions"].create_index(["state", "next_attempt_at"])
 
 
-def open_db(path: str | Path) -> Database:
-    """Open (creating if needed) the record and bring its schema up to date."""
+def open_db(path: str | Path, sync: str = "normal", autocheckpoint: bool = True) -> Database:
+    """Open (creating if needed) the record and bring its schema up to date.
+
+    `sync` is Settings.record_sync. With `autocheckpoint` off, commits never copy the log back into the
+    database themselves (a commit that did waited tens of ms); `checkpoint_in_background` does it instead.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = Database(path)
     db.enable_wal()
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA busy_timeout = 5000")
+    db.execute(f"PRAGMA synchronous = {'FULL' if sync == 'full' else 'NORMAL'}")
+    if not autocheckpoint:
+        db.execute("PRAGMA wal_autocheckpoint = 0")
     # Processes starting together on a new record (gunicorn's workers) would race to create the migrations
     # table; a lock file beside the record lets one migrate while the others wait.
     with open(path.parent / f"{path.name}.migrate-lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         migrations.apply(db)
     return db
+
+
+_checkpointing: set[tuple[int, str]] = set()
+_checkpointing_lock = threading.Lock()
+
+
+def checkpoint_in_background(path: str | Path, interval: float = 1.0) -> None:
+    """Copy the write-ahead log back into the database every `interval` seconds, off the request path.
+
+    For connections opened with autocheckpoint off. PASSIVE: it never waits on readers or writers, so a
+    delivery committing meanwhile is not held up. One daemon thread per process and record (a forked worker
+    starts its own); it ends when the record's file is gone.
+    """
+    key = (os.getpid(), str(path))
+    if key in _checkpointing:
+        return
+    with _checkpointing_lock:
+        if key in _checkpointing:
+            return
+        _checkpointing.add(key)
+    threading.Thread(target=_checkpoint_loop, args=(key, interval), name="gate-checkpoint", daemon=True).start()
+
+
+def _checkpoint_loop(key: tuple[int, str], interval: float) -> None:
+    path = key[1]
+    connection = sqlite3.connect(path, timeout=5, check_same_thread=False)
+    try:
+        while os.path.exists(path):
+            time.sleep(interval)
+            try:
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                log.warning("WAL checkpoint of %s failed; trying again", path, exc_info=True)
+    finally:
+        connection.close()
+        _checkpointing.discard(key)
 
 
 @contextlib.contextmanager

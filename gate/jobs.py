@@ -233,7 +233,7 @@ class Dispatcher:
         if isinstance(self.queues, InProcessQueues):
             from gate.uploads import pending
 
-            db = open_db(settings.db_path)
+            db = open_db(settings.db_path, settings.record_sync)
             for upload_id in pending(db):  # after a restart, nothing is lost
                 self.enqueue(upload_id, get_upload(db, upload_id)["generation"] or 0)
             from gate.ingest import resume_deliveries

@@ -13,7 +13,7 @@ def open_record(settings: Settings):
     from gate.db import open_db
     from gate.world import World, WorldMissing, seed_registry
 
-    db = open_db(settings.db_path)
+    db = open_db(settings.db_path, settings.record_sync)
     if settings.base_model_dir is None:
         try:
             seed_registry(db, World.load(settings.world_dir), settings.references_dir)

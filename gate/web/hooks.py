@@ -37,7 +37,7 @@ def direct_upload():
     if not boundary:
         raise BadDelivery("the multipart Content-Type has no boundary", "multipart_invalid")
     spooled = spool_multipart(request.stream, boundary, config.intake.max_file_bytes + 4 * CHUNK, mac,
-                              config.data_dir / "incoming")
+                              config.data_dir / "incoming", fsync=config.record_sync == "full")
     try:
         signatures.check_mac(mac.hexdigest(), candidates)  # nothing read above is trusted before this
         if spooled.weights is None:

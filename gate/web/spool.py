@@ -5,6 +5,7 @@ written twice, and nothing read here is trusted until the caller has checked the
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +51,9 @@ class SpooledDelivery:
             self.weights.unlink(missing_ok=True)
 
 
-def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path) -> SpooledDelivery:
-    """Read a multipart/form-data body from `stream`, feeding `mac` with every raw byte (see the module doc)."""
+def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsync: bool = False) -> SpooledDelivery:
+    """Read a multipart/form-data body from `stream`, feeding `mac` with every raw byte (see the module doc).
+    With `fsync`, the weights are on the disk itself before this returns (GATE_RECORD_SYNC=full)."""
     if not spool_dir.is_dir():
         spool_dir.mkdir(parents=True, exist_ok=True)
     delivery = SpooledDelivery(fields={})
@@ -101,6 +103,9 @@ def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path) -> 
     def on_part_end():
         part = state["part"]
         if state["target"] is not None:
+            if fsync:
+                state["target"].flush()
+                os.fsync(state["target"].fileno())
             state["target"].close()
             state["target"] = None
             delivery.sha256, delivery.size = digest.hexdigest(), part.size
