@@ -16,7 +16,7 @@ STATUS = {"signature_missing": 401, "signature_malformed": 401, "signature_expir
           "unauthenticated": 401, "token_missing": 401, "token_invalid": 401, "login_failed": 401,
           "account_disabled": 403, "forbidden": 403, "csrf_failed": 403, "character_not_found": 404,
           "account_not_found": 404, "claimed_by_other": 409, "not_in_queue": 409, "dispute_exists": 409,
-          "dispute_not_allowed": 409}
+          "dispute_not_allowed": 409, "login_throttled": 429}
 STATUS.update({"delivery_not_found": 404})  # Hugging Face webhooks and URL uploads
 
 
@@ -25,6 +25,11 @@ def create_app(config: dict | None = None) -> Flask:
     settings = load_settings(config)
     app = Flask(__name__)
     app.config["GATE_SETTINGS"] = settings
+    if settings.proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     # Room for the weights plus the multipart envelope and the hub's record.
     app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_file_bytes + 4 * 1024 * 1024
 

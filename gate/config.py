@@ -58,6 +58,10 @@ class ReviewSettings:
     session_cookie_secure: bool = False
     # How long a person stays signed in.
     session_hours: int = 12
+    # Failed sign-ins allowed per username and client address, and per client address, in each window.
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 50
+    login_window_minutes: int = 15
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,9 @@ class Settings:
     # of the gate's processes dying; an OS crash or power loss can undo the last commits) or "full" (each
     # delivery's file and row are fsynced before the 202: survives power loss, at the disk's fsync latency).
     record_sync: str = "normal"
+    # Reverse proxies in front of the gate that set X-Forwarded-For/-Proto/-Host: client addresses (for the
+    # sign-in throttle) and the scheme of the URLs the gate hands out come from their headers. 0: none.
+    proxy_hops: int = 0
     intake: IntakeLimits = field(default_factory=IntakeLimits)
     repeat: RepeatSettings = field(default_factory=RepeatSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)

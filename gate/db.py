@@ -367,3 +367,10 @@ def m105_review_score_indexes(db: Database) -> None:
     for column in ("review_character", "review_rights_holder", "hub", "uploader"):
         db["uploads"].create_index(["review_status", column, "review_score", "id"],
                                    index_name=f"uploads_review_status_{column}_review_score_id")
+
+
+@migrations()
+def m106_login_failures(db: Database) -> None:
+    # Failed sign-ins per key ("account|address" and "address"), in fixed windows: the throttle's memory,
+    # shared by every web process.
+    db["login_failures"].create({"key": str, "failures": int, "window_start": float}, pk="key")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import os
 import secrets
 from datetime import timedelta
@@ -12,13 +13,14 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
 
-from gate import accounts
+from gate import accounts, login_throttle
 from gate.accounts import AuthError, Forbidden
 from gate.audit import Actor
 from gate.errors import GateError
-from gate.web.record import db
+from gate.web.record import db, settings
 
 bp = Blueprint("auth", __name__, template_folder="templates")
+log = logging.getLogger(__name__)
 
 
 class CsrfError(GateError):
@@ -137,13 +139,19 @@ def login():
     """Sign in with a username and password."""
     error = None
     if request.method == "POST":
+        username, address = request.form.get("username", "")[:100], request.remote_addr or "unknown"
+        throttle = settings().review
         try:
             check_csrf()
-            account = accounts.authenticate(db(), request.form.get("username", "")[:100],
-                                            request.form.get("password", "")[:1000])
+            login_throttle.check(db(), username, address, throttle)
+            account = accounts.authenticate(db(), username, request.form.get("password", "")[:1000])
         except GateError as exc:
             error = exc
+            if exc.code in ("login_failed", "account_disabled"):
+                login_throttle.failed(db(), username, address, throttle)
+                log.warning("failed sign-in for %r from %s", username, address)
         else:
+            login_throttle.succeeded(db(), username, address, throttle)
             session.clear()  # a fresh session on sign-in: nothing planted before it survives
             session.permanent = True
             session.update(uid=account["id"], epoch=account["session_epoch"], csrf=secrets.token_urlsafe(32))
@@ -152,7 +160,10 @@ def login():
     status = 401 if error is not None and error.code in ("login_failed", "account_disabled") else 200
     if error is not None and error.code == "csrf_failed":
         status = 403
-    return render_template("review/login.html", error=error, next=request.args.get("next", "")), status
+    page = render_template("review/login.html", error=error, next=request.args.get("next", ""))
+    if isinstance(error, login_throttle.Throttled):
+        return page, 429, {"Retry-After": str(error.retry_after)}
+    return page, status
 
 
 @bp.post("/logout")
