@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from probes.errors import UnsupportedLora
+from probes.keys import diffusers_names
 from probes.probe_set import Probe, ProbeSet
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,10 @@ class Renderer:
         """Apply a LoRA for the duration of the block; always removed afterwards, even on error."""
         name = f"upload_{uuid.uuid4().hex[:12]}"
         try:
-            self.pipe.load_lora_weights(dict(state_dict), adapter_name=name)
+            self.pipe.load_lora_weights(diffusers_names(state_dict), adapter_name=name)
+        except UnsupportedLora:
+            self._remove(name)
+            raise
         except Exception as exc:  # diffusers raises many kinds for layouts it cannot map
             self._remove(name)
             raise UnsupportedLora(f"diffusers cannot apply this LoRA to the base model: {exc}"[:500]) from None

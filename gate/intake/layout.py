@@ -40,6 +40,11 @@ _DOTTED_KOHYA_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora
 _PROCESSOR_RE = re.compile(
     r"^(?P<module>.+)\.processor\.(?P<proj>to_(?:q|k|v|out))_lora\.(?P<role>down|up)\.weight$"
 )
+# peft's raw state_dict() keeps the adapter's name: "<module>.lora_A.default.weight".
+NAMED_ADAPTER_RE = re.compile(
+    r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_magnitude_vector)\.(?P<adapter>[A-Za-z0-9_-]+)(?:\.weight)?$"
+)
+_NAMED_ADAPTER_ROLES = {"lora_A": "down", "lora_B": "up", "lora_magnitude_vector": "dora_scale"}
 _COMPONENTS = ("unet", "text_encoder_2", "text_encoder_3", "text_encoder", "transformer", "prior")
 _EXTRA_PREFIXES = ("base_model.model.", "diffusion_model.", "model.diffusion_model.")
 
@@ -104,13 +109,16 @@ def _component_path(path: str) -> tuple[str, str]:
     head, _, rest = path.partition(".")
     if head in _COMPONENTS and rest:
         return head, rest.replace(".", "_")
+    return component_of(path), path.replace(".", "_")
+
+
+def component_of(path: str) -> str:
+    """The component a module path without a component prefix belongs to, read off the path itself."""
     if "text_model" in path:
-        component = "text_encoder"
-    elif any(marker in path for marker in _UNET_MARKERS):
-        component = "unet"
-    else:
-        component = "transformer"
-    return component, path.replace(".", "_")
+        return "text_encoder"
+    if any(marker in path for marker in _UNET_MARKERS):
+        return "unet"
+    return "transformer"
 
 
 def _classify(name: str) -> tuple[str, str, str, str] | None:
@@ -128,6 +136,9 @@ def _classify(name: str) -> tuple[str, str, str, str] | None:
         for suffix, role in roles.items():
             if name.endswith("." + suffix):
                 return (fmt, *_component_path(name[: -len(suffix) - 1]), role)
+    named = NAMED_ADAPTER_RE.match(name)
+    if named and named["adapter"] not in ("weight", "bias"):
+        return ("diffusers", *_component_path(named["module"]), _NAMED_ADAPTER_ROLES[named["role"]])
     return None
 
 

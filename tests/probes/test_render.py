@@ -60,6 +60,43 @@ def test_a_lora_whose_modules_match_nothing_is_unsupported(engine, world, tmp_pa
     assert np.array_equal(before, engine.renderer.render(two_probes, engine.probe_set))
 
 
+def _peft_layouts(state: dict) -> dict[str, dict]:
+    """The same weights as peft writes them outside diffusers: raw state_dict() names, save_pretrained's prefix."""
+    unet_only = {key: value for key, value in state.items() if key.startswith("unet.")}
+    return {
+        "adapter_named": {key.replace(".lora_A.weight", ".lora_A.default.weight")
+                          .replace(".lora_B.weight", ".lora_B.default.weight"): value for key, value in state.items()},
+        "save_pretrained": {key.replace("unet.", "base_model.model.", 1): value for key, value in unet_only.items()},
+        "unet_only": unet_only,
+    }
+
+
+def test_peft_layouts_from_outside_diffusers_render_like_the_diffusers_one(engine, world, two_probes, tmp_path):
+    lora = world_lora(world, format="peft", kind="character", trigger="plmbrm")
+    state = load_file(world.path(lora["path"]))
+    layouts = _peft_layouts(state)
+    renders = {}
+    for layout, tensors in [("diffusers", state), *layouts.items()]:
+        path = tmp_path / f"{layout}.safetensors"
+        save_file({key: value.numpy() for key, value in tensors.items()}, path)
+        inspection = inspect_file(path)  # intake takes every layout as the same LoRA
+        assert inspection.layout.format == "diffusers" and inspection.family.family == "fixture", layout
+        with engine.renderer.lora(load_file(path)) as name:
+            assert engine.renderer._count_layers(name) == len(inspection.layout.modules), layout
+            renders[layout] = engine.renderer.render(two_probes, engine.probe_set)
+    assert np.array_equal(renders["adapter_named"], renders["diffusers"])
+    assert np.array_equal(renders["save_pretrained"], renders["unet_only"])
+    assert not np.array_equal(renders["unet_only"], engine.renderer.render(two_probes, engine.probe_set))
+
+
+def test_two_named_adapters_in_one_file_are_unsupported(engine, world):
+    state = load_file(world.path(world_lora(world, format="peft")["path"]))
+    two = {key.replace(".lora_A.weight", f".lora_A.{name}.weight").replace(".lora_B.weight", f".lora_B.{name}.weight"):
+           value for name in ("first", "second") for key, value in state.items()}
+    with pytest.raises(UnsupportedLora, match="more than one adapter"), engine.renderer.lora(two):
+        pass
+
+
 def test_steered_probes_use_the_loras_own_directions(engine, world):
     from probes.steering import steering_directions
 
