@@ -91,6 +91,9 @@ class FetchLimits:
     # URL uploads name hosts the uploader chose: only public addresses are fetched from unless this is set
     # (a hub that serves its files from its own network; the tests' local file server).
     allow_private_addresses: bool = False
+    # URL uploads only from these hosts (comma-separated; "*.example.com" for subdomains), redirects included;
+    # unset, any public host. A hub that serves its files from a CDN names it here.
+    allowed_hosts: str = ""
 
 
 RECORD_SYNC = ("normal", "full")

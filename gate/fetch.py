@@ -6,6 +6,7 @@ Runs only in jobs (the intake queue), never in a request thread.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import http.client
 import ipaddress
@@ -35,8 +36,16 @@ class FetchError(GateError):
         self.transient = transient
 
 
-def check_url(url: object) -> str:
-    """An absolute http(s) URL with a host, or a typed error (url_invalid) saying what is wrong."""
+def host_allowed(host: str, allowed_hosts: str) -> bool:
+    """Whether `host` matches one of the comma-separated patterns (fnmatch, case-insensitive)."""
+    host = host.lower().rstrip(".")
+    return any(fnmatch.fnmatchcase(host, pattern.strip().lower()) for pattern in allowed_hosts.split(",")
+               if pattern.strip())
+
+
+def check_url(url: object, allowed_hosts: str = "") -> str:
+    """An absolute http(s) URL with a host (one of `allowed_hosts` where given), or a typed error saying what
+    is wrong (url_invalid, url_host_not_allowed)."""
     if not isinstance(url, str) or not url:
         raise FetchError("url must be a non-empty string", "url_invalid")
     if len(url) > MAX_URL_CHARS:
@@ -46,6 +55,9 @@ def check_url(url: object) -> str:
         raise FetchError(f"url scheme {parts.scheme or '(none)'!r} is not allowed: use http or https", "url_invalid")
     if not parts.hostname:
         raise FetchError("url has no host", "url_invalid")
+    if allowed_hosts and not host_allowed(parts.hostname, allowed_hosts):
+        raise FetchError(f"url host {parts.hostname!r} is not one this gate fetches from (GATE_FETCH_ALLOWED_HOSTS)",
+                         "url_host_not_allowed")
     return url
 
 
@@ -79,12 +91,13 @@ class _PublicHTTPS(urllib.request.HTTPSHandler):
 class _Redirects(urllib.request.HTTPRedirectHandler):
     """Follows at most `limit` redirects, and only to http(s)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, allowed_hosts: str = ""):
         self.max_redirections = limit
         self.max_repeats = 2  # the same URL twice more is a loop
+        self.allowed_hosts = allowed_hosts
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        check_url(newurl)
+        check_url(newurl, self.allowed_hosts)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -108,11 +121,13 @@ def _http_error(url: str, exc: urllib.error.HTTPError) -> FetchError:
 
 
 def fetch_to_file(url: str, spool_dir: Path, limits: FetchLimits, max_bytes: int,
-                  headers: dict[str, str] | None = None, public_only: bool = False) -> Fetched:
+                  headers: dict[str, str] | None = None, public_only: bool = False,
+                  allowed_hosts: str = "") -> Fetched:
     """Stream `url` into a new file under spool_dir, hashing as it goes; never more than max_bytes. With
-    `public_only` (a URL an uploader chose), only public addresses are connected to."""
-    check_url(url)
-    handlers = [_Redirects(limits.max_redirects)]
+    `public_only` (a URL an uploader chose), only public addresses are connected to; with `allowed_hosts`,
+    only those hosts, redirects included."""
+    check_url(url, allowed_hosts)
+    handlers = [_Redirects(limits.max_redirects, allowed_hosts)]
     if public_only:
         handlers += [_PublicHTTP(), _PublicHTTPS()]
     opener = urllib.request.build_opener(*handlers)

@@ -147,7 +147,8 @@ def _fetch_url(settings: Settings, db, queues: Queues, delivery: dict, upload_id
     meta = json.loads(delivery["meta"] or "{}")
     url = delivery["url"]
     fetched = fetch_to_file(url, settings.data_dir / "incoming", settings.fetch, _limit(settings),
-                            public_only=not settings.fetch.allow_private_addresses)
+                            public_only=not settings.fetch.allow_private_addresses,
+                            allowed_hosts=settings.fetch.allowed_hosts)
     filename = posixpath.basename(unquote(urlsplit(url).path)) or "upload.safetensors"
     _accept(settings, db, queues, "url", meta, fetched, filename, url, upload_ids)
 

@@ -14,7 +14,7 @@ from gate.deliveries import get_delivery, record_delivery, status
 from gate.errors import GateError
 from gate.fetch import check_url
 from gate.uploads import parse_meta
-from gate.web.record import db
+from gate.web.record import db, settings
 
 bp = Blueprint("deliveries", __name__)
 MAX_BODY_BYTES = 256 * 1024
@@ -50,7 +50,7 @@ def url_upload(secret: str):
         raise UrlUploadInvalid("the body must be a JSON object with 'url' (and an optional 'meta')")
     if "url" not in body:
         raise UrlUploadInvalid("the body has no 'url'", "url_missing")
-    url = check_url(body["url"])
+    url = check_url(body["url"], settings().fetch.allowed_hosts)  # refused now, not after a 202
     meta = parse_meta(body.get("meta"))
     # The same URL with the same hub record is one delivery, however often the hub retries it.
     key = "url|" + hashlib.sha256(json.dumps([url, meta], sort_keys=True).encode()).hexdigest()

@@ -303,6 +303,10 @@ class FileServer(ThreadingHTTPServer):
                     self.send_response(302)
                     self.send_header("Location", "/loop-again" if self.path == "/loop" else "/loop")
                     self.end_headers()
+                elif self.path == "/to-localhost":  # the same server under another host name
+                    self.send_response(302)
+                    self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/lora.safetensors")
+                    self.end_headers()
                 elif self.path in ("/to-file", "/to-ftp"):
                     self.send_response(302)
                     self.send_header("Location", "file:///etc/passwd" if self.path == "/to-file" else "ftp://127.0.0.1/x")
@@ -361,6 +365,18 @@ def test_url_uploads_refuse_private_addresses_by_default(tmp_path, hub, files):
         delivery = wait_delivery(client, post_url(client, {"url": url}).get_json()["id"])
         assert delivery["state"] == "failed" and delivery["error"]["code"] == "url_private"
     assert files.requests == [], "nothing was sent to the private address"
+
+
+def test_url_uploads_only_from_the_allowed_hosts_redirects_included(tmp_path, hub, files):
+    client = make_app(tmp_path, hub, fetch={"allowed_hosts": "example.org, 127.0.0.*"}).test_client()
+    refused = post_url(client, {"url": files.url("/lora.safetensors").replace("127.0.0.1", "localhost")})
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "url_host_not_allowed"
+    assert files.requests == []  # refused before anything was recorded or fetched
+    redirected = wait_delivery(client, post_url(client, {"url": files.url("/to-localhost")}).get_json()["id"])
+    assert redirected["state"] == "failed" and redirected["error"]["code"] == "url_host_not_allowed"
+    assert files.requests == ["/to-localhost"]  # the redirect's target was never asked for
+    allowed = wait_delivery(client, post_url(client, {"url": files.url("/lora.safetensors")}).get_json()["id"])
+    assert allowed["state"] != "failed" and len(allowed["uploads"]) == 1
 
 
 @pytest.mark.parametrize("raw,code", [
