@@ -86,8 +86,27 @@ class Verification:
     problem: str = ""
 
 
-def verify(db: Database) -> Verification:
-    """Walk the chain: every row's hash must match its content and link to the row before it."""
+def head(db: Database) -> dict | None:
+    """The newest entry's id and hash: an anchor to keep outside the record (hubs get one with every message).
+
+    The chain alone shows an edited or removed row, but not the log cut back at its end, nor the whole chain
+    recomputed by someone with the file; a hash kept elsewhere does."""
+    row = db.execute("select id, hash from audit_log order by id desc limit 1").fetchone()
+    return {"id": row[0], "sha256": row[1]} if row else None
+
+
+def parse_anchor(text: str) -> tuple[int, str]:
+    """'ID:SHA256' as `gate audit head` prints it."""
+    number, _, digest = text.partition(":")
+    if not number.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise AuditError(f"an anchor is ID:SHA256 (as `gate audit head` prints it), not {text[:80]!r}",
+                         "anchor_invalid")
+    return int(number), digest
+
+
+def verify(db: Database, anchors: list[tuple[int, str]] | tuple = ()) -> Verification:
+    """Walk the chain: every row's hash must match its content and link to the row before it; every anchor
+    (an entry's id and hash kept elsewhere) must still be there with that hash."""
     prev_hash, count = GENESIS, 0
     for row in db["audit_log"].rows_where(order_by="id"):
         count += 1
@@ -96,6 +115,12 @@ def verify(db: Database) -> Verification:
         if _digest(prev_hash, row) != row["hash"]:
             return Verification(False, count, row["id"], "its content does not match its hash (edited?)")
         prev_hash = row["hash"]
+    for number, digest in anchors:
+        row = db.execute("select hash from audit_log where id = ?", [number]).fetchone()
+        if row is None:
+            return Verification(False, count, number, "is anchored but gone (the log cut back?)")
+        if row[0] != digest:
+            return Verification(False, count, number, "does not match its anchor (the chain rewritten?)")
     return Verification(True, count)
 
 

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from gate.errors import GateError
+
 
 def _db():
     from gate.config import load_settings
@@ -159,15 +161,37 @@ def audit_export(fmt: str, out: str | None) -> None:
         click.echo(body, nl=False)
 
 
-@audit_group.command("verify")
-def audit_verify() -> None:
-    """Check the hash chain: exit status 1 and the first bad entry if any row was edited or removed.
+@audit_group.command("head")
+def audit_head() -> None:
+    """Print the newest entry as ID:SHA256, an anchor to keep somewhere the gate cannot write.
 
-    Example: gate audit verify
+    Example: gate audit head >> /mnt/elsewhere/gate-audit-anchors
     """
-    from gate.audit import verify
+    from gate.audit import head
 
-    result = verify(_db())
+    latest = head(_db())
+    if latest is None:
+        click.echo("the audit log is empty", err=True)
+        sys.exit(1)
+    click.echo(f"{latest['id']}:{latest['sha256']}")
+
+
+@audit_group.command("verify")
+@click.option("--anchor", "anchors", multiple=True, metavar="ID:SHA256",
+              help="An entry's id and hash kept elsewhere (`gate audit head`, hubs' audit_head); repeatable.")
+def audit_verify(anchors: tuple[str, ...]) -> None:
+    """Check the hash chain: exit status 1 and the first bad entry if any row was edited or removed, or an
+    anchored entry is gone or different (the log cut back, the chain recomputed).
+
+    Example: gate audit verify --anchor 1042:9f86d0...
+    """
+    from gate.audit import parse_anchor, verify
+
+    try:
+        parsed = [parse_anchor(anchor) for anchor in anchors]
+    except GateError as exc:
+        raise click.UsageError(exc.message) from None
+    result = verify(_db(), parsed)
     if result.ok:
         click.echo(f"ok: {result.rows} entries, chain intact")
         return

@@ -17,8 +17,12 @@ def _now() -> str:
 
 
 def enqueue(db: Database, upload_id: str, event: str, payload: dict) -> int:
-    """Owe the hub a message about an upload; returns the message id."""
+    """Owe the hub a message about an upload; returns the message id. Each carries the audit log's head as it
+    stands, so hubs hold anchors the gate cannot rewrite (`gate audit verify --anchor`)."""
+    from gate.audit import head
+
     now = _now()
+    payload = {**payload, "audit_head": head(db)}
     row = {"upload_id": upload_id, "event": event, "payload": json.dumps(payload, ensure_ascii=False),
            "state": "pending", "attempts": 0, "next_attempt_at": now, "created_at": now}
     return db["outbox"].insert(row).last_pk

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -48,6 +49,17 @@ def test_accounts_tokens_and_the_audit_export(tmp_path):
     assert [r["hash"] for r in as_json] == [r["hash"] for r in rows]
     assert gate("audit", "verify").stdout.startswith("ok: 5 entries")
     assert gate("audit", "export", "--format", "xml").returncode == 2
+
+    anchor = gate("audit", "head").stdout.strip()
+    assert anchor == f"5:{rows[-1]['hash']}"
+    record = sqlite3.connect(tmp_path / "data" / "gate.db")  # someone with the file cuts the log back
+    record.execute("drop trigger audit_log_no_delete")
+    record.execute("delete from audit_log where id = 5")
+    record.commit()
+    assert gate("audit", "verify").returncode == 0  # the chain alone cannot tell: what is left still links
+    cut = gate("audit", "verify", "--anchor", anchor)
+    assert cut.returncode == 1 and "entry 5 is anchored but gone" in cut.stderr
+    assert gate("audit", "verify", "--anchor", "5:nothex").returncode == 2
 
 
 def test_operators_registry_and_blocklist_changes_from_the_cli_are_audited(tmp_path, world):

@@ -191,6 +191,17 @@ def test_the_audit_chain_detects_tampering(gate):
     assert not result.ok and result.first_bad == 2
 
 
+def test_every_message_to_a_hub_carries_the_audit_head(gate):
+    review.decide(gate.db, MOD, gate.ids[6], "block", "an anchor for the hub")
+    message = gate.db.execute("select payload from outbox where upload_id = ? order by id desc limit 1",
+                              [gate.ids[6]]).fetchone()[0]
+    latest = audit.entries(gate.db, newest_first=True, limit=1)[0]
+    assert json.loads(message)["audit_head"] == {"id": latest["id"], "sha256": latest["hash"]}
+    assert latest["action"] == "decision.block" and latest["subject_id"] == gate.ids[6]  # the decision itself
+    assert audit.verify(gate.db, [(latest["id"], latest["hash"])]).ok
+    assert not audit.verify(gate.db, [(latest["id"], "0" * 64)]).ok
+
+
 def test_bulk_decisions_confirm_exactly_what_was_shown(gate):
     client = gate.client("mod")
     review.claim(gate.db, MOD2, gate.item_for_hub("tensorart-test"), 15)
