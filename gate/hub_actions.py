@@ -47,7 +47,7 @@ def owe_actions(settings: Settings, db) -> int:
                                           "repo_id": upload["model_id"], "action": name, "state": "pending",
                                           "attempts": 0, "next_attempt_at": now, "created_at": now})
             journal(db, upload["id"], ACTOR, "hub actions owed", None, None,
-                     {"repo": upload["model_id"], "actions": [action, "discussion"]})
+                    {"repo": upload["model_id"], "actions": [action, "discussion"]})
     return len(blocked)
 
 
@@ -95,7 +95,7 @@ def perform_due(settings: Settings, db, limit: int = 20) -> int:
                     "attempts": attempts, "last_error": error, "state": state,
                     "next_attempt_at": _stamp(now + timedelta(seconds=backoff(attempts)))})
                 journal(db, row["upload_id"], ACTOR, f"{row['action']} failed", None, None,
-                         {"repo": row["repo_id"], "attempt": attempts, "error": error, "gave_up": state == "failed"})
+                        {"repo": row["repo_id"], "attempt": attempts, "error": error, "gave_up": state == "failed"})
             log.warning("hub action %s on %s failed (%s)", row["action"], row["repo_id"], error)
             continue
         with writing(db):

@@ -340,7 +340,7 @@ def decide(db: Database, actor: Actor, upload_id: str, action: str, reason: str)
             _feed_back_allow(db, actor, before, reason)
         disputed = before["review_status"] == ReviewStatus.DISPUTED or bool(before["disputed_at"])
         journal(db, upload_id, actor.name, f"review {action}", before["state"], after["state"],
-                 {"reason": reason, "verdict": after["verdict"], "role": actor.role})
+                {"reason": reason, "verdict": after["verdict"], "role": actor.role})
         audit.record(db, actor, f"decision.{action}", "upload", upload_id, reason, _snapshot(before),
                      _snapshot(after))
         if action != Action.ESCALATE:
@@ -467,7 +467,7 @@ def file_dispute(db: Database, hub: dict, upload_id: str, statement: str, deadli
                                          "dispute_deadline": deadline, "claimed_by": None, "claimed_until": None})
         after = get_upload(db, upload_id)
         journal(db, upload_id, actor.name, "disputed", before["state"], after["state"],
-                 {"statement": statement[:500], "deadline": deadline})
+                {"statement": statement[:500], "deadline": deadline})
         audit.record(db, actor, "dispute.file", "upload", upload_id, statement, _snapshot(before), _snapshot(after))
         outbox.enqueue(db, upload_id, "dispute.received", {**_hub_status(after), "dispute": {
             "statement": statement, "deadline": deadline, "filed_at": _iso(now)}})

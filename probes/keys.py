@@ -21,7 +21,7 @@ def diffusers_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     adapters: set[str] = set()
     for name, tensor in state_dict.items():
         named = NAMED_ADAPTER_RE.match(name)
-        if named and named["adapter"] not in ("weight", "bias"):
+        if named:
             adapters.add(named["adapter"])
             suffix = "" if named["role"] == "lora_magnitude_vector" and not name.endswith(".weight") else ".weight"
             name = f"{named['module']}.{named['role']}{suffix}"

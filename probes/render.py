@@ -147,11 +147,9 @@ class Renderer:
     def lora(self, state_dict: dict[str, torch.Tensor], expected_modules: int | None = None) -> Iterator[str]:
         """Apply a LoRA for the duration of the block; always removed afterwards, even on error."""
         name = f"upload_{uuid.uuid4().hex[:12]}"
+        state_dict = diffusers_names(state_dict)  # raises UnsupportedLora before anything is loaded
         try:
-            self.pipe.load_lora_weights(diffusers_names(state_dict), adapter_name=name)
-        except UnsupportedLora:
-            self._remove(name)
-            raise
+            self.pipe.load_lora_weights(state_dict, adapter_name=name)
         except Exception as exc:  # diffusers raises many kinds for layouts it cannot map
             self._remove(name)
             raise UnsupportedLora(f"diffusers cannot apply this LoRA to the base model: {exc}"[:500]) from None

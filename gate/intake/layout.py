@@ -40,9 +40,11 @@ _DOTTED_KOHYA_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora
 _PROCESSOR_RE = re.compile(
     r"^(?P<module>.+)\.processor\.(?P<proj>to_(?:q|k|v|out))_lora\.(?P<role>down|up)\.weight$"
 )
-# peft's raw state_dict() keeps the adapter's name: "<module>.lora_A.default.weight".
+# peft's raw state_dict() keeps the adapter's name: "<module>.lora_A.default.weight" (but "weight" and "bias"
+# in that place are the plain layout's own suffixes, not an adapter's name).
 NAMED_ADAPTER_RE = re.compile(
-    r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_magnitude_vector)\.(?P<adapter>[A-Za-z0-9_-]+)(?:\.weight)?$"
+    r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_magnitude_vector)"
+    r"\.(?P<adapter>(?!(?:weight|bias)$)[A-Za-z0-9_-]+)(?:\.weight)?$"
 )
 _NAMED_ADAPTER_ROLES = {"lora_A": "down", "lora_B": "up", "lora_magnitude_vector": "dora_scale"}
 _COMPONENTS = ("unet", "text_encoder_2", "text_encoder_3", "text_encoder", "transformer", "prior")
@@ -137,7 +139,7 @@ def _classify(name: str) -> tuple[str, str, str, str] | None:
             if name.endswith("." + suffix):
                 return (fmt, *_component_path(name[: -len(suffix) - 1]), role)
     named = NAMED_ADAPTER_RE.match(name)
-    if named and named["adapter"] not in ("weight", "bias"):
+    if named:
         return ("diffusers", *_component_path(named["module"]), _NAMED_ADAPTER_ROLES[named["role"]])
     return None
 
