@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench
+.PHONY: setup run demo test lint bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The gate's main job on its embedded defaults: scan fixture-world LoRAs (a character that always draws,
+# The service on its embedded defaults: the fixture world's models and characters, jobs in-process (no Redis),
+# the record under var/; a local signing secret unless GATE_UPLOAD_SECRET says otherwise.
+GATE_UPLOAD_SECRET ?= local-dev-secret
+run: setup
+	GATE_UPLOAD_SECRET=$(GATE_UPLOAD_SECRET) $(BIN)/gate serve
+
+# The probe engine alone, no service: scan fixture-world LoRAs (a character that always draws,
 # a stripped trigger-word character, a clean style, a clean concept with a misleading title) and a
 # disguised pickle; evidence pages land in var/evidence/.
 DEMO := fixtures/world/loras/ultraman_any_kohya.safetensors fixtures/world/loras/doraemon_trigger_kohya.safetensors \
 	fixtures/world/loras/style_sepia_peft.safetensors fixtures/world/loras/concept_tree_peft.safetensors
-run: setup
+demo: setup
 	$(BIN)/python -m fixtures.intake_corpus var/intake-corpus > /dev/null
 	$(BIN)/gate scan --evidence var/evidence $(DEMO) var/intake-corpus/pickle_disguised.safetensors || [ $$? -eq 3 ]
 
