@@ -20,6 +20,7 @@ WORLD_BUILD_THREADS=8 timeout "${BASE_TIMEOUT:-300}" python3 -m fixtures.build -
 status=$?
 echo "vae+base: exit $status after $(elapsed) s"
 grep -E "saved|ms a step|step +[0-9]+/[0-9]+ (mse|loss)" "$OUT/base.log" | awk 'NR % 8 == 1' | tail -16
+grep -A 20 "profile of steps" "$OUT/base.log" | cut -c1-160
 tail -3 "$OUT/base.log"
 tar czf "$OUT/base.tgz" fixtures/world/base fixtures/manifest.json
 [ $status -eq 0 ] || exit $status
