@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.sd15_probe import PROBE_SET, build_models, write_loras
+from benchmarks.sd15_probe import PROBE_SET, _sync, build_models, write_loras
 from probes.embed import ImageEmbedder
 from probes.probe_set import load_probe_set
 from probes.render import Renderer
@@ -29,8 +29,7 @@ PARTS = ("load + swap", "pipeline", "embed", "delete")
 
 
 def _mark(marks: list[float]) -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    _sync()
     marks.append(time.perf_counter())
 
 
