@@ -76,19 +76,22 @@ def main() -> None:
         scanner.conclude(result, thresholds)
         top = result.matches[0] if result.matches else None
         blocked_for = {r.character_id for r in result.decision.reasons if r.verdict == "block"}
-        rows.append({**lora, "verdict": result.verdict, "top": top, "blocked_for": blocked_for,
+        gains = result.outcome.likelihood if result.outcome is not None else []
+        gain = f"{gains[0].character_id} {gains[0].gain:+.3f}" if gains else "-"
+        rows.append({**lora, "verdict": result.verdict, "top": top, "blocked_for": blocked_for, "gain": gain,
                      "reasons": [r.kind for r in result.decision.reasons]})
 
     print(f"\nprobe set {engine.probe_set.id}; shared thresholds: {shared.to_dict() | {'provenance': '...'}}\n")
     print(f"| {'LoRA':<30} | {'kind':<9} | {'character':<13} | {'held':<4} | {'expected':<10} | {'verdict':<10} "
-          f"| {'matched':>7} | {'best':>5} | reasons |")
-    print("|" + "|".join("-" * w for w in (32, 11, 15, 6, 12, 12, 9, 7, 9)) + "|")
+          f"| {'matched':>7} | {'best':>5} | {'top likelihood gain':<24} | reasons |")
+    print("|" + "|".join("-" * w for w in (32, 11, 15, 6, 12, 12, 9, 7, 26, 9)) + "|")
     for row in rows:
         top = row["top"]
         print(f"| {row['id']:<30} | {row['kind']:<9} | {row['character'] or '-':<13} | "
               f"{'yes' if row['held_back'] else '':<4} | {row['expected']:<10} | {row['verdict']:<10} | "
               f"{(f'{top.matched}/{top.rendered}' if top else '-'):>7} | "
-              f"{(f'{top.best_score:.3f}' if top else '-'):>5} | {', '.join(row['reasons']) or '-'} |")
+              f"{(f'{top.best_score:.3f}' if top else '-'):>5} | {row['gain']:<24} | "
+              f"{', '.join(row['reasons']) or '-'} |")
 
     def flagged(row):
         return row["verdict"] in ("quarantine", "block")

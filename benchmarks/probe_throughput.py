@@ -27,6 +27,7 @@ from gate.scan import probe_terms
 from gate.world import World
 from probes.embed import ImageEmbedder
 from probes.engine import ProbeEngine
+from probes.likelihood import ReferenceSet
 from probes.probe_set import load_probe_set
 from probes.render import Renderer
 
@@ -35,25 +36,34 @@ def _probes(probe_set, path, registry_names):
     metadata = inspect_file(path).metadata
     terms = probe_terms(metadata, [])
     terms["registry"] = registry_names
-    return probe_set.probes(terms)
+    return probe_set.probes(terms), terms["trigger"]
 
 
 SHARED_SOURCES = ("generic", "registry")  # probes every LoRA of a probe set gets
 
 
-def gate_design(settings, probe_set, jobs, device, warm: bool = False) -> tuple[float, int]:
+def gate_design(settings, probe_set, jobs, device, warm: bool = False,
+                references: list[ReferenceSet] | None = None) -> tuple[float, int]:
+    """With `references`, each LoRA is also measured by the likelihood probe, as a scan does."""
     started = time.perf_counter()  # a cold engine pays for loading the pipeline, as the naive way does
     engine = ProbeEngine(settings.base_model, settings.embedder, probe_set, device)
+    likelihood = engine.likelihood if references else None
+    size = (probe_set.width, probe_set.height)
     if warm:  # a running worker has loaded it and rendered the shared probes on the base already
-        shared = {p.key: p for _, probes in jobs for p in probes if p.source in SHARED_SOURCES}
+        shared = {p.key: p for _, probes, _ in jobs for p in probes if p.source in SHARED_SOURCES}
         engine.base(list(shared.values()))
+        if likelihood:  # ... and measured the references on the base under the shared prompts
+            likelihood.base_errors(references, [], size)
         started = time.perf_counter()
     images = 0
-    for path, probes in jobs:
+    for path, probes, triggers in jobs:
         engine.base(probes)
         with engine.renderer.lora(load_file(path)):
             rendered = engine.renderer.render(probes, probe_set)
+            errors = likelihood.lora_errors(references, triggers, size) if likelihood else None
         engine.embed(rendered)
+        if likelihood:
+            likelihood.gains(references, triggers, errors, likelihood.base_errors(references, triggers, size))
         images += len(rendered)
     return time.perf_counter() - started, images
 
@@ -63,7 +73,7 @@ def naive(settings, probe_set, jobs, device) -> tuple[float, int]:
     embedder = ImageEmbedder(settings.embedder, device)
     single = probe_set.__class__(**{**probe_set.__dict__, "batch_size": 1})
     images = 0
-    for path, probes in jobs:
+    for path, probes, _ in jobs:
         renderer = Renderer(settings.base_model, device)  # a fresh pipeline for every LoRA
         base = renderer.render(probes, single)
         renderer.pipe.load_lora_weights(load_file(path), adapter_name="lora")
@@ -85,16 +95,20 @@ def main() -> None:
     probe_set = load_probe_set(settings.probe_set)
     names = [c["name"] for c in world.characters(registered=True)]
     chosen = [lora for lora in world.loras("character", "style") if lora["format"] in ("kohya", "peft")][: args.loras]
-    jobs = [(world.path(lora["path"]), _probes(probe_set, world.path(lora["path"]), names)) for lora in chosen]
+    jobs = [(world.path(lora["path"]), *_probes(probe_set, world.path(lora["path"]), names)) for lora in chosen]
+    references = [ReferenceSet(c["id"], c["name"], tuple(str(world.path(p)) for p in c["references"]))
+                  for c in world.characters(registered=True)]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     rows = {"naive (fresh pipeline, no cache, batch 1)": naive(settings, probe_set, jobs, device),
             "gate, cold (resident, adapter swap, cached base, batched)": gate_design(settings, probe_set, jobs,
                                                                                      device),
             "gate, running worker (shared base renders cached)": gate_design(settings, probe_set, jobs, device,
-                                                                             warm=True)}
+                                                                             warm=True),
+            "gate, running worker, with the likelihood probe": gate_design(settings, probe_set, jobs, device,
+                                                                           warm=True, references=references)}
     baseline = next(iter(rows.values()))
-    print(f"\n{len(jobs)} LoRAs, {sum(len(p) for _, p in jobs)} probe renders, probe set {probe_set.id}, "
+    print(f"\n{len(jobs)} LoRAs, {sum(len(p) for _, p, _ in jobs)} probe renders, probe set {probe_set.id}, "
           f"device {device}, torch threads {torch.get_num_threads()}\n")
     print(f"| {'design':<57} | {'seconds':>8} | {'probe images/s':>14} | {'LoRAs/min':>9} | {'speed-up':>8} |")
     print(f"|{'-' * 59}|{'-' * 10}|{'-' * 16}|{'-' * 11}|{'-' * 10}|")

@@ -2,7 +2,8 @@
 
 Nothing here is a magic number: the per-render threshold is a high quantile of what negatives score,
 the quarantine count is one more than any negative subject reached, and an automatic block needs a render
-more similar than any negative ever was.
+more similar than any negative ever was. The likelihood probe's thresholds sit above the largest gain any
+clean LoRA gave any character's references, by a stated margin.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import numpy as np
 from gate.matching import Scores, Thresholds, render_matches
 
 DEFAULT_QUANTILE = 0.99
+# How far above the largest clean-LoRA gain a character's gain must be: quarantine, then the character's policy.
+# The margins are policy (a gain is a relative error cut: 0.05 is 5 points), the base of it is measured.
+LIKELIHOOD_MARGINS = (0.05, 0.10)
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,15 @@ class Subject:
     name: str
     lora: Scores
     base: Scores
+    gains: dict[str, float] | None = None  # likelihood gain per character; None: not measured
 
 
 def _nearest_scores(scores: Scores) -> np.ndarray:
     return scores.similarity.max(axis=1) if scores.similarity.size else np.zeros(0)
 
 
-def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_quarantine: int = 2) -> Thresholds:
+def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_quarantine: int = 2,
+              likelihood_margins: tuple[float, float] = LIKELIHOOD_MARGINS) -> Thresholds:
     """Fit thresholds so that negatives stay below them; record the evidence they rest on."""
     if not subjects:
         raise ValueError("calibration needs at least one negative (the base renders)")
@@ -55,12 +61,20 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
         for s in subjects
     }
     quarantine = max(min_quarantine, max(negative_matches.values()) + 1)
+    # A LoRA that cuts no character's error (gain <= 0) is the floor: the base model itself gains nothing.
+    measured = {s.name: max(s.gains.values(), default=0.0) for s in subjects if s.gains is not None}
+    top_gain = max([0.0, *measured.values()])
+    likelihood = {}
+    if measured:
+        likelihood = {"likelihood_quarantine": round(top_gain + likelihood_margins[0], 6),
+                      "likelihood_block": round(top_gain + likelihood_margins[1], 6)}
     return Thresholds(
         render_score=round(render_score, 6),
         lift=round(lift, 6),
         quarantine_matches=quarantine,
         block_matches=quarantine + 1,
         block_score=round(float(render_scores.max()) + 1e-6, 6),
+        **likelihood,
         provenance={
             "quantile": quantile,
             "negative_subjects": len(subjects),
@@ -68,6 +82,8 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
             "max_negative_score": round(float(render_scores.max()), 6),
             "negative_matches": negative_matches,
             "negative_lift_quantile": round(float(np.quantile(lift_values, quantile)), 6),
+            "negative_likelihood_gains": {name: round(gain, 6) for name, gain in measured.items()},
+            "likelihood_margins": list(likelihood_margins) if measured else None,
         },
     )
 
@@ -86,7 +102,10 @@ def outcome_subject(name: str, outcome, references) -> Subject:
     """A probed clean LoRA as a negative, with the base renders of the same probes."""
     from gate.matching import score
 
-    return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references))
+    measured = outcome.likelihood or None  # an engine without the likelihood probe measures nothing
+    gains = {g.character_id: g.gain for g in outcome.likelihood if g.character_id in references.character_ids}
+    return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references),
+                   gains if measured else None)
 
 
 def negative_subjects(scanner, paths: list[Path], references, progress=None) -> list[Subject]:

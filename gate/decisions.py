@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from gate.matching import CharacterMatch, Thresholds
 from gate.screening import NameHit
+from probes.likelihood import CharacterGain
 
 
 class Verdict(StrEnum):
@@ -25,7 +26,7 @@ class Verdict(StrEnum):
 
 @dataclass
 class Reason:
-    kind: str  # blocklist, visual_match, metadata_name, not_probed
+    kind: str  # blocklist, visual_match, likelihood_match, metadata_name, not_probed
     verdict: Verdict
     message: str
     character_id: str | None = None
@@ -62,6 +63,7 @@ def decide(
     not_probed: str | None = None,
     not_probed_verdict: Verdict = Verdict.QUARANTINE,
     cleared: frozenset[str] | set[str] = frozenset(),
+    likelihood: list[CharacterGain] | tuple[CharacterGain, ...] = (),
 ) -> Decision:
     """Combine static signals and visual matches into one verdict, keeping every reason."""
     reasons: list[Reason] = []
@@ -97,7 +99,8 @@ def decide(
             {"matched": match.matched, "rendered": match.rendered, "best_score": round(match.best_score, 4),
              "best_lift": round(match.best_lift, 4), "certainty": certainty},
         ))
-    seen_visual = {r.character_id for r in reasons if r.kind == "visual_match"}
+    reasons += _likelihood_reasons(likelihood, characters, thresholds, named)
+    seen_visual = {r.character_id for r in reasons if r.kind in ("visual_match", "likelihood_match")}
     for character_id, hits in named.items():
         if character_id in seen_visual or character_id not in characters:
             continue
@@ -109,6 +112,35 @@ def decide(
     _apply_cleared(reasons, cleared)
     verdict = max((r.verdict for r in reasons), key=lambda v: v.severity, default=Verdict.ALLOW)
     return Decision(verdict, reasons)
+
+
+def _likelihood_reasons(gains, characters: dict[str, CharacterPolicy], thresholds: Thresholds,
+                        named: dict[str, list[NameHit]]) -> list[Reason]:
+    """Characters whose references the LoRA made markedly likelier (probes/likelihood.py)."""
+    if thresholds.likelihood_quarantine is None:
+        return []
+    over = [g for g in gains if g.character_id in characters and g.gain >= thresholds.likelihood_quarantine]
+    # A LoRA that makes most characters likelier has learnt something they share (a drawing style), not one
+    # of them: uncertain, so a person looks, and no policy applies automatically.
+    broad = len(over) > max(2, len(characters) // 2)
+    reasons = []
+    for gain in over:
+        character = characters[gain.character_id]
+        clear = (not broad and thresholds.likelihood_block is not None and gain.gain >= thresholds.likelihood_block)
+        verdict, certainty = (character.policy, "clear") if clear else (Verdict.QUARANTINE, "possible")
+        also = f"; {len(over)} characters gained, so it may be a shared style" if broad else ""
+        if named.get(gain.character_id):
+            also += f"; its metadata names it too ({_where(named[gain.character_id])})"
+        reasons.append(Reason(
+            "likelihood_match", verdict,
+            f"{certainty} match with {character.name}: with the LoRA the base model denoises its references "
+            f"{gain.gain:.0%} better (prompt {gain.prompt!r}; possible from {thresholds.likelihood_quarantine:.0%}, "
+            f"clear from {thresholds.likelihood_block or 0:.0%}){also}",
+            gain.character_id,
+            {"gain": round(gain.gain, 4), "prompt": gain.prompt, "reference_gains": list(gain.reference_gains),
+             "certainty": certainty},
+        ))
+    return reasons
 
 
 def _apply_cleared(reasons: list[Reason], cleared: frozenset[str] | set[str]) -> None:

@@ -1,7 +1,8 @@
 """Evidence a person would rather look at than read: a contact sheet (PNG) and a small HTML page.
 
 Each row: the probe render with the LoRA, the base render for the same prompt and seed, the matched
-reference, and the scores.
+reference, and the scores. The renders most like the characters the decision names come first; the
+likelihood probe's gains per character follow the reasons.
 """
 
 from __future__ import annotations
@@ -26,17 +27,24 @@ def _cell(image: np.ndarray | None) -> Image.Image:
 
 
 def _rows(result) -> list[dict]:
-    """The renders to show: each match's renders first (best first), else the renders nearest any character."""
+    """The renders to show: those most like a character the decision flags (best first), then the renders
+    nearest any character."""
     outcome, references = result.outcome, result.references
     from gate.matching import score
 
     lora, base = score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references)
     if lora.similarity.size == 0:
         return []
-    order = np.argsort(-lora.similarity.max(axis=1))[:ROWS]
+    flagged = [references.character_ids.index(r.character_id) for r in (result.decision.reasons if result.decision
+               else []) if r.verdict != "allow" and r.character_id in references.character_ids]
+    picks: list[tuple[int, int]] = []  # (render, character)
+    for c in dict.fromkeys(flagged):
+        picks += [(int(i), c) for i in np.argsort(-lora.similarity[:, c])[: max(1, ROWS // len(set(flagged)))]]
+    shown = {i for i, _ in picks}
+    picks += [(int(i), int(lora.similarity[i].argmax())) for i in np.argsort(-lora.similarity.max(axis=1))
+              if int(i) not in shown]
     rows = []
-    for index in order:
-        c = int(lora.similarity[index].argmax())
+    for index, c in picks[:ROWS]:
         reference = int(lora.nearest_reference[index, c])
         rows.append({
             "probe": outcome.probes[index], "render": outcome.lora_images[index], "base": outcome.base_images[index],
@@ -64,7 +72,7 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
         for j, image in enumerate((row["render"], row["base"], reference)):
             sheet.paste(_cell(image), (j * CELL, top))
         name = characters[row["character"]].name if row["character"] in characters else row["character"]
-        lines = [f"prompt: {row['probe'].prompt[:40]}", f"seed {row['probe'].seed}", f"nearest: {name}",
+        lines = [f"prompt: {row['probe'].prompt[:40]}", f"seed {row['probe'].seed}", f"compared with: {name}",
                  f"score {row['score']:.3f}  base {row['base_score']:.3f}"]
         for k, line in enumerate(lines):
             draw.text((3 * CELL + 10, top + 10 + 18 * k), line, fill="black")
@@ -88,9 +96,19 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
     # The same rows as data, for the moderators' item view (issue 7), with the static signals intake found.
     inspection = result.inspection.to_dict()
     intake = {k: inspection.get(k) for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")}
-    (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake}, ensure_ascii=False))
+    gains = [{**g.to_dict(), "name": characters[g.character_id].name if g.character_id in characters
+              else g.character_id} for g in (result.outcome.likelihood if result.outcome is not None else [])]
+    (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains},
+                                                      ensure_ascii=False))
     decided = result.decision.reasons if result.decision else []
     reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
+    if gains:  # the likelihood probe's evidence: how much likelier the LoRA makes each character's references
+        reasons += ("</ul><h2>Likelihood probe</h2><table><tr><th>character</th><th>gain</th><th>prompt</th>"
+                    "<th>per reference</th></tr>" + "".join(
+                        f"<tr><td>{html.escape(g['name'])}</td><td>{g['gain']:+.1%}</td>"
+                        f"<td>{html.escape(g['prompt'])}</td><td>"
+                        f"{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
+                    + "</table><ul>")
     page = out_dir / "index.html"
     page.write_text(
         "<!doctype html><meta charset='utf-8'><title>LoRA Gate evidence</title>"

@@ -21,6 +21,10 @@ class Thresholds:
     quarantine_matches: int  # renders matching one character that send a LoRA to quarantine
     block_matches: int  # renders needed before a character's policy (block) applies automatically
     block_score: float  # ... with at least one render this similar
+    # The likelihood probe (probes/likelihood.py): a character's references made this much likelier (relative
+    # denoising-error cut) quarantines, the larger figure applies its policy. None: not calibrated, not used.
+    likelihood_quarantine: float | None = None
+    likelihood_block: float | None = None
     provenance: dict | None = None
 
     def to_dict(self) -> dict:

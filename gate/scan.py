@@ -25,6 +25,7 @@ from gate.registry import Character, embed_missing, list_characters, load_refere
 from gate.repeat import NearDuplicate, RepeatScreen
 from gate.screening import NameHit, find_names
 from probes.errors import UnsupportedLora
+from probes.likelihood import ReferenceSet
 
 Progress = Callable[[str], None]
 
@@ -46,6 +47,12 @@ def load_thresholds(path: Path, probe_set_id: str, embedder_id: str) -> Threshol
             raise CalibrationMissing(f"{path} was calibrated for {what} {have}, not {want}; run `gate calibrate`",
                                      "calibration_stale")
     return thresholds
+
+
+def reference_sets(entries: list[dict] | None) -> list[ReferenceSet]:
+    """A probe request's references, as the probe engine takes them."""
+    return [ReferenceSet(str(e["character_id"]), str(e["name"]), tuple(str(p) for p in e["paths"]))
+            for e in entries or []]
 
 
 def lora_texts(metadata: LoraMetadata, filename: str) -> dict[str, list[str]]:
@@ -185,7 +192,15 @@ class Scanner:
         terms["trigger"] = terms["trigger"] + list(trigger_words or [])
         return {"lora_format": inspection.layout.format, "family": inspection.family.family,
                 "modules": len(inspection.layout.modules), "terms": terms, "probe_set": self.engine.probe_set.id,
-                "file_sha256": inspection.fingerprints.file_sha256}
+                "file_sha256": inspection.fingerprints.file_sha256, "references": self.reference_sets()}
+
+    def reference_sets(self) -> list[dict]:
+        """Each registered character's id, name and reference image paths: for the likelihood probe."""
+        paths: dict[str, list[str]] = {}
+        for owner, path in zip(self.references.owners, self.references.paths, strict=False):
+            paths.setdefault(self.references.character_ids[owner], []).append(path)
+        return [{"character_id": cid, "name": self.characters[cid].name, "paths": found}
+                for cid, found in paths.items() if cid in self.characters]
 
     def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
              hub_meta: dict | None = None, conclude: bool = True,
@@ -215,7 +230,8 @@ class Scanner:
         """Render and embed a file that intake accepted, in this process; raises UnsupportedLora."""
         request = self.probe_request(ScanResult(str(path), inspection), trigger_words)
         return self.engine.probe(path, lora_format=request["lora_format"], family=request["family"],
-                                 modules=request["modules"], terms=request["terms"], progress=progress)
+                                 modules=request["modules"], terms=request["terms"], progress=progress,
+                                 references=reference_sets(request["references"]))
 
     def attach(self, result: ScanResult, outcome) -> None:
         """Add the probe engine's renders and vectors to a screened result."""
@@ -244,6 +260,7 @@ class Scanner:
             blocklisted=result.blocklisted, not_probed=result.not_probed,
             not_probed_verdict=Verdict(self.settings.not_probed_verdict),
             cleared=self._cleared(result),  # issue 7: allowed false positives are remembered
+            likelihood=result.outcome.likelihood if result.outcome is not None else (),
         )
         self.repeats.add_reasons(result)
         result.timings["match"] = time.perf_counter() - mark

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
+from probes.denoise import LikelihoodProbe, readable
 from probes.embed import ImageEmbedder
 from probes.errors import UnsupportedLora
+from probes.likelihood import CharacterGain, ReferenceSet
 from probes.probe_set import Probe, ProbeSet
 from probes.render import UNSUPPORTED_FORMATS, Renderer
 from probes.steering import steering_directions
@@ -30,6 +32,7 @@ class ProbeOutcome:
     lora_embeddings: np.ndarray  # (n, d)
     base_embeddings: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    likelihood: list[CharacterGain] = field(default_factory=list)  # strongest first; empty when not measured
 
 
 def _directory_digest(path: Path) -> str:
@@ -71,6 +74,9 @@ class ProbeEngine:
         self.embedder = ImageEmbedder(embedder_dir, device or None)
         self.embedder_id = embedder_id(embedder_dir)
         self._base_vectors: dict[str, np.ndarray] = {}
+        self.likelihood = LikelihoodProbe(self.renderer, probe_set.likelihood) if probe_set.likelihood else None
+        if self.likelihood and not self.likelihood.supported():
+            self.likelihood = None
 
     def embed(self, images) -> np.ndarray:
         return self.embedder.embed(images)
@@ -93,8 +99,10 @@ class ProbeEngine:
         return images, np.stack([self._base_vectors[p.key] for p in probes])
 
     def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
-              terms: dict[str, list[str]], progress: Progress | None = None) -> ProbeOutcome:
-        """Render and embed the probe set with and without the LoRA; raises UnsupportedLora."""
+              terms: dict[str, list[str]], progress: Progress | None = None,
+              references: list[ReferenceSet] | None = None) -> ProbeOutcome:
+        """Render and embed the probe set with and without the LoRA, and, where the probe set asks for it,
+        measure how much likelier it makes each character's `references`; raises UnsupportedLora."""
         progress = progress or (lambda stage: None)
         self.check_supported(lora_format, family)
         timings: dict[str, float] = {}
@@ -108,7 +116,15 @@ class ProbeEngine:
                 steered = self.probe_set.steered_probes(0 if directions is None else len(directions))
             progress(f"rendering {len(probes) + len(steered)} probes with the LoRA")
             lora_images = self.renderer.render(probes + steered, self.probe_set, directions)
-        timings["render_lora"] = time.perf_counter() - started
+            timings["render_lora"] = time.perf_counter() - started
+            references = [r for r in (ReferenceSet(r.character_id, r.name, readable(r.paths))
+                                      for r in references or []) if r.paths] if self.likelihood else []
+            if references:
+                progress(f"measuring {len(references)} characters' references with the LoRA")
+                mark = time.perf_counter()
+                size = (self.probe_set.width, self.probe_set.height)
+                lora_errors = self.likelihood.lora_errors(references, terms.get("trigger", []), size)
+                timings["likelihood"] = time.perf_counter() - mark
         progress(f"rendering {len(probes)} base probes (cached after the first time)")
         mark = time.perf_counter()
         base_images, base_vectors = self.base(probes)  # after the adapter is gone: the true base
@@ -121,5 +137,12 @@ class ProbeEngine:
         mark = time.perf_counter()
         lora_vectors = self.embed(lora_images)
         timings["embed"] = time.perf_counter() - mark
+        gains = []
+        if references:  # base errors after the adapter is gone, cached like base renders
+            mark = time.perf_counter()
+            base_errors = self.likelihood.base_errors(references, terms.get("trigger", []), size)
+            gains = self.likelihood.gains(references, terms.get("trigger", []), lora_errors, base_errors)
+            timings["likelihood"] += time.perf_counter() - mark
         probes = probes + steered
-        return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings)
+        return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings,
+                            gains)

@@ -69,6 +69,7 @@ def _fetch(settings: Settings, request: dict, spool: Path) -> Path:
 
 def probe_upload(request: dict) -> dict:
     """Render the probe set with and without the upload's LoRA; queue the gate's conclusion."""
+    from gate.scan import reference_sets
     from probes.wire import outcome_to_json
 
     settings, queues = context().settings, context().queues
@@ -86,7 +87,8 @@ def probe_upload(request: dict) -> dict:
             raise ProbeRequestError(f"upload {upload_id}'s file fails intake here: {inspection.error.code}")
         try:
             outcome = probe_engine.probe(path, lora_format=request["lora_format"], family=request["family"],
-                                         modules=request["modules"], terms=request["terms"])
+                                         modules=request["modules"], terms=request["terms"],
+                                         references=reference_sets(request.get("references")))
         except UnsupportedLora as exc:
             probed = {"unsupported": exc.message}
         else:

@@ -9,6 +9,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from probes.likelihood import LikelihoodSpec
+
 SETS_DIR = Path(__file__).resolve().parent / "sets"
 TEMPLATE_SOURCES = ("trigger", "tag", "output_name", "registry")
 _MAX_TERM = 80
@@ -69,6 +71,7 @@ class ProbeSet:
     prompts: tuple[str, ...]
     templates: tuple[Template, ...]
     steering: Steering | None
+    likelihood: LikelihoodSpec | None
     digest: str  # sha256 of the canonical content: comments and formatting do not change it
 
     @property
@@ -148,6 +151,18 @@ def parse_probe_set(text: str) -> ProbeSet:
         strengths = _require(entry, "strengths", list)
         steering = Steering(tuple(_require(entry, "prompts", list)), _require(entry, "directions", int),
                             tuple(float(x) for x in strengths), _positive(entry.get("seeds"), "seeds") or 1)
+    likelihood = None
+    if "likelihood" in data:
+        entry = data["likelihood"]
+        timesteps = _require(entry, "timesteps", list)
+        if not timesteps or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in timesteps):
+            raise ProbeSetError("likelihood timesteps must be a non-empty list of non-negative integers")
+        prompts_ = _require(entry, "prompts", list)
+        if not all(isinstance(p, str) for p in prompts_):
+            raise ProbeSetError("likelihood prompts must be strings")
+        likelihood = LikelihoodSpec(tuple(prompts_), tuple(timesteps), int(entry.get("noise_seed", 0)),
+                                    int(entry.get("triggers", 3)), _positive(entry.get("references", 8), "references"),
+                                    _positive(entry.get("batch", 32), "batch"))
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return ProbeSet(
         name=_require(data, "name", str),
@@ -165,6 +180,7 @@ def parse_probe_set(text: str) -> ProbeSet:
         prompts=tuple(prompts),
         templates=tuple(templates),
         steering=steering,
+        likelihood=likelihood,
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
     )
 

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from probes.engine import ProbeOutcome
+from probes.likelihood import CharacterGain
 from probes.probe_set import Probe
 
 
@@ -36,6 +37,7 @@ def outcome_to_json(outcome: ProbeOutcome, embedder_id: str) -> dict:
         "lora_embeddings": outcome.lora_embeddings.astype(np.float32).tolist(),
         "base_embeddings": outcome.base_embeddings.astype(np.float32).tolist(),
         "timings": outcome.timings,
+        "likelihood": [gain.to_dict() for gain in outcome.likelihood],
     }
 
 
@@ -50,4 +52,5 @@ def outcome_from_json(data: dict) -> ProbeOutcome:
         np.asarray(data["lora_embeddings"], dtype=np.float32),
         np.asarray(data["base_embeddings"], dtype=np.float32),
         dict(data.get("timings") or {}),
+        [CharacterGain.from_dict(gain) for gain in data.get("likelihood") or []],
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gate.calibration import Subject, calibrate
+from gate.calibration import LIKELIHOOD_MARGINS, Subject, calibrate
 from gate.decisions import CharacterPolicy, Verdict, decide
 from gate.matching import References, Thresholds, match_characters, score
 from gate.screening import NameHit
+from probes.likelihood import CharacterGain
 
 DIM = 16
 
@@ -108,3 +109,64 @@ def test_blocklist_and_not_probed():
     assert blocked.verdict is Verdict.BLOCK
     unprobed = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS, not_probed="LoHa")
     assert unprobed.verdict is Verdict.QUARANTINE and unprobed.reasons[0].kind == "not_probed"
+
+
+# The likelihood probe's decisions: gains (relative denoising-error cuts on a character's references).
+LIKELY = Thresholds(render_score=0.8, lift=0.1, quarantine_matches=2, block_matches=3, block_score=0.9,
+                    likelihood_quarantine=0.05, likelihood_block=0.10)
+
+
+def _gain(character: str, gain: float) -> CharacterGain:
+    return CharacterGain(character, gain, "a character", (gain, gain))
+
+
+def test_a_large_likelihood_gain_applies_the_policy_a_smaller_one_quarantines():
+    clear = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY,
+                   likelihood=[_gain("a", 0.2), _gain("b", -0.1)])
+    assert clear.verdict is Verdict.BLOCK
+    [reason] = clear.reasons
+    assert (reason.kind, reason.character_id) == ("likelihood_match", "a")
+    assert "clear match with Aman" in reason.message
+    possible = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY, likelihood=[_gain("a", 0.07)])
+    assert possible.verdict is Verdict.QUARANTINE and possible.reasons[0].details["certainty"] == "possible"
+    below = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY, likelihood=[_gain("a", 0.04)])
+    assert below.verdict is Verdict.ALLOW and below.reasons == []
+
+
+def test_likelihood_gains_are_ignored_until_calibrated_and_for_unknown_characters():
+    gains = [_gain("a", 0.5), _gain("zz", 0.5)]
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS, likelihood=gains).reasons == []
+    decision = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY, likelihood=gains)
+    assert [r.character_id for r in decision.reasons] == ["a"]
+
+
+def test_a_lora_that_makes_most_characters_likelier_is_only_quarantined():
+    policies = {c: CharacterPolicy(c, c.upper(), Verdict.BLOCK) for c in "abcdef"}
+    decision = decide(matches=[], name_hits=[], characters=policies, thresholds=LIKELY,
+                      likelihood=[_gain(c, 0.3) for c in "abcd"])
+    assert decision.verdict is Verdict.QUARANTINE
+    assert all("shared style" in r.message for r in decision.reasons) and len(decision.reasons) == 4
+
+
+def test_a_name_with_a_likelihood_match_is_not_reported_as_a_bare_name():
+    hit = NameHit("a", "Aman", "title", "Aman v2")
+    decision = decide(matches=[], name_hits=[hit], characters=POLICIES, thresholds=LIKELY, likelihood=[_gain("a", 0.2)])
+    assert [r.kind for r in decision.reasons] == ["likelihood_match"]
+    assert "its metadata names it too (title: 'Aman v2')" in decision.reasons[0].message
+
+
+def test_likelihood_thresholds_sit_above_every_clean_loras_gain(world):
+    rng, _, refs = world
+    base = score(_noise(rng, 10), refs)
+    subjects = [Subject("base", base, base),
+                Subject("style", score(_noise(rng, 10), refs), base, {"a": -0.2, "b": 0.03}),
+                Subject("concept", score(_noise(rng, 10), refs), base, {"a": -0.01, "c": -0.05})]
+    thresholds = calibrate(subjects)
+    assert thresholds.likelihood_quarantine == pytest.approx(0.03 + LIKELIHOOD_MARGINS[0])
+    assert thresholds.likelihood_block == pytest.approx(0.03 + LIKELIHOOD_MARGINS[1])
+    assert thresholds.provenance["negative_likelihood_gains"] == {"style": 0.03, "concept": -0.01}
+    # Clean LoRAs that gained nothing leave the floor at zero: the base model itself gains nothing.
+    floor = calibrate([Subject("base", base, base), Subject("style", base, base, {"a": -0.3})])
+    assert floor.likelihood_quarantine == pytest.approx(LIKELIHOOD_MARGINS[0])
+    # No negative measured it (an engine without the likelihood probe): no thresholds, the signal is off.
+    assert calibrate([Subject("base", base, base)]).likelihood_quarantine is None

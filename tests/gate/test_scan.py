@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.conftest import run_gate, world_lora
 
 
@@ -14,17 +12,13 @@ def _scan(scanner, world, **wanted):
     return lora, scanner.scan(world.path(lora["path"]))
 
 
-# The committed fixture world is still too weak for reliable visual detection (issue 4: character hit rates
-# 0.41 against a 0.90 bar, recall 4/11; this LoRA is quarantined, not blocked). Strict: when the world
-# improves, this XPASSes and fails, so the marker is removed rather than forgotten.
-@pytest.mark.xfail(strict=True, reason="fixture world too weak for visual detection (issue 4)")
 def test_a_character_lora_that_always_draws_it_gets_its_policy(scanner, world):
     lora, result = _scan(scanner, world, kind="character", trigger=None, expected="block", held_back=False)
     assert result.verdict == "block", result.to_dict()
-    top = result.matches[0]
-    assert top.character_id == lora["character"]
-    reason = next(r for r in result.decision.reasons if r.kind == "visual_match")
-    assert reason.character_id == lora["character"] and "clear match" in reason.message
+    # The committed world's renders are too weak to be clear visual evidence (issue 4); the likelihood probe
+    # (the LoRA makes the character's references likelier) is.
+    clear = [r for r in result.decision.reasons if r.verdict == "block"]
+    assert [r.character_id for r in clear] == [lora["character"]] and "clear match" in clear[0].message
 
 
 def test_a_clean_style_lora_is_allowed(scanner, world):
@@ -48,8 +42,8 @@ def test_refused_and_unprobeable_files(scanner, corpus_dir):
 
 def test_honest_metadata_is_named_in_the_reasons(scanner, world):
     lora, result = _scan(scanner, world, kind="character", metadata_style="honest", trigger=None)
-    named = [r for r in result.decision.reasons if r.kind in ("metadata_name", "visual_match")]
-    assert any(r.character_id == lora["character"] for r in named), result.to_dict()
+    named = [r for r in result.decision.reasons if r.character_id == lora["character"]]
+    assert any("metadata names" in r.message for r in named), result.to_dict()
     assert result.outcome is not None and len(result.outcome.probes) == len(result.outcome.lora_images)
 
 
@@ -59,13 +53,18 @@ def test_cli_scan_json_and_evidence(world, tmp_path, scan_settings):
                     env={"GATE_DATA_DIR": str(tmp_path / "data")}, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["verdict"] in ("allow", "quarantine", "block")
+    assert result["verdict"] == "block"
     assert result["reasons"] and all({"kind", "verdict", "message"} <= set(r) for r in result["reasons"])
     assert result["probe_set"].startswith("fixture-v1@")
     assert result["intake"]["format"] == lora["format"] and len(result["intake"]["tensor_hash"]) == 64
-    assert {"intake", "render_base", "render_lora", "embed", "match", "total"} <= set(result["timings"])
+    assert {"intake", "render_base", "render_lora", "likelihood", "embed", "match", "total"} <= set(result["timings"])
     assert (tmp_path / "ev" / "contact_sheet.png").stat().st_size > 1000
-    assert "reference" in (tmp_path / "ev" / "index.html").read_text()
+    page = (tmp_path / "ev" / "index.html").read_text()
+    assert "reference" in page and "Likelihood probe" in page
+    evidence = json.loads((tmp_path / "ev" / "evidence.json").read_text())
+    # The flagged character's renders lead the sheet, and its gain leads the likelihood table.
+    assert evidence["rows"][0]["character"] == lora["character"]
+    assert evidence["likelihood"][0]["character_id"] == lora["character"] and evidence["likelihood"][0]["gain"] > 0
 
 
 def test_a_blocklisted_reupload_with_new_metadata_is_blocked_without_rendering(scanner, world, tmp_path):

@@ -40,15 +40,29 @@ def test_templates_are_filled_from_terms_deduplicated_and_bounded():
     assert len({p.key for p in probes}) == len(probes)
 
 
+def test_the_likelihood_table_is_read_with_defaults():
+    table = "[likelihood]\nprompts=['a character']\ntimesteps=[300, 600]"
+    spec = parse_probe_set(_MINIMAL + "seeds=[1]\n" + table).likelihood
+    assert spec.prompts == ("a character",) and spec.timesteps == (300, 600)
+    assert (spec.noise_seed, spec.triggers, spec.references) == (0, 3, 8)
+    assert parse_probe_set(_MINIMAL + "seeds=[1]").likelihood is None
+
+
 def test_family_lookup():
     assert probe_set_for_family("fixture").name == "fixture"
     assert probe_set_for_family("sd15").family == "sd15"
     assert probe_set_for_family("no-such-family") is None
 
 
+_MINIMAL = 'name="x"\nversion=1\nfamily="f"\nwidth=1\nheight=1\nsteps=1\nguidance=1\nscheduler="s"\nprompts=["a"]\n'
+
+
 @pytest.mark.parametrize("bad", [
-    "name = 1", "not toml [", 'name="x"\nversion=1\nfamily="f"\nwidth=1\nheight=1\nsteps=1\nguidance=1\n'
-    'scheduler="s"\nseeds=[]\nprompts=["a"]',
+    "name = 1", "not toml [", _MINIMAL + "seeds=[]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[-5]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=[1]\ntimesteps=[300]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nreferences=0",
 ])
 def test_malformed_probe_sets_are_refused(bad):
     with pytest.raises(ProbeSetError):

@@ -1,0 +1,125 @@
+"""Denoising errors of reference images under the resident pipeline, with and without a LoRA: the
+likelihood probe's measurements (probes/likelihood.py says what they mean)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from probes.likelihood import CharacterGain, LikelihoodSpec, ReferenceSet
+from probes.probe_set import ProbeSetError
+
+
+class LikelihoodProbe:
+    """Denoising errors of reference images under the renderer's resident pipeline (with or without a LoRA)."""
+
+    def __init__(self, renderer, spec: LikelihoodSpec):
+        self.renderer, self.spec = renderer, spec
+        self._latents: dict[str, torch.Tensor] = {}
+        self._base_errors: dict[tuple[str, str], float] = {}  # (prompt, reference path): the base never changes
+
+    @property
+    def _pipe(self):
+        return self.renderer.pipe
+
+    def supported(self) -> bool:
+        """SD-style pipelines: a VAE, a UNet that predicts noise, one CLIP text encoder."""
+        pipe = self._pipe
+        steps = pipe.scheduler.config.get("num_train_timesteps", 1000)
+        if max(self.spec.timesteps) >= steps:
+            raise ProbeSetError(f"likelihood timesteps must be below the model's {steps} training timesteps")
+        return (all(hasattr(pipe, name) for name in ("vae", "unet", "text_encoder", "tokenizer"))
+                and getattr(pipe, "text_encoder_2", None) is None
+                and pipe.scheduler.config.get("prediction_type", "epsilon") == "epsilon")
+
+    @torch.inference_mode()
+    def _latent(self, path: str, size: tuple[int, int]) -> torch.Tensor:
+        if path not in self._latents:
+            with Image.open(path) as image:  # cropped to the probe set's aspect, then sized to it
+                fitted = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.BICUBIC)
+                pixels = np.asarray(fitted, np.float32)
+            tensor = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
+            vae = self._pipe.vae
+            encoded = vae.encode(tensor.to(self.renderer.device, self.renderer.dtype)).latent_dist.mean
+            self._latents[path] = (encoded * vae.config.scaling_factor)[0]
+        return self._latents[path]
+
+    def _errors(self, prompt: str, paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
+        """Mean denoising error of each reference under `prompt`, over the spec's timesteps, in batches."""
+        batch = self.spec.batch
+        return np.concatenate([self._batch_errors(prompt, paths[i : i + batch], size)
+                               for i in range(0, len(paths), batch)])
+
+    @torch.inference_mode()
+    def _batch_errors(self, prompt: str, paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
+        pipe, device = self._pipe, self.renderer.device
+        states = pipe.encode_prompt(prompt, device, 1, False)[0]
+        latents = torch.stack([self._latent(p, size) for p in paths])
+        generator = torch.Generator("cpu").manual_seed(self.spec.noise_seed)
+        errors = np.zeros(len(paths))
+        for step in self.spec.timesteps:
+            # The same noise for every reference and with or without the LoRA: a paired comparison.
+            noise = torch.randn(latents.shape[1:], generator=generator).to(device, latents.dtype)
+            noise = noise.expand_as(latents)
+            timestep = torch.full((len(paths),), step, device=device, dtype=torch.long)
+            noisy = pipe.scheduler.add_noise(latents, noise, timestep)
+            predicted = pipe.unet(noisy, timestep, encoder_hidden_states=states.expand(len(paths), -1, -1)).sample
+            errors += ((predicted.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
+        return errors / len(self.spec.timesteps)
+
+    def _prompts(self, triggers: Sequence[str], reference: ReferenceSet) -> list[str]:
+        prompts = list(self.spec.prompts) + list(triggers[: self.spec.triggers]) + [reference.name]
+        return list(dict.fromkeys(p for p in prompts if p.strip()))
+
+    def lora_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
+                    size: tuple[int, int]) -> dict[tuple[str, str], float]:
+        """With the LoRA applied: every (prompt, reference path) error the gains need."""
+        return self._measure(references, triggers, size, cache=None)
+
+    def base_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
+                    size: tuple[int, int]) -> dict[tuple[str, str], float]:
+        """Without it: the same errors, each computed once and then served from the cache."""
+        return self._measure(references, triggers, size, cache=self._base_errors)
+
+    def _measure(self, references, triggers, size, cache) -> dict[tuple[str, str], float]:
+        wanted: dict[str, list[str]] = {}
+        for reference in references:
+            for prompt in self._prompts(triggers, reference):
+                wanted.setdefault(prompt, []).extend(reference.paths[: self.spec.references])
+        out = {}
+        for prompt, paths in wanted.items():
+            missing = [p for p in dict.fromkeys(paths) if cache is None or (prompt, p) not in cache]
+            for path, error in zip(missing, self._errors(prompt, missing, size) if missing else [], strict=True):
+                out[(prompt, path)] = float(error)
+                if cache is not None:
+                    cache[(prompt, path)] = float(error)
+            if cache is not None:
+                out.update({(prompt, p): cache[(prompt, p)] for p in paths})
+        return out
+
+    def gains(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
+              lora: dict[tuple[str, str], float], base: dict[tuple[str, str], float]) -> list[CharacterGain]:
+        """Per character, the best prompt's mean relative error reduction; strongest first."""
+        results = []
+        for reference in references:
+            paths = reference.paths[: self.spec.references]
+            if not paths:
+                continue
+            best = None
+            for prompt in self._prompts(triggers, reference):
+                per_reference = tuple(round((base[(prompt, p)] - lora[(prompt, p)]) / max(base[(prompt, p)], 1e-8), 5)
+                                      for p in paths)
+                mean = float(np.mean(per_reference))
+                if best is None or mean > best.gain:
+                    best = CharacterGain(reference.character_id, round(mean, 5), prompt, per_reference)
+            results.append(best)
+        return sorted(results, key=lambda g: -g.gain)
+
+
+def readable(paths: Sequence[str]) -> tuple[str, ...]:
+    """The reference paths this worker can open (a worker on another machine may see none)."""
+    return tuple(p for p in paths if Path(p).is_file())

@@ -1,0 +1,76 @@
+"""The likelihood probe with the fixture world's real models: a character LoRA makes its own character's
+references likelier than the base does, a clean LoRA makes no one's, the base is untouched afterwards,
+and what a worker cannot read or a probe set does not ask for is not measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from gate.intake import inspect_file
+from probes.likelihood import ReferenceSet
+from probes.wire import outcome_from_json, outcome_to_json
+from tests.conftest import world_lora
+
+
+@pytest.fixture(scope="module")
+def references(world) -> list[ReferenceSet]:
+    return [ReferenceSet(c["id"], c["name"], tuple(str(world.path(p)) for p in c["references"]))
+            for c in world.characters(registered=True)]
+
+
+def _probe(engine, world, lora, references):
+    path = world.path(lora["path"])
+    inspection = inspect_file(path)
+    terms = {"trigger": inspection.metadata.trigger_phrases}
+    return engine.probe(path, lora_format=inspection.layout.format, family=inspection.family.family,
+                        modules=len(inspection.layout.modules), terms=terms, references=references)
+
+
+def test_a_character_lora_gains_most_on_its_own_character(engine, world, references):
+    lora = world_lora(world, kind="character", trigger=None, metadata_style="honest", held_back=False)
+    outcome = _probe(engine, world, lora, references)
+    top, runner_up = outcome.likelihood[:2]
+    assert top.character_id == lora["character"] and top.gain > 0.1, outcome.likelihood
+    assert top.gain - runner_up.gain > 0.1
+    assert len(top.reference_gains) == engine.probe_set.likelihood.references
+    assert outcome.timings["likelihood"] > 0
+
+
+def test_a_style_lora_makes_no_character_likelier(engine, world, references):
+    outcome = _probe(engine, world, world_lora(world, kind="style", metadata_style="honest"), references)
+    assert len(outcome.likelihood) == len(references)
+    assert max(g.gain for g in outcome.likelihood) < 0, outcome.likelihood
+
+
+def test_the_base_is_measured_the_same_after_a_lora_was_applied(engine, world, references):
+    probe = engine.likelihood
+    few = references[:2]
+    size = (engine.probe_set.width, engine.probe_set.height)
+    cached = probe.base_errors(few, [], size)  # cached by earlier probes, or measured now
+    _probe(engine, world, world_lora(world, kind="character", trigger=None, metadata_style="honest"), few)
+    fresh = probe.lora_errors(few, [], size)  # no LoRA applied now, and never served from the cache
+    assert fresh.keys() == cached.keys() and all(fresh[k] == cached[k] for k in fresh)
+
+
+def test_references_a_worker_cannot_read_are_left_out(engine, world, references, tmp_path):
+    missing = ReferenceSet("ghost", "Ghost", (str(tmp_path / "gone.png"),))
+    outcome = _probe(engine, world, world_lora(world, kind="concept", metadata_style="honest"),
+                     [missing, references[0]])
+    assert [g.character_id for g in outcome.likelihood] == [references[0].character_id]
+
+
+def test_gains_travel_through_the_wire_format(engine, world, references):
+    outcome = _probe(engine, world, world_lora(world, kind="concept", metadata_style="honest"), references[:3])
+    back = outcome_from_json(outcome_to_json(outcome, engine.embedder_id))
+    assert back.likelihood == outcome.likelihood and len(back.likelihood) == 3
+
+
+def test_a_probe_set_without_the_table_measures_nothing(engine, world, references):
+    saved = engine.likelihood
+    engine.likelihood = None
+    try:
+        outcome = _probe(engine, world, world_lora(world, kind="concept", metadata_style="honest"), references)
+    finally:
+        engine.likelihood = saved
+    assert outcome.likelihood == [] and "likelihood" not in outcome.timings
+    assert len(outcome.lora_images) == len(outcome.probes)  # the renders are made all the same
