@@ -18,7 +18,12 @@ class LikelihoodProbe:
     """Denoising errors of reference images under the renderer's resident pipeline (with or without a LoRA)."""
 
     def __init__(self, renderer, spec: LikelihoodSpec):
+        from diffusers import DDPMScheduler
+
         self.renderer, self.spec = renderer, spec
+        # Noised with the training schedule the model learnt from: a sampling scheduler's add_noise can depend
+        # on its inference steps (DPM-Solver's falls back to its last sigma for a timestep not among them).
+        self._noising = DDPMScheduler.from_config(renderer.pipe.scheduler.config)
         self._latents: dict[str, torch.Tensor] = {}
         self._base_errors: dict[tuple[str, str], float] = {}  # (prompt, reference path): the base never changes
 
@@ -29,12 +34,12 @@ class LikelihoodProbe:
     def supported(self) -> bool:
         """SD-style pipelines: a VAE, a UNet that predicts noise, one CLIP text encoder."""
         pipe = self._pipe
-        steps = pipe.scheduler.config.get("num_train_timesteps", 1000)
+        steps = self._noising.config.num_train_timesteps
         if max(self.spec.timesteps) >= steps:
             raise ProbeSetError(f"likelihood timesteps must be below the model's {steps} training timesteps")
         return (all(hasattr(pipe, name) for name in ("vae", "unet", "text_encoder", "tokenizer"))
                 and getattr(pipe, "text_encoder_2", None) is None
-                and pipe.scheduler.config.get("prediction_type", "epsilon") == "epsilon")
+                and self._noising.config.prediction_type == "epsilon")
 
     @torch.inference_mode()
     def _latent(self, path: str, size: tuple[int, int]) -> torch.Tensor:
@@ -66,7 +71,7 @@ class LikelihoodProbe:
             noise = torch.randn(latents.shape[1:], generator=generator).to(device, latents.dtype)
             noise = noise.expand_as(latents)
             timestep = torch.full((len(paths),), step, device=device, dtype=torch.long)
-            noisy = pipe.scheduler.add_noise(latents, noise, timestep)
+            noisy = self._noising.add_noise(latents, noise, timestep)
             predicted = pipe.unet(noisy, timestep, encoder_hidden_states=states.expand(len(paths), -1, -1)).sample
             errors += ((predicted.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
         return errors / len(self.spec.timesteps)

@@ -74,3 +74,18 @@ def test_a_probe_set_without_the_table_measures_nothing(engine, world, reference
         engine.likelihood = saved
     assert outcome.likelihood == [] and "likelihood" not in outcome.timings
     assert len(outcome.lora_images) == len(outcome.probes)  # the renders are made all the same
+
+
+def test_references_are_noised_by_the_training_schedule_whatever_the_sampler(engine, references):
+    from diffusers import DPMSolverMultistepScheduler
+
+    probe, size = engine.likelihood, (engine.probe_set.width, engine.probe_set.height)
+    before = probe.lora_errors(references[:1], [], size)  # no LoRA applied: measured fresh, not cached
+    sampler = engine.renderer.pipe.scheduler
+    engine.renderer.pipe.scheduler = DPMSolverMultistepScheduler.from_config(sampler.config)
+    engine.renderer.pipe.scheduler.set_timesteps(20)  # its add_noise would map 300 and 600 to its last sigma
+    try:
+        after = probe.lora_errors(references[:1], [], size)
+    finally:
+        engine.renderer.pipe.scheduler = sampler
+    assert after == before
