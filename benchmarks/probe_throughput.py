@@ -48,22 +48,21 @@ def gate_design(settings, probe_set, jobs, device, warm: bool = False,
     started = time.perf_counter()  # a cold engine pays for loading the pipeline, as the naive way does
     engine = ProbeEngine(settings.base_model, settings.embedder, probe_set, device)
     likelihood = engine.likelihood if references else None
-    size = (probe_set.width, probe_set.height)
     if warm:  # a running worker has loaded it and rendered the shared probes on the base already
         shared = {p.key: p for _, probes, _ in jobs for p in probes if p.source in SHARED_SOURCES}
         engine.base(list(shared.values()))
         if likelihood:  # ... and measured the references on the base under the shared prompts
-            likelihood.base_errors(references, [], size)
+            likelihood.base_errors(references, [])
         started = time.perf_counter()
     images = 0
     for path, probes, triggers in jobs:
         engine.base(probes)
         with engine.renderer.lora(load_file(path)):
             rendered = engine.renderer.render(probes, probe_set)
-            errors = likelihood.lora_errors(references, triggers, size) if likelihood else None
+            errors = likelihood.lora_errors(references, triggers) if likelihood else None
         engine.embed(rendered)
         if likelihood:
-            likelihood.gains(references, triggers, errors, likelihood.base_errors(references, triggers, size))
+            likelihood.gains(references, triggers, errors)
         images += len(rendered)
     return time.perf_counter() - started, images
 

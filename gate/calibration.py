@@ -102,10 +102,10 @@ def outcome_subject(name: str, outcome, references) -> Subject:
     """A probed clean LoRA as a negative, with the base renders of the same probes."""
     from gate.matching import score
 
-    measured = outcome.likelihood or None  # an engine without the likelihood probe measures nothing
-    gains = {g.character_id: g.gain for g in outcome.likelihood if g.character_id in references.character_ids}
-    return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references),
-                   gains if measured else None)
+    # An engine without the likelihood probe measures nothing: None, not "gained nowhere".
+    gains = ({g.character_id: g.gain for g in outcome.likelihood if g.character_id in references.character_ids}
+             if outcome.likelihood else None)
+    return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references), gains)
 
 
 def negative_subjects(scanner, paths: list[Path], references, progress=None) -> list[Subject]:

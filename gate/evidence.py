@@ -35,11 +35,12 @@ def _rows(result) -> list[dict]:
     lora, base = score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references)
     if lora.similarity.size == 0:
         return []
-    flagged = [references.character_ids.index(r.character_id) for r in (result.decision.reasons if result.decision
-               else []) if r.verdict != "allow" and r.character_id in references.character_ids]
+    reasons = result.decision.reasons if result.decision else []
+    flagged = list(dict.fromkeys(references.character_ids.index(r.character_id) for r in reasons
+                                 if r.verdict != "allow" and r.character_id in references.character_ids))
     picks: list[tuple[int, int]] = []  # (render, character)
-    for c in dict.fromkeys(flagged):
-        picks += [(int(i), c) for i in np.argsort(-lora.similarity[:, c])[: max(1, ROWS // len(set(flagged)))]]
+    for c in flagged:
+        picks += [(int(i), c) for i in np.argsort(-lora.similarity[:, c])[: max(1, ROWS // len(flagged))]]
     shown = {i for i, _ in picks}
     picks += [(int(i), int(lora.similarity[i].argmax())) for i in np.argsort(-lora.similarity.max(axis=1))
               if int(i) not in shown]

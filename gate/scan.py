@@ -49,12 +49,6 @@ def load_thresholds(path: Path, probe_set_id: str, embedder_id: str) -> Threshol
     return thresholds
 
 
-def reference_sets(entries: list[dict] | None) -> list[ReferenceSet]:
-    """A probe request's references, as the probe engine takes them."""
-    return [ReferenceSet(str(e["character_id"]), str(e["name"]), tuple(str(p) for p in e["paths"]))
-            for e in entries or []]
-
-
 def lora_texts(metadata: LoraMetadata, filename: str) -> dict[str, list[str]]:
     """The LoRA's own words, by field, for name screening."""
     return {
@@ -231,7 +225,7 @@ class Scanner:
         request = self.probe_request(ScanResult(str(path), inspection), trigger_words)
         return self.engine.probe(path, lora_format=request["lora_format"], family=request["family"],
                                  modules=request["modules"], terms=request["terms"], progress=progress,
-                                 references=reference_sets(request["references"]))
+                                 references=[ReferenceSet.from_dict(r) for r in request["references"]])
 
     def attach(self, result: ScanResult, outcome) -> None:
         """Add the probe engine's renders and vectors to a screened result."""

@@ -4,7 +4,6 @@ likelihood probe's measurements (probes/likelihood.py says what they mean)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,10 +16,10 @@ from probes.probe_set import ProbeSetError
 class LikelihoodProbe:
     """Denoising errors of reference images under the renderer's resident pipeline (with or without a LoRA)."""
 
-    def __init__(self, renderer, spec: LikelihoodSpec):
+    def __init__(self, renderer, spec: LikelihoodSpec, size: tuple[int, int]):
         from diffusers import DDPMScheduler
 
-        self.renderer, self.spec = renderer, spec
+        self.renderer, self.spec, self.size = renderer, spec, size  # size: the probe set's, (width, height)
         # Noised with the training schedule the model learnt from: a sampling scheduler's add_noise can depend
         # on its inference steps (DPM-Solver's falls back to its last sigma for a timestep not among them).
         self._noising = DDPMScheduler.from_config(renderer.pipe.scheduler.config)
@@ -42,10 +41,10 @@ class LikelihoodProbe:
                 and self._noising.config.prediction_type == "epsilon")
 
     @torch.inference_mode()
-    def _latent(self, path: str, size: tuple[int, int]) -> torch.Tensor:
+    def _latent(self, path: str) -> torch.Tensor:
         if path not in self._latents:
             with Image.open(path) as image:  # cropped to the probe set's aspect, then sized to it
-                fitted = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.BICUBIC)
+                fitted = ImageOps.fit(image.convert("RGB"), self.size, Image.Resampling.BICUBIC)
                 pixels = np.asarray(fitted, np.float32)
             tensor = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
             vae = self._pipe.vae
@@ -53,17 +52,16 @@ class LikelihoodProbe:
             self._latents[path] = (encoded * vae.config.scaling_factor)[0]
         return self._latents[path]
 
-    def _errors(self, prompt: str, paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
+    def _errors(self, prompt: str, paths: Sequence[str]) -> np.ndarray:
         """Mean denoising error of each reference under `prompt`, over the spec's timesteps, in batches."""
         batch = self.spec.batch
-        return np.concatenate([self._batch_errors(prompt, paths[i : i + batch], size)
-                               for i in range(0, len(paths), batch)])
+        return np.concatenate([self._batch_errors(prompt, paths[i : i + batch]) for i in range(0, len(paths), batch)])
 
     @torch.inference_mode()
-    def _batch_errors(self, prompt: str, paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
+    def _batch_errors(self, prompt: str, paths: Sequence[str]) -> np.ndarray:
         pipe, device = self._pipe, self.renderer.device
         states = pipe.encode_prompt(prompt, device, 1, False)[0]
-        latents = torch.stack([self._latent(p, size) for p in paths])
+        latents = torch.stack([self._latent(p) for p in paths])
         generator = torch.Generator("cpu").manual_seed(self.spec.noise_seed)
         errors = np.zeros(len(paths))
         for step in self.spec.timesteps:
@@ -80,35 +78,31 @@ class LikelihoodProbe:
         prompts = list(self.spec.prompts) + list(triggers[: self.spec.triggers]) + [reference.name]
         return list(dict.fromkeys(p for p in prompts if p.strip()))
 
-    def lora_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
-                    size: tuple[int, int]) -> dict[tuple[str, str], float]:
-        """With the LoRA applied: every (prompt, reference path) error the gains need."""
-        return self._measure(references, triggers, size, cache=None)
+    def lora_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str]) -> dict[tuple[str, str], float]:
+        """With the LoRA applied: every (prompt, reference path) error the gains need, measured now."""
+        return self._measure(references, triggers, {})
 
-    def base_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
-                    size: tuple[int, int]) -> dict[tuple[str, str], float]:
-        """Without it: the same errors, each computed once and then served from the cache."""
-        return self._measure(references, triggers, size, cache=self._base_errors)
+    def base_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str]) -> dict[tuple[str, str], float]:
+        """Without it: the same errors, each measured once and then served from the cache."""
+        return self._measure(references, triggers, self._base_errors)
 
-    def _measure(self, references, triggers, size, cache) -> dict[tuple[str, str], float]:
-        wanted: dict[str, list[str]] = {}
+    def _measure(self, references, triggers, store: dict) -> dict[tuple[str, str], float]:
+        wanted: dict[str, dict[str, None]] = {}  # prompt -> reference paths, in order, once each
         for reference in references:
             for prompt in self._prompts(triggers, reference):
-                wanted.setdefault(prompt, []).extend(reference.paths[: self.spec.references])
-        out = {}
+                wanted.setdefault(prompt, {}).update(dict.fromkeys(reference.paths[: self.spec.references]))
         for prompt, paths in wanted.items():
-            missing = [p for p in dict.fromkeys(paths) if cache is None or (prompt, p) not in cache]
-            for path, error in zip(missing, self._errors(prompt, missing, size) if missing else [], strict=True):
-                out[(prompt, path)] = float(error)
-                if cache is not None:
-                    cache[(prompt, path)] = float(error)
-            if cache is not None:
-                out.update({(prompt, p): cache[(prompt, p)] for p in paths})
-        return out
+            missing = [p for p in paths if (prompt, p) not in store]
+            if missing:
+                errors = self._errors(prompt, missing)
+                store.update({(prompt, p): float(e) for p, e in zip(missing, errors, strict=True)})
+        return {(prompt, p): store[(prompt, p)] for prompt, paths in wanted.items() for p in paths}
 
     def gains(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
-              lora: dict[tuple[str, str], float], base: dict[tuple[str, str], float]) -> list[CharacterGain]:
-        """Per character, the best prompt's mean relative error reduction; strongest first."""
+              lora: dict[tuple[str, str], float]) -> list[CharacterGain]:
+        """Per character, the best prompt's mean relative error cut against the base; strongest first. Call it
+        with no adapter applied: the base errors it lacks are measured now."""
+        base = self.base_errors(references, triggers)
         results = []
         for reference in references:
             paths = reference.paths[: self.spec.references]
@@ -123,8 +117,3 @@ class LikelihoodProbe:
                     best = CharacterGain(reference.character_id, round(mean, 5), prompt, per_reference)
             results.append(best)
         return sorted(results, key=lambda g: -g.gain)
-
-
-def readable(paths: Sequence[str]) -> tuple[str, ...]:
-    """The reference paths this worker can open (a worker on another machine may see none)."""
-    return tuple(p for p in paths if Path(p).is_file())

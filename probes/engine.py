@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
-from probes.denoise import LikelihoodProbe, readable
+from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
 from probes.errors import UnsupportedLora
 from probes.likelihood import CharacterGain, ReferenceSet
@@ -74,7 +74,8 @@ class ProbeEngine:
         self.embedder = ImageEmbedder(embedder_dir, device or None)
         self.embedder_id = embedder_id(embedder_dir)
         self._base_vectors: dict[str, np.ndarray] = {}
-        self.likelihood = LikelihoodProbe(self.renderer, probe_set.likelihood) if probe_set.likelihood else None
+        self.likelihood = (LikelihoodProbe(self.renderer, probe_set.likelihood, (probe_set.width, probe_set.height))
+                           if probe_set.likelihood else None)
         if self.likelihood and not self.likelihood.supported():
             self.likelihood = None
 
@@ -117,13 +118,13 @@ class ProbeEngine:
             progress(f"rendering {len(probes) + len(steered)} probes with the LoRA")
             lora_images = self.renderer.render(probes + steered, self.probe_set, directions)
             timings["render_lora"] = time.perf_counter() - started
-            references = [r for r in (ReferenceSet(r.character_id, r.name, readable(r.paths))
-                                      for r in references or []) if r.paths] if self.likelihood else []
-            if references:
-                progress(f"measuring {len(references)} characters' references with the LoRA")
+            readable = [r.readable() for r in references or []] if self.likelihood else []
+            readable = [r for r in readable if r.paths]
+            triggers = terms.get("trigger", [])
+            if readable:
+                progress(f"measuring {len(readable)} characters' references with the LoRA")
                 mark = time.perf_counter()
-                size = (self.probe_set.width, self.probe_set.height)
-                lora_errors = self.likelihood.lora_errors(references, terms.get("trigger", []), size)
+                lora_errors = self.likelihood.lora_errors(readable, triggers)
                 timings["likelihood"] = time.perf_counter() - mark
         progress(f"rendering {len(probes)} base probes (cached after the first time)")
         mark = time.perf_counter()
@@ -138,10 +139,9 @@ class ProbeEngine:
         lora_vectors = self.embed(lora_images)
         timings["embed"] = time.perf_counter() - mark
         gains = []
-        if references:  # base errors after the adapter is gone, cached like base renders
+        if readable:  # after the adapter is gone: base errors, cached like base renders
             mark = time.perf_counter()
-            base_errors = self.likelihood.base_errors(references, terms.get("trigger", []), size)
-            gains = self.likelihood.gains(references, terms.get("trigger", []), lora_errors, base_errors)
+            gains = self.likelihood.gains(readable, triggers, lora_errors)
             timings["likelihood"] += time.perf_counter() - mark
         probes = probes + steered
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings,

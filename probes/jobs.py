@@ -69,7 +69,7 @@ def _fetch(settings: Settings, request: dict, spool: Path) -> Path:
 
 def probe_upload(request: dict) -> dict:
     """Render the probe set with and without the upload's LoRA; queue the gate's conclusion."""
-    from gate.scan import reference_sets
+    from probes.likelihood import ReferenceSet
     from probes.wire import outcome_to_json
 
     settings, queues = context().settings, context().queues
@@ -78,6 +78,7 @@ def probe_upload(request: dict) -> dict:
     if request["probe_set"] != probe_engine.probe_set.id:
         raise ProbeRequestError(f"the gate asked for probe set {request['probe_set']}, this worker renders "
                                 f"{probe_engine.probe_set.id}")
+    references = [ReferenceSet.from_dict(r) for r in request.get("references") or []]
     with tempfile.TemporaryDirectory(prefix="gate-probe-") as spool:
         path = _fetch(settings, request, Path(spool))
         if _sha256(path) != request["file_sha256"]:
@@ -88,7 +89,7 @@ def probe_upload(request: dict) -> dict:
         try:
             outcome = probe_engine.probe(path, lora_format=request["lora_format"], family=request["family"],
                                          modules=request["modules"], terms=request["terms"],
-                                         references=reference_sets(request.get("references")))
+                                         references=references)
         except UnsupportedLora as exc:
             probed = {"unsupported": exc.message}
         else:

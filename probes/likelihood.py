@@ -14,6 +14,7 @@ prompts, the LoRA's trigger phrases, the character's own name).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,14 @@ class ReferenceSet:
     character_id: str
     name: str
     paths: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReferenceSet:
+        return cls(str(data["character_id"]), str(data["name"]), tuple(str(p) for p in data["paths"]))
+
+    def readable(self) -> ReferenceSet:
+        """Only the paths this worker can open (a worker on another machine may see none)."""
+        return ReferenceSet(self.character_id, self.name, tuple(p for p in self.paths if Path(p).is_file()))
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,9 @@ def test_a_style_lora_makes_no_character_likelier(engine, world, references):
 def test_the_base_is_measured_the_same_after_a_lora_was_applied(engine, world, references):
     probe = engine.likelihood
     few = references[:2]
-    size = (engine.probe_set.width, engine.probe_set.height)
-    cached = probe.base_errors(few, [], size)  # cached by earlier probes, or measured now
+    cached = probe.base_errors(few, [])  # cached by earlier probes, or measured now
     _probe(engine, world, world_lora(world, kind="character", trigger=None, metadata_style="honest"), few)
-    fresh = probe.lora_errors(few, [], size)  # no LoRA applied now, and never served from the cache
+    fresh = probe.lora_errors(few, [])  # no LoRA applied now, and never served from the cache
     assert fresh.keys() == cached.keys() and all(fresh[k] == cached[k] for k in fresh)
 
 
@@ -79,13 +78,13 @@ def test_a_probe_set_without_the_table_measures_nothing(engine, world, reference
 def test_references_are_noised_by_the_training_schedule_whatever_the_sampler(engine, references):
     from diffusers import DPMSolverMultistepScheduler
 
-    probe, size = engine.likelihood, (engine.probe_set.width, engine.probe_set.height)
-    before = probe.lora_errors(references[:1], [], size)  # no LoRA applied: measured fresh, not cached
+    probe = engine.likelihood
+    before = probe.lora_errors(references[:1], [])  # no LoRA applied: measured fresh, not cached
     sampler = engine.renderer.pipe.scheduler
     engine.renderer.pipe.scheduler = DPMSolverMultistepScheduler.from_config(sampler.config)
     engine.renderer.pipe.scheduler.set_timesteps(20)  # its add_noise would map 300 and 600 to its last sigma
     try:
-        after = probe.lora_errors(references[:1], [], size)
+        after = probe.lora_errors(references[:1], [])
     finally:
         engine.renderer.pipe.scheduler = sampler
     assert after == before
