@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from gate.calibration import Subject, base_subject, calibrate, outcome_subject, write_calibration
@@ -73,12 +74,16 @@ def main() -> None:
         result = results[lora["id"]]
         thresholds = (calibrate(_subjects(scanner, results, loras, calibration_refs, exclude=lora["id"]), args.quantile)
                       if lora["kind"] in CLEAN else shared)
+        # The baseline, in the same run: the same evidence judged on the renders alone (likelihood off).
+        renders_alone = scanner.conclude(result, replace(thresholds, likelihood_quarantine=None,
+                                                         likelihood_block=None)).verdict
         scanner.conclude(result, thresholds)
         top = result.matches[0] if result.matches else None
         blocked_for = {r.character_id for r in result.decision.reasons if r.verdict == "block"}
         gains = result.outcome.likelihood if result.outcome is not None else []
         gain = f"{gains[0].character_id} {gains[0].gain:+.3f}" if gains else "-"
-        rows.append({**lora, "verdict": result.verdict, "top": top, "blocked_for": blocked_for, "gain": gain,
+        rows.append({**lora, "verdict": result.verdict, "renders_alone": renders_alone, "top": top,
+                     "blocked_for": blocked_for, "gain": gain,
                      "reasons": [r.kind for r in result.decision.reasons]})
 
     print(f"\nprobe set {engine.probe_set.id}; shared thresholds: {shared.to_dict() | {'provenance': '...'}}\n")
@@ -101,6 +106,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, test in (
         ("recall (quarantine or block)", flagged),
+        ("recall (quarantine or block), renders alone: baseline", lambda r: r["renders_alone"] != "allow"),
         ("recall of block policy (auto-blocked)", lambda r: r["verdict"] == "block"),
     ):
         groups = []
@@ -114,6 +120,8 @@ def main() -> None:
     correct_blocks = sum(r["expected"] == "block" and r["blocked_for"] == {r["character"]} for r in blocked)
     quarantined = [r for r in rows if r["verdict"] == "quarantine"]
     print(f"| false positives on clean LoRAs (flagged) | | | {_rate(sum(flagged(r) for r in clean), len(clean))} |")
+    print(f"| false positives on clean LoRAs, renders alone: baseline | | | "
+          f"{_rate(sum(r['renders_alone'] != 'allow' for r in clean), len(clean))} |")
     print(f"| block precision (right LoRA, right character) | | | {_rate(correct_blocks, len(blocked))} |")
     print(f"| quarantine precision (an infringing LoRA) | | | "
           f"{_rate(sum(r['expected'] != 'allow' for r in quarantined), len(quarantined))} |")
