@@ -80,8 +80,8 @@ def main() -> None:
         scanner.conclude(result, thresholds)
         top = result.matches[0] if result.matches else None
         blocked_for = {r.character_id for r in result.decision.reasons if r.verdict == "block"}
-        gains = result.outcome.likelihood if result.outcome is not None else []
-        gain = f"{gains[0].character_id} {gains[0].gain:+.3f}" if gains else "-"
+        gains = [g for g in (result.outcome.likelihood if result.outcome is not None else []) if not g.screened]
+        gain = f"{gains[0].character_id} {gains[0].gain:+.3f}" if gains else "-"  # the strongest measured in full
         rows.append({**lora, "verdict": result.verdict, "renders_alone": renders_alone, "top": top,
                      "blocked_for": blocked_for, "gain": gain,
                      "reasons": [r.kind for r in result.decision.reasons]})

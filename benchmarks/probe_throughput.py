@@ -10,6 +10,10 @@ shared base renders) and a worker already running (pipeline loaded, its cache ho
 base renders, generic and registry prompts, as after its first job; base renders of each LoRA's own
 trigger, tag and name prompts are still made per LoRA, inside the timing).
 
+Where the probe set has a likelihood probe, a second pair of rows does the same with it on both sides: the
+naive way measures every registered character's references one image per UNet call, base errors again for
+every LoRA; the gate batches them, caches the base errors and screens the registry down to its shortlist.
+
     python -m benchmarks.probe_throughput [--loras 3] [--device cuda]
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 from safetensors.torch import load_file
@@ -25,6 +30,7 @@ from gate.config import load_settings
 from gate.intake import inspect_file
 from gate.scan import probe_terms
 from gate.world import World
+from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
 from probes.engine import ProbeEngine
 from probes.likelihood import ReferenceSet
@@ -59,24 +65,29 @@ def gate_design(settings, probe_set, jobs, device, warm: bool = False,
         engine.base(probes)
         with engine.renderer.lora(load_file(path)):
             rendered = engine.renderer.render(probes, probe_set)
-            errors = likelihood.lora_errors(references, triggers) if likelihood else None
+            if likelihood:
+                likelihood.gains(references, triggers, engine.renderer.without_lora)
         engine.embed(rendered)
-        if likelihood:
-            likelihood.gains(references, triggers, errors)
         images += len(rendered)
     return time.perf_counter() - started, images
 
 
-def naive(settings, probe_set, jobs, device) -> tuple[float, int]:
+def naive(settings, probe_set, jobs, device, references: list[ReferenceSet] | None = None) -> tuple[float, int]:
+    """With `references`, the likelihood probe the naive way too: every character in full (no screen), one
+    reference image per UNet call, base errors measured again for every LoRA."""
     started = time.perf_counter()
     embedder = ImageEmbedder(settings.embedder, device)
-    single = probe_set.__class__(**{**probe_set.__dict__, "batch_size": 1})
+    single = replace(probe_set, batch_size=1)
+    one_by_one = replace(probe_set.likelihood, batch=1, shortlist=0) if references else None
     images = 0
-    for path, probes, _ in jobs:
+    for path, probes, triggers in jobs:
         renderer = Renderer(settings.base_model, device)  # a fresh pipeline for every LoRA
         base = renderer.render(probes, single)
         renderer.pipe.load_lora_weights(load_file(path), adapter_name="lora")
         rendered = renderer.render(probes, single)
+        if one_by_one:
+            LikelihoodProbe(renderer, one_by_one, (probe_set.width, probe_set.height)).gains(
+                references, triggers, renderer.without_lora)
         embedder.embed(list(base) + list(rendered))
         images += len(rendered)
         del renderer
@@ -103,18 +114,23 @@ def main() -> None:
             "gate, cold (resident, adapter swap, cached base, batched)": gate_design(settings, probe_set, jobs,
                                                                                      device),
             "gate, running worker (shared base renders cached)": gate_design(settings, probe_set, jobs, device,
-                                                                             warm=True),
-            "gate, running worker, with the likelihood probe": gate_design(settings, probe_set, jobs, device,
-                                                                           warm=True, references=references)}
-    baseline = next(iter(rows.values()))
+                                                                             warm=True)}
+    with_likelihood = {}
+    if probe_set.likelihood:  # the same two ways with the likelihood probe: its own baseline and ratio
+        with_likelihood = {
+            "naive, with the likelihood probe (every character, batch 1)": naive(settings, probe_set, jobs, device,
+                                                                                references),
+            f"gate, running worker, with the likelihood probe (shortlist {probe_set.likelihood.shortlist or 'off'})":
+                gate_design(settings, probe_set, jobs, device, warm=True, references=references)}
     print(f"\n{len(jobs)} LoRAs, {sum(len(p) for _, p, _ in jobs)} probe renders, probe set {probe_set.id}, "
-          f"device {device}, torch threads {torch.get_num_threads()}\n")
-    print(f"| {'design':<57} | {'seconds':>8} | {'probe images/s':>14} | {'LoRAs/min':>9} | {'speed-up':>8} |")
-    print(f"|{'-' * 59}|{'-' * 10}|{'-' * 16}|{'-' * 11}|{'-' * 10}|")
-    for name, (seconds, images) in rows.items():
-        print(f"| {name:<57} | {seconds:>8.1f} | {images / seconds:>14.2f} | {len(jobs) / seconds * 60:>9.2f} "
-              f"| {baseline[0] / seconds:>7.2f}x |")
-
+          f"device {device}, torch threads {torch.get_num_threads()}, {len(references)} registered characters\n")
+    print(f"| {'design':<72} | {'seconds':>8} | {'probe images/s':>14} | {'LoRAs/min':>9} | {'speed-up':>8} |")
+    print(f"|{'-' * 74}|{'-' * 10}|{'-' * 16}|{'-' * 11}|{'-' * 10}|")
+    for table in (rows, with_likelihood):  # each against the first row of its own kind
+        baseline = next(iter(table.values()), (0, 0))
+        for name, (seconds, images) in table.items():
+            print(f"| {name:<72} | {seconds:>8.1f} | {images / seconds:>14.2f} | {len(jobs) / seconds * 60:>9.2f} "
+                  f"| {baseline[0] / seconds:>7.2f}x |")
 
 if __name__ == "__main__":
     main()

@@ -103,7 +103,8 @@ def outcome_subject(name: str, outcome, references) -> Subject:
     from gate.matching import score
 
     # An engine without the likelihood probe measures nothing: None, not "gained nowhere".
-    gains = ({g.character_id: g.gain for g in outcome.likelihood if g.character_id in references.character_ids}
+    gains = ({g.character_id: g.gain for g in outcome.likelihood
+              if g.character_id in references.character_ids and not g.screened}
              if outcome.likelihood else None)
     return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references), gains)
 

@@ -121,10 +121,11 @@ def _likelihood_reasons(gains, characters: dict[str, CharacterPolicy], threshold
         return []
     over = [g for g in gains if g.character_id in characters and g.gain >= thresholds.likelihood_quarantine]
     # A LoRA that makes most characters likelier has learnt something they share (a drawing style), not one
-    # of them: uncertain, so a person looks, and no policy applies automatically.
+    # of them: uncertain, so a person looks, and no policy applies automatically. Screened gains count here;
+    # only those measured on all references (the calibration's footing) become reasons.
     broad = len(over) > max(2, len(characters) // 2)
     reasons = []
-    for gain in over:
+    for gain in (g for g in over if not g.screened):
         character = characters[gain.character_id]
         clear = (not broad and thresholds.likelihood_block is not None and gain.gain >= thresholds.likelihood_block)
         verdict, certainty = (character.policy, "clear") if clear else (Verdict.QUARANTINE, "possible")

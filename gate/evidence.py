@@ -106,7 +106,8 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
     if gains:  # the likelihood probe's evidence: how much likelier the LoRA makes each character's references
         reasons += ("</ul><h2>Likelihood probe</h2><table><tr><th>character</th><th>gain</th><th>prompt</th>"
                     "<th>per reference</th></tr>" + "".join(
-                        f"<tr><td>{html.escape(g['name'])}</td><td>{g['gain']:+.1%}</td>"
+                        f"<tr><td>{html.escape(g['name'])}{' (screened only)' if g['screened'] else ''}</td>"
+                        f"<td>{g['gain']:+.1%}</td>"
                         f"<td>{html.escape(g['prompt'])}</td><td>"
                         f"{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
                     + "</table><ul>")

@@ -3,7 +3,9 @@ likelihood probe's measurements (probes/likelihood.py says what they mean)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -52,25 +54,28 @@ class LikelihoodProbe:
             self._latents[path] = (encoded * vae.config.scaling_factor)[0]
         return self._latents[path]
 
-    def _errors(self, prompt: str, paths: Sequence[str]) -> np.ndarray:
-        """Mean denoising error of each reference under `prompt`, over the spec's timesteps, in batches."""
+    def _errors(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Mean denoising error of each (prompt, reference path) over the spec's timesteps, in batches that mix
+        prompts (a character's name prompt alone would make a small batch)."""
         batch = self.spec.batch
-        return np.concatenate([self._batch_errors(prompt, paths[i : i + batch]) for i in range(0, len(paths), batch)])
+        return [e for i in range(0, len(pairs), batch) for e in self._batch_errors(pairs[i : i + batch])]
 
     @torch.inference_mode()
-    def _batch_errors(self, prompt: str, paths: Sequence[str]) -> np.ndarray:
+    def _batch_errors(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         pipe, device = self._pipe, self.renderer.device
-        states = pipe.encode_prompt(prompt, device, 1, False)[0]
-        latents = torch.stack([self._latent(p) for p in paths])
+        prompts = list(dict.fromkeys(prompt for prompt, _ in pairs))
+        encoded = pipe.encode_prompt(prompts, device, 1, False)[0]
+        states = encoded[[prompts.index(prompt) for prompt, _ in pairs]]
+        latents = torch.stack([self._latent(path) for _, path in pairs])
         generator = torch.Generator("cpu").manual_seed(self.spec.noise_seed)
-        errors = np.zeros(len(paths))
+        errors = np.zeros(len(pairs))
         for step in self.spec.timesteps:
             # The same noise for every reference and with or without the LoRA: a paired comparison.
             noise = torch.randn(latents.shape[1:], generator=generator).to(device, latents.dtype)
             noise = noise.expand_as(latents)
-            timestep = torch.full((len(paths),), step, device=device, dtype=torch.long)
+            timestep = torch.full((len(pairs),), step, device=device, dtype=torch.long)
             noisy = self._noising.add_noise(latents, noise, timestep)
-            predicted = pipe.unet(noisy, timestep, encoder_hidden_states=states.expand(len(paths), -1, -1)).sample
+            predicted = pipe.unet(noisy, timestep, encoder_hidden_states=states).sample
             errors += ((predicted.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
         return errors / len(self.spec.timesteps)
 
@@ -79,41 +84,53 @@ class LikelihoodProbe:
         return list(dict.fromkeys(p for p in prompts if p.strip()))
 
     def lora_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str]) -> dict[tuple[str, str], float]:
-        """With the LoRA applied: every (prompt, reference path) error the gains need, measured now."""
+        """As the pipeline stands (a LoRA applied or not): every (prompt, reference path) error, measured now."""
         return self._measure(references, triggers, {})
 
     def base_errors(self, references: Sequence[ReferenceSet], triggers: Sequence[str]) -> dict[tuple[str, str], float]:
-        """Without it: the same errors, each measured once and then served from the cache."""
+        """Of the base model (call it with no LoRA on): each error measured once, then served from the cache."""
         return self._measure(references, triggers, self._base_errors)
 
     def _measure(self, references, triggers, store: dict) -> dict[tuple[str, str], float]:
-        wanted: dict[str, dict[str, None]] = {}  # prompt -> reference paths, in order, once each
-        for reference in references:
-            for prompt in self._prompts(triggers, reference):
-                wanted.setdefault(prompt, {}).update(dict.fromkeys(reference.paths[: self.spec.references]))
-        for prompt, paths in wanted.items():
-            missing = [p for p in paths if (prompt, p) not in store]
-            if missing:
-                errors = self._errors(prompt, missing)
-                store.update({(prompt, p): float(e) for p, e in zip(missing, errors, strict=True)})
-        return {(prompt, p): store[(prompt, p)] for prompt, paths in wanted.items() for p in paths}
+        wanted = list(dict.fromkeys((prompt, path) for reference in references
+                                    for prompt in self._prompts(triggers, reference)
+                                    for path in reference.paths[: self.spec.references]))
+        missing = [pair for pair in wanted if pair not in store]
+        store.update(zip(missing, self._errors(missing), strict=True))
+        return {pair: store[pair] for pair in wanted}
 
     def gains(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
-              lora: dict[tuple[str, str], float]) -> list[CharacterGain]:
-        """Per character, the best prompt's mean relative error cut against the base; strongest first. Call it
-        with no adapter applied: the base errors it lacks are measured now."""
-        base = self.base_errors(references, triggers)
-        results = []
-        for reference in references:
-            paths = reference.paths[: self.spec.references]
-            if not paths:
-                continue
-            best = None
-            for prompt in self._prompts(triggers, reference):
-                per_reference = tuple(round((base[(prompt, p)] - lora[(prompt, p)]) / max(base[(prompt, p)], 1e-8), 5)
-                                      for p in paths)
-                mean = float(np.mean(per_reference))
-                if best is None or mean > best.gain:
-                    best = CharacterGain(reference.character_id, round(mean, 5), prompt, per_reference)
-            results.append(best)
-        return sorted(results, key=lambda g: -g.gain)
+              base_model: Callable[[], AbstractContextManager]) -> list[CharacterGain]:
+        """Call it with the LoRA applied; `base_model()` switches the LoRA off for a block (the base errors,
+        cached). Per character, the best prompt's mean relative error cut; strongest first. With a shortlist, a
+        registry larger than it is screened on each character's first references, and only the strongest are
+        measured on all of theirs (the screen's errors reused); the rest keep their screened gains."""
+        with_lora: dict[tuple[str, str], float] = {}
+
+        def measure(subset: Sequence[ReferenceSet]) -> list[CharacterGain]:
+            lora = self._measure(subset, triggers, with_lora)
+            with base_model():
+                base = self.base_errors(subset, triggers)
+            return [self._gain(reference, triggers, lora, base) for reference in subset if reference.paths]
+
+        def strongest(gains: list[CharacterGain]) -> list[CharacterGain]:
+            return sorted(gains, key=lambda g: -g.gain)
+
+        shortlist = self.spec.shortlist
+        if not shortlist or len(references) <= shortlist:
+            return strongest(measure(references))
+        screen = strongest(measure([r.first(self.spec.screen_references) for r in references]))
+        kept = {g.character_id for g in screen[:shortlist]}
+        full = measure([r for r in references if r.character_id in kept])
+        return strongest(full + [replace(g, screened=True) for g in screen[shortlist:]])
+
+    def _gain(self, reference: ReferenceSet, triggers: Sequence[str], lora: dict, base: dict) -> CharacterGain:
+        paths = reference.paths[: self.spec.references]
+        best = None
+        for prompt in self._prompts(triggers, reference):
+            per_reference = tuple(round((base[(prompt, p)] - lora[(prompt, p)]) / max(base[(prompt, p)], 1e-8), 5)
+                                  for p in paths)
+            mean = float(np.mean(per_reference))
+            if best is None or mean > best.gain:
+                best = CharacterGain(reference.character_id, round(mean, 5), prompt, per_reference)
+        return best

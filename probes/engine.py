@@ -120,11 +120,11 @@ class ProbeEngine:
             timings["render_lora"] = time.perf_counter() - started
             readable = [r.readable() for r in references or []] if self.likelihood else []
             readable = [r for r in readable if r.paths]
-            triggers = terms.get("trigger", [])
+            gains = []
             if readable:
-                progress(f"measuring {len(readable)} characters' references with the LoRA")
+                progress(f"measuring {len(readable)} characters' references with and without the LoRA")
                 mark = time.perf_counter()
-                lora_errors = self.likelihood.lora_errors(readable, triggers)
+                gains = self.likelihood.gains(readable, terms.get("trigger", []), self.renderer.without_lora)
                 timings["likelihood"] = time.perf_counter() - mark
         progress(f"rendering {len(probes)} base probes (cached after the first time)")
         mark = time.perf_counter()
@@ -138,11 +138,6 @@ class ProbeEngine:
         mark = time.perf_counter()
         lora_vectors = self.embed(lora_images)
         timings["embed"] = time.perf_counter() - mark
-        gains = []
-        if readable:  # after the adapter is gone: base errors, cached like base renders
-            mark = time.perf_counter()
-            gains = self.likelihood.gains(readable, triggers, lora_errors)
-            timings["likelihood"] += time.perf_counter() - mark
         probes = probes + steered
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings,
                             gains)

@@ -9,6 +9,10 @@ comparison is paired, and no render or embedder stands between the LoRA and the 
 Per reference image and prompt: gain = (base error - LoRA error) / base error, averaged over the probe
 set's timesteps. Per character: the mean gain over its references under its best prompt (the generic
 prompts, the LoRA's trigger phrases, the character's own name).
+
+The cost grows with the registry, so a large one is screened first: every character on its first few
+references, then only the strongest `shortlist` in full. A screened gain rests on fewer references than the
+calibration's and is kept apart (`CharacterGain.screened`): evidence, not grounds for a decision.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class LikelihoodSpec:
     triggers: int  # up to this many of the LoRA's trigger phrases are prompts too
     references: int  # at most this many references per character (the first ones registered)
     batch: int = 32  # reference images per UNet call
+    shortlist: int = 0  # characters measured on all their references after the screen; 0: every one
+    screen_references: int = 2  # references per character in the screen (the first ones; reused in full)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class ReferenceSet:
     def from_dict(cls, data: dict) -> ReferenceSet:
         return cls(str(data["character_id"]), str(data["name"]), tuple(str(p) for p in data["paths"]))
 
+    def first(self, count: int) -> ReferenceSet:
+        return ReferenceSet(self.character_id, self.name, self.paths[:count])
+
     def readable(self) -> ReferenceSet:
         """Only the paths this worker can open (a worker on another machine may see none)."""
         return ReferenceSet(self.character_id, self.name, tuple(p for p in self.paths if Path(p).is_file()))
@@ -52,12 +61,13 @@ class CharacterGain:
     gain: float  # mean over the character's references, under the best prompt
     prompt: str
     reference_gains: tuple[float, ...]  # per reference, under that prompt
+    screened: bool = False  # measured in the screen only, on fewer references: not left on the shortlist
 
     def to_dict(self) -> dict:
         return {"character_id": self.character_id, "gain": self.gain, "prompt": self.prompt,
-                "reference_gains": list(self.reference_gains)}
+                "reference_gains": list(self.reference_gains), "screened": self.screened}
 
     @classmethod
     def from_dict(cls, data: dict) -> CharacterGain:
         return cls(str(data["character_id"]), float(data["gain"]), str(data["prompt"]),
-                   tuple(float(g) for g in data.get("reference_gains", ())))
+                   tuple(float(g) for g in data.get("reference_gains", ())), bool(data.get("screened", False)))

@@ -160,9 +160,16 @@ def parse_probe_set(text: str) -> ProbeSet:
         prompts_ = _require(entry, "prompts", list)
         if not all(isinstance(p, str) for p in prompts_):
             raise ProbeSetError("likelihood prompts must be strings")
+        shortlist = entry.get("shortlist", 0)
+        if not isinstance(shortlist, int) or isinstance(shortlist, bool) or shortlist < 0:
+            raise ProbeSetError(f"likelihood shortlist must be a non-negative integer (0: none), not {shortlist!r}")
+        references = _positive(entry.get("references", 8), "references")
+        screen = _positive(entry.get("screen_references", 2), "screen_references")
+        if screen > references:
+            raise ProbeSetError("likelihood screen_references cannot exceed references")
         likelihood = LikelihoodSpec(tuple(prompts_), tuple(timesteps), int(entry.get("noise_seed", 0)),
-                                    int(entry.get("triggers", 3)), _positive(entry.get("references", 8), "references"),
-                                    _positive(entry.get("batch", 32), "batch"))
+                                    int(entry.get("triggers", 3)), references,
+                                    _positive(entry.get("batch", 32), "batch"), shortlist, screen)
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return ProbeSet(
         name=_require(data, "name", str),

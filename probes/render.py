@@ -164,6 +164,16 @@ class Renderer:
         finally:
             self._remove(name)
 
+    @contextlib.contextmanager
+    def without_lora(self) -> Iterator[None]:
+        """The base model for the block, the applied LoRA switched off, not removed: peft's disabled layers
+        run their base layer alone, so outputs are the base's bit for bit (tests/probes/test_likelihood.py)."""
+        self.pipe.disable_lora()
+        try:
+            yield
+        finally:
+            self.pipe.enable_lora()
+
     def _count_layers(self, name: str) -> int:
         count = 0
         for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):

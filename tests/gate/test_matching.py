@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -146,6 +148,17 @@ def test_a_lora_that_makes_most_characters_likelier_is_only_quarantined():
                       likelihood=[_gain(c, 0.3) for c in "abcd"])
     assert decision.verdict is Verdict.QUARANTINE
     assert all("shared style" in r.message for r in decision.reasons) and len(decision.reasons) == 4
+
+
+def test_screened_gains_count_towards_a_shared_style_but_decide_nothing():
+    policies = {c: CharacterPolicy(c, c.upper(), Verdict.BLOCK) for c in "abcdef"}
+    screened = [replace(_gain(c, 0.3), screened=True) for c in "bcd"]
+    alone = decide(matches=[], name_hits=[], characters=policies, thresholds=LIKELY, likelihood=screened)
+    assert alone.reasons == []  # measured on the screen's few references only: not the calibration's footing
+    decision = decide(matches=[], name_hits=[], characters=policies, thresholds=LIKELY,
+                      likelihood=[_gain("a", 0.3), *screened])
+    assert [r.character_id for r in decision.reasons] == ["a"]
+    assert decision.verdict is Verdict.QUARANTINE and "shared style" in decision.reasons[0].message
 
 
 def test_a_name_with_a_likelihood_match_is_not_reported_as_a_bare_name():

@@ -51,6 +51,31 @@ def test_the_base_is_measured_the_same_after_a_lora_was_applied(engine, world, r
     assert fresh.keys() == cached.keys() and all(fresh[k] == cached[k] for k in fresh)
 
 
+def test_with_the_lora_switched_off_the_base_is_measured_bit_for_bit(engine, world, references):
+    from safetensors.torch import load_file
+
+    probe, renderer = engine.likelihood, engine.renderer
+    lora = world_lora(world, kind="character", trigger=None, metadata_style="honest")
+    base = probe.lora_errors(references[:2], ["a trigger"])  # no LoRA applied: the base, measured fresh
+    with renderer.lora(load_file(world.path(lora["path"]))):
+        applied = probe.lora_errors(references[:2], ["a trigger"])
+        with renderer.without_lora():
+            switched_off = probe.lora_errors(references[:2], ["a trigger"])
+    assert switched_off == base and applied != base
+
+
+def test_a_registry_larger_than_the_shortlist_is_screened_first(engine, world, references):
+    spec = engine.likelihood.spec
+    assert 0 < spec.shortlist < len(references)  # the fixture set screens its registry
+    lora = world_lora(world, kind="character", trigger=None, metadata_style="honest", held_back=False)
+    gains = _probe(engine, world, lora, references).likelihood
+    full = [g for g in gains if not g.screened]
+    assert len(gains) == len(references) and len(full) == spec.shortlist
+    assert {len(g.reference_gains) for g in full} == {spec.references}
+    assert {len(g.reference_gains) for g in gains if g.screened} == {spec.screen_references}
+    assert gains[0].character_id == lora["character"] and not gains[0].screened
+
+
 def test_references_a_worker_cannot_read_are_left_out(engine, world, references, tmp_path):
     missing = ReferenceSet("ghost", "Ghost", (str(tmp_path / "gone.png"),))
     outcome = _probe(engine, world, world_lora(world, kind="concept", metadata_style="honest"),

@@ -45,6 +45,7 @@ def test_the_likelihood_table_is_read_with_defaults():
     spec = parse_probe_set(_MINIMAL + "seeds=[1]\n" + table).likelihood
     assert spec.prompts == ("a character",) and spec.timesteps == (300, 600)
     assert (spec.noise_seed, spec.triggers, spec.references) == (0, 3, 8)
+    assert (spec.shortlist, spec.screen_references) == (0, 2)  # no screen unless a set asks for one
     assert parse_probe_set(_MINIMAL + "seeds=[1]").likelihood is None
 
 
@@ -63,6 +64,9 @@ _MINIMAL = 'name="x"\nversion=1\nfamily="f"\nwidth=1\nheight=1\nsteps=1\nguidanc
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[-5]",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=[1]\ntimesteps=[300]",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nreferences=0",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nshortlist=-1",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nshortlist=true",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nreferences=2\nscreen_references=3",
 ])
 def test_malformed_probe_sets_are_refused(bad):
     with pytest.raises(ProbeSetError):
