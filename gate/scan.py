@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,14 +186,16 @@ class Scanner:
         terms["trigger"] = terms["trigger"] + list(trigger_words or [])
         return {"lora_format": inspection.layout.format, "family": inspection.family.family,
                 "modules": len(inspection.layout.modules), "terms": terms, "probe_set": self.engine.probe_set.id,
-                "file_sha256": inspection.fingerprints.file_sha256, "references": self.reference_sets()}
+                "file_sha256": inspection.fingerprints.file_sha256,
+                "references": self.reference_sets({hit.character_id for hit in result.name_hits})}
 
-    def reference_sets(self) -> list[dict]:
-        """Each registered character's id, name and reference image paths: for the likelihood probe."""
+    def reference_sets(self, named: Collection[str] = ()) -> list[dict]:
+        """Each registered character's id, name and reference image paths, for the likelihood probe; `named`:
+        the characters the LoRA's texts name, which the probe measures in full whatever its screen says."""
         paths: dict[str, list[str]] = {}
         for owner, path in zip(self.references.owners, self.references.paths, strict=False):
             paths.setdefault(self.references.character_ids[owner], []).append(path)
-        return [{"character_id": cid, "name": self.characters[cid].name, "paths": found}
+        return [{"character_id": cid, "name": self.characters[cid].name, "paths": found, "named": cid in named}
                 for cid, found in paths.items() if cid in self.characters]
 
     def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
@@ -209,7 +211,8 @@ class Scanner:
         result = self.screen(path, filename, hub_meta, inspection)
         if result.inspection.ok and not result.decided_without_rendering:
             try:
-                outcome = self.probe(path, result.inspection, progress, (hub_meta or {}).get("trigger_words"))
+                outcome = self.probe(path, result.inspection, progress, (hub_meta or {}).get("trigger_words"),
+                                     result.name_hits)
             except UnsupportedLora as exc:
                 result.not_probed = exc.message
             else:
@@ -220,9 +223,9 @@ class Scanner:
         return result
 
     def probe(self, path: str | Path, inspection: Inspection, progress: Progress | None = None,
-              trigger_words: list[str] | None = None):
+              trigger_words: list[str] | None = None, name_hits: Sequence[NameHit] = ()):
         """Render and embed a file that intake accepted, in this process; raises UnsupportedLora."""
-        request = self.probe_request(ScanResult(str(path), inspection), trigger_words)
+        request = self.probe_request(ScanResult(str(path), inspection, name_hits=list(name_hits)), trigger_words)
         return self.engine.probe(path, lora_format=request["lora_format"], family=request["family"],
                                  modules=request["modules"], terms=request["terms"], progress=progress,
                                  references=[ReferenceSet.from_dict(r) for r in request["references"]])

@@ -103,8 +103,9 @@ class LikelihoodProbe:
               base_model: Callable[[], AbstractContextManager]) -> list[CharacterGain]:
         """Call it with the LoRA applied; `base_model()` switches the LoRA off for a block (the base errors,
         cached). Per character, the best prompt's mean relative error cut; strongest first. With a shortlist, a
-        registry larger than it is screened on each character's first references, and only the strongest are
-        measured on all of theirs (the screen's errors reused); the rest keep their screened gains."""
+        registry larger than it is screened on each character's first references, and only the strongest and
+        those the LoRA names are measured on all of theirs (the screen's errors reused); the rest keep their
+        screened gains."""
         with_lora: dict[tuple[str, str], float] = {}
 
         def measure(subset: Sequence[ReferenceSet]) -> list[CharacterGain]:
@@ -120,9 +121,9 @@ class LikelihoodProbe:
         if not shortlist or len(references) <= shortlist:
             return strongest(measure(references))
         screen = strongest(measure([r.first(self.spec.screen_references) for r in references]))
-        kept = {g.character_id for g in screen[:shortlist]}
+        kept = {g.character_id for g in screen[:shortlist]} | {r.character_id for r in references if r.named}
         full = measure([r for r in references if r.character_id in kept])
-        return strongest(full + [replace(g, screened=True) for g in screen[shortlist:]])
+        return strongest(full + [replace(g, screened=True) for g in screen if g.character_id not in kept])
 
     def _gain(self, reference: ReferenceSet, triggers: Sequence[str], lora: dict, base: dict) -> CharacterGain:
         paths = reference.paths[: self.spec.references]

@@ -11,13 +11,14 @@ set's timesteps. Per character: the mean gain over its references under its best
 prompts, the LoRA's trigger phrases, the character's own name).
 
 The cost grows with the registry, so a large one is screened first: every character on its first few
-references, then only the strongest `shortlist` in full. A screened gain rests on fewer references than the
+references, then only the strongest `shortlist` in full, with any character the LoRA's metadata names. A
+screened gain rests on fewer references than the
 calibration's and is kept apart (`CharacterGain.screened`): evidence, not grounds for a decision.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -42,17 +43,19 @@ class ReferenceSet:
     character_id: str
     name: str
     paths: tuple[str, ...]
+    named: bool = False  # the LoRA's metadata or hub page names it: measured in full whatever the screen says
 
     @classmethod
     def from_dict(cls, data: dict) -> ReferenceSet:
-        return cls(str(data["character_id"]), str(data["name"]), tuple(str(p) for p in data["paths"]))
+        return cls(str(data["character_id"]), str(data["name"]), tuple(str(p) for p in data["paths"]),
+                   bool(data.get("named", False)))
 
     def first(self, count: int) -> ReferenceSet:
-        return ReferenceSet(self.character_id, self.name, self.paths[:count])
+        return replace(self, paths=self.paths[:count])
 
     def readable(self) -> ReferenceSet:
         """Only the paths this worker can open (a worker on another machine may see none)."""
-        return ReferenceSet(self.character_id, self.name, tuple(p for p in self.paths if Path(p).is_file()))
+        return replace(self, paths=tuple(p for p in self.paths if Path(p).is_file()))
 
 
 @dataclass(frozen=True)

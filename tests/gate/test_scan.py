@@ -30,6 +30,9 @@ def test_a_misleading_title_alone_does_not_quarantine(scanner, world):
     _, result = _scan(scanner, world, kind="concept", metadata_style="misleading")
     assert result.verdict == "allow", result.to_dict()
     assert [r.kind for r in result.decision.reasons] == ["metadata_name"]
+    # The character the title names is measured on all its references, whatever the likelihood screen says.
+    gains = {g.character_id: g for g in result.outcome.likelihood}
+    assert not gains[result.decision.reasons[0].character_id].screened
 
 
 def test_refused_and_unprobeable_files(scanner, corpus_dir):
