@@ -283,6 +283,7 @@ class Screening:
     candidates: int = 0
     hits: list[Hit] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: str | None = None  # why nothing was screened
 
     @property
     def changed(self) -> int:
@@ -351,7 +352,7 @@ def screen_character(db: Database, character_id: str, settings: Settings | None 
     settings = settings or load_settings()
     character = get_character(db, character_id)
     if character.status != "active":
-        return Screening(None, character_id, cause)
+        return Screening(None, character_id, cause, skipped="the character is retired")
     if embedder_id is None or thresholds is None:
         embedder_id, probe_set_id = current_embedder(settings)
         thresholds = thresholds or load_thresholds(settings.calibration_file, probe_set_id, embedder_id)
@@ -401,17 +402,19 @@ def _escalate(db: Database, hit: Hit, reason, name: str, screening_id: int) -> N
     reasons = [*json.loads(upload["reasons"] or "[]"),
                {**reason.to_dict(), "screening": screening_id,
                 "message": f"back-catalogue screening: {reason.message}"}]
-    matches = [*json.loads(upload["matches"] or "[]"),
-               {"character": reason.character_id, "name": name, "matched": hit.matched, "rendered": hit.rendered,
-                "share": round(hit.matched / hit.rendered, 4) if hit.rendered else 0.0, "best_score": hit.best_score,
-                "best_lift": hit.best_lift, "screening": screening_id}]
+    matches = json.loads(upload["matches"] or "[]")
+    if hit.rendered:  # render evidence; a likelihood hit's evidence is its reason (gain, prompt, references)
+        matches.append({"character": reason.character_id, "name": name, "matched": hit.matched,
+                        "rendered": hit.rendered, "share": round(hit.matched / hit.rendered, 4),
+                        "best_score": hit.best_score, "best_lift": hit.best_lift, "screening": screening_id})
     updated = transition(
         db, hit.upload_id, UploadState.DECIDED, "screening", f"screened for {reason.character_id}: {hit.verdict_after}",
         {"verdict": hit.verdict_after, "reasons": json.dumps(reasons, ensure_ascii=False),
          "matches": json.dumps(matches, ensure_ascii=False)},
         {"screening": screening_id, "character": reason.character_id, "verdict_before": hit.verdict_before,
          "verdict_after": hit.verdict_after, "certainty": hit.certainty, "matched": hit.matched,
-         "rendered": hit.rendered, "best_score": hit.best_score, "renders": hit.renders})
+         "rendered": hit.rendered, "best_score": hit.best_score, "renders": hit.renders,
+         **({"likelihood": reason.details} if reason.kind == "likelihood_match" else {})})
     outbox.enqueue(db, hit.upload_id, "upload.decided", _hub_message(updated))
 
 
@@ -437,12 +440,116 @@ def registry_changed(db: Database, character_id: str, settings: Settings | None 
 
 
 def screen_job(character_id: str, cause: str) -> str:
-    """Catalogue-queue job: `registry_changed` for a character changed on the web (the worker has the embedder)."""
+    """Catalogue-queue job for a character changed on the web: `registry_changed` (stored renders), then, where
+    the probe set has one, the likelihood probe over the catalogue (`likelihood_screen`)."""
     from gate.jobs import _db
     from gate.queues import context
 
     settings = context().settings
-    return registry_changed(_db(settings), character_id, settings, cause=cause).summary()
+    db = _db(settings)
+    summary = registry_changed(db, character_id, settings, cause=cause).summary()
+    if likelihood_configured(settings):  # this worker has the probe engine (rescans run here too)
+        summary += "; " + likelihood_screen(db, character_id, settings, cause=cause).summary()
+    return summary
+
+
+def likelihood_configured(settings: Settings) -> bool:
+    from probes.probe_set import load_probe_set
+
+    return load_probe_set(settings.probe_set).likelihood is not None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Screening with the likelihood probe
+
+
+def _stored_gains(upload: dict) -> list:
+    """The likelihood matches an upload's decision already holds: so a new character's gain is judged beside
+    them (a LoRA that makes most of the registry likelier is a shared style, and only quarantined)."""
+    from probes.likelihood import CharacterGain
+
+    return [CharacterGain(r["character"], float(r["gain"]), str(r.get("prompt", "")), ())
+            for r in json.loads(upload["reasons"] or "[]")
+            if r.get("kind") == "likelihood_match" and r.get("character") and isinstance(r.get("gain"), int | float)]
+
+
+def _judge_likelihood(scanner, upload: dict, character_id: str, references: list) -> tuple[Hit, object] | None:
+    """Load one upload's LoRA again and measure the character's references with and without it; the hit and
+    its reason when the gain clears the calibrated threshold."""
+    from gate.jobs import _hub_meta
+    from gate.review import cleared_characters
+    from probes.errors import UnsupportedLora
+
+    result = scanner.screen(upload["file_path"], upload["filename"], _hub_meta(upload))
+    if not result.inspection.ok:
+        log.warning("likelihood screening: %s no longer passes intake (%s)", upload["id"],
+                    result.inspection.error.code)
+        return None
+    request = scanner.probe_request(result, _hub_meta(upload)["trigger_words"])
+    try:
+        gains = scanner.engine.likelihood_gains(
+            upload["file_path"], lora_format=request["lora_format"], family=request["family"],
+            modules=request["modules"], triggers=request["terms"]["trigger"], references=references)
+    except UnsupportedLora:
+        return None
+    thresholds = scanner.thresholds
+    decision = decide(matches=[], name_hits=[h for h in result.name_hits if h.character_id == character_id],
+                      characters=scanner.policies(), thresholds=thresholds,
+                      cleared=cleared_characters(scanner.db, result.inspection.fingerprints.tensor_hash),
+                      likelihood=[*gains, *(g for g in _stored_gains(upload) if g.character_id != character_id)])
+    reason = next((r for r in decision.reasons if r.kind == "likelihood_match" and r.character_id == character_id
+                   and r.verdict != Verdict.ALLOW), None)
+    if reason is None:
+        return None
+    before = Verdict(upload["verdict"] or "allow")
+    after = max(before, reason.verdict, key=lambda v: v.severity)  # screening escalates, never clears
+    return Hit(upload["id"], str(before), str(after), reason.details["certainty"], 0, 0, 0.0, 0.0, []), reason
+
+
+def likelihood_screen(db: Database, character_id: str, settings: Settings | None = None, *,
+                      cause: str = "registered", scanner=None) -> Screening:
+    """Screen the back catalogue for one character with the likelihood probe: every decided upload the engine
+    probed before is loaded again and measured on this character's references alone (a few UNet calls per
+    reference; nothing is rendered). It catches what stored renders cannot show (too poor to embed, or a
+    trigger the probes never used), at the cost of the GPU's time per upload."""
+    from gate.rescan import probe_scanner
+    from probes.likelihood import ReferenceSet
+
+    started = time.perf_counter()
+    settings = settings or load_settings()
+    character = get_character(db, character_id)
+    scanner = scanner or probe_scanner(settings, db)
+    scanner.refresh()
+    screening = Screening(None, character_id, f"{cause}: likelihood")
+    references = [ReferenceSet.from_dict(r) for r in scanner.reference_sets() if r["character_id"] == character_id]
+    if character.status != "active" or scanner.engine.likelihood is None or not references:
+        screening.skipped = ("the character is retired" if character.status != "active" else
+                             "the probe set has no likelihood probe" if scanner.engine.likelihood is None else
+                             "this worker cannot read the character's references")
+        return screening
+    uploads = list(db.query(
+        "select u.* from uploads u join catalogue_scans s on s.upload_id = u.id "
+        "where u.state = ? and coalesce(u.verdict, 'allow') != 'block' order by u.created_at", [UploadState.DECIDED]))
+    screening.screened = screening.candidates = len(uploads)
+    judged = [found for upload in uploads if (found := _judge_likelihood(scanner, upload, character_id, references))]
+    screening.hits = [hit for hit, _ in judged]
+    screening.seconds = time.perf_counter() - started
+    with writing(db):
+        screening.id = db["screenings"].insert({
+            "character_id": character_id, "cause": screening.cause, "embedder": scanner.engine.probe_set.id,
+            "thresholds": json.dumps(scanner.thresholds.to_dict()), "screened": screening.screened, "renders": 0,
+            "candidates": screening.candidates, "hits": len(screening.hits), "changed": screening.changed,
+            "seconds": round(screening.seconds, 4), "created_at": _now()}).last_pk
+        for hit, reason in judged:
+            db["screening_hits"].insert({
+                "screening_id": screening.id, "upload_id": hit.upload_id, "verdict_before": hit.verdict_before,
+                "verdict_after": hit.verdict_after, "changed": int(hit.changed), "certainty": hit.certainty,
+                "matched": 0, "rendered": 0, "best_score": reason.details["gain"], "best_lift": 0.0, "renders": "[]",
+                "likelihood": json.dumps(reason.details)})
+            if hit.changed:
+                _escalate(db, hit, reason, character.name, screening.id)
+    log.info("%s", screening.summary())
+    return screening
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -465,7 +572,8 @@ def character_reports(db: Database, character_id: str, limit: int = 20) -> list[
                          "verdict_after": hit["verdict_after"], "changed": bool(hit["changed"]),
                          "certainty": hit["certainty"], "matched": hit["matched"], "rendered": hit["rendered"],
                          "best_score": hit["best_score"], "best_lift": hit["best_lift"],
-                         "renders": json.loads(hit["renders"])})
+                         "renders": json.loads(hit["renders"]),
+                         "likelihood": json.loads(hit["likelihood"]) if hit.get("likelihood") else None})
         reports.append({"screening": run["id"], "character": character_id, "cause": run["cause"],
                         "at": run["created_at"], "embedder": run["embedder"], "screened": run["screened"],
                         "renders": run["renders"], "candidates": run["candidates"], "hits": hits,

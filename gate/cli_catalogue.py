@@ -31,7 +31,7 @@ def echo_screening(screening, as_json: bool = False) -> None:
                               ensure_ascii=False))
         return
     if screening.id is None:
-        click.echo(f"{screening.character_id} is retired: nothing screened")
+        click.echo(f"{screening.character_id}: nothing screened ({screening.skipped})")
         return
     click.echo(screening.summary())
 
@@ -204,16 +204,22 @@ def catalogue_import(source: str, hub: str | None, no_scan: bool, as_json: bool)
 
 @catalogue_group.command("screen")
 @click.argument("character_id")
+@click.option("--likelihood", is_flag=True,
+              help="Also load every scanned LoRA again and measure the character's references with the likelihood "
+                   "probe (the base model, here; no rendering).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def catalogue_screen(character_id: str, as_json: bool) -> None:
+def catalogue_screen(character_id: str, likelihood: bool, as_json: bool) -> None:
     """Screen the stored embeddings of every scanned LoRA for one character now (no rendering).
 
-    Example: gate catalogue screen ultraman
+    Example: gate catalogue screen ultraman --likelihood
     """
-    from gate.catalogue import registry_changed
+    from gate.catalogue import likelihood_screen, registry_changed
 
     settings = _settings()
-    echo_screening(registry_changed(_record(settings), character_id, settings, cause="manual"), as_json)
+    db = _record(settings)
+    echo_screening(registry_changed(db, character_id, settings, cause="manual"), as_json)
+    if likelihood:
+        echo_screening(likelihood_screen(db, character_id, settings, cause="manual"), as_json)
 
 
 @click.command("rescan")

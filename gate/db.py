@@ -374,3 +374,10 @@ def m106_login_failures(db: Database) -> None:
     # Failed sign-ins per key ("account|address" and "address"), in fixed windows: the throttle's memory,
     # shared by every web process.
     db["login_failures"].create({"key": str, "failures": int, "window_start": float}, pk="key")
+
+
+@migrations()
+def m107_screening_likelihood(db: Database) -> None:
+    # A back-catalogue screening by the likelihood probe keeps its evidence (gain, prompt, per-reference gains)
+    # with the hit, where a render screening keeps its renders.
+    db["screening_hits"].add_column("likelihood", str)

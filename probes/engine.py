@@ -99,6 +99,17 @@ class ProbeEngine:
                 self._base_vectors[probes[i].key] = vector
         return images, np.stack([self._base_vectors[p.key] for p in probes])
 
+    def likelihood_gains(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
+                         triggers: list[str], references: list[ReferenceSet]) -> list[CharacterGain]:
+        """The likelihood probe alone, no rendering: how much likelier the LoRA makes each character's
+        `references` (what back-catalogue screening for a new character needs); raises UnsupportedLora."""
+        self.check_supported(lora_format, family)
+        readable = [r for r in (r.readable() for r in references) if r.paths]
+        if self.likelihood is None or not readable:
+            return []
+        with self.renderer.lora(load_file(str(lora_path)), modules):  # validated by intake, never unpickled
+            return self.likelihood.gains(readable, triggers, self.renderer.without_lora)
+
     def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
               terms: dict[str, list[str]], progress: Progress | None = None,
               references: list[ReferenceSet] | None = None) -> ProbeOutcome:

@@ -194,3 +194,51 @@ def test_update_and_reports_from_the_command_line(scanned):
     assert reports[0]["cause"] == "updated" and reports[0]["hits"][0]["upload_id"] == character_upload
     bad = runner.invoke(main, ["characters", "update", "pebble_sprite", "--remove-ref", "abc"])
     assert bad.exit_code == 1 and "reference_not_found" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_likelihood_probe_screens_the_catalogue_for_a_character_registered_later(scanned, world):
+    settings, db, scanner, _, _, clean_upload = scanned
+    upload_id, _ = _record_and_scan(db, settings, scanner, world, "moss_knight_any_kohya")
+    assert get_upload(db, upload_id)["verdict"] == "allow"  # an original character, not registered yet
+    knight = next(c for c in world.characters() if c["id"] == "moss_knight")
+    add_character(db, settings.references_dir, name=knight["name"], rights_holder=knight["rights_holder"],
+                  policy="block", references=[world.path(p) for p in knight["references"]],
+                  character_id="moss_knight", embed=scanner.engine.embed, embedder_id=scanner.engine.embedder_id)
+    outbox_before = db["outbox"].count
+
+    screening = catalogue.likelihood_screen(db, "moss_knight", settings, cause="registered", scanner=scanner)
+
+    decided = db.execute("select count(*) from uploads where state = 'decided' and verdict != 'block'").fetchone()[0]
+    assert screening.screened == decided + 1  # every probed, decided upload not blocked yet
+    assert [hit.upload_id for hit in screening.hits] == [upload_id] and screening.changed == 1
+    upload = get_upload(db, upload_id)
+    assert upload["verdict"] == "block" and upload["state"] == "decided"
+    reason = json.loads(upload["reasons"])[-1]
+    assert reason["kind"] == "likelihood_match" and reason["character"] == "moss_knight"
+    assert reason["certainty"] == "clear" and reason["gain"] >= scanner.thresholds.likelihood_block
+    assert get_upload(db, clean_upload)["verdict"] == "allow"
+    assert db["outbox"].count == outbox_before + 1
+    event = list(db["upload_events"].rows_where("upload_id = ? and actor = 'screening'", [upload_id]))[-1]
+    assert json.loads(event["detail"])["likelihood"]["gain"] == reason["gain"]
+    report = character_reports(db, "moss_knight")[0]
+    assert report["cause"] == "registered: likelihood" and report["hits"][0]["likelihood"]["prompt"]
+
+    # Again: the blocked upload is no longer screened, and nothing changes.
+    again = catalogue.likelihood_screen(db, "moss_knight", settings, cause="updated", scanner=scanner)
+    assert again.screened == decided and again.hits == []
+
+
+def test_a_new_characters_gain_is_judged_beside_the_likelihood_matches_an_upload_already_holds():
+    from gate.decisions import CharacterPolicy, Verdict, decide
+    from probes.likelihood import CharacterGain
+
+    policies = {c: CharacterPolicy(c, c.upper(), Verdict.BLOCK) for c in "abcdef"}
+    thresholds = Thresholds(0.8, 0.0, 3, 4, 0.9, likelihood_quarantine=0.1, likelihood_block=0.2)
+    held = decide(matches=[], name_hits=[], characters=policies, thresholds=thresholds,
+                  likelihood=[CharacterGain(c, 0.3, "a character", (0.3,)) for c in "abc"])
+    stored = catalogue._stored_gains({"reasons": json.dumps([r.to_dict() for r in held.reasons])})
+    assert [(g.character_id, g.gain) for g in stored] == [("a", 0.3), ("b", 0.3), ("c", 0.3)]
+    # A fourth character the LoRA makes likelier: with the three it already holds, a shared style.
+    judged = decide(matches=[], name_hits=[], characters=policies, thresholds=thresholds,
+                    likelihood=[CharacterGain("d", 0.3, "a character", (0.3,)), *stored])
+    assert {r.verdict for r in judged.reasons} == {Verdict.QUARANTINE}

@@ -179,3 +179,44 @@ def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
     assert verdict == "block" and "kept (decided by alice)" in events
     assert _query(db_path, "select count(*) from outbox where upload_id = ?", [upload_id])[0][0] == 0
     assert not (decided_earlier / "evidence" / upload_id).exists()  # nothing replaced what the moderator saw
+
+
+def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_on_the_catalogue_worker(
+        imported, world, tmp_path):
+    from gate import rights
+    from gate.audit import Actor
+    from gate.config import load_settings
+    from gate.db import open_db
+    from tests.gate.service.test_queues import RedisServer, _wait
+
+    root, _, _ = imported
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)  # the module's record stays as it was for the other tests
+    db_path = data / "gate.db"
+    sprite = "pebble_sprite_trigger_peft.safetensors"
+    assert _query(db_path, "select verdict from uploads where model_id = ?", [sprite]) == [("allow",)]
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = {**os.environ, "GATE_DATA_DIR": str(data), "REDIS_URL": redis.url}
+    worker_log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue"], cwd=REPO, env=env,
+                              stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        settings = load_settings({"data_dir": str(data), "redis_url": redis.url})
+        character = next(c for c in world.characters() if c["id"] == "pebble_sprite")
+        references = [(p, world.path(p).read_bytes()) for p in character["references"]]
+        registered = rights.register(open_db(settings.db_path), settings, Actor("pebbles", "rights_holder"),
+                                     character["rights_holder"], name=character["name"], policy="block",
+                                     references=references)
+        _wait(lambda: _query(db_path, "select count(*) from screenings where cause = 'registered: likelihood'")
+              == [(1,)], 600, "the likelihood screening never ran")
+        assert _query(db_path, "select verdict from uploads where model_id = ?", [sprite]) == [("block",)]
+        reasons = json.loads(_query(db_path, "select reasons from uploads where model_id = ?", [sprite])[0][0])
+        assert reasons[-1]["kind"] == "likelihood_match" and reasons[-1]["character"] == registered.id
+        assert _query(db_path, "select verdict from uploads where model_id = ?",
+                      ["style_sepia_peft.safetensors"]) == [("allow",)]
+        assert "gate.catalogue.screen_job" in (tmp_path / "worker.log").read_text()
+    finally:
+        worker.kill()
+        worker.wait(timeout=10)
+        redis.stop()
