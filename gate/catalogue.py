@@ -527,20 +527,26 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
                              "the probe set has no likelihood probe" if scanner.engine.likelihood is None else
                              "this worker cannot read the character's references")
         return screening
-    uploads = list(db.query(
-        "select u.* from uploads u join catalogue_scans s on s.upload_id = u.id "
-        "where u.state = ? and coalesce(u.verdict, 'allow') != 'block' order by u.created_at", [UploadState.DECIDED]))
-    screening.screened = screening.candidates = len(uploads)
-    judged = [found for upload in uploads if (found := _judge_likelihood(scanner, upload, character_id, references))]
-    screening.hits = [hit for hit, _ in judged]
-    screening.seconds = time.perf_counter() - started
-    with writing(db):
+    upload_ids = [row["id"] for row in db.query(
+        "select u.id from uploads u join catalogue_scans s on s.upload_id = u.id "
+        "where u.state = ? and coalesce(u.verdict, 'allow') != 'block' order by u.created_at", [UploadState.DECIDED])]
+    screening.screened = screening.candidates = len(upload_ids)
+    with writing(db):  # recorded first, each hit as it is found: a job cut short keeps what it did
         screening.id = db["screenings"].insert({
             "character_id": character_id, "cause": screening.cause, "embedder": scanner.engine.probe_set.id,
             "thresholds": json.dumps(scanner.thresholds.to_dict()), "screened": screening.screened, "renders": 0,
-            "candidates": screening.candidates, "hits": len(screening.hits), "changed": screening.changed,
-            "seconds": round(screening.seconds, 4), "created_at": _now()}).last_pk
-        for hit, reason in judged:
+            "candidates": screening.candidates, "hits": 0, "changed": 0, "seconds": 0.0,
+            "created_at": _now()}).last_pk
+    for upload_id in upload_ids:
+        upload = next(iter(db["uploads"].rows_where("id = ?", [upload_id])))  # as it is now, not at the start
+        if upload["state"] != UploadState.DECIDED or upload["verdict"] == "block":
+            continue
+        found = _judge_likelihood(scanner, upload, character_id, references)
+        if found is None:
+            continue
+        hit, reason = found
+        screening.hits.append(hit)
+        with writing(db):
             db["screening_hits"].insert({
                 "screening_id": screening.id, "upload_id": hit.upload_id, "verdict_before": hit.verdict_before,
                 "verdict_after": hit.verdict_after, "changed": int(hit.changed), "certainty": hit.certainty,
@@ -548,6 +554,10 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
                 "likelihood": json.dumps(reason.details)})
             if hit.changed:
                 _escalate(db, hit, reason, character.name, screening.id)
+            db["screenings"].update(screening.id, {"hits": len(screening.hits), "changed": screening.changed})
+    screening.seconds = time.perf_counter() - started
+    with writing(db):
+        db["screenings"].update(screening.id, {"seconds": round(screening.seconds, 4)})
     log.info("%s", screening.summary())
     return screening
 

@@ -112,7 +112,8 @@ def screen_catalogue(settings: Settings, character_id: str, cause: str) -> None:
 
 
 def matches(db: Database, party: str, character_id: str | None = None, limit: int = 200) -> list[dict]:
-    """Uploads whose scans matched one of this rights holder's characters, newest first."""
+    """Uploads whose scans matched one of this rights holder's characters, newest first: by their renders
+    (`matched` of `rendered`, `best_score`), by the likelihood probe (`gain`), or both."""
     ids = [c.id for c in own_characters(db, party)]
     if character_id is not None:
         own_character(db, party, character_id)
@@ -120,13 +121,25 @@ def matches(db: Database, party: str, character_id: str | None = None, limit: in
     if not ids:
         return []
     marks = ", ".join("?" for _ in ids)
-    rows = db.query(
-        "select u.id, u.created_at, u.hub, u.model_id, u.title, u.verdict, u.review_status, "
-        "json_extract(m.value, '$.character') as character, json_extract(m.value, '$.best_score') as best_score, "
-        "json_extract(m.value, '$.matched') as matched, json_extract(m.value, '$.rendered') as rendered "
+    columns = "u.id, u.created_at, u.hub, u.model_id, u.title, u.verdict, u.review_status"
+    renders = db.query(
+        f"select {columns}, json_extract(m.value, '$.character') as character, "
+        "json_extract(m.value, '$.best_score') as best_score, json_extract(m.value, '$.matched') as matched, "
+        "json_extract(m.value, '$.rendered') as rendered "
         "from uploads u, json_each(coalesce(u.matches, '[]')) m "
         f"where json_extract(m.value, '$.character') in ({marks}) order by u.created_at desc limit ?", [*ids, limit])
-    return [dict(row) for row in rows]
+    gains = db.query(
+        f"select {columns}, json_extract(r.value, '$.character') as character, "
+        "max(json_extract(r.value, '$.gain')) as gain from uploads u, json_each(coalesce(u.reasons, '[]')) r "
+        f"where json_extract(r.value, '$.kind') = 'likelihood_match' and json_extract(r.value, '$.character') in "
+        f"({marks}) group by u.id, character order by u.created_at desc limit ?", [*ids, limit])
+    found: dict[tuple[str, str], dict] = {}
+    for row in renders:
+        found.setdefault((row["id"], row["character"]), {**dict(row), "gain": None})
+    for row in gains:
+        empty = {"best_score": None, "matched": None, "rendered": None}
+        found.setdefault((row["id"], row["character"]), {**dict(row), **empty})["gain"] = row["gain"]
+    return sorted(found.values(), key=lambda m: m["created_at"], reverse=True)[:limit]
 
 
 def character_json(character: Character) -> dict:

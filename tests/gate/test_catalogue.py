@@ -222,6 +222,11 @@ def test_the_likelihood_probe_screens_the_catalogue_for_a_character_registered_l
     assert json.loads(event["detail"])["likelihood"]["gain"] == reason["gain"]
     report = character_reports(db, "moss_knight")[0]
     assert report["cause"] == "registered: likelihood" and report["hits"][0]["likelihood"]["prompt"]
+    # The rights holder's list of uploads that matched shows it, by its gain (no render matched it).
+    from gate.rights import matches
+
+    listed = [m for m in matches(db, knight["rights_holder"], "moss_knight") if m["id"] == upload_id]
+    assert len(listed) == 1 and listed[0]["gain"] == reason["gain"]
 
     # Again: the blocked upload is no longer screened, and nothing changes.
     again = catalogue.likelihood_screen(db, "moss_knight", settings, cause="updated", scanner=scanner)

@@ -208,8 +208,9 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
         registered = rights.register(open_db(settings.db_path), settings, Actor("pebbles", "rights_holder"),
                                      character["rights_holder"], name=character["name"], policy="block",
                                      references=references)
-        _wait(lambda: _query(db_path, "select count(*) from screenings where cause = 'registered: likelihood'")
-              == [(1,)], 600, "the likelihood screening never ran")
+        # The screening is recorded as it starts and its duration when it ends.
+        _wait(lambda: _query(db_path, "select count(*) from screenings where cause = 'registered: likelihood' "
+                                      "and seconds > 0") == [(1,)], 600, "the likelihood screening never finished")
         assert _query(db_path, "select verdict from uploads where model_id = ?", [sprite]) == [("block",)]
         reasons = json.loads(_query(db_path, "select reasons from uploads where model_id = ?", [sprite])[0][0])
         assert reasons[-1]["kind"] == "likelihood_match" and reasons[-1]["character"] == registered.id
