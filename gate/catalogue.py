@@ -476,16 +476,20 @@ def _stored_gains(upload: dict) -> list:
 def _judge_likelihood(scanner, upload: dict, character_id: str, references: list) -> tuple[Hit, object] | None:
     """Load one upload's LoRA again and measure the character's references with and without it; the hit and
     its reason when the gain clears the calibrated threshold."""
+    from gate.intake import inspect_file
     from gate.jobs import _hub_meta
     from gate.review import cleared_characters
+    from gate.scan import ScanResult
     from probes.errors import UnsupportedLora
 
-    result = scanner.screen(upload["file_path"], upload["filename"], _hub_meta(upload))
-    if not result.inspection.ok:
-        log.warning("likelihood screening: %s no longer passes intake (%s)", upload["id"],
-                    result.inspection.error.code)
+    inspection = inspect_file(upload["file_path"], scanner.settings.intake)  # re-validated: trust no earlier read
+    if not inspection.ok:
+        log.warning("likelihood screening: %s no longer passes intake (%s)", upload["id"], inspection.error.code)
         return None
-    request = scanner.probe_request(result, _hub_meta(upload)["trigger_words"])
+    hub_meta = _hub_meta(upload)
+    result = ScanResult(upload["file_path"], inspection,
+                        name_hits=scanner.name_hits(inspection, upload["filename"] or upload["file_path"], hub_meta))
+    request = scanner.probe_request(result, hub_meta["trigger_words"])
     try:
         gains = scanner.engine.likelihood_gains(
             upload["file_path"], lora_format=request["lora_format"], family=request["family"],
@@ -528,8 +532,8 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
                              "this worker cannot read the character's references")
         return screening
     upload_ids = [row["id"] for row in db.query(
-        "select u.id from uploads u join catalogue_scans s on s.upload_id = u.id "
-        "where u.state = ? and coalesce(u.verdict, 'allow') != 'block' order by u.created_at", [UploadState.DECIDED])]
+        "select u.id from uploads u join catalogue_scans s on s.upload_id = u.id where s.renders > 0 "
+        "and u.state = ? and coalesce(u.verdict, 'allow') != 'block' order by u.created_at", [UploadState.DECIDED])]
     screening.screened = screening.candidates = len(upload_ids)
     with writing(db):  # recorded first, each hit as it is found: a job cut short keeps what it did
         screening.id = db["screenings"].insert({

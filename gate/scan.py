@@ -164,20 +164,23 @@ class Scanner:
         result.timings["intake"] = time.perf_counter() - started
         if not inspection.ok:
             return result
-        names = {c.id: c.names for c in self.characters.values()}
-        texts = lora_texts(inspection.metadata, filename or str(path))
-        if hub_meta:  # what the hub says of the upload is screened too: its title, tags, trigger words
-            texts["hub title"] = [hub_meta.get("title") or ""]
-            texts["hub tags"] = hub_meta.get("tags") or []
-            texts["hub trigger words"] = hub_meta.get("trigger_words") or []
-            texts["hub description"] = [hub_meta.get("description") or ""]
-        result.name_hits = find_names(texts, names)
+        result.name_hits = self.name_hits(inspection, filename or str(path), hub_meta)
         tensor_hash = inspection.fingerprints.tensor_hash
         entry = blocklist.contains(self.db, tensor_hash)
         if entry:
             result.blocklisted = f"{tensor_hash[:16]}…, {entry['reason']}"  # caught without rendering
         self.repeats.screen(result, hub_meta)  # repeat infringement: exact and near-duplicate re-uploads
         return result
+
+    def name_hits(self, inspection: Inspection, filename: str, hub_meta: dict | None = None) -> list[NameHit]:
+        """Registered names and aliases in the LoRA's metadata, its file name and what the hub says of it."""
+        texts = lora_texts(inspection.metadata, filename)
+        if hub_meta:  # what the hub says of the upload is screened too: its title, tags, trigger words
+            texts["hub title"] = [hub_meta.get("title") or ""]
+            texts["hub tags"] = hub_meta.get("tags") or []
+            texts["hub trigger words"] = hub_meta.get("trigger_words") or []
+            texts["hub description"] = [hub_meta.get("description") or ""]
+        return find_names(texts, {c.id: c.names for c in self.characters.values()})
 
     def probe_request(self, result: ScanResult, trigger_words: list[str] | None = None) -> dict:
         """What the probe engine needs for a screened file, as JSON: the seam to a GPU worker."""

@@ -99,13 +99,19 @@ class ProbeEngine:
                 self._base_vectors[probes[i].key] = vector
         return images, np.stack([self._base_vectors[p.key] for p in probes])
 
+    def _readable(self, references: list[ReferenceSet]) -> list[ReferenceSet]:
+        """The references this worker can open, when its probe set measures likelihood at all."""
+        if self.likelihood is None:
+            return []
+        return [r for r in (r.readable() for r in references) if r.paths]
+
     def likelihood_gains(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
                          triggers: list[str], references: list[ReferenceSet]) -> list[CharacterGain]:
         """The likelihood probe alone, no rendering: how much likelier the LoRA makes each character's
         `references` (what back-catalogue screening for a new character needs); raises UnsupportedLora."""
         self.check_supported(lora_format, family)
-        readable = [r for r in (r.readable() for r in references) if r.paths]
-        if self.likelihood is None or not readable:
+        readable = self._readable(references)
+        if not readable:
             return []
         with self.renderer.lora(load_file(str(lora_path)), modules):  # validated by intake, never unpickled
             return self.likelihood.gains(readable, triggers, self.renderer.without_lora)
@@ -129,8 +135,7 @@ class ProbeEngine:
             progress(f"rendering {len(probes) + len(steered)} probes with the LoRA")
             lora_images = self.renderer.render(probes + steered, self.probe_set, directions)
             timings["render_lora"] = time.perf_counter() - started
-            readable = [r.readable() for r in references or []] if self.likelihood else []
-            readable = [r for r in readable if r.paths]
+            readable = self._readable(references or [])
             gains = []
             if readable:
                 progress(f"measuring {len(readable)} characters' references with and without the LoRA")
