@@ -10,9 +10,11 @@ text encoder) in the kohya and the peft layouts.
 Rows, all in one run on one device: the naive way (a fresh pipeline loaded per LoRA, base and LoRA
 renders made again, one prompt at a time) against the gate's (pipeline resident, adapter swapped in and
 deleted, base renders cached per probe set, prompts batched), for the probe set's generic prompts and
-for its full expansion for a LoRA with a trigger, tags and a registry of ten characters.
+for its full expansion for a LoRA with a trigger, tags and a registry of ten characters. Then the likelihood
+probe per LoRA against a registry of `--characters` (random reference images): every character in full, and
+with the probe set's screen.
 
-    python -m benchmarks.sd15_probe [--loras 4] [--naive-loras 1] [--work DIR] [--tiny]
+    python -m benchmarks.sd15_probe [--loras 4] [--naive-loras 1] [--characters 100] [--work DIR] [--tiny]
 
 `--tiny` swaps in a small configuration of the same architecture, to check the script on a CPU.
 """
@@ -25,11 +27,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from fixtures.worldgen.export import kohya_state_dict, peft_state_dict, write_safetensors
+from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
+from probes.likelihood import ReferenceSet
 from probes.probe_set import load_probe_set
 from probes.render import Renderer
 
@@ -179,6 +185,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/sd15_probe"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="a small model of the same architecture (CPU check)")
+    parser.add_argument("--characters", type=int, default=100,
+                        help="registered characters for the likelihood rows (0: skip them)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -224,6 +232,58 @@ def main() -> None:
         print(f"| {name:<62} | {count:>7} | {seconds:>19.2f} | {count / seconds:>9.1f} "
               f"| {naive_per_render * count / seconds:>7.1f}x |")
     print("\n'vs naive' compares time per probe render (the naive way's own count differs per row).")
+    if probe_set.likelihood and args.characters:
+        likelihood_rows(renderer, probe_set, loras, args.work, args.characters)
+
+
+def _references(work: Path, characters: int, per_character: int, size: tuple[int, int]) -> list[ReferenceSet]:
+    """A registry of random-pixel reference images: the probe's time does not depend on what they show."""
+    generator = np.random.default_rng(0)
+    directory = work / "references"
+    directory.mkdir(exist_ok=True)
+    registry = []
+    for c in range(characters):
+        paths = []
+        for r in range(per_character):
+            path = directory / f"c{c:04d}_{r}.png"
+            if not path.exists():
+                Image.fromarray(generator.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+            paths.append(str(path))
+        registry.append(ReferenceSet(f"c{c:04d}", f"Character {c}", tuple(paths)))
+    return registry
+
+
+def likelihood_rows(renderer: Renderer, probe_set, loras: list[Path], work: Path, characters: int) -> None:
+    """The likelihood probe per LoRA against a registry of `characters`: every character in full (the
+    baseline) and with the probe set's screen, in the same run; the base errors of the generic and name
+    prompts are measured once beforehand, as a running worker holds them."""
+    spec = probe_set.likelihood
+    size = (probe_set.width, probe_set.height)
+    registry = _references(work, characters, spec.references, size)
+    mark = time.perf_counter()
+    LikelihoodProbe(renderer, spec, size).base_errors(registry, [])  # VAE encodes and base errors, once
+    once = time.perf_counter() - mark
+    rows = []
+    for label, variant in (("every character in full (no screen)", replace(spec, shortlist=0)),
+                           (f"screened on {spec.screen_references}, the strongest {spec.shortlist} in full",
+                            spec)):
+        probe = LikelihoodProbe(renderer, variant, size)
+        probe.base_errors(registry, [])
+        times = []
+        for path in loras:  # the first is a warm-up
+            _sync()
+            started = time.perf_counter()
+            with renderer.lora(load_file(path)):
+                probe.gains(registry, TERMS["trigger"], renderer.without_lora)
+            _sync()
+            times.append(time.perf_counter() - started)
+        rows.append((label, statistics.median(times[1:] or times)))
+    print(f"\nlikelihood probe, {characters} characters x {spec.references} references, timesteps "
+          f"{list(spec.timesteps)}, batch {spec.batch}; base errors for the registry measured once: {once:.1f} s\n")
+    print(f"| {'likelihood probe per LoRA':<58} | {'s per LoRA (median)':>19} | {'vs full':>7} |")
+    print(f"|{'-' * 60}|{'-' * 21}|{'-' * 9}|")
+    for label, seconds in rows:
+        print(f"| {label:<58} | {seconds:>19.2f} | {rows[0][1] / seconds:>6.1f}x |")
 
 
 if __name__ == "__main__":
