@@ -448,8 +448,9 @@ def screen_job(character_id: str, cause: str) -> str:
     settings = context().settings
     db = _db(settings)
     summary = registry_changed(db, character_id, settings, cause=cause).summary()
-    if likelihood_configured(settings):  # this worker has the probe engine (rescans run here too)
-        summary += "; " + likelihood_screen(db, character_id, settings, cause=cause).summary()
+    if likelihood_configured(settings):  # catalogue workers hold the probe engine (rescans run here too)
+        screening = likelihood_screen(db, character_id, settings, cause=cause, queues=context().queues)
+        summary += f"; likelihood screening {screening.id}: {screening.screened} uploads queued"
     return summary
 
 
@@ -510,14 +511,20 @@ def _judge_likelihood(scanner, upload: dict, character_id: str, references: list
     return Hit(upload["id"], str(before), str(after), reason.details["certainty"], 0, 0, 0.0, 0.0, []), reason
 
 
-def likelihood_screen(db: Database, character_id: str, settings: Settings | None = None, *,
-                      cause: str = "registered", scanner=None) -> Screening:
-    """Screen the back catalogue for one character with the likelihood probe: every decided upload the engine
-    probed before is loaded again and measured on this character's references alone (a few UNet calls per
-    reference; nothing is rendered). It catches what stored renders cannot show (too poor to embed, or a
-    trigger the probes never used), at the cost of the GPU's time per upload."""
-    from gate.rescan import probe_scanner
+def _character_references(scanner, character_id: str) -> list:
     from probes.likelihood import ReferenceSet
+
+    return [ReferenceSet.from_dict(r) for r in scanner.reference_sets() if r["character_id"] == character_id]
+
+
+def likelihood_screen(db: Database, character_id: str, settings: Settings | None = None, *,
+                      cause: str = "registered", scanner=None, queues=None) -> Screening:
+    """Screen the back catalogue for one character with the likelihood probe: every decided upload the engine
+    rendered before is loaded again and measured on this character's references alone (a few UNet calls per
+    reference; nothing is rendered). It catches what stored renders cannot show (too poor to embed, or a
+    trigger the probes never used), at the cost of the GPU's time per upload. With `queues`, one catalogue job
+    per upload (`likelihood_screen_upload`; the run's `done` counts them); else here, one after another."""
+    from gate.rescan import probe_scanner
 
     started = time.perf_counter()
     settings = settings or load_settings()
@@ -525,7 +532,7 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
     scanner = scanner or probe_scanner(settings, db)
     scanner.refresh()
     screening = Screening(None, character_id, f"{cause}: likelihood")
-    references = [ReferenceSet.from_dict(r) for r in scanner.reference_sets() if r["character_id"] == character_id]
+    references = _character_references(scanner, character_id)
     if character.status != "active" or scanner.engine.likelihood is None or not references:
         screening.skipped = ("the character is retired" if character.status != "active" else
                              "the probe set has no likelihood probe" if scanner.engine.likelihood is None else
@@ -535,35 +542,71 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
         "select u.id from uploads u join catalogue_scans s on s.upload_id = u.id where s.renders > 0 "
         "and u.state = ? and coalesce(u.verdict, 'allow') != 'block' order by u.created_at", [UploadState.DECIDED])]
     screening.screened = screening.candidates = len(upload_ids)
-    with writing(db):  # recorded first, each hit as it is found: a job cut short keeps what it did
+    with writing(db):  # recorded first, each upload as it is done: a run cut short keeps what it did
         screening.id = db["screenings"].insert({
             "character_id": character_id, "cause": screening.cause, "embedder": scanner.engine.probe_set.id,
             "thresholds": json.dumps(scanner.thresholds.to_dict()), "screened": screening.screened, "renders": 0,
-            "candidates": screening.candidates, "hits": 0, "changed": 0, "seconds": 0.0,
+            "candidates": screening.candidates, "hits": 0, "changed": 0, "seconds": 0.0, "done": 0,
             "created_at": _now()}).last_pk
+    if queues is not None:
+        from gate.queues import CATALOGUE
+
+        for upload_id in upload_ids:
+            queues.enqueue(CATALOGUE, "gate.catalogue.likelihood_screen_upload", screening.id, upload_id,
+                           job_id=f"likelihood-{screening.id}-{upload_id}")
+        return screening
     for upload_id in upload_ids:
-        upload = next(iter(db["uploads"].rows_where("id = ?", [upload_id])))  # as it is now, not at the start
-        if upload["state"] != UploadState.DECIDED or upload["verdict"] == "block":
-            continue
-        found = _judge_likelihood(scanner, upload, character_id, references)
-        if found is None:
-            continue
-        hit, reason = found
-        screening.hits.append(hit)
-        with writing(db):
+        hit = _likelihood_screen_one(db, scanner, screening.id, character, references, upload_id)
+        if hit is not None:
+            screening.hits.append(hit)
+    screening.seconds = time.perf_counter() - started
+    log.info("%s", screening.summary())
+    return screening
+
+
+def likelihood_screen_upload(screening_id: int, upload_id: str) -> str:
+    """Catalogue-queue job: one upload of a likelihood screening (`likelihood_screen` with queues)."""
+    from gate.jobs import _db
+    from gate.queues import context
+    from gate.rescan import probe_scanner
+
+    settings = context().settings
+    db = _db(settings)
+    run = db["screenings"].get(screening_id)
+    scanner = probe_scanner(settings, db)  # the registry re-read: the character may have changed since
+    character = get_character(db, run["character_id"])
+    hit = _likelihood_screen_one(db, scanner, screening_id, character, _character_references(scanner, character.id),
+                                 upload_id)
+    return "skipped" if hit is None else f"{hit.verdict_before} -> {hit.verdict_after}"
+
+
+def _likelihood_screen_one(db: Database, scanner, screening_id: int, character, references: list,
+                           upload_id: str) -> Hit | None:
+    """Judge one upload, record the hit (escalating the upload) and count it done, in one transaction."""
+    upload = next(iter(db["uploads"].rows_where("id = ?", [upload_id])), None)  # as it is now, not when queued
+    found = None
+    if (upload is not None and upload["state"] == UploadState.DECIDED and upload["verdict"] != "block"
+            and character.status == "active" and references):
+        found = _judge_likelihood(scanner, upload, character.id, references)
+    with writing(db):
+        if found is not None and not db.execute("select 1 from screening_hits where screening_id = ? and "
+                                                "upload_id = ?", [screening_id, upload_id]).fetchone():
+            hit, reason = found
             db["screening_hits"].insert({
-                "screening_id": screening.id, "upload_id": hit.upload_id, "verdict_before": hit.verdict_before,
+                "screening_id": screening_id, "upload_id": hit.upload_id, "verdict_before": hit.verdict_before,
                 "verdict_after": hit.verdict_after, "changed": int(hit.changed), "certainty": hit.certainty,
                 "matched": 0, "rendered": 0, "best_score": reason.details["gain"], "best_lift": 0.0, "renders": "[]",
                 "likelihood": json.dumps(reason.details)})
             if hit.changed:
-                _escalate(db, hit, reason, character.name, screening.id)
-            db["screenings"].update(screening.id, {"hits": len(screening.hits), "changed": screening.changed})
-    screening.seconds = time.perf_counter() - started
-    with writing(db):
-        db["screenings"].update(screening.id, {"seconds": round(screening.seconds, 4)})
-    log.info("%s", screening.summary())
-    return screening
+                _escalate(db, hit, reason, character.name, screening_id)
+        # The run's counters, from its hits (a job run twice counts once); its time, from its start.
+        db.execute(
+            "update screenings set done = min(screened, done + 1), "
+            "hits = (select count(*) from screening_hits where screening_id = :id), "
+            "changed = (select count(*) from screening_hits where screening_id = :id and changed), "
+            "seconds = round((julianday('now') - julianday(created_at)) * 86400, 4) where id = :id",
+            {"id": screening_id})
+    return found[0] if found is not None else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -591,6 +634,6 @@ def character_reports(db: Database, character_id: str, limit: int = 20) -> list[
         reports.append({"screening": run["id"], "character": character_id, "cause": run["cause"],
                         "at": run["created_at"], "embedder": run["embedder"], "screened": run["screened"],
                         "renders": run["renders"], "candidates": run["candidates"], "hits": hits,
-                        "changed": run["changed"], "seconds": run["seconds"],
+                        "changed": run["changed"], "seconds": run["seconds"], "done": run.get("done"),
                         "thresholds": json.loads(run["thresholds"])})
     return reports

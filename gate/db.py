@@ -381,3 +381,4 @@ def m107_screening_likelihood(db: Database) -> None:
     # A back-catalogue screening by the likelihood probe keeps its evidence (gain, prompt, per-reference gains)
     # with the hit, where a render screening keeps its renders.
     db["screening_hits"].add_column("likelihood", str)
+    db["screenings"].add_column("done", int)  # uploads judged so far, where a screening runs as many jobs

@@ -211,6 +211,8 @@ def test_the_likelihood_probe_screens_the_catalogue_for_a_character_registered_l
     decided = db.execute("select count(*) from uploads where state = 'decided' and verdict != 'block'").fetchone()[0]
     assert screening.screened == decided + 1  # every probed, decided upload not blocked yet
     assert [hit.upload_id for hit in screening.hits] == [upload_id] and screening.changed == 1
+    run = db["screenings"].get(screening.id)
+    assert (run["done"], run["hits"], run["changed"]) == (screening.screened, 1, 1)
     upload = get_upload(db, upload_id)
     assert upload["verdict"] == "block" and upload["state"] == "decided"
     reason = json.loads(upload["reasons"])[-1]

@@ -208,15 +208,20 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
         registered = rights.register(open_db(settings.db_path), settings, Actor("pebbles", "rights_holder"),
                                      character["rights_holder"], name=character["name"], policy="block",
                                      references=references)
-        # The screening is recorded as it starts and its duration when it ends.
+        # The screening is recorded as it starts, then one catalogue job per upload counts itself done.
         _wait(lambda: _query(db_path, "select count(*) from screenings where cause = 'registered: likelihood' "
-                                      "and seconds > 0") == [(1,)], 600, "the likelihood screening never finished")
+                                      "and screened > 0 and done = screened") == [(1,)], 600,
+              "the likelihood screening never finished")
+        screened, hits, changed = _query(db_path, "select screened, hits, changed from screenings "
+                                                  "where cause = 'registered: likelihood'")[0]
+        assert screened == len(LORAS) and hits == changed == 1
         assert _query(db_path, "select verdict from uploads where model_id = ?", [sprite]) == [("block",)]
         reasons = json.loads(_query(db_path, "select reasons from uploads where model_id = ?", [sprite])[0][0])
         assert reasons[-1]["kind"] == "likelihood_match" and reasons[-1]["character"] == registered.id
         assert _query(db_path, "select verdict from uploads where model_id = ?",
                       ["style_sepia_peft.safetensors"]) == [("allow",)]
-        assert "gate.catalogue.screen_job" in (tmp_path / "worker.log").read_text()
+        log = (tmp_path / "worker.log").read_text()
+        assert "gate.catalogue.screen_job" in log and log.count("gate.catalogue.likelihood_screen_upload") >= screened
     finally:
         worker.kill()
         worker.wait(timeout=10)
