@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,6 +23,26 @@ from tests.conftest import REPO, run_gate, world_lora
 LORAS = ("style_sepia_peft", "pebble_sprite_trigger_peft")
 RESCAN_LORAS = ("style_sepia_peft", "concept_house_kohya", "pebble_sprite_trigger_peft")
 NO_REDIS = {"REDIS_URL": "", "GATE_REDIS_URL": ""}
+
+
+@contextmanager
+def _catalogue_worker(data_dir, tmp_path):
+    """A private redis-server and a real `gate worker --queues catalogue` on `data_dir` (its log in
+    tmp_path/worker.log); yields the environment for `gate` commands and the Redis URL."""
+    from tests.gate.service.test_queues import RedisServer
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    env = {**os.environ, "GATE_DATA_DIR": str(data_dir), "REDIS_URL": redis.url}
+    with open(tmp_path / "worker.log", "w") as worker_log:
+        worker = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue"], cwd=REPO,
+                                  env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+        try:
+            yield env, redis.url
+        finally:
+            worker.kill()
+            worker.wait(timeout=10)
+            redis.stop()
 
 
 def _query(db_path, sql: str, params=()) -> list[tuple]:
@@ -125,16 +146,10 @@ def decided_earlier(tmp_path, world):
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tmp_path):
-    from tests.gate.service.test_queues import RedisServer, _wait
+    from tests.gate.service.test_queues import _wait
 
     db_path = decided_earlier / "gate.db"
-    redis = RedisServer(tmp_path)
-    redis.start()
-    env = {**os.environ, "GATE_DATA_DIR": str(decided_earlier), "REDIS_URL": redis.url}
-    worker_log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue"], cwd=REPO, env=env,
-                              stdout=worker_log, stderr=subprocess.STDOUT)
-    try:
+    with _catalogue_worker(decided_earlier, tmp_path) as (env, _):
         cli = subprocess.Popen([sys.executable, "-m", "gate", "rescan", "--hub", "oldhub", "--rate", "1/min"],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _wait(lambda: _query(db_path, "select count(*) from rescan_items where state = 'done'")[0][0] >= 1,
@@ -158,10 +173,6 @@ def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tm
         probe_sets = _query(db_path, "select distinct probe_set from uploads")
         assert len(probe_sets) == 1 and probe_sets[0][0].startswith("fixture-v1@")
         assert "gate.rescan.rescan_upload" in (tmp_path / "worker.log").read_text()
-    finally:
-        worker.kill()
-        worker.wait(timeout=10)
-        redis.stop()
 
 
 def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
@@ -181,13 +192,14 @@ def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
     assert not (decided_earlier / "evidence" / upload_id).exists()  # nothing replaced what the moderator saw
 
 
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_on_the_catalogue_worker(
         imported, world, tmp_path):
     from gate import rights
     from gate.audit import Actor
     from gate.config import load_settings
     from gate.db import open_db
-    from tests.gate.service.test_queues import RedisServer, _wait
+    from tests.gate.service.test_queues import _wait
 
     root, _, _ = imported
     data = tmp_path / "data"
@@ -195,14 +207,8 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
     db_path = data / "gate.db"
     sprite = "pebble_sprite_trigger_peft.safetensors"
     assert _query(db_path, "select verdict from uploads where model_id = ?", [sprite]) == [("allow",)]
-    redis = RedisServer(tmp_path)
-    redis.start()
-    env = {**os.environ, "GATE_DATA_DIR": str(data), "REDIS_URL": redis.url}
-    worker_log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue"], cwd=REPO, env=env,
-                              stdout=worker_log, stderr=subprocess.STDOUT)
-    try:
-        settings = load_settings({"data_dir": str(data), "redis_url": redis.url})
+    with _catalogue_worker(data, tmp_path) as (_, redis_url):
+        settings = load_settings({"data_dir": str(data), "redis_url": redis_url})
         character = next(c for c in world.characters() if c["id"] == "pebble_sprite")
         references = [(p, world.path(p).read_bytes()) for p in character["references"]]
         registered = rights.register(open_db(settings.db_path), settings, Actor("pebbles", "rights_holder"),
@@ -222,7 +228,3 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
                       ["style_sepia_peft.safetensors"]) == [("allow",)]
         log = (tmp_path / "worker.log").read_text()
         assert "gate.catalogue.screen_job" in log and log.count("gate.catalogue.likelihood_screen_upload") >= screened
-    finally:
-        worker.kill()
-        worker.wait(timeout=10)
-        redis.stop()
