@@ -10,7 +10,8 @@ text encoder) in the kohya and the peft layouts.
 Rows, all in one run on one device: the naive way (a fresh pipeline loaded per LoRA, base and LoRA
 renders made again, one prompt at a time) against the gate's (pipeline resident, adapter swapped in and
 deleted, base renders cached per probe set, prompts batched), for the probe set's generic prompts and
-for its full expansion for a LoRA with a trigger, tags and a registry of ten characters. Then the likelihood
+for its expansion for a LoRA with a trigger, tags, a name and a registry of ten characters (what the set's
+templates take of them). Then the likelihood
 probe per LoRA against a registry of `--characters` (random reference images): every character in full, and
 with the probe set's screen.
 
@@ -39,7 +40,8 @@ from probes.likelihood import ReferenceSet
 from probes.probe_set import load_probe_set
 from probes.render import Renderer
 
-PROBE_SET = Path(__file__).resolve().parents[1] / "probes" / "sets" / "sd15-v1.toml"
+SETS_DIR = Path(__file__).resolve().parents[1] / "probes" / "sets"
+PROBE_SET = SETS_DIR / "sd15-v2.toml"  # the newest SD 1.x set, the one the gate picks for sd15 LoRAs
 TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "world" / "base" / "tokenizer"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -209,7 +211,7 @@ def main() -> None:
     base_once = time.perf_counter() - mark
 
     rows: list[tuple[str, int, list[float]]] = []
-    for label, probes in (("generic prompts", generic), ("full set (trigger, tags, name, registry)", full)):
+    for label, probes in (("generic prompts", generic), ("expanded (trigger, tags, name; the set's templates)", full)):
         for batch in sorted({probe_set.batch_size, 16, len(probes)}):
             variant = replace(probe_set, batch_size=batch)
             gate_seconds(renderer, embedder, variant, probes, loras[:1])  # warm-up: kernels, allocator
@@ -253,10 +255,11 @@ def _references(work: Path, characters: int, per_character: int, size: tuple[int
     return registry
 
 
-def likelihood_rows(renderer: Renderer, probe_set, loras: list[Path], work: Path, characters: int) -> None:
+def likelihood_rows(renderer: Renderer, probe_set, loras: list[Path], work: Path, characters: int,
+                    variants: list | None = None) -> None:
     """The likelihood probe per LoRA against a registry of `characters`: every character in full (the
-    baseline) and with the probe set's screen, in the same run; the base errors of the generic and name
-    prompts are measured once beforehand, as a running worker holds them."""
+    baseline) and with the probe set's screen, or the given (label, spec) variants, in the same run; the base
+    errors of the generic and name prompts are measured once beforehand, as a running worker holds them."""
     spec = probe_set.likelihood
     size = (probe_set.width, probe_set.height)
     registry = _references(work, characters, spec.references, size)
@@ -264,9 +267,9 @@ def likelihood_rows(renderer: Renderer, probe_set, loras: list[Path], work: Path
     LikelihoodProbe(renderer, spec, size).base_errors(registry, [])  # VAE encodes and base errors, once
     once = time.perf_counter() - mark
     rows = []
-    for label, variant in (("every character in full (no screen)", replace(spec, shortlist=0)),
-                           (f"screened on {spec.screen_references}, the strongest {spec.shortlist} in full",
-                            spec)):
+    variants = variants or [("every character in full (no screen)", replace(spec, shortlist=0)),
+                            (f"screened on {spec.screen_references}, the strongest {spec.shortlist} in full", spec)]
+    for label, variant in variants:
         probe = LikelihoodProbe(renderer, variant, size)
         probe.base_errors(registry, [])
         times = []
@@ -280,10 +283,10 @@ def likelihood_rows(renderer: Renderer, probe_set, loras: list[Path], work: Path
         rows.append((label, statistics.median(times[1:] or times)))
     print(f"\nlikelihood probe, {characters} characters x {spec.references} references, timesteps "
           f"{list(spec.timesteps)}, batch {spec.batch}; base errors for the registry measured once: {once:.1f} s\n")
-    print(f"| {'likelihood probe per LoRA':<58} | {'s per LoRA (median)':>19} | {'vs full':>7} |")
-    print(f"|{'-' * 60}|{'-' * 21}|{'-' * 9}|")
+    print(f"| {'likelihood probe per LoRA':<58} | {'s per LoRA (median)':>19} | {'vs first':>8} |")
+    print(f"|{'-' * 60}|{'-' * 21}|{'-' * 10}|")
     for label, seconds in rows:
-        print(f"| {label:<58} | {seconds:>19.2f} | {rows[0][1] / seconds:>6.1f}x |")
+        print(f"| {label:<58} | {seconds:>19.2f} | {rows[0][1] / seconds:>7.2f}x |")
 
 
 if __name__ == "__main__":
