@@ -548,6 +548,37 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
             "thresholds": json.dumps(scanner.thresholds.to_dict()), "screened": screening.screened, "renders": 0,
             "candidates": screening.candidates, "hits": 0, "changed": 0, "seconds": 0.0, "done": 0,
             "created_at": _now()}).last_pk
+        db["screening_items"].insert_all({"screening_id": screening.id, "upload_id": upload_id, "state": "pending"}
+                                         for upload_id in upload_ids)
+    return _run_items(db, scanner, screening, character, references, upload_ids, queues, started)
+
+
+def likelihood_resume(db: Database, screening_id: int, settings: Settings | None = None, *, scanner=None,
+                      queues=None) -> Screening:
+    """Carry on a likelihood screening whose jobs were lost (a catalogue worker killed, Redis restarted): only
+    its uploads not yet judged, queued again with `queues`, else judged here. Judging is idempotent, so an
+    upload whose old job still runs is judged twice and counted once."""
+    from gate.rescan import probe_scanner
+
+    started = time.perf_counter()
+    run = next(iter(db["screenings"].rows_where("id = ?", [screening_id])), None)
+    if run is None or not str(run["cause"]).endswith(": likelihood"):
+        raise ScreeningError(f"no likelihood screening {screening_id}")
+    settings = settings or load_settings()
+    character = get_character(db, run["character_id"])
+    scanner = scanner or probe_scanner(settings, db)
+    scanner.refresh()
+    pending = [row["upload_id"] for row in db.query(
+        "select upload_id from screening_items where screening_id = ? and state = 'pending' order by rowid",
+        [screening_id])]
+    screening = Screening(screening_id, character.id, run["cause"], screened=len(pending), candidates=len(pending))
+    return _run_items(db, scanner, screening, character, _character_references(scanner, character.id), pending,
+                      queues, started)
+
+
+def _run_items(db: Database, scanner, screening: Screening, character, references: list, upload_ids: list[str],
+               queues, started: float) -> Screening:
+    """One catalogue job per upload with `queues`; else each judged here, one after another."""
     if queues is not None:
         from gate.queues import CATALOGUE
 
@@ -599,9 +630,14 @@ def _likelihood_screen_one(db: Database, scanner, screening_id: int, character, 
                 "likelihood": json.dumps(reason.details)})
             if hit.changed:
                 _escalate(db, hit, reason, character.name, screening_id)
-        # The run's counters, from its hits (a job run twice counts once); its time, from its start.
+        db.execute("update screening_items set state = 'done', finished_at = ? where screening_id = ? and "
+                   "upload_id = ?", [_now(), screening_id, upload_id])
+        # The run's counters, from its items and hits (a job run twice counts once); its time, from its start.
+        # A run from before m108 has no items: counted by its jobs, as it was.
         db.execute(
-            "update screenings set done = min(screened, done + 1), "
+            "update screenings set done = case when exists (select 1 from screening_items where screening_id = :id) "
+            "then (select count(*) from screening_items where screening_id = :id and state = 'done') "
+            "else min(screened, coalesce(done, 0) + 1) end, "
             "hits = (select count(*) from screening_hits where screening_id = :id), "
             "changed = (select count(*) from screening_hits where screening_id = :id and changed), "
             "seconds = round((julianday('now') - julianday(created_at)) * 86400, 4) where id = :id",

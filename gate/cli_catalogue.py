@@ -222,6 +222,41 @@ def catalogue_screen(character_id: str, likelihood: bool, as_json: bool) -> None
         echo_screening(likelihood_screen(db, character_id, settings, cause="manual"), as_json)
 
 
+@catalogue_group.command("resume")
+@click.argument("screening_id", type=int)
+@click.option("--queue", "use_queue", is_flag=True,
+              help="Queue the uploads left for the catalogue workers (Redis) rather than judging them here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def catalogue_resume(screening_id: int, use_queue: bool, as_json: bool) -> None:
+    """Carry on a likelihood screening whose jobs were lost: only its uploads not yet judged.
+
+    Example: gate catalogue resume 12 --queue
+    """
+    from gate.catalogue import likelihood_resume
+    from gate.errors import GateError
+
+    settings = _settings()
+    db = _record(settings)
+    queues = None
+    if use_queue:
+        if not settings.redis_url:
+            click.echo("--queue needs Redis (REDIS_URL); without it, leave --queue out to judge the uploads here",
+                       err=True)
+            sys.exit(1)
+        from gate.queues import RedisQueues
+
+        queues = RedisQueues(settings.redis_url, settings.job_timeout)
+    try:
+        screening = likelihood_resume(db, screening_id, settings, queues=queues)
+    except GateError as exc:
+        click.echo(f"{exc.code}: {exc.message}", err=True)
+        sys.exit(1)
+    if queues is not None and not as_json:
+        click.echo(f"screening {screening_id}: {screening.screened} uploads queued again")
+        return
+    echo_screening(screening, as_json)
+
+
 @click.command("rescan")
 @click.option("--since", default=None, help="Uploads received on or after this date (ISO, e.g. 2026-01-01).")
 @click.option("--until", default=None, help="Uploads received before this date.")

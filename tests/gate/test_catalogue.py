@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,64 @@ def test_the_likelihood_probe_screens_the_catalogue_for_a_character_registered_l
     # Again: the blocked upload is no longer screened, and nothing changes.
     again = catalogue.likelihood_screen(db, "moss_knight", settings, cause="updated", scanner=scanner)
     assert again.screened == decided and again.hits == []
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_a_likelihood_screening_whose_jobs_were_lost_resumes_with_what_is_left(scanned, world, tmp_path):
+    """The run's jobs go onto a real (private) Redis and no worker ever takes them, as when the workers die and
+    Redis restarts; resuming judges only the uploads left, and an upload judged twice is counted once."""
+    from gate.queues import CATALOGUE, RedisQueues
+    from tests.gate.service.test_queues import RedisServer
+
+    settings, db, scanner, _, _, _ = scanned
+    upload_id, _ = _record_and_scan(db, settings, scanner, world, "captain_comet_any_peft")
+    comet = next(c for c in world.characters() if c["id"] == "captain_comet")
+    add_character(db, settings.references_dir, name=comet["name"], rights_holder=comet["rights_holder"],
+                  policy="quarantine", references=[world.path(p) for p in comet["references"]],
+                  character_id="captain_comet", embed=scanner.engine.embed, embedder_id=scanner.engine.embedder_id)
+    redis = RedisServer(tmp_path)
+    redis.start()
+    try:
+        queues = RedisQueues(redis.url)
+        queued = catalogue.likelihood_screen(db, "captain_comet", settings, cause="registered", scanner=scanner,
+                                             queues=queues)
+        on_redis = queues.queue(CATALOGUE)
+        assert queued.screened > 1 and on_redis.count == queued.screened
+        assert db["screenings"].get(queued.id)["done"] == 0
+
+        # One upload is judged (its job ran) before everything is lost; it is not judged again.
+        first = db.execute("select upload_id from screening_items where screening_id = ? order by rowid limit 1",
+                           [queued.id]).fetchone()[0]
+        character = catalogue.get_character(db, "captain_comet")
+        references = catalogue._character_references(scanner, "captain_comet")
+        for _ in range(2):  # its job delivered twice: counted once
+            catalogue._likelihood_screen_one(db, scanner, queued.id, character, references, first)
+        assert db["screenings"].get(queued.id)["done"] == 1
+        on_redis.empty()
+
+        requeued = catalogue.likelihood_resume(db, queued.id, settings, scanner=scanner, queues=queues)
+        assert requeued.screened == queued.screened - 1 and on_redis.count == requeued.screened
+    finally:
+        redis.stop()
+
+    resumed = catalogue.likelihood_resume(db, queued.id, settings, scanner=scanner)  # judged here
+    assert resumed.screened == queued.screened - 1 and [h.upload_id for h in resumed.hits] == [upload_id]
+    run = db["screenings"].get(queued.id)
+    assert (run["done"], run["hits"], run["changed"]) == (queued.screened, 1, 1)
+    assert get_upload(db, upload_id)["verdict"] == "quarantine"
+    # The operator's command: nothing is left, and an unknown run is a typed error, not a traceback.
+    from click.testing import CliRunner
+
+    from gate.cli import main
+
+    runner = CliRunner(env={"GATE_DATA_DIR": str(settings.data_dir), "REDIS_URL": "", "GATE_REDIS_URL": ""})
+    finished = runner.invoke(main, ["catalogue", "resume", str(queued.id), "--json"])
+    assert finished.exit_code == 0, finished.output
+    assert json.loads(finished.stdout)["screened"] == 0
+    unknown = runner.invoke(main, ["catalogue", "resume", "999999"])
+    assert unknown.exit_code == 1 and "screening_failed" in unknown.output and "Traceback" not in unknown.output
+    no_redis = runner.invoke(main, ["catalogue", "resume", str(queued.id), "--queue"])
+    assert no_redis.exit_code == 1 and "needs Redis" in no_redis.output
 
 
 def test_a_new_characters_gain_is_judged_beside_the_likelihood_matches_an_upload_already_holds():
