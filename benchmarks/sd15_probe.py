@@ -41,7 +41,7 @@ from probes.probe_set import load_probe_set
 from probes.render import Renderer
 
 SETS_DIR = Path(__file__).resolve().parents[1] / "probes" / "sets"
-PROBE_SET = SETS_DIR / "sd15-v2.toml"  # the newest SD 1.x set, the one the gate picks for sd15 LoRAs
+PROBE_SET = SETS_DIR / "sd15-v2.toml"  # the newest SD 1.x set (GATE_PROBE_SET=sd15-v2 in production)
 TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "world" / "base" / "tokenizer"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")

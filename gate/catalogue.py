@@ -533,10 +533,8 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
     scanner.refresh()
     screening = Screening(None, character_id, f"{cause}: likelihood")
     references = _character_references(scanner, character_id)
-    if character.status != "active" or scanner.engine.likelihood is None or not references:
-        screening.skipped = ("the character is retired" if character.status != "active" else
-                             "the probe set has no likelihood probe" if scanner.engine.likelihood is None else
-                             "this worker cannot read the character's references")
+    screening.skipped = _cannot_screen(character, scanner, references)
+    if screening.skipped:
         return screening
     upload_ids = [row["id"] for row in db.query(
         "select u.id from uploads u join catalogue_scans s on s.upload_id = u.id where s.renders > 0 "
@@ -553,38 +551,73 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
     return _run_items(db, scanner, screening, character, references, upload_ids, queues, started)
 
 
+def _cannot_screen(character, scanner, references: list) -> str:
+    """Why a likelihood screening cannot run here ('' when it can)."""
+    return ("the character is retired" if character.status != "active" else
+            "the probe set has no likelihood probe" if scanner.engine.likelihood is None else
+            "this worker cannot read the character's references" if not references else "")
+
+
 def likelihood_resume(db: Database, screening_id: int, settings: Settings | None = None, *, scanner=None,
                       queues=None) -> Screening:
-    """Carry on a likelihood screening whose jobs were lost (a catalogue worker killed, Redis restarted): only
-    its uploads not yet judged, queued again with `queues`, else judged here. Judging is idempotent, so an
-    upload whose old job still runs is judged twice and counted once."""
-    from gate.rescan import probe_scanner
-
+    """Carry on a likelihood screening whose jobs were lost (a catalogue worker killed, Redis restarted): its
+    uploads not yet judged, queued again with `queues` (those whose job will still run are left to it), else
+    judged here. Judging is idempotent: an upload judged twice is recorded and counted once."""
     started = time.perf_counter()
+    settings = settings or load_settings()
     run = next(iter(db["screenings"].rows_where("id = ?", [screening_id])), None)
     if run is None or not str(run["cause"]).endswith(": likelihood"):
         raise ScreeningError(f"no likelihood screening {screening_id}")
-    settings = settings or load_settings()
-    character = get_character(db, run["character_id"])
-    scanner = scanner or probe_scanner(settings, db)
-    scanner.refresh()
+    if not db.execute("select 1 from screening_items where screening_id = ?", [screening_id]).fetchone():
+        raise ScreeningError(f"screening {screening_id} predates resumable screenings (no record of its uploads): "
+                             f"run `gate catalogue screen {run['character_id']} --likelihood` instead")
+    from probes.probe_set import load_probe_set
+
+    probe_set = load_probe_set(settings.probe_set).id
+    if run["embedder"] != probe_set:  # its gains would not be comparable: a new run, not a resumed one
+        raise ScreeningError(f"screening {screening_id} ran with {run['embedder']}; this gate has {probe_set}")
     pending = [row["upload_id"] for row in db.query(
         "select upload_id from screening_items where screening_id = ? and state = 'pending' order by rowid",
         [screening_id])]
-    screening = Screening(screening_id, character.id, run["cause"], screened=len(pending), candidates=len(pending))
-    return _run_items(db, scanner, screening, character, _character_references(scanner, character.id), pending,
-                      queues, started)
+    screening = Screening(screening_id, run["character_id"], run["cause"])
+    if queues is not None:  # only ids are handed over: no models are loaded here
+        from gate.reconcile import job_alive, worker_alive
+
+        alive = worker_alive(queues)
+        pending = [u for u in pending if not job_alive(queues, _likelihood_job(screening_id, u), alive)]
+        screening.screened = screening.candidates = len(pending)
+        return _run_items(db, None, screening, None, [], pending, queues, started)
+    from gate.rescan import probe_scanner
+
+    character = get_character(db, run["character_id"])
+    scanner = scanner or probe_scanner(settings, db)
+    scanner.refresh()
+    references = _character_references(scanner, character.id)
+    reason = _cannot_screen(character, scanner, references)
+    if reason:  # judging would mark every upload done without looking at it
+        raise ScreeningError(f"screening {screening_id} cannot go on here: {reason}")
+    screening.screened = screening.candidates = len(pending)
+    return _run_items(db, scanner, screening, character, references, pending, None, started)
+
+
+def _likelihood_job(screening_id: int, upload_id: str) -> str:
+    return f"likelihood-{screening_id}-{upload_id}"
 
 
 def _run_items(db: Database, scanner, screening: Screening, character, references: list, upload_ids: list[str],
                queues, started: float) -> Screening:
-    """One catalogue job per upload with `queues`; else each judged here, one after another."""
+    """One catalogue job per upload with `queues` (in one Redis round trip); else each judged here in turn."""
     if queues is not None:
+        from redis.exceptions import RedisError
+
         from gate.queues import CATALOGUE
 
-        for upload_id in upload_ids:
-            queues.enqueue(CATALOGUE, "gate.catalogue.likelihood_screen_upload", screening.id, upload_id,
-                           job_id=f"likelihood-{screening.id}-{upload_id}")
+        try:
+            queues.enqueue_many([(CATALOGUE, "gate.catalogue.likelihood_screen_upload", (screening.id, upload_id),
+                                  _likelihood_job(screening.id, upload_id)) for upload_id in upload_ids])
+        except RedisError as exc:  # recorded as pending: `gate catalogue resume` queues them once Redis is back
+            raise ScreeningError(f"screening {screening.id}: its uploads could not be queued ({exc}); "
+                                 f"`gate catalogue resume {screening.id} --queue` once Redis is back") from None
         return screening
     for upload_id in upload_ids:
         hit = _likelihood_screen_one(db, scanner, screening.id, character, references, upload_id)
@@ -630,18 +663,18 @@ def _likelihood_screen_one(db: Database, scanner, screening_id: int, character, 
                 "likelihood": json.dumps(reason.details)})
             if hit.changed:
                 _escalate(db, hit, reason, character.name, screening_id)
-        db.execute("update screening_items set state = 'done', finished_at = ? where screening_id = ? and "
-                   "upload_id = ?", [_now(), screening_id, upload_id])
-        # The run's counters, from its items and hits (a job run twice counts once); its time, from its start.
-        # A run from before m108 has no items: counted by its jobs, as it was.
+        first_time = db.execute("update screening_items set state = 'done', finished_at = ? where screening_id = ? "
+                                "and upload_id = ? and state = 'pending'", [_now(), screening_id, upload_id]).rowcount
+        legacy = not first_time and not db.execute("select 1 from screening_items where screening_id = ? limit 1",
+                                                   [screening_id]).fetchone()  # a run from before m108
+        # The run's counters: done once per upload, the hits from its hits (a job run twice counts once); its
+        # time, from its start.
         db.execute(
-            "update screenings set done = case when exists (select 1 from screening_items where screening_id = :id) "
-            "then (select count(*) from screening_items where screening_id = :id and state = 'done') "
-            "else min(screened, coalesce(done, 0) + 1) end, "
+            "update screenings set done = min(screened, coalesce(done, 0) + :more), "
             "hits = (select count(*) from screening_hits where screening_id = :id), "
             "changed = (select count(*) from screening_hits where screening_id = :id and changed), "
             "seconds = round((julianday('now') - julianday(created_at)) * 86400, 4) where id = :id",
-            {"id": screening_id})
+            {"id": screening_id, "more": int(bool(first_time) or legacy)})
     return found[0] if found is not None else None
 
 

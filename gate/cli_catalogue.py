@@ -233,26 +233,20 @@ def catalogue_resume(screening_id: int, use_queue: bool, as_json: bool) -> None:
     Example: gate catalogue resume 12 --queue
     """
     from gate.catalogue import likelihood_resume
-    from gate.errors import GateError
 
     settings = _settings()
     db = _record(settings)
     queues = None
     if use_queue:
         if not settings.redis_url:
-            click.echo("--queue needs Redis (REDIS_URL); without it, leave --queue out to judge the uploads here",
-                       err=True)
-            sys.exit(1)
+            raise click.ClickException("--queue needs Redis (REDIS_URL); leave --queue out to judge the uploads here")
         from gate.queues import RedisQueues
 
         queues = RedisQueues(settings.redis_url, settings.job_timeout)
-    try:
-        screening = likelihood_resume(db, screening_id, settings, queues=queues)
-    except GateError as exc:
-        click.echo(f"{exc.code}: {exc.message}", err=True)
-        sys.exit(1)
+    screening = likelihood_resume(db, screening_id, settings, queues=queues)
     if queues is not None and not as_json:
-        click.echo(f"screening {screening_id}: {screening.screened} uploads queued again")
+        click.echo(f"screening {screening_id}: {screening.screened} uploads queued again (the rest are done or "
+                   "still on their way)")
         return
     echo_screening(screening, as_json)
 

@@ -29,15 +29,17 @@ def worker_alive(queues: RedisQueues) -> Callable[[str | None], bool]:
     return lambda name: bool(name) and bool(queues.connection.exists(ALIVE_KEY.format(name)))
 
 
+def job_alive(queues: RedisQueues, job_id: str, alive: Callable[[str | None], bool]) -> bool:
+    """Whether a job will still run: waiting in Redis, or started by a worker that is alive."""
+    status, worker = queues.job_status(job_id)
+    status = str(status.value if hasattr(status, "value") else status) if status else None
+    return status in WAITING or (status == "started" and alive(worker))
+
+
 def run_alive(queues: RedisQueues, upload_id: str, generation: int, alive: Callable[[str | None], bool]) -> bool:
     from gate.jobs import job_id
 
-    for step in STEPS:
-        status, worker = queues.job_status(job_id(upload_id, generation, step))
-        status = str(status.value if hasattr(status, "value") else status) if status else None
-        if status in WAITING or (status == "started" and alive(worker)):
-            return True
-    return False
+    return any(job_alive(queues, job_id(upload_id, generation, step), alive) for step in STEPS)
 
 
 def reconcile(db, queues: RedisQueues, grace_seconds: float = GRACE_SECONDS) -> list[str]:

@@ -26,10 +26,10 @@ from gate.config import Settings
 from gate.db import writing
 from gate.errors import GateError
 from gate.queues import CATALOGUE, Context, context, set_context
+from gate.reconcile import job_alive
 from gate.uploads import UploadState, get_upload, journal, transition
 
 log = logging.getLogger(__name__)
-LIVE_JOB = {"queued", "started", "deferred", "scheduled"}
 POLL_SECONDS = 0.5
 LOST_CHECK_SECONDS = 10
 
@@ -252,13 +252,13 @@ def job_id(run_id: str, upload_id: str) -> str:
 def _fail_lost(db: Database, queues, run_id: str, alive) -> None:
     """Queued items whose job Redis no longer has, or whose worker died, are failed (a resume retries them)."""
     for item in db["rescan_items"].rows_where("run_id = ? and state = 'queued'", [run_id]):
-        status, worker = queues.job_status(job_id(run_id, item["upload_id"]))
-        status = str(getattr(status, "value", status)) if status else None
-        if status in LIVE_JOB and (status != "started" or alive(worker)):
+        if job_alive(queues, job_id(run_id, item["upload_id"]), alive):
             continue
         if _item(db, run_id, item["upload_id"])["state"] == "queued":
-            db["rescan_items"].update((run_id, item["upload_id"]), {"state": "failed", "finished_at": _now(),
-                                                                    "error": f"job lost ({status or 'gone'})"})
+            status = queues.job_status(job_id(run_id, item["upload_id"]))[0]
+            db["rescan_items"].update((run_id, item["upload_id"]), {
+                "state": "failed", "finished_at": _now(),
+                "error": f"job lost ({getattr(status, 'value', status) or 'gone'})"})
 
 
 def drive(settings: Settings, db: Database, run_id: str, tick: Callable[[int], None],
@@ -282,11 +282,9 @@ def drive(settings: Settings, db: Database, run_id: str, tick: Callable[[int], N
     items = list(db["rescan_items"].rows_where("run_id = ? and state in ('pending', 'queued', 'failed')", [run_id],
                                                order_by="position"))
     for item in items:
-        if queues is not None and item["state"] == "queued":
-            status, worker = queues.job_status(job_id(run_id, item["upload_id"]))
-            status = str(getattr(status, "value", status)) if status else None
-            if status in LIVE_JOB and (status != "started" or alive(worker)):
-                continue  # still on its way from before the interruption
+        if queues is not None and item["state"] == "queued" and job_alive(queues, job_id(run_id, item["upload_id"]),
+                                                                          alive):
+            continue  # still on its way from before the interruption
         while time.monotonic() < next_slot:  # the rate limit
             time.sleep(min(POLL_SECONDS, next_slot - time.monotonic()))
             tick(finished(db, run_id))

@@ -15,7 +15,7 @@ from PIL import Image
 from gate import catalogue
 from gate.catalogue import CatalogueIndex, character_reports, registry_changed
 from gate.config import load_settings
-from gate.db import open_db
+from gate.db import open_db, writing
 from gate.jobs import _decide
 from gate.matching import Thresholds
 from gate.registry import add_character
@@ -267,6 +267,8 @@ def test_a_likelihood_screening_whose_jobs_were_lost_resumes_with_what_is_left(s
         for _ in range(2):  # its job delivered twice: counted once
             catalogue._likelihood_screen_one(db, scanner, queued.id, character, references, first)
         assert db["screenings"].get(queued.id)["done"] == 1
+        # While their jobs wait in Redis, resuming leaves them to it; once Redis has lost them, it queues them.
+        assert catalogue.likelihood_resume(db, queued.id, settings, queues=queues).screened == 0
         on_redis.empty()
 
         requeued = catalogue.likelihood_resume(db, queued.id, settings, scanner=scanner, queues=queues)
@@ -292,6 +294,15 @@ def test_a_likelihood_screening_whose_jobs_were_lost_resumes_with_what_is_left(s
     assert unknown.exit_code == 1 and "screening_failed" in unknown.output and "Traceback" not in unknown.output
     no_redis = runner.invoke(main, ["catalogue", "resume", str(queued.id), "--queue"])
     assert no_redis.exit_code == 1 and "needs Redis" in no_redis.output
+    # Runs it cannot carry on faithfully are refused, saying why: one from before its uploads were recorded,
+    # one made with another probe set.
+    for embedder, items, words in ((run["embedder"], [], "predates"), ("other-v9@0", [upload_id], "ran with other")):
+        with writing(db):
+            other = db["screenings"].insert({**run, "id": None, "embedder": embedder}).last_pk
+            db["screening_items"].insert_all({"screening_id": other, "upload_id": u, "state": "pending"}
+                                             for u in items)
+        with pytest.raises(catalogue.ScreeningError, match=words):
+            catalogue.likelihood_resume(db, other, settings, scanner=scanner)
 
 
 def test_a_new_characters_gain_is_judged_beside_the_likelihood_matches_an_upload_already_holds():
