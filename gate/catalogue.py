@@ -666,7 +666,7 @@ def _likelihood_screen_one(db: Database, scanner, screening_id: int, character, 
         first_time = db.execute("update screening_items set state = 'done', finished_at = ? where screening_id = ? "
                                 "and upload_id = ? and state = 'pending'", [_now(), screening_id, upload_id]).rowcount
         legacy = not first_time and not db.execute("select 1 from screening_items where screening_id = ? limit 1",
-                                                   [screening_id]).fetchone()  # a run from before m108
+                                                   [screening_id]).fetchone()  # a run from before m203
         # The run's counters: done once per upload, the hits from its hits (a job run twice counts once); its
         # time, from its start.
         db.execute(

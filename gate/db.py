@@ -145,6 +145,18 @@ def m202_rescans(db: Database) -> None:
 
 
 @migrations()
+def m203_screening_items(db: Database) -> None:
+    # A likelihood screening's uploads, each pending until judged: `done` counts each once however often its job
+    # runs, and a run whose jobs were lost (a worker killed, Redis restarted) resumes with only what is left.
+    db["screening_items"].create(
+        {"screening_id": int, "upload_id": str, "state": str, "finished_at": str},
+        pk=("screening_id", "upload_id"), not_null={"state"},
+        foreign_keys=[("screening_id", "screenings", "id"), ("upload_id", "uploads", "id")],
+    )
+    db["screening_items"].create_index(["screening_id", "state"])
+
+
+@migrations()
 def m301_deliveries(db: Database) -> None:
     # Deliveries that name weights elsewhere (a Hugging Face webhook, a URL upload): recorded before they are
     # answered, then fetched on the intake queue; each becomes zero or more uploads.
@@ -382,15 +394,3 @@ def m107_screening_likelihood(db: Database) -> None:
     # with the hit, where a render screening keeps its renders.
     db["screening_hits"].add_column("likelihood", str)
     db["screenings"].add_column("done", int)  # uploads judged so far, where a screening runs as many jobs
-
-
-@migrations()
-def m108_screening_items(db: Database) -> None:
-    # A likelihood screening's uploads, each pending until judged: `done` counts each once however often its job
-    # runs, and a run whose jobs were lost (a worker killed, Redis restarted) resumes with only what is left.
-    db["screening_items"].create(
-        {"screening_id": int, "upload_id": str, "state": str, "finished_at": str},
-        pk=("screening_id", "upload_id"), not_null={"state"},
-        foreign_keys=[("screening_id", "screenings", "id"), ("upload_id", "uploads", "id")],
-    )
-    db["screening_items"].create_index(["screening_id", "state"])
