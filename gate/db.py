@@ -198,11 +198,18 @@ def open_db(path: str | Path, sync: str = "normal", autocheckpoint: bool = True)
     if not autocheckpoint:
         db.execute("PRAGMA wal_autocheckpoint = 0")
     # Processes starting together on a new record (gunicorn's workers) would race to create the migrations
-    # table; a lock file beside the record lets one migrate while the others wait.
-    with open(path.parent / f"{path.name}.migrate-lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # table; a lock file beside the record lets one migrate while the others wait. A POSIX record lock
+    # (lockf), not flock: a child forked while it is held (RQ forks its scheduler while the worker's heartbeat
+    # thread may be opening the record) does not inherit it, where an inherited flock stayed held for the
+    # child's life and hung every later open in the worker. Record locks do not exclude threads of one
+    # process from each other, so a thread lock does that.
+    with _migrating, open(path.parent / f"{path.name}.migrate-lock", "a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
         migrations.apply(db)
     return db
+
+
+_migrating = threading.Lock()
 
 
 _checkpointing: set[tuple[int, str]] = set()
