@@ -524,13 +524,10 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
     reference; nothing is rendered). It catches what stored renders cannot show (too poor to embed, or a
     trigger the probes never used), at the cost of the GPU's time per upload. With `queues`, one catalogue job
     per upload (`likelihood_screen_upload`; the run's `done` counts them); else here, one after another."""
-    from gate.rescan import probe_scanner
-
     started = time.perf_counter()
     settings = settings or load_settings()
     character = get_character(db, character_id)
-    scanner = scanner or probe_scanner(settings, db)
-    scanner.refresh()
+    scanner = _fresh_scanner(settings, db, scanner)
     screening = Screening(None, character_id, f"{cause}: likelihood")
     references = _character_references(scanner, character_id)
     screening.skipped = _cannot_screen(character, scanner, references)
@@ -548,7 +545,19 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
             "created_at": _now()}).last_pk
         db["screening_items"].insert_all({"screening_id": screening.id, "upload_id": upload_id, "state": "pending"}
                                          for upload_id in upload_ids)
-    return _run_items(db, scanner, screening, character, references, upload_ids, queues, started)
+    if queues is not None:
+        return _queue_items(queues, screening, upload_ids)
+    return _judge_items(db, scanner, screening, character, references, upload_ids, started)
+
+
+def _fresh_scanner(settings: Settings, db: Database, scanner=None):
+    """The given scanner with the registry re-read, or this thread's probe scanner (which re-reads it itself)."""
+    if scanner is None:
+        from gate.rescan import probe_scanner
+
+        return probe_scanner(settings, db)
+    scanner.refresh()
+    return scanner
 
 
 def _cannot_screen(character, scanner, references: list) -> str:
@@ -586,39 +595,39 @@ def likelihood_resume(db: Database, screening_id: int, settings: Settings | None
         alive = worker_alive(queues)
         pending = [u for u in pending if not job_alive(queues, _likelihood_job(screening_id, u), alive)]
         screening.screened = screening.candidates = len(pending)
-        return _run_items(db, None, screening, None, [], pending, queues, started)
-    from gate.rescan import probe_scanner
-
+        return _queue_items(queues, screening, pending)
     character = get_character(db, run["character_id"])
-    scanner = scanner or probe_scanner(settings, db)
-    scanner.refresh()
+    scanner = _fresh_scanner(settings, db, scanner)
     references = _character_references(scanner, character.id)
     reason = _cannot_screen(character, scanner, references)
     if reason:  # judging would mark every upload done without looking at it
         raise ScreeningError(f"screening {screening_id} cannot go on here: {reason}")
     screening.screened = screening.candidates = len(pending)
-    return _run_items(db, scanner, screening, character, references, pending, None, started)
+    return _judge_items(db, scanner, screening, character, references, pending, started)
 
 
 def _likelihood_job(screening_id: int, upload_id: str) -> str:
     return f"likelihood-{screening_id}-{upload_id}"
 
 
-def _run_items(db: Database, scanner, screening: Screening, character, references: list, upload_ids: list[str],
-               queues, started: float) -> Screening:
-    """One catalogue job per upload with `queues` (in one Redis round trip); else each judged here in turn."""
-    if queues is not None:
-        from redis.exceptions import RedisError
+def _queue_items(queues, screening: Screening, upload_ids: list[str]) -> Screening:
+    """One catalogue job per upload, in one Redis round trip."""
+    from redis.exceptions import RedisError
 
-        from gate.queues import CATALOGUE
+    from gate.queues import CATALOGUE
 
-        try:
-            queues.enqueue_many([(CATALOGUE, "gate.catalogue.likelihood_screen_upload", (screening.id, upload_id),
-                                  _likelihood_job(screening.id, upload_id)) for upload_id in upload_ids])
-        except RedisError as exc:  # recorded as pending: `gate catalogue resume` queues them once Redis is back
-            raise ScreeningError(f"screening {screening.id}: its uploads could not be queued ({exc}); "
-                                 f"`gate catalogue resume {screening.id} --queue` once Redis is back") from None
-        return screening
+    try:
+        queues.enqueue_many([(CATALOGUE, "gate.catalogue.likelihood_screen_upload", (screening.id, upload_id),
+                              _likelihood_job(screening.id, upload_id)) for upload_id in upload_ids])
+    except RedisError as exc:  # recorded as pending: `gate catalogue resume` queues them once Redis is back
+        raise ScreeningError(f"screening {screening.id}: its uploads could not be queued ({exc}); "
+                             f"`gate catalogue resume {screening.id} --queue` once Redis is back") from None
+    return screening
+
+
+def _judge_items(db: Database, scanner, screening: Screening, character, references: list, upload_ids: list[str],
+                 started: float) -> Screening:
+    """Each upload judged here, one after another."""
     for upload_id in upload_ids:
         hit = _likelihood_screen_one(db, scanner, screening.id, character, references, upload_id)
         if hit is not None:
