@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.sd15_probe import PROBE_SET, SETS_DIR, TERMS, _sync, build_models, likelihood_rows, write_loras
+from benchmarks.sd15_probe import PROBE_SET, TERMS, _sync, build_models, likelihood_rows, write_loras
 from probes.embed import ImageEmbedder
-from probes.probe_set import load_probe_set
+from probes.probe_set import SETS_DIR, load_probe_set
 from probes.render import Renderer
 
 PARTS = ("load + swap", "pipeline", "embed", "delete")

@@ -37,10 +37,9 @@ from fixtures.worldgen.export import kohya_state_dict, peft_state_dict, write_sa
 from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
 from probes.likelihood import ReferenceSet
-from probes.probe_set import load_probe_set
+from probes.probe_set import SETS_DIR, load_probe_set
 from probes.render import Renderer
 
-SETS_DIR = Path(__file__).resolve().parents[1] / "probes" / "sets"
 PROBE_SET = SETS_DIR / "sd15-v2.toml"  # the newest SD 1.x set (GATE_PROBE_SET=sd15-v2 in production)
 TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "world" / "base" / "tokenizer"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
