@@ -84,8 +84,7 @@ def main() -> None:
         gain = f"{gains[0].character_id} {gains[0].gain:+.3f}" if gains else "-"  # the strongest measured in full
         rows.append({**lora, "verdict": result.verdict, "renders_alone": renders_alone, "top": top,
                      "blocked_for": blocked_for, "gain": gain,
-                     "reasons": [r.kind for r in result.decision.reasons],
-                     "messages": [f"{r.verdict}: {r.message}" for r in result.decision.reasons]})
+                     "reasons": result.decision.reasons})
 
     print(f"\nprobe set {engine.probe_set.id}; shared thresholds: {shared.to_dict() | {'provenance': '...'}}\n")
     print(f"| {'LoRA':<30} | {'kind':<9} | {'character':<13} | {'held':<4} | {'expected':<10} | {'verdict':<10} "
@@ -97,15 +96,15 @@ def main() -> None:
               f"{'yes' if row['held_back'] else '':<4} | {row['expected']:<10} | {row['verdict']:<10} | "
               f"{(f'{top.matched}/{top.rendered}' if top else '-'):>7} | "
               f"{(f'{top.best_score:.3f}' if top else '-'):>5} | {row['gain']:<24} | "
-              f"{', '.join(row['reasons']) or '-'} |")
+              f"{', '.join(r.kind for r in row['reasons']) or '-'} |")
 
     wrong = [row for row in rows if row["verdict"] != row["expected"]]
     if wrong:
         print("\nVerdicts other than expected, with their reasons:")
     for row in wrong:
         print(f"- {row['id']} ({row['expected']} expected, {row['verdict']} given)")
-        for message in row["messages"]:
-            print(f"  - {message}")
+        for reason in row["reasons"]:
+            print(f"  - {reason.verdict}: {reason.message}")
 
     def flagged(row):
         return row["verdict"] in ("quarantine", "block")
