@@ -77,12 +77,15 @@ def main() -> None:
         # The baseline, in the same run: the same evidence judged on the renders alone (likelihood off).
         renders_alone = scanner.conclude(result, replace(thresholds, likelihood_quarantine=None,
                                                          likelihood_block=None)).verdict
+        # And with the fixed counts alone, without the chance count that grows with a LoRA's renders.
+        fixed_counts = scanner.conclude(result, replace(thresholds, render_false_rate=None)).verdict
         scanner.conclude(result, thresholds)
         top = result.matches[0] if result.matches else None
         blocked_for = {r.character_id for r in result.decision.reasons if r.verdict == "block"}
         gains = [g for g in (result.outcome.likelihood if result.outcome is not None else []) if not g.screened]
         gain = f"{gains[0].character_id} {gains[0].gain:+.3f}" if gains else "-"  # the strongest measured in full
-        rows.append({**lora, "verdict": result.verdict, "renders_alone": renders_alone, "top": top,
+        rows.append({**lora, "verdict": result.verdict, "renders_alone": renders_alone,
+                     "fixed_counts": fixed_counts, "top": top,
                      "blocked_for": blocked_for, "gain": gain,
                      "reasons": result.decision.reasons})
 
@@ -115,6 +118,7 @@ def main() -> None:
     for label, test in (
         ("recall (quarantine or block)", flagged),
         ("recall (quarantine or block), renders alone: baseline", lambda r: r["renders_alone"] != "allow"),
+        ("recall (quarantine or block), fixed counts: baseline", lambda r: r["fixed_counts"] != "allow"),
         ("recall of block policy (auto-blocked)", lambda r: r["verdict"] == "block"),
     ):
         groups = []
@@ -130,6 +134,8 @@ def main() -> None:
     print(f"| false positives on clean LoRAs (flagged) | | | {_rate(sum(flagged(r) for r in clean), len(clean))} |")
     print(f"| false positives on clean LoRAs, renders alone: baseline | | | "
           f"{_rate(sum(r['renders_alone'] != 'allow' for r in clean), len(clean))} |")
+    print(f"| false positives on clean LoRAs, fixed counts: baseline | | | "
+          f"{_rate(sum(r['fixed_counts'] != 'allow' for r in clean), len(clean))} |")
     print(f"| block precision (right LoRA, right character) | | | {_rate(correct_blocks, len(blocked))} |")
     print(f"| quarantine precision (an infringing LoRA) | | | "
           f"{_rate(sum(r['expected'] != 'allow' for r in quarantined), len(quarantined))} |")

@@ -1,9 +1,11 @@
 """Calibrate matching thresholds from data: negatives are base renders and clean LoRAs' renders.
 
-Nothing here is a magic number: the per-render threshold is a high quantile of what negatives score,
-the quarantine count is one more than any negative subject reached, and an automatic block needs a render
-more similar than any negative ever was. The likelihood probe's thresholds sit above the largest gain any
-clean LoRA gave any character's references, by a stated margin.
+Nothing here is a magic number: the per-render threshold is a high quantile of what negatives score; the
+quarantine count is one more than any negative subject reached, and more where a LoRA has renders enough
+that chance alone (the negatives' per-render match rate) would reach it for more than the target share of
+clean LoRAs; an automatic block needs a render more similar than any negative ever was. The likelihood
+probe's thresholds sit above the largest gain any clean LoRA gave any character's references, by a stated
+margin.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 from gate.matching import Scores, Thresholds, render_matches
 
 DEFAULT_QUANTILE = 0.99
+# Issue 5's target: at most 1% of clean LoRAs flagged. The matching-render counts are held to it.
+DEFAULT_FALSE_POSITIVE_TARGET = 0.01
 # How far above the largest clean-LoRA gain a character's gain must be: quarantine, then the character's policy.
 # The margins are policy (a gain is a relative error cut: 0.05 is 5 points), the base of it is measured.
 LIKELIHOOD_MARGINS = (0.05, 0.10)
@@ -36,7 +40,8 @@ def _nearest_scores(scores: Scores) -> np.ndarray:
 
 
 def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_quarantine: int = 2,
-              likelihood_margins: tuple[float, float] = LIKELIHOOD_MARGINS) -> Thresholds:
+              likelihood_margins: tuple[float, float] = LIKELIHOOD_MARGINS,
+              false_positive_target: float = DEFAULT_FALSE_POSITIVE_TARGET) -> Thresholds:
     """Fit thresholds so that negatives stay below them; record the evidence they rest on."""
     if not subjects:
         raise ValueError("calibration needs at least one negative (the base renders)")
@@ -56,10 +61,9 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
     # match. The score threshold and the counts below carry the false-positive control.
     lift = 0.0
     provisional = Thresholds(render_score, lift, 0, 0, 0.0)
-    negative_matches = {
-        s.name: int(np.bincount(render_matches(s.lora, s.base, provisional) + 1, minlength=1)[1:].max(initial=0))
-        for s in subjects
-    }
+    assigned = {s.name: render_matches(s.lora, s.base, provisional) for s in subjects}
+    negative_matches = {name: int(np.bincount(a + 1, minlength=1)[1:].max(initial=0)) for name, a in assigned.items()}
+    matched_renders = sum(int((a >= 0).sum()) for a in assigned.values())
     quarantine = max(min_quarantine, max(negative_matches.values()) + 1)
     # A LoRA that cuts no character's error (gain <= 0) is the floor: the base model itself gains nothing.
     measured = {s.name: max(s.gains.values(), default=0.0) for s in subjects if s.gains is not None}
@@ -75,12 +79,15 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
         block_matches=quarantine + 1,
         block_score=round(float(render_scores.max()) + 1e-6, 6),
         **likelihood,
+        render_false_rate=round(matched_renders / render_scores.size, 6) if render_scores.size else None,
+        false_positive_target=false_positive_target,
         provenance={
             "quantile": quantile,
             "negative_subjects": len(subjects),
             "negative_renders": int(render_scores.size),
             "max_negative_score": round(float(render_scores.max()), 6),
             "negative_matches": negative_matches,
+            "negative_matched_renders": matched_renders,
             "negative_lift_quantile": round(float(np.quantile(lift_values, quantile)), 6),
             "negative_likelihood_gains": {name: round(gain, 6) for name, gain in measured.items()},
             "likelihood_margins": list(likelihood_margins) if measured else None,

@@ -82,8 +82,9 @@ def decide(
         if character is None:
             continue
         hits = named.get(match.character_id)
-        needed = 1 if hits else thresholds.quarantine_matches
-        strong = match.matched >= thresholds.block_matches and match.best_score >= thresholds.block_score
+        quarantine_count, block_count = thresholds.needed_matches(match.rendered)
+        needed = 1 if hits else quarantine_count
+        strong = match.matched >= block_count and match.best_score >= thresholds.block_score
         if strong:
             verdict, certainty = character.policy, "clear"
         elif match.matched >= needed:

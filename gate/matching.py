@@ -12,6 +12,24 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+def chance_count(rendered: int, rate: float, target: float) -> int:
+    """The fewest matching renders that a clean LoRA with `rendered` probe renders reaches by chance with
+    probability at most `target`, when each render matches some character with probability `rate`
+    (binomial tail; renders taken as independent, which the negatives' own maximum backs up)."""
+    if rate <= 0.0:
+        return 1
+    if rate >= 1.0:
+        return rendered + 1
+    pmf = (1.0 - rate) ** rendered  # P(exactly 0)
+    below = 0.0  # P(fewer than count)
+    for count in range(1, rendered + 1):
+        below += pmf
+        if 1.0 - below <= target:
+            return count
+        pmf *= (rendered - count + 1) / count * rate / (1.0 - rate)
+    return rendered + 1
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """Calibrated from data (see gate.calibration); stored with the numbers they came from."""
@@ -25,7 +43,18 @@ class Thresholds:
     # denoising-error cut) quarantines, the larger figure applies its policy. None: not calibrated, not used.
     likelihood_quarantine: float | None = None
     likelihood_block: float | None = None
+    # How often a clean render matches some character (measured on the negatives), and the false-positive rate
+    # the counts must keep to: a LoRA with more renders needs more matches. None: the fixed counts alone.
+    render_false_rate: float | None = None
+    false_positive_target: float | None = None
     provenance: dict | None = None
+
+    def needed_matches(self, rendered: int) -> tuple[int, int]:
+        """Matching renders that quarantine, and that apply a character's policy, for a LoRA with `rendered`."""
+        quarantine = self.quarantine_matches
+        if self.render_false_rate is not None and self.false_positive_target is not None:
+            quarantine = max(quarantine, chance_count(rendered, self.render_false_rate, self.false_positive_target))
+        return quarantine, max(self.block_matches, quarantine + 1)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from gate.calibration import LIKELIHOOD_MARGINS, Subject, calibrate
 from gate.decisions import CharacterPolicy, Verdict, decide
-from gate.matching import References, Thresholds, match_characters, score
+from gate.matching import References, Thresholds, chance_count, match_characters, score
 from gate.screening import NameHit
 from probes.likelihood import CharacterGain
 
@@ -68,6 +69,44 @@ def test_calibration_puts_every_negative_below_the_block_bar(world):
     positive = score(np.concatenate([_near(rng, centres[2], 8, 0.01), _noise(rng, 32)]), refs)
     [match] = match_characters(positive, base, refs, thresholds)
     assert match.character_id == "c" and match.matched >= thresholds.block_matches
+
+
+def _binomial_tail(n: int, p: float, at_least: int) -> float:
+    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(at_least, n + 1))
+
+
+@pytest.mark.parametrize(("rendered", "rate", "target"), [(10, 0.05, 0.01), (45, 0.0076, 0.01), (200, 0.02, 0.001),
+                                                          (40, 0.3, 0.05), (3, 0.5, 0.01)])
+def test_chance_count_is_the_fewest_renders_chance_reaches_within_the_target(rendered, rate, target):
+    count = chance_count(rendered, rate, target)
+    assert count <= rendered + 1
+    if count <= rendered:
+        assert _binomial_tail(rendered, rate, count) <= target
+    assert count == 1 or _binomial_tail(rendered, rate, count - 1) > target
+    assert chance_count(rendered * 2, rate, target) >= count  # more renders, more chances
+    assert chance_count(rendered, 0.0, target) == 1 and chance_count(rendered, 1.0, target) == rendered + 1
+
+
+def test_calibration_records_how_often_a_negative_render_matches(world):
+    rng, centres, refs = world
+    base = score(_noise(rng, 40), refs)
+    drifting = score(np.concatenate([_near(rng, centres[0], 1, 0.01), _noise(rng, 39)]), refs)
+    thresholds = calibrate([Subject("base", base, base), Subject("drift", drifting, base)])
+    matched = thresholds.provenance["negative_matched_renders"]
+    assert matched >= 1 and thresholds.render_false_rate == pytest.approx(matched / 80)
+    assert thresholds.false_positive_target == 0.01
+    assert thresholds.quarantine_matches == max(2, max(thresholds.provenance["negative_matches"].values()) + 1)
+
+
+def test_more_matching_renders_are_needed_where_chance_would_reach_the_count(world):
+    # 5% of clean renders match some character: of 10 renders, chance reaches 3 for 1.2% of clean LoRAs.
+    chancy = replace(THRESHOLDS, render_false_rate=0.05, false_positive_target=0.01)
+    assert chancy.needed_matches(10) == (4, 5) and THRESHOLDS.needed_matches(10) == (2, 3)
+    verdicts = [decide(matches=_match(*world, n), name_hits=[], characters=POLICIES, thresholds=chancy).verdict
+                for n in (3, 4, 5)]
+    assert verdicts == [Verdict.ALLOW, Verdict.QUARANTINE, Verdict.BLOCK]
+    assert decide(matches=_match(*world, 3), name_hits=[], characters=POLICIES,
+                  thresholds=THRESHOLDS).verdict is Verdict.BLOCK
 
 
 def _match(rng, centres, refs, count):
