@@ -26,7 +26,8 @@ from probes.probe_set import Probe, ProbeSet
 log = logging.getLogger(__name__)
 
 # LyCORIS layouts that diffusers' LoRA loaders cannot apply.
-UNSUPPORTED_FORMATS = {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}
+UNSUPPORTED_FORMATS = {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr", "oft": "OFT", "full": "LyCORIS full",
+                       "glora": "LyCORIS GLoRA"}
 
 
 def model_digest(model_dir: Path) -> str:

@@ -18,6 +18,7 @@ _KOHYA_PREFIXES = {
     "lora_te2_": "text_encoder_2",
     "lora_te3_": "text_encoder_3",
     "lycoris_": "unet",
+    "oft_unet_": "unet",  # kohya sd-scripts' OFT
 }
 _KOHYA_ROLES = {
     "lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha",
@@ -26,7 +27,16 @@ _KOHYA_ROLES = {
     "hada_t1": "t1", "hada_t2": "t2",
     "lokr_w1": "w1", "lokr_w1_a": "w1_a", "lokr_w1_b": "w1_b",
     "lokr_w2": "w2", "lokr_w2_a": "w2_a", "lokr_w2_b": "w2_b", "lokr_t2": "t2",
+    # OFT (kohya, LyCORIS diag-OFT and BOFT): a block-diagonal rotation of the layer's output.
+    "oft_blocks": "oft_blocks", "oft_diag": "oft_blocks", "rescale": "rescale",
+    # LyCORIS "full": the weight difference itself; GLoRA: two low-rank pairs.
+    "diff": "diff", "diff_b": "diff_b",
+    "a1.weight": "a1", "a2.weight": "a2", "b1.weight": "b1", "b2.weight": "b2",
 }
+# The kind of adapter a kohya-named role belongs to, where it is not a plain LoRA's.
+_ROLE_KINDS = {"oft_blocks": "oft", "rescale": "oft", "diff": "full", "diff_b": "full",
+               "a1": "glora", "a2": "glora", "b1": "glora", "b2": "glora"}
+_LYCORIS_KINDS = ("loha", "lokr", "oft", "full", "glora")
 # diffusers/peft name modules by their dotted path; the first segment usually names the component.
 _PEFT_ROLES = {
     "lora_A.weight": "down", "lora_B.weight": "up", "lora_A.bias": "down_bias", "lora_B.bias": "up_bias",
@@ -39,6 +49,10 @@ _DOTTED_KOHYA_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "lora
 # diffusers <0.21 attention processors: "<attention>.processor.to_k_lora.down.weight".
 _PROCESSOR_RE = re.compile(
     r"^(?P<module>.+)\.processor\.(?P<proj>to_(?:q|k|v|out))_lora\.(?P<role>down|up)\.weight$"
+)
+# XLabs' Flux LoRAs: "double_blocks.0.processor.qkv_lora1.down.weight", "single_blocks.3.processor.proj_lora.up…".
+_XLABS_RE = re.compile(
+    r"^(?P<module>(?:double|single)_blocks\.\d+)\.processor\.(?P<proj>(?:qkv|proj)_lora\d?)\.(?P<role>down|up)\.weight$"
 )
 # peft's raw state_dict() keeps the adapter's name: "<module>.lora_A.default.weight" (but "weight" and "bias"
 # in that place are the plain layout's own suffixes, not an adapter's name).
@@ -54,6 +68,9 @@ REQUIRED = {
     "lora": ({"down", "up"},),
     "loha": ({"w1_a", "w1_b", "w2_a", "w2_b"},),
     "lokr": ({"w1", "w2"}, {"w1_a", "w1_b", "w2"}, {"w1", "w2_a", "w2_b"}, {"w1_a", "w1_b", "w2_a", "w2_b"}),
+    "oft": ({"oft_blocks"},),
+    "full": ({"diff"},),
+    "glora": ({"a1", "a2", "b1", "b2"},),
 }
 
 
@@ -63,8 +80,8 @@ class Module:
 
     name: str  # normalised: component-relative path with '_' for '.'
     component: str
-    kind: str  # lora, loha, lokr
-    format: str  # kohya, diffusers, diffusers_legacy, comfyui, loha, lokr
+    kind: str  # lora, loha, lokr, oft, full, glora
+    format: str  # kohya, diffusers, diffusers_legacy, comfyui, xlabs, loha, lokr, oft, full, glora
     tensors: dict[str, TensorInfo] = field(default_factory=dict)
     rank: int | None = None
     in_features: int | None = None
@@ -127,8 +144,11 @@ def _classify(name: str) -> tuple[str, str, str, str] | None:
     """(format, component, module, role) for a LoRA tensor name, or None for anything else."""
     kohya = _split_kohya(name)
     if kohya:
-        fmt = "loha" if ".hada_" in name else "lokr" if ".lokr_" in name else "kohya"
+        fmt = "loha" if ".hada_" in name else "lokr" if ".lokr_" in name else _ROLE_KINDS.get(kohya[2], "kohya")
         return (fmt, *kohya)
+    xlabs = _XLABS_RE.match(name)
+    if xlabs:
+        return ("xlabs", "transformer", f"{xlabs['module']}.{xlabs['proj']}".replace(".", "_"), xlabs["role"])
     processor = _PROCESSOR_RE.match(name)
     if processor:
         return ("diffusers_legacy", *_component_path(f"{processor['module']}.{processor['proj']}"),
@@ -154,7 +174,7 @@ def read_layout(header: Header) -> Layout:
             extra.append(tensor)
             continue
         fmt, component, name, role = found
-        kind = fmt if fmt in ("loha", "lokr") else "lora"
+        kind = fmt if fmt in _LYCORIS_KINDS else "lora"
         module = modules.setdefault((component, name), Module(name, component, kind, fmt))
         if kind != "lora":  # LyCORIS modules also carry alpha/dora_scale, named like kohya's
             module.kind, module.format = kind, fmt
@@ -170,7 +190,7 @@ def read_layout(header: Header) -> Layout:
         sample = ", ".join(repr(t.name) for t in header.tensors[:3])
         raise IntakeError(
             Refusal.NOT_A_LORA,
-            f"no LoRA tensors (kohya lora_down/lora_up, diffusers lora_A/lora_B, LyCORIS hada_/lokr_); "
+            f"no LoRA tensors (kohya lora_down/lora_up, diffusers lora_A/lora_B, LyCORIS hada_/lokr_/oft_/diff); "
             f"found names like {sample}",
         )
     if extra_bytes > lora_bytes:
@@ -224,7 +244,8 @@ def _check_module(module: Module) -> None:
             )
         if role == "alpha" and prod(tensor.shape) != 1:
             _refuse_shape(module, f"alpha must be a scalar, not {list(tensor.shape)}")
-    {"lora": _check_lora, "loha": _check_loha, "lokr": _check_lokr}[module.kind](module)
+    {"lora": _check_lora, "loha": _check_loha, "lokr": _check_lokr, "oft": _check_oft, "full": _check_full,
+     "glora": _check_glora}[module.kind](module)
 
 
 def _matrix(module: Module, role: str) -> tuple[int, ...]:
@@ -308,3 +329,34 @@ def _check_lokr(module: Module) -> None:
     out2, in2 = _lokr_factor(module, "2")
     module.out_features, module.in_features = out1 * out2, in1 * in2
 
+
+
+def _check_oft(module: Module) -> None:
+    """OFT blocks: [blocks, size, size] (kohya, diag-OFT) or [factors, blocks, size, size] (BOFT), square."""
+    shape = module.tensors["oft_blocks"].shape
+    if len(shape) not in (2, 3, 4) or 0 in shape or shape[-1] != shape[-2]:
+        _refuse_shape(module, f"oft_blocks has shape {list(shape)}; expected square blocks [.., n, size, size]")
+    blocks = shape[-3] if len(shape) >= 3 else 1
+    module.out_features = blocks * shape[-1]
+
+
+def _check_full(module: Module) -> None:
+    """LyCORIS full: the weight difference [out, in(, k, k)] and, optionally, a bias difference [out]."""
+    diff = _matrix(module, "diff")
+    if "diff_b" in module.tensors and list(module.tensors["diff_b"].shape) != [diff[0]]:
+        _refuse_shape(module, f"diff_b has shape {list(module.tensors['diff_b'].shape)} for {diff[0]} outputs")
+    module.out_features, module.in_features = diff[0], prod(diff[1:])
+
+
+def _check_glora(module: Module) -> None:
+    """LyCORIS GLoRA, W + W·A + B: A = a2·a1 [in, in] and B = b2·b1 [out, in], each through the rank."""
+    for first, second in (("a1", "a2"), ("b1", "b2")):
+        down, up = _matrix(module, first), _matrix(module, second)
+        if prod(up[1:]) != down[0]:
+            raise IntakeError(
+                Refusal.RANK_MISMATCH,
+                f"module {module.component}.{module.name}: {first} {list(down)} does not chain with "
+                f"{second} {list(up)}",
+            )
+    b1, b2 = module.tensors["b1"].shape, module.tensors["b2"].shape
+    module.rank, module.in_features, module.out_features = b1[0], prod(b1[1:]), b2[0]

@@ -42,7 +42,7 @@ def test_adapter_applies_fully_then_leaves_the_base_bit_exact(engine, world, two
 
 
 def test_lycoris_and_other_families_are_unsupported(engine, corpus_dir):
-    for name in ("sd15_lokr", "sdxl_kohya"):
+    for name in ("sd15_lokr", "sd15_oft_kohya", "sd15_lycoris_full", "sd15_glora", "sdxl_kohya", "flux_xlabs"):
         inspection = inspect_file(corpus_dir / f"{name}.safetensors")
         with pytest.raises(UnsupportedLora):
             engine.check_supported(inspection.layout.format, inspection.family.family)
