@@ -49,9 +49,10 @@ def load_thresholds(path: Path, probe_set_id: str, embedder_id: str) -> Threshol
     return thresholds
 
 
-def lora_texts(metadata: LoraMetadata, filename: str) -> dict[str, list[str]]:
+def lora_texts(metadata: LoraMetadata, filename: str, embeddings: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """The LoRA's own words, by field, for name screening."""
     return {
+        "embedded tokens": list(embeddings),
         "file name": [Path(filename).stem],
         "title": [metadata.title or ""],
         "output name": [metadata.output_name or ""],
@@ -62,10 +63,12 @@ def lora_texts(metadata: LoraMetadata, filename: str) -> dict[str, list[str]]:
     }
 
 
-def probe_terms(metadata: LoraMetadata, characters: list[Character]) -> dict[str, list[str]]:
-    """What the probe set's templates are filled with: the LoRA's trigger, tags and name, and the registry."""
+def probe_terms(metadata: LoraMetadata, characters: list[Character],
+                embeddings: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """What the probe set's templates are filled with: the LoRA's trigger (a bundled embedding's token is one),
+    tags and name, and the registry."""
     return {
-        "trigger": metadata.trigger_phrases,
+        "trigger": list(dict.fromkeys([*metadata.trigger_phrases, *embeddings])),
         "tag": [tag for tag, _ in metadata.top_tags],
         "output_name": [name for name in (metadata.output_name, metadata.title) if name],
         "registry": [c.name for c in characters],
@@ -174,7 +177,7 @@ class Scanner:
 
     def name_hits(self, inspection: Inspection, filename: str, hub_meta: dict | None = None) -> list[NameHit]:
         """Registered names and aliases in the LoRA's metadata, its file name and what the hub says of it."""
-        texts = lora_texts(inspection.metadata, filename)
+        texts = lora_texts(inspection.metadata, filename, inspection.layout.embeddings)
         if hub_meta:  # what the hub says of the upload is screened too: its title, tags, trigger words
             texts["hub title"] = [hub_meta.get("title") or ""]
             texts["hub tags"] = hub_meta.get("tags") or []
@@ -185,7 +188,7 @@ class Scanner:
     def probe_request(self, result: ScanResult, trigger_words: list[str] | None = None) -> dict:
         """What the probe engine needs for a screened file, as JSON: the seam to a GPU worker."""
         inspection = result.inspection
-        terms = probe_terms(inspection.metadata, list(self.characters.values()))
+        terms = probe_terms(inspection.metadata, list(self.characters.values()), inspection.layout.embeddings)
         terms["trigger"] = terms["trigger"] + list(trigger_words or [])
         return {"lora_format": inspection.layout.format, "family": inspection.family.family,
                 "modules": len(inspection.layout.modules), "terms": terms, "probe_set": self.engine.probe_set.id,

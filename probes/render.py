@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from probes.bundle import BundledEmbeddings, split_bundle
 from probes.errors import UnsupportedLora
 from probes.keys import diffusers_names
 from probes.probe_set import Probe, ProbeSet
@@ -65,6 +66,7 @@ class Renderer:
             self.pipe.safety_checker = None  # the gate must see what the LoRA draws, unblurred
         self.pipe.set_progress_bar_config(disable=True)
         self._base_cache: dict[tuple[str, str], np.ndarray] = {}
+        self._embeddings: BundledEmbeddings | None = None  # a bundle applied with the current LoRA
         self._scheduler_for: str | None = None
         # Base renders also persist on disk, per base model and device, so a new process need not redo them.
         self.model_id = f"{self.model_dir.name}@{model_digest(self.model_dir)}-{self.device.type}"
@@ -148,7 +150,9 @@ class Renderer:
     def lora(self, state_dict: dict[str, torch.Tensor], expected_modules: int | None = None) -> Iterator[str]:
         """Apply a LoRA for the duration of the block; always removed afterwards, even on error."""
         name = f"upload_{uuid.uuid4().hex[:12]}"
-        state_dict = diffusers_names(state_dict)  # raises UnsupportedLora before anything is loaded
+        state_dict, bundle = split_bundle(state_dict)
+        embeddings = BundledEmbeddings(self.pipe, bundle)  # these two raise UnsupportedLora before anything is loaded
+        state_dict = diffusers_names(state_dict)
         try:
             self.pipe.load_lora_weights(state_dict, adapter_name=name)
         except Exception as exc:  # diffusers raises many kinds for layouts it cannot map
@@ -161,8 +165,12 @@ class Renderer:
             if expected_modules and applied < expected_modules:
                 log.warning("adapter %s applied to %d of %d modules", name, applied, expected_modules)
             self.pipe.set_adapters([name], adapter_weights=[1.0])
+            embeddings.apply()
+            self._embeddings = embeddings
             yield name
         finally:
+            embeddings.lift()
+            self._embeddings = None
             self._remove(name)
 
     @contextlib.contextmanager
@@ -170,9 +178,14 @@ class Renderer:
         """The base model for the block, the applied LoRA switched off, not removed: peft's disabled layers
         run their base layer alone, so outputs are the base's bit for bit (tests/probes/test_likelihood.py)."""
         self.pipe.disable_lora()
+        embeddings = self._embeddings
+        if embeddings:  # the bundled tokens go too: the base reads the trigger as the words it knows
+            embeddings.lift()
         try:
             yield
         finally:
+            if embeddings:
+                embeddings.apply()
             self.pipe.enable_lora()
 
     def _count_layers(self, name: str) -> int:

@@ -63,6 +63,7 @@ class Inspection:
                 "components": layout.components,
                 "dora": layout.dora,
                 "extra_tensors": list(layout.extra_tensors[:20]),
+                "embeddings": list(layout.embeddings[:20]),
             }
         if self.header:
             result["tensors"] = len(self.header.tensors)

@@ -61,6 +61,9 @@ NAMED_ADAPTER_RE = re.compile(
     r"\.(?P<adapter>(?!(?:weight|bias)$)[A-Za-z0-9_-]+)(?:\.weight)?$"
 )
 _NAMED_ADAPTER_ROLES = {"lora_A": "down", "lora_B": "up", "lora_magnitude_vector": "dora_scale"}
+# kohya sd-scripts' bundled textual-inversion embeddings: "bundle_emb.<token>.string_to_param.*" (one text
+# encoder) or ".clip_l" / ".clip_g" (SDXL). The token is what a prompt types to call the embedding.
+BUNDLE_RE = re.compile(r"^bundle_emb\.(?P<token>.+)\.(?P<part>string_to_param\.\*|clip_l|clip_g)$")
 _COMPONENTS = ("unet", "text_encoder_2", "text_encoder_3", "text_encoder", "transformer", "prior")
 _EXTRA_PREFIXES = ("base_model.model.", "diffusion_model.", "model.diffusion_model.")
 
@@ -100,6 +103,7 @@ class Layout:
     components: dict[str, int]
     dora: bool
     extra_tensors: tuple[str, ...]
+    embeddings: tuple[str, ...] = ()  # tokens of bundled textual-inversion embeddings
 
     def find(self, *fragments: str) -> list[Module]:
         """Modules whose normalised name contains every fragment."""
@@ -221,6 +225,7 @@ def read_layout(header: Header) -> Layout:
         components=dict(components),
         dora=any("dora_scale" in m.tensors for m in ordered),
         extra_tensors=tuple(t.name for t in extra),
+        embeddings=tuple(dict.fromkeys(m["token"] for t in extra if (m := BUNDLE_RE.match(t.name)))),
     )
 
 

@@ -1,0 +1,86 @@
+"""Textual-inversion embeddings bundled in a kohya LoRA ("bundle_emb.<token>.string_to_param.*", or ".clip_l" and
+".clip_g" for SDXL). They are applied with the LoRA, so that its trigger token means what the uploader trained,
+and removed with it: the pipeline's own tokenizer and embedding table are put back, never edited in place, so
+the base returns bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from gate.intake.layout import BUNDLE_RE
+from probes.errors import UnsupportedLora
+
+# Which tokenizer and text encoder each bundled part belongs to.
+_ENCODERS = {"string_to_param.*": ("tokenizer", "text_encoder"), "clip_l": ("tokenizer", "text_encoder"),
+             "clip_g": ("tokenizer_2", "text_encoder_2")}
+
+Bundle = dict[tuple[str, str], dict[str, torch.Tensor]]  # (tokenizer, text encoder) -> {token: vectors}
+
+
+def split_bundle(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Bundle]:
+    """The LoRA's own tensors, and its bundled embeddings grouped by the text encoder they extend."""
+    lora: dict[str, torch.Tensor] = {}
+    bundle: Bundle = {}
+    for name, tensor in state_dict.items():
+        found = BUNDLE_RE.match(name)
+        if found:
+            bundle.setdefault(_ENCODERS[found["part"]], {})[found["token"]] = tensor
+        else:
+            lora[name] = tensor
+    return lora, bundle
+
+
+class BundledEmbeddings:
+    """A bundle made ready for one pipeline: `apply()` swaps in tokenizers with the bundle's tokens and text
+    encoder tables with their vectors, `lift()` puts the pipeline's own objects back. A multi-vector embedding
+    becomes "tok", "tok_1", ..., which diffusers' prompt conversion expands wherever "tok" is typed. Raises
+    UnsupportedLora, before anything changes, for an embedding the base model cannot take."""
+
+    def __init__(self, pipe, bundle: Bundle) -> None:
+        self.pipe = pipe
+        self.tokens: list[str] = []
+        self._swaps = []  # (tokenizer attribute, own tokenizer, extended one, encoder, own table, extended one)
+        for (tokenizer_name, encoder_name), embeddings in bundle.items():
+            tokenizer, encoder = getattr(pipe, tokenizer_name, None), getattr(pipe, encoder_name, None)
+            if tokenizer is None or encoder is None:
+                raise UnsupportedLora(f"the LoRA bundles an embedding for {encoder_name}, which this base model lacks")
+            table = encoder.get_input_embeddings()
+            extended, weight = _extend(tokenizer, table.weight, embeddings)
+            self._swaps.append((tokenizer_name, tokenizer, extended, encoder, table,
+                                torch.nn.Embedding.from_pretrained(weight, freeze=True)))
+            self.tokens += [token for token in embeddings if token not in self.tokens]
+
+    def apply(self) -> None:
+        for tokenizer_name, _, extended, encoder, _, table in self._swaps:
+            setattr(self.pipe, tokenizer_name, extended)
+            encoder.set_input_embeddings(table)
+
+    def lift(self) -> None:
+        for tokenizer_name, tokenizer, _, encoder, table, _ in reversed(self._swaps):
+            setattr(self.pipe, tokenizer_name, tokenizer)
+            encoder.set_input_embeddings(table)
+
+
+def _extend(tokenizer, weight: torch.Tensor, embeddings: dict[str, torch.Tensor]):
+    """A copy of `tokenizer` with the tokens added, and a new table holding their vectors (the old one kept)."""
+    extended = copy.deepcopy(tokenizer)
+    names, rows = [], []
+    for token, vectors in embeddings.items():
+        vectors = vectors.reshape(-1, vectors.shape[-1]) if vectors.dim() else vectors.reshape(1, 1)
+        if vectors.shape[-1] != weight.shape[1] or not len(vectors):
+            raise UnsupportedLora(f"the bundled embedding {token!r} has width {vectors.shape[-1]}; this base model's "
+                                  f"text encoder takes {weight.shape[1]}")
+        parts = [token] + [f"{token}_{index}" for index in range(1, len(vectors))]
+        vocabulary = extended.get_vocab()
+        if any(part in vocabulary for part in parts) or extended.add_tokens(parts) != len(parts):
+            raise UnsupportedLora(f"the bundled embedding's token {token!r} is already in the base model's vocabulary")
+        names += parts
+        rows.append(vectors)
+    ids = extended.convert_tokens_to_ids(names)
+    grown = torch.zeros(max(weight.shape[0], max(ids) + 1), weight.shape[1], dtype=weight.dtype, device=weight.device)
+    grown[: weight.shape[0]] = weight
+    grown[ids] = torch.cat(rows).to(weight.dtype).to(weight.device)
+    return extended, grown
