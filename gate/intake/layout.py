@@ -17,6 +17,7 @@ _KOHYA_PREFIXES = {
     "lora_te1_": "text_encoder",
     "lora_te2_": "text_encoder_2",
     "lora_te3_": "text_encoder_3",
+    "lora_transformer_": "transformer",  # OneTrainer's Flux and SD3 LoRAs
     "lycoris_": "unet",
     "oft_unet_": "unet",  # kohya sd-scripts' OFT
 }
