@@ -18,6 +18,8 @@ _ENCODERS = {"string_to_param.*": ("tokenizer", "text_encoder"), "clip_l": ("tok
              "clip_g": ("tokenizer_2", "text_encoder_2")}
 
 Bundle = dict[tuple[str, str], dict[str, torch.Tensor]]  # (tokenizer, text encoder) -> {token: vectors}
+# More vectors than any real bundle holds: a hostile file must not make a worker grow its vocabulary for minutes.
+MAX_TOKENS = 256
 
 
 def split_bundle(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Bundle]:
@@ -66,21 +68,27 @@ class BundledEmbeddings:
 
 def _extend(tokenizer, weight: torch.Tensor, embeddings: dict[str, torch.Tensor]):
     """A copy of `tokenizer` with the tokens added, and a new table holding their vectors (the old one kept)."""
-    extended = copy.deepcopy(tokenizer)
-    names, rows = [], []
-    for token, vectors in embeddings.items():
-        vectors = vectors.reshape(-1, vectors.shape[-1]) if vectors.dim() else vectors.reshape(1, 1)
+    shaped = {token: v.reshape(-1, v.shape[-1]) if v.dim() else v.reshape(1, 1) for token, v in embeddings.items()}
+    if sum(len(vectors) for vectors in shaped.values()) > MAX_TOKENS:
+        raise UnsupportedLora(f"the LoRA bundles more than {MAX_TOKENS} embedding vectors")
+    vocabulary = tokenizer.get_vocab()
+    names = []
+    for token, vectors in shaped.items():
         if vectors.shape[-1] != weight.shape[1] or not len(vectors):
-            raise UnsupportedLora(f"the bundled embedding {token!r} has width {vectors.shape[-1]}; this base model's "
-                                  f"text encoder takes {weight.shape[1]}")
+            raise UnsupportedLora(f"the bundled embedding {token!r} has width {vectors.shape[-1]}; this base "
+                                  f"model's text encoder takes {weight.shape[1]}")
+        if len(vectors) > tokenizer.model_max_length - 2:
+            raise UnsupportedLora(f"the bundled embedding {token!r} has {len(vectors)} vectors, more than a "
+                                  "prompt holds")
         parts = [token] + [f"{token}_{index}" for index in range(1, len(vectors))]
-        vocabulary = extended.get_vocab()
-        if any(part in vocabulary for part in parts) or extended.add_tokens(parts) != len(parts):
+        if any(part in vocabulary or part in names for part in parts):
             raise UnsupportedLora(f"the bundled embedding's token {token!r} is already in the base model's vocabulary")
         names += parts
-        rows.append(vectors)
+    extended = copy.deepcopy(tokenizer)
+    if extended.add_tokens(names) != len(names):
+        raise UnsupportedLora("the bundled embeddings' tokens cannot all be added to the base model's vocabulary")
     ids = extended.convert_tokens_to_ids(names)
     grown = torch.zeros(max(weight.shape[0], max(ids) + 1), weight.shape[1], dtype=weight.dtype, device=weight.device)
     grown[: weight.shape[0]] = weight
-    grown[ids] = torch.cat(rows).to(weight.dtype).to(weight.device)
+    grown[ids] = torch.cat(list(shaped.values())).to(weight.dtype).to(weight.device)
     return extended, grown

@@ -63,6 +63,7 @@ def test_without_the_lora_and_after_it_the_base_reads_the_words_it_knows(engine,
 @pytest.mark.parametrize(("token", "vectors", "complaint"), [
     ("zqwide", torch.ones(1, 7), "width 7"),
     ("<|endoftext|>", torch.ones(1, 64), "already in the base model's vocabulary"),
+    ("zqlong", torch.ones(300, 64), "more than 256 embedding vectors"),
 ])
 def test_an_embedding_the_base_cannot_take_is_unsupported_and_loads_nothing(engine, bundled, token, vectors,
                                                                            complaint):
