@@ -40,6 +40,7 @@ class Refusal(StrEnum):
     LORA_SHAPE_INVALID = "lora_shape_invalid"
     LORA_DTYPE_INVALID = "lora_dtype_invalid"
     RANK_MISMATCH = "rank_mismatch"
+    EMBEDDING_INVALID = "embedding_invalid"
 
 
 class GateError(Exception):

@@ -7,6 +7,7 @@ prompt and seed by the calibrated lift: what the LoRA added, not what the base m
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,19 +16,24 @@ import numpy as np
 def chance_count(rendered: int, rate: float, target: float) -> int:
     """The fewest matching renders that a clean LoRA with `rendered` probe renders reaches by chance with
     probability at most `target`, when each render matches some character with probability `rate`
-    (binomial tail; renders taken as independent, which the negatives' own maximum backs up)."""
-    if rate <= 0.0:
+    (binomial tail, summed in log space from the top so that neither many renders nor a tiny target
+    underflows; renders taken as independent, which the negatives' own maximum backs up)."""
+    if not (0.0 < target < 1.0 and 0.0 <= rate <= 1.0):  # NaN fails too
+        raise ValueError(f"chance_count needs 0 < target < 1 and 0 <= rate <= 1, not {target!r} and {rate!r}")
+    if rate == 0.0:
         return 1
-    if rate >= 1.0:
+    if rate == 1.0:
         return rendered + 1
-    pmf = (1.0 - rate) ** rendered  # P(exactly 0)
-    below = 0.0  # P(fewer than count)
-    for count in range(1, rendered + 1):
-        below += pmf
-        if 1.0 - below <= target:
-            return count
-        pmf *= (rendered - count + 1) / count * rate / (1.0 - rate)
-    return rendered + 1
+    log_rate, log_miss, log_target = math.log(rate), math.log1p(-rate), math.log(target)
+    whole = math.lgamma(rendered + 1)
+    tail = -math.inf  # log P(at least `count` matches)
+    for count in range(rendered, 0, -1):
+        term = (whole - math.lgamma(count + 1) - math.lgamma(rendered - count + 1)
+                + count * log_rate + (rendered - count) * log_miss)
+        tail = float(np.logaddexp(tail, term))
+        if tail > log_target:
+            return count + 1
+    return 1
 
 
 @dataclass(frozen=True)

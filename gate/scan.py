@@ -68,7 +68,8 @@ def probe_terms(metadata: LoraMetadata, characters: list[Character],
     """What the probe set's templates are filled with: the LoRA's trigger (a bundled embedding's token is one),
     tags and name, and the registry."""
     return {
-        "trigger": list(dict.fromkeys([*metadata.trigger_phrases, *embeddings])),
+        # Bundled tokens first: the trigger templates take only the first few, and metadata is free text.
+        "trigger": list(dict.fromkeys([*embeddings, *metadata.trigger_phrases])),
         "tag": [tag for tag, _ in metadata.top_tags],
         "output_name": [name for name in (metadata.output_name, metadata.title) if name],
         "registry": [c.name for c in characters],

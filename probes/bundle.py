@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from tokenizers import AddedToken
 
 from gate.intake.layout import BUNDLE_RE
 from probes.errors import UnsupportedLora
@@ -29,7 +30,10 @@ def split_bundle(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     for name, tensor in state_dict.items():
         found = BUNDLE_RE.match(name)
         if found:
-            bundle.setdefault(_ENCODERS[found["part"]], {})[found["token"]] = tensor
+            group = bundle.setdefault(_ENCODERS[found["part"]], {})
+            if found["token"] in group:
+                raise UnsupportedLora(f"the LoRA bundles two embeddings for {found['token']!r} in one text encoder")
+            group[found["token"]] = tensor
         else:
             lora[name] = tensor
     return lora, bundle
@@ -68,6 +72,8 @@ class BundledEmbeddings:
 
 def _extend(tokenizer, weight: torch.Tensor, embeddings: dict[str, torch.Tensor]):
     """A copy of `tokenizer` with the tokens added, and a new table holding their vectors (the old one kept)."""
+    if any(v.numel() == 0 or v.dim() > 2 for v in embeddings.values()):  # intake refuses these; a worker too
+        raise UnsupportedLora("a bundled embedding is empty or not [width] / [vectors, width]")
     shaped = {token: v.reshape(-1, v.shape[-1]) if v.dim() else v.reshape(1, 1) for token, v in embeddings.items()}
     if sum(len(vectors) for vectors in shaped.values()) > MAX_TOKENS:
         raise UnsupportedLora(f"the LoRA bundles more than {MAX_TOKENS} embedding vectors")
@@ -81,11 +87,14 @@ def _extend(tokenizer, weight: torch.Tensor, embeddings: dict[str, torch.Tensor]
             raise UnsupportedLora(f"the bundled embedding {token!r} has {len(vectors)} vectors, more than a "
                                   "prompt holds")
         parts = [token] + [f"{token}_{index}" for index in range(1, len(vectors))]
-        if any(part in vocabulary or part in names for part in parts):
+        # A token that is already a word of the base would change every prompt that uses the word (a probe's
+        # "figure", say): the LoRA could blind its own probes. CLIP's vocabulary marks a word's end with "</w>".
+        if any(part in vocabulary or f"{part.lower()}</w>" in vocabulary or part in names for part in parts):
             raise UnsupportedLora(f"the bundled embedding's token {token!r} is already in the base model's vocabulary")
         names += parts
     extended = copy.deepcopy(tokenizer)
-    if extended.add_tokens(names) != len(names):
+    # single_word: the token matches a whole word only, never the inside of one ("ody" in "body").
+    if extended.add_tokens([AddedToken(name, single_word=True) for name in names]) != len(names):
         raise UnsupportedLora("the bundled embeddings' tokens cannot all be added to the base model's vocabulary")
     ids = extended.convert_tokens_to_ids(names)
     grown = torch.zeros(max(weight.shape[0], max(ids) + 1), weight.shape[1], dtype=weight.dtype, device=weight.device)

@@ -169,9 +169,11 @@ class Renderer:
             self._embeddings = embeddings
             yield name
         finally:
-            embeddings.lift()
-            self._embeddings = None
-            self._remove(name)
+            try:
+                embeddings.lift()
+                self._embeddings = None
+            finally:
+                self._remove(name)
 
     @contextlib.contextmanager
     def without_lora(self) -> Iterator[None]:
@@ -184,9 +186,11 @@ class Renderer:
         try:
             yield
         finally:
-            if embeddings:
-                embeddings.apply()
-            self.pipe.enable_lora()
+            try:
+                if embeddings:
+                    embeddings.apply()
+            finally:
+                self.pipe.enable_lora()
 
     def _count_layers(self, name: str) -> int:
         count = 0

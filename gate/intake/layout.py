@@ -64,10 +64,20 @@ NAMED_ADAPTER_RE = re.compile(
 _NAMED_ADAPTER_ROLES = {"lora_A": "down", "lora_B": "up", "lora_magnitude_vector": "dora_scale"}
 # kohya sd-scripts' bundled textual-inversion embeddings: "bundle_emb.<token>.string_to_param.*" (one text
 # encoder) or ".clip_l" / ".clip_g" (SDXL). The token is what a prompt types to call the embedding.
-BUNDLE_RE = re.compile(r"^bundle_emb\.(?P<token>.+)\.(?P<part>string_to_param\.\*|clip_l|clip_g)$")
+# A token is one word (a prompt types it whole); anything else under "bundle_emb." is refused.
+BUNDLE_RE = re.compile(r"^bundle_emb\.(?P<token>[\w<>-]{1,64})\.(?P<part>string_to_param\.\*|clip_l|clip_g)$")
 _COMPONENTS = ("unet", "text_encoder_2", "text_encoder_3", "text_encoder", "transformer", "prior")
 _EXTRA_PREFIXES = ("base_model.model.", "diffusion_model.", "model.diffusion_model.")
 
+# Every role a module of each kind may carry; a module mixing kinds' roles is refused.
+ALLOWED = {
+    "lora": {"down", "up", "mid", "alpha", "dora_scale", "down_bias", "up_bias"},
+    "loha": {"w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2", "alpha", "dora_scale"},
+    "lokr": {"w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2", "alpha", "dora_scale"},
+    "oft": {"oft_blocks", "rescale", "alpha"},
+    "full": {"diff", "diff_b", "alpha"},
+    "glora": {"a1", "a2", "b1", "b2", "alpha"},
+}
 REQUIRED = {
     "lora": ({"down", "up"},),
     "loha": ({"w1_a", "w1_b", "w2_a", "w2_b"},),
@@ -174,6 +184,10 @@ def read_layout(header: Header) -> Layout:
     modules: dict[tuple[str, str], Module] = {}
     extra: list[TensorInfo] = []
     for tensor in header.tensors:
+        if tensor.name.startswith("bundle_emb."):  # an embedding, never read as a LoRA module
+            _check_embedding(tensor)
+            extra.append(tensor)
+            continue
         found = _classify(tensor.name)
         if found is None:
             extra.append(tensor)
@@ -230,12 +244,28 @@ def read_layout(header: Header) -> Layout:
     )
 
 
+def _check_embedding(tensor: TensorInfo) -> None:
+    found = BUNDLE_RE.match(tensor.name)
+    if not found or found["token"].isdigit():
+        raise IntakeError(
+            Refusal.EMBEDDING_INVALID,
+            f"{tensor.name[:100]!r}: a bundled embedding is 'bundle_emb.<token>.string_to_param.*' (or .clip_l, "
+            ".clip_g) with a one-word token of letters, digits, '_', '-', '<', '>'",
+        )
+    if len(tensor.shape) not in (1, 2) or 0 in tensor.shape:
+        raise IntakeError(Refusal.EMBEDDING_INVALID,
+                          f"{tensor.name[:100]!r} has shape {list(tensor.shape)}; expected [width] or [vectors, width]")
+
+
 def _refuse_shape(module: Module, what: str) -> None:
     raise IntakeError(Refusal.LORA_SHAPE_INVALID, f"module {module.component}.{module.name}: {what}")
 
 
 def _check_module(module: Module) -> None:
     roles = set(module.tensors)
+    if roles - ALLOWED[module.kind]:
+        _refuse_shape(module, f"mixes adapter kinds: {', '.join(sorted(roles - ALLOWED[module.kind]))} in a "
+                              f"{module.kind} module")
     if not any(required <= roles for required in REQUIRED[module.kind]):
         missing = sorted(min(REQUIRED[module.kind], key=lambda r: len(r - roles)) - roles)
         raise IntakeError(

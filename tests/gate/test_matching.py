@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -85,6 +86,18 @@ def test_chance_count_is_the_fewest_renders_chance_reaches_within_the_target(ren
     assert count == 1 or _binomial_tail(rendered, rate, count - 1) > target
     assert chance_count(rendered * 2, rate, target) >= count  # more renders, more chances
     assert chance_count(rendered, 0.0, target) == 1 and chance_count(rendered, 1.0, target) == rendered + 1
+
+
+def test_chance_count_holds_where_floats_underflow():
+    # Many renders: (1 - rate) ** n underflows to 0; the answer is still a few deviations above the mean (800).
+    assert 800 < chance_count(40_000, 0.02, 0.01) < 900
+    # A tiny target: 1 - P(below) cannot resolve 1e-17, the tail summed directly can (exact: 19, by fractions).
+    exact = next(m for m in range(101) if sum(Fraction(math.comb(100, k)) * Fraction(1, 100) ** k
+                                             * Fraction(99, 100) ** (100 - k) for k in range(m, 101)) <= 1e-17)
+    assert chance_count(100, 0.01, 1e-17) == exact == 19
+    for bad in ((10, float("nan"), 0.01), (10, 0.1, 0.0), (10, 0.1, 1.0), (10, 1.5, 0.01)):
+        with pytest.raises(ValueError):
+            chance_count(*bad)
 
 
 def test_calibration_records_how_often_a_negative_render_matches(world):

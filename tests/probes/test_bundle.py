@@ -37,7 +37,9 @@ def _render(engine, prompt: str) -> np.ndarray:
 
 def test_the_bundled_token_means_its_vectors_while_the_lora_is_on(engine, bundled):
     with engine.renderer.lora(dict(bundled)):
-        assert "zqpair_1" in engine.renderer.pipe.tokenizer.get_vocab()  # two vectors, two tokens
+        tokenizer = engine.renderer.pipe.tokenizer
+        assert "zqpair_1" in tokenizer.get_vocab()  # two vectors, two tokens
+        assert "zqpair" not in tokenizer.tokenize("a xzqpairx")  # a whole word only, never inside one
         bundled_words = _render(engine, "a zqpair on a white background")
         plain_words = _render(engine, f"a {PAIR} on a white background")
     assert np.array_equal(bundled_words, plain_words)
@@ -62,7 +64,7 @@ def test_without_the_lora_and_after_it_the_base_reads_the_words_it_knows(engine,
 
 @pytest.mark.parametrize(("token", "vectors", "complaint"), [
     ("zqwide", torch.ones(1, 7), "width 7"),
-    ("<|endoftext|>", torch.ones(1, 64), "already in the base model's vocabulary"),
+    ("red", torch.ones(1, 64), "already in the base model's vocabulary"),  # a word: it would change "a red ..."
     ("zqlong", torch.ones(300, 64), "more than 256 embedding vectors"),
 ])
 def test_an_embedding_the_base_cannot_take_is_unsupported_and_loads_nothing(engine, bundled, token, vectors,
