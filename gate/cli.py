@@ -65,9 +65,10 @@ def _summary(result: dict) -> str:
     lora, meta = result["lora"], result["metadata"]
     parts = ", ".join(f"{name} {count}" for name, count in lora["components"].items())
     dora = " DoRA" if lora["dora"] else ""
+    rank = f"rank {result['rank']}" if result["rank"] else "no rank"  # OFT and LyCORIS full have none
     lines.append(
         f"  {click.style('accepted', fg='green', bold=True)}  {result['format']}{dora} LoRA for "
-        f"{result['base_family']} (rank {result['rank']}, {lora['modules']} modules: {parts})"
+        f"{result['base_family']} ({rank}, {lora['modules']} modules: {parts})"
     )
     lines.append(f"  family    evidence: {'; '.join(result['family']['evidence']) or 'none'}; "
                  f"metadata claims {result['family']['claimed'] or 'nothing'}")
@@ -82,6 +83,9 @@ def _summary(result: dict) -> str:
     if meta["top_tags"]:
         named.append("tags " + ", ".join(f"{tag}({count})" for tag, count in meta["top_tags"][:6]))
     lines.append(f"  metadata  {'; '.join(named) or 'none'}")
+    if lora["embeddings"]:
+        lines.append(f"  embeds    {', '.join(lora['embeddings'])} (bundled textual-inversion tokens: screened as "
+                     "names, typed by the probes)")
     lines.extend(f"  {click.style('warning', fg='yellow')}   {w}" for w in result["warnings"])
     return "\n".join(lines)
 

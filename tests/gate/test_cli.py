@@ -28,11 +28,14 @@ def test_inspect_refusal_exits_3_with_a_code_and_no_traceback(corpus_dir, gate_c
 
 def test_inspect_readable_summary(corpus_dir, gate_cli):
     done = gate_cli("inspect", str(corpus_dir / "sd15_claims_sdxl.safetensors"),
-                    str(corpus_dir / "trailing_bytes.safetensors"))
+                    str(corpus_dir / "trailing_bytes.safetensors"), str(corpus_dir / "sd15_oft_kohya.safetensors"),
+                    str(corpus_dir / "sd15_kohya_bundled_embedding.safetensors"))
     assert done.returncode == 3
-    assert "accepted" in done.stdout and "kohya LoRA for sd15" in done.stdout
+    assert "accepted" in done.stdout and "kohya LoRA for sd15 (rank 4," in done.stdout
     assert "claims sdxl" in done.stdout
     assert "refused   trailing_bytes" in done.stdout
+    assert "oft LoRA for unknown (no rank, 1 modules" in done.stdout
+    assert "embeds    ultr4man (bundled textual-inversion tokens" in done.stdout
 
 
 def test_usage_errors_exit_2(gate_cli, tmp_path):
