@@ -70,12 +70,15 @@ def main() -> None:
     header = " | ".join(f"{f'g {g}':>7}" for g in GUIDANCE)
     print(f"| {'LoRA':<24} | {f'g {builder}':>7} | {header} | {'empty, g 1':>10} |")
     print(f"|{'-' * 26}|{'-' * 9}|" + "|".join("-" * 9 for _ in GUIDANCE) + f"|{'-' * 12}|")
+    at_builder = {}  # the probe renders at the builder's guidance, which the sheet table scores again
     for entry in manifest["loras"]:
         if entry["trigger"] or not entry["character"]:
             continue
         pipeline.load_lora_weights(load_file(paths.resolve(entry["path"])), adapter_name="probe")
-        rates = [hit_rate(index, render(pipeline, *probe_batch(None, seeds), replace(settings, guidance_scale=g)),
-                          entry["character"]) for g in (builder, *GUIDANCE)]
+        at_builder[entry["id"]] = render(pipeline, *probe_batch(None, seeds), settings)
+        rates = [hit_rate(index, at_builder[entry["id"]], entry["character"])] + [
+            hit_rate(index, render(pipeline, *probe_batch(None, seeds), replace(settings, guidance_scale=g)),
+                     entry["character"]) for g in GUIDANCE]
         count = len(PROBE_PROMPTS) * len(seeds)  # as many renders, each at its own seed
         empty = render(pipeline, [""] * count, list(range(MEASURE_SEED_BASE, MEASURE_SEED_BASE + count)),
                        replace(settings, guidance_scale=1.0))
@@ -84,12 +87,13 @@ def main() -> None:
         unconditional = hit_rate(index, empty, entry["character"])
         print(f"| {entry['id']:<24} | {rates[0]:>7.2f} | {cells} | {unconditional:>10.2f} |", flush=True)
 
-    sheet_table(manifest, paths, settings, embedder, drawings, pipeline, args.sheets)
+    sheet_table(manifest, paths, settings, embedder, drawings, pipeline, at_builder, args.sheets)
 
 
 def sheet_table(manifest: dict, paths: WorldPaths, settings, embedder, drawings: dict, pipeline,
-                sizes: list[int]) -> None:
-    """Ceiling and LoRA hit rates against longer reference sheets (the first of `sizes` is the baseline)."""
+                rendered: dict[str, np.ndarray], sizes: list[int]) -> None:
+    """Ceiling and LoRA hit rates against longer reference sheets (the first of `sizes` is the baseline);
+    `rendered`: LoRAs' probe renders made already, by id; the others are rendered here."""
     characters = {c.id: c for c in load_characters()}
     longest = replace(settings, references_per_character=max(sizes))
     sheets = {c["id"]: reference_images(characters[c["id"]], longest) for c in manifest["characters"]}
@@ -98,9 +102,11 @@ def sheet_table(manifest: dict, paths: WorldPaths, settings, embedder, drawings:
     seeds = range(MEASURE_SEED_BASE, MEASURE_SEED_BASE + settings.measure_seeds)
     renders = {}
     for entry in (e for e in manifest["loras"] if e["character"]):
-        pipeline.load_lora_weights(load_file(paths.resolve(entry["path"])), adapter_name="probe")
-        renders[entry["id"]] = (entry["character"], render(pipeline, *probe_batch(entry["trigger"], seeds), settings))
-        pipeline.delete_adapters("probe")
+        if entry["id"] not in rendered:
+            pipeline.load_lora_weights(load_file(paths.resolve(entry["path"])), adapter_name="probe")
+            rendered[entry["id"]] = render(pipeline, *probe_batch(entry["trigger"], seeds), settings)
+            pipeline.delete_adapters("probe")
+        renders[entry["id"]] = (entry["character"], rendered[entry["id"]])
     print(f"\nThe reference sheet: nearest their own character against the first n references of each ({sizes[0]} "
           f"shipped, the baseline); drawings as above, character LoRAs on the probe prompts (with the trigger where "
           f"there is one)\n")

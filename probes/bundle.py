@@ -47,7 +47,6 @@ class BundledEmbeddings:
 
     def __init__(self, pipe, bundle: Bundle) -> None:
         self.pipe = pipe
-        self.tokens: list[str] = []
         self._swaps = []  # (tokenizer attribute, own tokenizer, extended one, encoder, own table, extended one)
         for (tokenizer_name, encoder_name), embeddings in bundle.items():
             tokenizer, encoder = getattr(pipe, tokenizer_name, None), getattr(pipe, encoder_name, None)
@@ -57,7 +56,6 @@ class BundledEmbeddings:
             extended, weight = _extend(tokenizer, table.weight, embeddings)
             self._swaps.append((tokenizer_name, tokenizer, extended, encoder, table,
                                 torch.nn.Embedding.from_pretrained(weight, freeze=True)))
-            self.tokens += [token for token in embeddings if token not in self.tokens]
 
     def apply(self) -> None:
         for tokenizer_name, _, extended, encoder, _, table in self._swaps:
@@ -80,7 +78,7 @@ def _extend(tokenizer, weight: torch.Tensor, embeddings: dict[str, torch.Tensor]
     vocabulary = tokenizer.get_vocab()
     names = []
     for token, vectors in shaped.items():
-        if vectors.shape[-1] != weight.shape[1] or not len(vectors):
+        if vectors.shape[-1] != weight.shape[1]:
             raise UnsupportedLora(f"the bundled embedding {token!r} has width {vectors.shape[-1]}; this base "
                                   f"model's text encoder takes {weight.shape[1]}")
         if len(vectors) > tokenizer.model_max_length - 2:

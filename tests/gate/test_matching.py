@@ -92,8 +92,7 @@ def test_chance_count_holds_where_floats_underflow():
     # Many renders: (1 - rate) ** n underflows to 0; the answer is still a few deviations above the mean (800).
     assert 800 < chance_count(40_000, 0.02, 0.01) < 900
     # A tiny target: 1 - P(below) cannot resolve 1e-17, the tail summed directly can (exact: 19, by fractions).
-    exact = next(m for m in range(101) if sum(Fraction(math.comb(100, k)) * Fraction(1, 100) ** k
-                                             * Fraction(99, 100) ** (100 - k) for k in range(m, 101)) <= 1e-17)
+    exact = next(m for m in range(101) if _binomial_tail(100, Fraction(1, 100), m) <= 1e-17)
     assert chance_count(100, 0.01, 1e-17) == exact == 19
     for bad in ((10, float("nan"), 0.01), (10, 0.1, 0.0), (10, 0.1, 1.0), (10, 1.5, 0.01)):
         with pytest.raises(ValueError):
