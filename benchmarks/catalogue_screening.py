@@ -25,8 +25,8 @@ import tracemalloc
 
 import numpy as np
 
-from gate.catalogue import CatalogueIndex
-from gate.matching import References, Thresholds, match_characters, score
+from gate.catalogue.index import CatalogueIndex
+from gate.detection.matching import References, Thresholds, match_characters, score
 
 THRESHOLDS = Thresholds(render_score=0.86, lift=0.0, quarantine_matches=3, block_matches=4, block_score=0.9)
 

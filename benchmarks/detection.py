@@ -15,11 +15,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gate.calibration import Subject, base_subject, calibrate, outcome_subject, write_calibration
 from gate.config import load_settings
-from gate.db import open_db
-from gate.scan import Scanner
-from gate.world import World, seed_registry
+from gate.detection.calibration import Subject, base_subject, calibrate, outcome_subject, write_calibration
+from gate.detection.scanner import Scanner
+from gate.record.db import open_db
+from gate.registry.world import World, seed_registry
 from probes.engine import ProbeEngine
 from probes.probe_set import load_probe_set
 

@@ -24,14 +24,14 @@ import time
 
 import torch
 
-from gate.catalogue import likelihood_screen, registry_changed
+from gate.catalogue.screening import likelihood_screen, registry_changed
 from gate.config import load_settings
-from gate.db import open_db
-from gate.jobs import _decide
-from gate.registry import add_character
-from gate.scan import Scanner
-from gate.uploads import record_upload
-from gate.world import World, seed_registry
+from gate.detection.scanner import Scanner
+from gate.pipeline.outcome import record_decision
+from gate.record.db import open_db
+from gate.record.uploads import record_upload
+from gate.registry.characters import add_character
+from gate.registry.world import World, seed_registry
 from probes.engine import ProbeEngine
 from probes.probe_set import load_probe_set
 
@@ -49,7 +49,7 @@ def main() -> None:
         data = path.read_bytes()
         upload = record_upload(db, "benchmark", {"hub": "fixture-hub", "model_id": lora["id"], "title": lora["title"]},
                                path, hashlib.sha256(data).hexdigest(), len(data), path.name).upload
-        _decide(settings, db, scanner, upload["id"], scanner.scan(path, filename=path.name, conclude=False))
+        record_decision(settings, db, scanner, upload["id"], scanner.scan(path, filename=path.name, conclude=False))
         uploads[upload["id"]] = lora
         print(f"  recorded and scanned {lora['id']}", flush=True)
     originals = [c for c in world.characters(registered=False)]

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from fixtures.lora_transforms import TRANSFORMS, write_transforms
-from gate import blocklist
 from gate.config import IntakeLimits, load_settings
-from gate.db import open_db
 from gate.intake import inspect_file
-from gate.repeat import RepeatScreen, fingerprint_inspected, store
-from gate.weightprint import GLOBAL_DIMS, compare
+from gate.record.db import open_db
+from gate.registry import blocklist
+from gate.repeat.screen import RepeatScreen, fingerprint_inspected, store
+from gate.repeat.weightprint import GLOBAL_DIMS, compare
 
 LORAS = sorted((Path(__file__).resolve().parent.parent / "fixtures" / "world" / "loras").glob("*.safetensors"))
 
@@ -127,7 +127,7 @@ def sdxl_cost(workdir: Path, rank: int) -> tuple[float, float, int, float]:
     from safetensors.numpy import save_file
 
     from fixtures.intake_corpus import kohya_metadata, lora_tensors
-    from gate.weightprint import _projection, decode
+    from gate.repeat.weightprint import _projection, decode
 
     path = workdir / "sdxl.safetensors"
     save_file(lora_tensors("sdxl-full", "kohya", rank=rank, seed=1), path, metadata=kohya_metadata("sdxl", "b", rank))

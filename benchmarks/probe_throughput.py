@@ -27,9 +27,9 @@ import torch
 from safetensors.torch import load_file
 
 from gate.config import load_settings
+from gate.detection.scanner import probe_terms
 from gate.intake import inspect_file
-from gate.scan import probe_terms
-from gate.world import World
+from gate.registry.world import World
 from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
 from probes.engine import ProbeEngine

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gate import review
+from gate.review import queue as review
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,9 +30,9 @@ def _scans():
     if all((cache / f"{n}-{_file_key(loras / f'{n}.safetensors')}" / "scan.json").exists() for n in SCANNED):
         return scan_all(None, loras, cache)
     from gate.config import load_settings
-    from gate.db import open_db
+    from gate.record.db import open_db
+    from gate.registry.world import World, seed_registry
     from gate.runtime import load_scanner
-    from gate.world import World, seed_registry
 
     print("scanning the fixture LoRAs once for their evidence (minutes on CPU; cached afterwards) ...")
     settings = load_settings({"data_dir": tempfile.mkdtemp(prefix="queue-bench-scan-")})
@@ -66,12 +66,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from fixtures.review_queue import replicate
-    from gate.accounts import add_account
     from gate.app import create_app
-    from gate.audit import Actor
     from gate.config import load_settings
-    from gate.db import open_db
-    from gate.world import World, seed_registry
+    from gate.record.audit import Actor
+    from gate.record.db import open_db
+    from gate.registry.world import World, seed_registry
+    from gate.review.accounts import add_account
 
     scans = _scans()
     data_dir = Path(tempfile.mkdtemp(prefix="queue-bench-"))

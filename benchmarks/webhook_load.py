@@ -33,8 +33,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from gate import signatures
-from gate.client import multipart
+from gate.hubs import signatures
+from gate.hubs.client import multipart
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "load-secret"

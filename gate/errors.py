@@ -43,6 +43,20 @@ class Refusal(StrEnum):
     EMBEDDING_INVALID = "embedding_invalid"
 
 
+# The HTTP status of the codes that are the client's doing (or the gate's configuration); every other code is 400.
+HTTP_STATUS = {
+    "signature_missing": 401, "signature_malformed": 401, "signature_expired": 401, "signature_mismatch": 401,
+    "webhook_secret_mismatch": 401, "worker_token_mismatch": 401, "unauthenticated": 401, "token_missing": 401,
+    "token_invalid": 401, "login_failed": 401,
+    "account_disabled": 403, "forbidden": 403, "csrf_failed": 403,
+    "upload_not_found": 404, "delivery_not_found": 404, "character_not_found": 404, "account_not_found": 404,
+    "claimed_by_other": 409, "not_in_queue": 409, "dispute_exists": 409, "dispute_not_allowed": 409,
+    "body_too_large": 413,
+    "login_throttled": 429,
+    "not_configured": 503,
+}
+
+
 class GateError(Exception):
     """An error with a stable machine-readable code and a message a person can act on."""
 
@@ -53,6 +67,11 @@ class GateError(Exception):
         if code is not None:
             self.code = str(code)
         self.message = message
+
+    @property
+    def http_status(self) -> int:
+        """The status the web edge answers this error with."""
+        return HTTP_STATUS.get(self.code, 400)
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}

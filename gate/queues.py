@@ -23,7 +23,18 @@ log = logging.getLogger(__name__)
 INTAKE, PROBE, CATALOGUE = "intake", "probe", "catalogue"
 QUEUES = (INTAKE, PROBE, CATALOGUE)  # priority order: live uploads before the back catalogue
 RETRY_INTERVALS = (5, 30)  # seconds before the second and third attempts
-FAILURE_CALLBACK = "gate.jobs.job_failed"
+FAILURE_CALLBACK = "gate.pipeline.jobs.job_failed"
+
+
+def job_id(upload_id: str, generation: int, step: str) -> str:
+    """A scan job's id (RQ allows letters, digits, '_' and '-'): one per upload, generation and step."""
+    return f"{upload_id}-g{generation}-{step}"
+
+
+def parse_job_id(value: str) -> tuple[str, int, str]:
+    """(upload id, generation, step) of a scan job's id; ValueError for any other job."""
+    upload_id, generation, step = value.rsplit("-", 2)
+    return upload_id, int(generation.lstrip("g")), step
 
 
 def resolve(path: str) -> Callable:

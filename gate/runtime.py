@@ -1,17 +1,16 @@
-"""Assembling the running parts from settings: the record and the scanner. Shared by the CLI and the
-service's worker, so both load the same things the same way."""
+"""Opening the record from settings, the same way in every process (the web gate, workers, the CLI)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 
 from gate.config import Settings
 
 
 def open_record(settings: Settings):
     """The record, with the embedded default's registry seeded from the fixture world when empty."""
-    from gate.db import open_db
-    from gate.world import World, WorldMissing, seed_registry
+    from gate.record.db import open_db
+    from gate.registry.world import World, WorldMissing, seed_registry
 
     db = open_db(settings.db_path, settings.record_sync)
     if settings.base_model_dir is None:
@@ -22,24 +21,14 @@ def open_record(settings: Settings):
     return db
 
 
-def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = None):
-    """Load the probe engine (base model, embedder) once; the slow part of a scan's start."""
-    from gate.scan import Scanner
-    from probes.engine import ProbeEngine
-    from probes.probe_set import load_probe_set
-
-    if echo:
-        echo(f"loading base model {settings.base_model} and embedder {settings.embedder} ...")
-    engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device,
-                         cache_dir=settings.base_render_cache)
-    return Scanner(settings, db, engine)
+# Per thread: sqlite connections may not cross threads (a job thread, a housekeeping thread).
+_local = threading.local()
 
 
-def load_matcher(settings: Settings, db):
-    """A scanner that screens, matches and decides but does not render: the CPU worker's side of a scan."""
-    from gate.scan import Scanner
-    from probes.engine import EmbeddingEngine
-    from probes.probe_set import load_probe_set
-
-    return Scanner(settings, db, EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set),
-                                                 settings.device))
+def thread_record(settings: Settings):
+    """This thread's connection to the record (opened once per thread and database)."""
+    connections = _local.__dict__.setdefault("db", {})
+    key = str(settings.db_path)
+    if key not in connections:
+        connections[key] = open_record(settings)
+    return connections[key]

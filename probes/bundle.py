@@ -12,7 +12,7 @@ import torch
 from tokenizers import AddedToken
 
 from gate.intake.layout import BUNDLE_RE
-from probes.errors import UnsupportedLora
+from probes.contract import UnsupportedLora
 
 # Which tokenizer and text encoder each bundled part belongs to.
 _ENCODERS = {"string_to_param.*": ("tokenizer", "text_encoder"), "clip_l": ("tokenizer", "text_encoder"),

@@ -3,49 +3,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
 
+from probes.contract import ProbeOutcome, UnsupportedLora, embedder_id
 from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
-from probes.errors import UnsupportedLora
 from probes.likelihood import CharacterGain, ReferenceSet
 from probes.probe_set import Probe, ProbeSet
 from probes.render import UNSUPPORTED_FORMATS, Renderer
 from probes.steering import steering_directions
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class ProbeOutcome:
-    probe_set_id: str
-    probes: list[Probe]
-    lora_images: np.ndarray  # (n, h, w, 3) uint8
-    base_images: np.ndarray
-    lora_embeddings: np.ndarray  # (n, d)
-    base_embeddings: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-    likelihood: list[CharacterGain] = field(default_factory=list)  # strongest first; empty when not measured
-
-
-def _directory_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def embedder_id(embedder_dir: str | Path) -> str:
-    """An embedder's identity: its directory name and a digest of its config and weights."""
-    return f"{Path(embedder_dir).name}@{_directory_digest(Path(embedder_dir))}"
 
 
 class EmbeddingEngine:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from gate.config import Settings
 from gate.intake import inspect_file
-from gate.queues import INTAKE, context
-from probes.errors import UnsupportedLora
+from gate.queues import INTAKE, context, job_id
+from probes.contract import UnsupportedLora
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -69,8 +69,8 @@ def _fetch(settings: Settings, request: dict, spool: Path) -> Path:
 
 def probe_upload(request: dict) -> dict:
     """Render the probe set with and without the upload's LoRA; queue the gate's conclusion."""
+    from probes.contract import outcome_to_json
     from probes.likelihood import ReferenceSet
-    from probes.wire import outcome_to_json
 
     settings, queues = context().settings, context().queues
     upload_id, generation = request["upload_id"], int(request["generation"])
@@ -94,9 +94,7 @@ def probe_upload(request: dict) -> dict:
             probed = {"unsupported": exc.message}
         else:
             probed = outcome_to_json(outcome, probe_engine.embedder_id)
-    from gate.jobs import job_id
-
-    queues.enqueue(INTAKE, "gate.jobs.conclude_upload", upload_id, generation, probed,
+    queues.enqueue(INTAKE, "gate.pipeline.jobs.conclude_upload", upload_id, generation, probed,
                    job_id=job_id(upload_id, generation, "conclude"))
     return {"upload_id": upload_id, "renders": len(probed.get("probes", [])),
             "timings": probed.get("timings", {}), "unsupported": probed.get("unsupported")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from gate.intake.layout import NAMED_ADAPTER_RE, component_of
-from probes.errors import UnsupportedLora
+from probes.contract import UnsupportedLora
 
 _PEFT_PREFIX = "base_model.model."
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from probes.bundle import BundledEmbeddings, split_bundle
-from probes.errors import UnsupportedLora
+from probes.contract import UnsupportedLora
 from probes.keys import diffusers_names
 from probes.probe_set import Probe, ProbeSet
 

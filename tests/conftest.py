@@ -48,7 +48,7 @@ def gate_cli():
 @pytest.fixture(scope="session")
 def world():
     from gate.config import load_settings
-    from gate.world import World
+    from gate.registry.world import World
 
     return World.load(load_settings().world_dir)
 
@@ -88,9 +88,9 @@ def scan_settings(tmp_path_factory):
 @pytest.fixture(scope="session")
 def scanner(scan_settings, engine, world):
     """A scanner on a fresh record seeded with the world's registered characters."""
-    from gate.db import open_db
-    from gate.scan import Scanner
-    from gate.world import seed_registry
+    from gate.detection.scanner import Scanner
+    from gate.record.db import open_db
+    from gate.registry.world import seed_registry
 
     db = open_db(scan_settings.db_path)
     seed_registry(db, world, scan_settings.references_dir)

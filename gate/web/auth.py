@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
 
-from gate import accounts, login_throttle
-from gate.accounts import AuthError, Forbidden
-from gate.audit import Actor
 from gate.errors import GateError
-from gate.web.record import db, settings
+from gate.record.audit import Actor
+from gate.review import accounts, login_throttle
+from gate.review.accounts import AuthError, Forbidden
+from gate.web.context import db, settings
 
 bp = Blueprint("auth", __name__, template_folder="templates")
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _configure(state) -> None:
                       PERMANENT_SESSION_LIFETIME=timedelta(hours=config.session_hours))
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["viewer"] = lambda: g.get("account")
-    from gate.review import age
+    from gate.review.queue import age
 
     app.jinja_env.filters["age"] = age
 
@@ -177,9 +177,7 @@ def logout():
 
 def render_error(exc: GateError):
     """A typed error as a page (for people) with the HTTP status the JSON API would use."""
-    from gate.app import STATUS
-
-    status = STATUS.get(exc.code, 400)
+    status = exc.http_status
     if exc.code in ("unauthenticated",):
         return redirect(url_for("auth.login"))
     return render_template("review/error.html", error=exc), status

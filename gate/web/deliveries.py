@@ -9,12 +9,13 @@ import json
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from gate import signatures
-from gate.deliveries import get_delivery, record_delivery, status
 from gate.errors import GateError
-from gate.fetch import check_url
-from gate.uploads import parse_meta
-from gate.web.record import db, settings
+from gate.hubs import signatures
+from gate.hubs.deliveries import get_delivery, record_delivery, status
+from gate.hubs.fetch import check_url
+from gate.pipeline.dispatch import accept_delivery
+from gate.record.uploads import parse_meta
+from gate.web.context import db, settings
 
 bp = Blueprint("deliveries", __name__)
 MAX_BODY_BYTES = 256 * 1024
@@ -55,8 +56,6 @@ def url_upload(secret: str):
     # The same URL with the same hub record is one delivery, however often the hub retries it.
     key = "url|" + hashlib.sha256(json.dumps([url, meta], sort_keys=True).encode()).hexdigest()
     recorded = record_delivery(db(), "url", key, raw.decode("utf-8", errors="replace"), url=url, meta=meta)
-    from gate.ingest import accept_delivery
-
-    delivery = accept_delivery(db(), recorded)
+    delivery = accept_delivery(settings(), db(), recorded)
     return jsonify(id=delivery["id"], status=delivery["state"], duplicate=not recorded.created,
                    status_url=url_for("deliveries.delivery_status", delivery_id=delivery["id"], _external=True)), 202

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from gate import review
 from gate.errors import GateError
-from gate.uploads import status
+from gate.record.uploads import status
+from gate.review import queue as review
 from gate.web.auth import machine
-from gate.web.record import db, settings
+from gate.web.context import db, settings
 
 bp = Blueprint("disputes", __name__)
 

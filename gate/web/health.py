@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from gate.web.record import db
+from gate.pipeline.dispatch import dispatcher
+from gate.web.context import db, settings
 
 bp = Blueprint("health", __name__)
 
@@ -24,9 +25,7 @@ def readyz():
         checks["record"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         checks["record"] = f"error: {exc}"
-    from gate.jobs import dispatcher
-
-    checks["queue"] = dispatcher().health()
+    checks["queue"] = dispatcher(settings()).health()
     ready = all(value == "ok" for value in checks.values())
     return jsonify(status="ready" if ready else "not ready", checks=checks), 200 if ready else 503
 
@@ -49,11 +48,9 @@ def metrics():
     for row in db().query("select review_status, count(*) as n from uploads where review_status is not null "
                           "group by review_status"):
         lines.append(f'gate_review_items{{status="{row["review_status"]}"}} {row["n"]}')
-    from gate.jobs import dispatcher
-
     lines += ["# HELP gate_queue_depth Jobs waiting, by queue.", "# TYPE gate_queue_depth gauge"]
     try:
-        depths = dispatcher().depth()
+        depths = dispatcher(settings()).depth()
     except Exception:  # noqa: BLE001 - Redis down: report what the record knows, not an error page
         depths = {}
     lines += [f'gate_queue_depth{{queue="{name}"}} {count}' for name, count in depths.items()]

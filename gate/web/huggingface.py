@@ -1,16 +1,17 @@
 """Hugging Face webhooks: authenticated by the shared secret, recorded durably, answered at once; the fetch of
-the repo's files at the pushed revision runs on the intake queue (gate.ingest)."""
+the repo's files at the pushed revision runs on the intake queue (gate.pipeline.ingest)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from gate import signatures
-from gate.deliveries import DeliveryState, record_delivery
 from gate.errors import GateError
-from gate.huggingface import HUB, WebhookInvalid, body_key, read_webhook
-from gate.web.record import db, settings
+from gate.hubs import signatures
+from gate.hubs.deliveries import DeliveryState, record_delivery
+from gate.hubs.huggingface import HUB, WebhookInvalid, body_key, read_webhook
+from gate.pipeline.dispatch import accept_delivery
+from gate.web.context import db, settings
 
 bp = Blueprint("huggingface", __name__)
 MAX_BODY_BYTES = 1024 * 1024  # the Hub's payloads are a few KiB
@@ -52,6 +53,4 @@ def huggingface_webhook():
         return _answer(recorded.delivery, recorded.created, 200)
     recorded = record_delivery(db(), HUB, webhook.key, text, repo_id=webhook.repo_id, revision=webhook.revision,
                                meta={"previous": webhook.previous, "event": f"{webhook.scope}.{webhook.action}"})
-    from gate.ingest import accept_delivery
-
-    return _answer(accept_delivery(db(), recorded), recorded.created, 202)
+    return _answer(accept_delivery(settings(), db(), recorded), recorded.created, 202)

@@ -7,8 +7,8 @@ import hmac
 from flask import Blueprint, request, send_file
 
 from gate.errors import GateError
-from gate.uploads import get_upload
-from gate.web.record import db, settings
+from gate.record.uploads import get_upload
+from gate.web.context import db, settings
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
 

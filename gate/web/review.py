@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_from_directory, url_for
 
-from gate import audit, review
 from gate.errors import GateError
-from gate.jobs import evidence_dir
-from gate.uploads import get_upload
+from gate.pipeline.outcome import evidence_dir
+from gate.record import audit
+from gate.record.uploads import get_upload
+from gate.review import queue as review
 from gate.web.auth import actor, people, person, render_error
-from gate.web.record import db, settings
+from gate.web.context import db, settings
 
 bp = Blueprint("review", __name__, template_folder="templates")
 bp.register_error_handler(GateError, render_error)

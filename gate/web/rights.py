@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, g, jsonify, redirect, render_template, request, url_for
 
-from gate import rights
 from gate.errors import GateError
+from gate.registry import rights
 from gate.web.auth import actor, machine, people, person, render_error
-from gate.web.record import db, settings
+from gate.web.context import db, settings
 
 bp = Blueprint("rights", __name__, template_folder="templates")
 MAX_FILES = 64
@@ -61,9 +61,7 @@ def update_page(character_id: str):
 def _error(exc: GateError):
     """JSON for the API, a page for people."""
     if request.path.startswith("/v1/"):
-        from gate.app import STATUS
-
-        return jsonify(error=exc.to_dict()), STATUS.get(exc.code, 400)
+        return jsonify(error=exc.to_dict()), exc.http_status
     return render_error(exc)
 
 

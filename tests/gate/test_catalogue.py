@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gate import catalogue
-from gate.catalogue import CatalogueIndex, character_reports, registry_changed
+from gate.catalogue import screening as catalogue
+from gate.catalogue.index import CatalogueIndex, stored_vectors
+from gate.catalogue.screening import character_reports, registry_changed
 from gate.config import load_settings
-from gate.db import open_db, writing
-from gate.jobs import _decide
-from gate.matching import Thresholds
-from gate.registry import add_character
-from gate.scan import Scanner
-from gate.uploads import get_upload, record_upload
-from gate.world import seed_registry
+from gate.detection.matching import Thresholds
+from gate.detection.scanner import Scanner
+from gate.pipeline.outcome import record_decision
+from gate.record.db import open_db, writing
+from gate.record.uploads import get_upload, record_upload
+from gate.registry.characters import add_character
+from gate.registry.world import seed_registry
 from tests.conftest import world_lora
 
 
@@ -32,7 +33,7 @@ def _record_and_scan(db, settings, scanner, world, lora_id: str) -> tuple[str, o
     upload = record_upload(db, "test", {"hub": "fixture-hub", "model_id": lora_id, "title": lora_id}, path,
                            hashlib.sha256(data).hexdigest(), len(data), path.name).upload
     result = scanner.scan(path, filename=path.name, conclude=False)
-    _decide(settings, db, scanner, upload["id"], result)
+    record_decision(settings, db, scanner, upload["id"], result)
     return upload["id"], result
 
 
@@ -68,7 +69,7 @@ def test_a_concluded_scan_stores_its_probe_embeddings(scanned):
     assert row["renders"] == len(result.outcome.probes) and row["dim"] == result.outcome.lora_embeddings.shape[1]
     assert row["embedder"] == scanner.engine.embedder_id and row["probe_set"] == result.probe_set
     assert row["base_family"] == "fixture"
-    lora, base, probes = catalogue.stored_vectors(db, character_upload)
+    lora, base, probes = stored_vectors(db, character_upload)
     assert lora.shape == base.shape == result.outcome.lora_embeddings.shape
     np.testing.assert_allclose(lora, result.outcome.lora_embeddings, atol=2e-3)
     np.testing.assert_allclose(base, result.outcome.base_embeddings, atol=2e-3)
@@ -226,7 +227,7 @@ def test_the_likelihood_probe_screens_the_catalogue_for_a_character_registered_l
     report = character_reports(db, "moss_knight")[0]
     assert report["cause"] == "registered: likelihood" and report["hits"][0]["likelihood"]["prompt"]
     # The rights holder's list of uploads that matched shows it, by its gain (no render matched it).
-    from gate.rights import matches
+    from gate.registry.rights import matches
 
     listed = [m for m in matches(db, knight["rights_holder"], "moss_knight") if m["id"] == upload_id]
     assert len(listed) == 1 and listed[0]["gain"] == reason["gain"]
@@ -306,7 +307,7 @@ def test_a_likelihood_screening_whose_jobs_were_lost_resumes_with_what_is_left(s
 
 
 def test_a_new_characters_gain_is_judged_beside_the_likelihood_matches_an_upload_already_holds():
-    from gate.decisions import CharacterPolicy, Verdict, decide
+    from gate.detection.decisions import CharacterPolicy, Verdict, decide
     from probes.likelihood import CharacterGain
 
     policies = {c: CharacterPolicy(c, c.upper(), Verdict.BLOCK) for c in "abcdef"}

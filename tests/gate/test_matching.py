@@ -9,10 +9,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from gate.calibration import LIKELIHOOD_MARGINS, Subject, calibrate
-from gate.decisions import CharacterPolicy, Verdict, decide
-from gate.matching import References, Thresholds, chance_count, match_characters, score
-from gate.screening import NameHit
+from gate.detection.calibration import LIKELIHOOD_MARGINS, Subject, calibrate
+from gate.detection.decisions import CharacterPolicy, Verdict, decide
+from gate.detection.matching import References, Thresholds, chance_count, match_characters, score
+from gate.detection.screening import NameHit
 from probes.likelihood import CharacterGain
 
 DIM = 16

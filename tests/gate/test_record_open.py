@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 
-from gate import db as record
+from gate.record import db as record
 
 
 def test_a_child_forked_while_the_record_is_opened_does_not_keep_it_locked(tmp_path, monkeypatch):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gate.db import open_db
-from gate.images import ImageError, check_image
-from gate.registry import RegistryError, add_character, get_character, reference_rows, update_character
+from gate.record.db import open_db
+from gate.registry.characters import RegistryError, add_character, get_character, reference_rows, update_character
+from gate.registry.images import ImageError, check_image
 
 
 def _png(path, size=(32, 32), colour=(200, 30, 30)):

@@ -12,11 +12,11 @@ import pytest
 
 from fixtures.lora_transforms import write_transforms
 from gate.config import RepeatSettings, load_settings
-from gate.db import open_db
+from gate.detection.scanner import Scanner
 from gate.intake import inspect_file
-from gate.repeat import uploader_history
-from gate.scan import Scanner
-from gate.uploads import UploadState, record_upload, transition
+from gate.record.db import open_db
+from gate.record.uploads import UploadState, record_upload, transition
+from gate.repeat.screen import uploader_history
 from tests.conftest import REPO
 
 LORAS = REPO / "fixtures" / "world" / "loras"
@@ -134,8 +134,8 @@ SECRET = "repeat-secret"
 
 
 def test_the_service_blocks_exact_and_quarantines_transformed_re_uploads_without_rendering(tmp_path, copies):
-    from gate import blocklist
     from gate.app import create_app
+    from gate.registry import blocklist
     from tests.gate.web.test_uploads import post_upload, wait_for
 
     app = create_app({"data_dir": str(tmp_path / "data"), "upload_secret": SECRET})
@@ -162,7 +162,7 @@ def test_the_service_blocks_exact_and_quarantines_transformed_re_uploads_without
 
 
 def test_an_operators_blocklist_entry_flags_the_fingerprint_too(engine, tmp_path, copies):
-    from gate import blocklist
+    from gate.registry import blocklist
 
     scanner = _scanner(engine, tmp_path)
     blocklist.add(scanner.db, inspect_file(ORIGINAL).fingerprints.tensor_hash, "takedown 9", "operator")
@@ -175,9 +175,9 @@ def test_an_operators_blocklist_entry_flags_the_fingerprint_too(engine, tmp_path
 
 
 def test_the_repeat_commands(tmp_path, copies):
-    from gate import blocklist
     from gate.config import IntakeLimits
-    from gate.repeat import fingerprint_inspected, store
+    from gate.registry import blocklist
+    from gate.repeat.screen import fingerprint_inspected, store
     from tests.conftest import run_gate
 
     db = open_db(tmp_path / "data" / "gate.db")

@@ -74,8 +74,8 @@ def test_a_blocklisted_reupload_with_new_metadata_is_blocked_without_rendering(s
     from safetensors.numpy import save_file
     from safetensors.torch import load_file
 
-    from gate import blocklist
     from gate.intake import inspect_file
+    from gate.registry import blocklist
 
     lora = world_lora(world, kind="style", metadata_style="honest")
     original = world.path(lora["path"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate.screening import find_names, normalise
+from gate.detection.screening import find_names, normalise
 
 NAMES = {
     "ultraman": ["Ultraman", "奥特曼", "ウルトラマン"],

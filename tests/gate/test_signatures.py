@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate.signatures import SignatureError, sign, signer, verify, verify_shared_secret
+from gate.hubs.signatures import SignatureError, sign, signer, verify, verify_shared_secret
 
 BODY = b'{"model_id": "x"}'
 

@@ -13,11 +13,11 @@ import pytest
 
 from fixtures.lora_transforms import TRANSFORMS, write_transforms
 from gate.config import IntakeLimits, RepeatSettings
-from gate.db import open_db
 from gate.errors import GateError
 from gate.intake import inspect_file
-from gate.repeat import fingerprint_inspected, store, stored
-from gate.weightprint import GLOBAL_DIMS, WeightprintIndex, compare, fingerprint_file
+from gate.record.db import open_db
+from gate.repeat.screen import fingerprint_inspected, store, stored
+from gate.repeat.weightprint import GLOBAL_DIMS, WeightprintIndex, compare, fingerprint_file
 from tests.conftest import REPO
 
 LORAS = sorted((REPO / "fixtures" / "world" / "loras").glob("*.safetensors"))
@@ -160,7 +160,7 @@ def test_hostile_and_unsupported_files_get_typed_errors_never_tracebacks(corpus_
 
 @pytest.mark.parametrize("dtype", ["F16", "BF16", "F8_E4M3", "F8_E5M2", "F64"])
 def test_every_float_dtype_intake_accepts_is_read(tmp_path, dtype):
-    from gate.weightprint import decode
+    from gate.repeat.weightprint import decode
 
     values = np.array([0.5, -1.25, 2.0, 0.0], dtype=np.float32)
     raw = {"F16": values.astype("<f2").tobytes(), "F64": values.astype("<f8").tobytes(),
@@ -170,7 +170,7 @@ def test_every_float_dtype_intake_accepts_is_read(tmp_path, dtype):
 
 
 def test_a_module_too_wide_to_fingerprint_is_skipped_not_the_file(tmp_path):
-    from gate.weightprint import MAX_DIM
+    from gate.repeat.weightprint import MAX_DIM
 
     small = np.ones((2, 8), dtype="<f4")
     wide = np.ones((1, MAX_DIM + 1), dtype="<f2").tobytes()

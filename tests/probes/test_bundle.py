@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gate.intake import inspect_file
-from probes.errors import UnsupportedLora
+from probes.contract import UnsupportedLora
 from probes.probe_set import Probe
 from tests.conftest import world_lora
 

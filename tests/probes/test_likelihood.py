@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from gate.intake import inspect_file
+from probes.contract import outcome_from_json, outcome_to_json
 from probes.likelihood import ReferenceSet
-from probes.wire import outcome_from_json, outcome_to_json
 from tests.conftest import world_lora
 
 

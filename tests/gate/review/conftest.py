@@ -34,12 +34,12 @@ class Gate:
     """A gate app on its own record, with one account per role and helpers to act as each."""
 
     def __init__(self, data_dir: Path, scans, items: int, template: Gate | None = None):
-        from gate.accounts import add_account, create_token
         from gate.app import create_app
-        from gate.audit import Actor
         from gate.config import load_settings
-        from gate.db import open_db
-        from gate.world import World, seed_registry
+        from gate.record.audit import Actor
+        from gate.record.db import open_db
+        from gate.registry.world import World, seed_registry
+        from gate.review.accounts import add_account, create_token
 
         self.data_dir = data_dir
         if template is not None:  # a copy of a built record: accounts and items as the template has them

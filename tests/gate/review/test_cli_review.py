@@ -44,7 +44,7 @@ def test_accounts_tokens_and_the_audit_export(tmp_path):
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert [r["action"] for r in rows] == ["account.create", "account.create", "token.create", "token.revoke",
                                            "account.disable"]
-    assert rows[-1]["reason"] == "left" and rows[-1]["actor_role"] == "shell"
+    assert rows[-1]["reason"] == "left" and rows[-1]["actor_role"] == "operator"
     as_json = json.loads(gate("audit", "export", "--format", "json").stdout)
     assert [r["hash"] for r in as_json] == [r["hash"] for r in rows]
     assert gate("audit", "verify").stdout.startswith("ok: 5 entries")

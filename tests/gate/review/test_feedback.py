@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from fixtures.review_queue import replicate
-from gate import review
-from gate.audit import Actor
+from gate.record.audit import Actor
+from gate.review import queue as review
 from tests.gate.review.conftest import LORAS
 
 MOD = Actor("mod", "moderator")
@@ -19,9 +19,9 @@ MOD = Actor("mod", "moderator")
 def scanner(engine, world, tmp_path):
     """A scanner on a record of its own: the decisions below must not reach the scan tests' shared record."""
     from gate.config import load_settings
-    from gate.db import open_db
-    from gate.scan import Scanner
-    from gate.world import seed_registry
+    from gate.detection.scanner import Scanner
+    from gate.record.db import open_db
+    from gate.registry.world import seed_registry
 
     settings = load_settings({"data_dir": str(tmp_path / "data")})
     db = open_db(settings.db_path)

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from gate.accounts import add_account
 from gate.app import create_app
-from gate.audit import Actor
-from gate.db import open_db
+from gate.record.audit import Actor
+from gate.record.db import open_db
+from gate.review.accounts import add_account
 
 PASSWORD = "correct horse battery staple"
 

@@ -8,9 +8,12 @@ import sqlite3
 
 import pytest
 
-from gate import audit, blocklist, review
-from gate.audit import Actor
-from gate.decisions import Reason, Verdict, _apply_cleared
+from gate.detection.decisions import Reason, Verdict, _apply_cleared
+from gate.record import audit
+from gate.record.audit import Actor
+from gate.registry import blocklist
+from gate.review import feedback
+from gate.review import queue as review
 from tests.gate.review.conftest import csrf_of
 
 MOD, MOD2, OP = Actor("mod", "moderator"), Actor("mod2", "moderator"), Actor("op", "operator")
@@ -103,7 +106,7 @@ def test_a_failed_feedback_rolls_the_whole_decision_back(gate):
 def test_allow_remembers_the_false_positive_for_the_scan(gate):
     item = gate.ids[3]
     upload = review.decide(gate.db, MOD, item, "allow", "a generic robot, not the character")
-    cleared = review.cleared_characters(gate.db, upload["tensor_hash"])
+    cleared = feedback.cleared_characters(gate.db, upload["tensor_hash"])
     flagged = {r["character"] or "*" for r in json.loads(upload["reasons"]) if r["verdict"] == "quarantine"}
     assert cleared == flagged and cleared
     # The scan's decision with the same evidence: the cleared character's quarantine becomes allow.
@@ -118,7 +121,7 @@ def test_allow_remembers_the_false_positive_for_the_scan(gate):
 def test_escalated_items_are_for_operators(gate):
     item = gate.ids[4]
     review.decide(gate.db, MOD, item, "escalate", "unsure: fan art style")
-    from gate.accounts import Forbidden
+    from gate.review.accounts import Forbidden
 
     with pytest.raises(Forbidden):
         review.decide(gate.db, MOD, item, "allow", "fine")
@@ -228,7 +231,7 @@ def test_forms_without_the_csrf_token_are_refused(gate):
 
 
 def test_login_failures_and_disabled_accounts(gate):
-    from gate.accounts import set_disabled
+    from gate.review.accounts import set_disabled
 
     client = gate.app.test_client()
     page = client.get("/login").get_data(as_text=True)
@@ -296,7 +299,7 @@ def test_a_scan_that_ends_in_quarantine_enters_the_queue(gate, scanned):
     trigger puts a quarantine in the queue with its strongest match's character, rights holder and score."""
     from pathlib import Path
 
-    from gate.uploads import UploadState, record_upload, transition
+    from gate.record.uploads import UploadState, record_upload, transition
 
     scan = scanned[0][0]
     upload = record_upload(gate.db, "direct", {"hub": "civitai-test", "uploader": "newcomer"}, Path("/nonexistent"),

@@ -126,8 +126,8 @@ def decided_earlier(tmp_path, world):
     """A record whose uploads were decided by an earlier probe set version (the state a rescan starts from)."""
     import hashlib
 
-    from gate.db import open_db
-    from gate.uploads import UploadState, record_upload, store_file, transition
+    from gate.record.db import open_db
+    from gate.record.uploads import UploadState, record_upload, store_file, transition
 
     db = open_db(tmp_path / "data" / "gate.db")
     for lora_id in RESCAN_LORAS:
@@ -172,7 +172,7 @@ def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tm
         assert len(per_upload) == total and {count for _, count in per_upload} == {1}
         probe_sets = _query(db_path, "select distinct probe_set from uploads")
         assert len(probe_sets) == 1 and probe_sets[0][0].startswith("fixture-v1@")
-        assert "gate.rescan.rescan_upload" in (tmp_path / "worker.log").read_text()
+        assert "gate.catalogue.rescan.rescan_upload" in (tmp_path / "worker.log").read_text()
 
 
 def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
@@ -195,10 +195,10 @@ def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_on_the_catalogue_worker(
         imported, world, tmp_path):
-    from gate import rights
-    from gate.audit import Actor
     from gate.config import load_settings
-    from gate.db import open_db
+    from gate.record.audit import Actor
+    from gate.record.db import open_db
+    from gate.registry import rights
     from tests.gate.service.test_queues import _wait
 
     root, _, _ = imported
@@ -227,4 +227,5 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
         assert _query(db_path, "select verdict from uploads where model_id = ?",
                       ["style_sepia_peft.safetensors"]) == [("allow",)]
         log = (tmp_path / "worker.log").read_text()
-        assert "gate.catalogue.screen_job" in log and log.count("gate.catalogue.likelihood_screen_upload") >= screened
+        assert "gate.catalogue.screening.screen_job" in log
+        assert log.count("gate.catalogue.screening.likelihood_screen_upload") >= screened

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gate import signatures
-from gate.client import deliver
+from gate.hubs import signatures
+from gate.hubs.client import deliver
 from tests.conftest import REPO, world_lora
 from tests.gate.web.test_serve import _free_port
 

@@ -4,9 +4,9 @@ With no probe worker running, a scan that needed a render could never finish: th
 from __future__ import annotations
 
 from fixtures.lora_transforms import write_transforms
-from gate import blocklist
-from gate.db import open_db
 from gate.intake import inspect_file
+from gate.record.db import open_db
+from gate.registry import blocklist
 from tests.conftest import REPO
 from tests.gate.service.test_queues import _deliver, _final, pytestmark, service  # noqa: F401 - the fixture
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from gate.app import create_app
 from gate.cli import main
-from gate.signatures import sign
+from gate.hubs.signatures import sign
 from tests.gate.web.hub_standin import HubStandIn
 
 HOOK_SECRET = "hf-webhook-secret"
@@ -402,9 +402,9 @@ def test_url_uploads_are_signed_like_the_multipart_form(client, files):
 
 def test_the_block_adapter_makes_the_repo_private_and_opens_a_discussion(tmp_path, hub):
     from gate.config import load_settings
-    from gate.db import open_db
-    from gate.hub_actions import enforce_blocks
-    from gate.uploads import UploadState, record_upload, transition
+    from gate.hubs.enforcement import enforce_blocks
+    from gate.record.db import open_db
+    from gate.record.uploads import UploadState, record_upload, transition
 
     hub.fail_writes = 1  # the first call fails: retried
     settings = load_settings({"data_dir": str(tmp_path / "data"),
@@ -431,8 +431,8 @@ def test_the_block_adapter_makes_the_repo_private_and_opens_a_discussion(tmp_pat
 
 def test_the_block_adapter_is_off_by_default(tmp_path, hub):
     from gate.config import load_settings
-    from gate.db import open_db
-    from gate.hub_actions import enforce_blocks
+    from gate.hubs.enforcement import enforce_blocks
+    from gate.record.db import open_db
 
     settings = load_settings({"data_dir": str(tmp_path / "data"), "huggingface": {"endpoint": hub.endpoint}})
     assert settings.huggingface.block_action == ""

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from gate.app import create_app
-from gate.client import multipart
 from gate.config import ConfigError, load_settings
-from gate.db import checkpoint_in_background, open_db
-from gate.signatures import sign
+from gate.hubs.client import multipart
+from gate.hubs.signatures import sign
+from gate.record.db import checkpoint_in_background, open_db
 
 SECRET = "test-upload-secret"
 
@@ -66,7 +66,7 @@ def test_deliveries_are_recorded_in_either_mode(tmp_path, corpus_dir, sync):
     row = record.execute("select model_id, file_size from uploads where id = ?", (upload_id,)).fetchone()
     assert row == (f"m-{sync}", len(data))
     with app.app_context():
-        from gate.web.record import db
+        from gate.web.context import db
 
         assert _pragma(db(), "synchronous") == (2 if sync == "full" else 1)
         assert _pragma(db(), "wal_autocheckpoint") == 0

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from gate.client import deliver
+from gate.hubs.client import deliver
 from tests.conftest import REPO, world_lora
 
 

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from gate.app import create_app
-from gate.client import multipart
-from gate.signatures import sign
+from gate.hubs.client import multipart
+from gate.hubs.signatures import sign
 
 SECRET = "test-upload-secret"
 

@@ -1,0 +1,305 @@
+"""The back catalogue's commands: changing characters and screening for them, rescans, and onboarding a hub's
+existing catalogue. A thin shell over gate.catalogue.screening, gate.catalogue.rescan and
+gate.catalogue.onboarding; registered in gate.cli."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gate.cli import common
+
+
+def echo_screening(screening, as_json: bool = False) -> None:
+    """Print what screening the back catalogue for a character found."""
+    if as_json:
+        click.echo(json.dumps({"screening": screening.id, "character": screening.character_id,
+                               "screened": screening.screened, "renders": screening.renders,
+                               "candidates": screening.candidates, "hits": [h.__dict__ for h in screening.hits],
+                               "changed": screening.changed, "seconds": round(screening.seconds, 4)},
+                              ensure_ascii=False))
+        return
+    if screening.id is None:
+        click.echo(f"{screening.character_id}: nothing screened ({screening.skipped})")
+        return
+    click.echo(screening.summary())
+
+
+def screen_after_change(db, character_id: str, settings, cause: str, embed=None, as_json: bool = False) -> None:
+    """Screen the back catalogue for a character just registered or changed; the change itself stands even when
+    screening cannot run (no calibration for these models, say), and the operator is told why."""
+    from gate.catalogue.screening import registry_changed
+    from gate.errors import GateError
+
+    try:
+        screening = registry_changed(db, character_id, settings, cause=cause, embed=embed)
+    except GateError as exc:
+        click.echo(f"the back catalogue was not screened for {character_id}: {exc.code}: {exc.message}; "
+                   f"run `gate catalogue screen {character_id}` once that is fixed", err=True)
+        return
+    echo_screening(screening, as_json)
+
+
+@click.command("update")
+@click.argument("character_id")
+@click.option("--name", default=None, help="A new name.")
+@click.option("--alias", "aliases", multiple=True, help="Replace the aliases with these (repeatable).")
+@click.option("--add-alias", "add_aliases", multiple=True, help="Add an alias, keeping the others (repeatable).")
+@click.option("--policy", type=click.Choice(["block", "quarantine"]), default=None, help="What a clear match does.")
+@click.option("--rights-holder", default=None, help="Who owns the character.")
+@click.option("--description", default=None, help="A sentence about the design.")
+@click.option("--ref", "add_references", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Add a reference image, PNG/JPEG/WebP (repeatable).")
+@click.option("--remove-ref", "remove_references", multiple=True,
+              help="Remove a reference by its sha256 (8 or more leading hex digits; see `gate characters refs`).")
+@click.option("--no-screen", is_flag=True, help="Do not screen the back catalogue after the change.")
+@click.option("--json", "as_json", is_flag=True, help="Print the screening as JSON.")
+def characters_update(character_id, name, aliases, add_aliases, policy, rights_holder, description, add_references,
+                      remove_references, no_screen, as_json) -> None:
+    """Change a character (names, policy, references); then the back catalogue is screened for it.
+
+    New references are validated and embedded on arrival; at least one must remain.
+
+    Example: gate characters update ultraman --add-alias ウルトラマン --policy block --ref new_ref.png
+    """
+    from gate.catalogue.screening import current_embedder
+    from gate.registry.characters import update_character
+
+    settings = common.settings()
+    db = common.record(settings)
+    embed = embedder_id = None
+    if add_references:
+        from probes.engine import EmbeddingEngine
+        from probes.probe_set import load_probe_set
+
+        engine = EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set), settings.device)
+        embed, embedder_id = engine.embed, current_embedder(settings)[0]
+    from gate.record import audit
+    from gate.registry.characters import get_character
+
+    before = get_character(db, character_id)
+    character = update_character(
+        db, settings.references_dir, character_id, name=name, aliases=list(aliases) if aliases else None,
+        add_aliases=add_aliases, policy=policy, rights_holder=rights_holder, description=description,
+        add_references=add_references, remove_references=remove_references, embed=embed, embedder_id=embedder_id)
+    audit.record(db, common.actor(), "policy.change" if character.policy != before.policy else "character.update",
+                 "character", character_id, "", before.to_dict(), character.to_dict())
+    if not as_json:
+        click.echo(f"updated {character.id}: {character.name} ({character.references} references, {character.policy})")
+    if not no_screen:
+        screen_after_change(db, character.id, settings, "updated", embed, as_json)
+
+
+@click.command("refs")
+@click.argument("character_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def characters_refs(character_id: str, as_json: bool) -> None:
+    """List a character's reference images (sha256, size, where kept).
+
+    Example: gate characters refs ultraman
+    """
+    from gate.registry.characters import reference_rows
+
+    rows = reference_rows(common.record(common.settings()), character_id)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for row in rows:
+        click.echo(f"{row['sha256'][:16]}  {row['width']}x{row['height']}  {row['path']}")
+
+
+@click.command("reports")
+@click.argument("character_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", default=10, show_default=True, help="Most recent screenings to show.")
+def characters_reports(character_id: str, as_json: bool, limit: int) -> None:
+    """The rights holder's report: each back-catalogue screening for the character and the uploads that show it.
+
+    Example: gate characters reports ultraman --json
+    """
+    from gate.catalogue.screening import character_reports
+
+    reports = character_reports(common.record(common.settings()), character_id, limit)
+    if as_json:
+        click.echo(json.dumps(reports, indent=1, ensure_ascii=False))
+        return
+    if not reports:
+        click.echo(f"{character_id}: not screened yet")
+    for report in reports:
+        click.echo(f"screening {report['screening']} ({report['cause']}, {report['at']}): {report['screened']:,} "
+                   f"stored LoRAs, {len(report['hits'])} show {character_id}, {report['changed']} changed, "
+                   f"{report['seconds']:.2f} s")
+        for hit in report["hits"]:
+            where = " / ".join(str(v) for v in (hit["hub"], hit["model_id"], hit["version_id"]) if v)
+            click.echo(f"  {hit['upload_id']}  {where or hit['filename']}  {hit['verdict_before']} -> "
+                       f"{hit['verdict_after']}  {hit['certainty']}: {hit['matched']}/{hit['rendered']} renders, "
+                       f"best {hit['best_score']:.3f}")
+
+
+@click.group("catalogue")
+def catalogue_group() -> None:
+    """The back catalogue: onboarding a hub's existing LoRAs, screening it for a character."""
+
+
+@catalogue_group.command("import")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--hub", default=None, help="The hub the entries come from (when the manifest does not say).")
+@click.option("--no-scan", is_flag=True, help="Record the entries only; scan them later.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import's report as JSON.")
+def catalogue_import(source: str, hub: str | None, no_scan: bool, as_json: bool) -> None:
+    """Import a directory of .safetensors files, or a JSONL/CSV manifest of entries (`path` or `url`, plus the
+    hub's record: hub, model_id, version_id, uploader, title, tags, description, trigger_words). Each becomes an
+    upload (source "import") scanned on the low-priority catalogue queue; importing again adds nothing.
+
+    Example: gate catalogue import hub-export.jsonl --hub civitai
+    """
+    from pathlib import Path
+
+    from gate.catalogue.onboarding import import_catalogue, queue_scans, scan_here, to_scan
+
+    settings = common.settings()
+    db = common.record(settings)
+    report = import_catalogue(settings, db, Path(source), hub)
+    waiting = [] if no_scan else to_scan(db, report)
+    if waiting and settings.redis_url:
+        queue_scans(settings, waiting)
+    elif waiting:
+        with click.progressbar(length=len(waiting), label="scanning imported LoRAs", show_eta=True,
+                               file=sys.stderr) as bar:
+            scan_here(settings, waiting, tick=lambda: bar.update(1))
+    summary = report.to_dict()
+    for item in summary["items"]:
+        if item.get("upload_id"):
+            row = db["uploads"].get(item["upload_id"])
+            item.update(state=row["state"], verdict=row["verdict"])
+    summary["queued"] = len(waiting) if settings.redis_url else 0
+    if as_json:
+        click.echo(json.dumps(summary, indent=1, ensure_ascii=False))
+    else:
+        for item in summary["items"]:
+            if "error" in item:
+                click.echo(f"{item['where']}: {click.style('error', fg='red')} {item['error']['code']}: "
+                           f"{item['error']['message']}")
+            else:
+                click.echo(f"{item['where']}: {item['upload_id']} {'new' if item['created'] else 'already imported'}"
+                           f", {item['state']}{' ' + item['verdict'] if item.get('verdict') else ''}")
+        click.echo(f"{summary['entries']} entries: {summary['created']} new, {summary['already_imported']} already "
+                   f"imported, {summary['errors']} errors" + (f"; {summary['queued']} scans queued on the catalogue "
+                                                             "queue" if summary["queued"] else ""))
+    if summary["errors"]:
+        sys.exit(3)
+
+
+@catalogue_group.command("screen")
+@click.argument("character_id")
+@click.option("--likelihood", is_flag=True,
+              help="Also load every scanned LoRA again and measure the character's references with the likelihood "
+                   "probe (the base model, here; no rendering).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def catalogue_screen(character_id: str, likelihood: bool, as_json: bool) -> None:
+    """Screen the stored embeddings of every scanned LoRA for one character now (no rendering).
+
+    Example: gate catalogue screen ultraman --likelihood
+    """
+    from gate.catalogue.screening import likelihood_screen, registry_changed
+
+    settings = common.settings()
+    db = common.record(settings)
+    echo_screening(registry_changed(db, character_id, settings, cause="manual"), as_json)
+    if likelihood:
+        echo_screening(likelihood_screen(db, character_id, settings, cause="manual"), as_json)
+
+
+@catalogue_group.command("resume")
+@click.argument("screening_id", type=int)
+@click.option("--queue", "use_queue", is_flag=True,
+              help="Queue the uploads left for the catalogue workers (Redis) rather than judging them here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def catalogue_resume(screening_id: int, use_queue: bool, as_json: bool) -> None:
+    """Carry on a likelihood screening whose jobs were lost: only its uploads not yet judged.
+
+    Example: gate catalogue resume 12 --queue
+    """
+    from gate.catalogue.screening import likelihood_resume
+
+    settings = common.settings()
+    db = common.record(settings)
+    queues = None
+    if use_queue:
+        if not settings.redis_url:
+            raise click.ClickException("--queue needs Redis (REDIS_URL); leave --queue out to judge the uploads here")
+        from gate.queues import RedisQueues
+
+        queues = RedisQueues(settings.redis_url, settings.job_timeout)
+    screening = likelihood_resume(db, screening_id, settings, queues=queues)
+    if queues is not None and not as_json:
+        click.echo(f"screening {screening_id}: {screening.screened} uploads queued again (the rest are done or "
+                   "still on their way)")
+        return
+    echo_screening(screening, as_json)
+
+
+@click.command("rescan")
+@click.option("--since", default=None, help="Uploads received on or after this date (ISO, e.g. 2026-01-01).")
+@click.option("--until", default=None, help="Uploads received before this date.")
+@click.option("--hub", "hubs", multiple=True, help="Only uploads from this hub (repeatable).")
+@click.option("--family", "families", multiple=True, help="Only LoRAs for this base family (repeatable).")
+@click.option("--verdict", "verdicts", multiple=True, type=click.Choice(["allow", "quarantine", "block"]),
+              help="Only uploads with this earlier verdict (repeatable).")
+@click.option("--character", "characters", multiple=True, help="Only uploads matched or named as this character.")
+@click.option("--all", "include_current", is_flag=True,
+              help="Also uploads already scanned with the current probe set.")
+@click.option("--limit", type=int, default=None, help="At most this many uploads.")
+@click.option("--rate", default=None, help="At most N uploads a minute, written N/min (also N/s, N/h).")
+@click.option("--resume", "resume", default=None, metavar="RUN", help="Carry on an interrupted run.")
+@click.option("--report", "report_run", default=None, metavar="RUN", help="Print a run's report and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def rescan(since, until, hubs, families, verdicts, characters, include_current, limit, rate, resume, report_run,
+           as_json) -> None:
+    """Re-render the back catalogue (or a filtered part) with the current probe set, on the low-priority
+    catalogue queue, rate-limited, with progress; ends with what changed. Resumable: --resume RUN.
+
+    Without Redis the uploads are rescanned in this process.
+
+    Example: gate rescan --since 2025-01-01 --hub civitai --verdict allow --rate 30/min
+    """
+    from gate.catalogue.rescan import Filters, create_run, drive, get_run, parse_rate, report
+    from gate.catalogue.screening import current_embedder
+
+    settings = common.settings()
+    db = common.record(settings)
+    if report_run:
+        _echo_rescan_report(report(db, report_run), as_json)
+        return
+    rate_per_min = parse_rate(rate)
+    if resume:
+        run = get_run(db, resume)
+    else:
+        run = create_run(db, Filters(since, until, hubs, families, verdicts, characters, include_current, limit),
+                         current_embedder(settings)[1], rate_per_min)
+    click.echo(f"rescan {run['id']}: {run['total']} uploads with {run['probe_set']}"
+               f"{' (resumed)' if resume else ''}; resume with --resume {run['id']}", err=True)
+    with click.progressbar(length=run["total"], label=f"rescan {run['id']}", show_eta=True, show_pos=True,
+                           file=sys.stderr) as bar:
+        def tick(done: int) -> None:
+            bar.update(done - bar.pos)
+
+        result = drive(settings, db, run["id"], tick, rate_per_min)
+    _echo_rescan_report(result, as_json)
+
+
+def _echo_rescan_report(result: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=1, ensure_ascii=False))
+        return
+    tally = result["counts"]
+    click.echo(f"rescan {result['run']} {result['state']}: {tally['done']} rescanned, {tally['failed']} failed, "
+               f"{tally['skipped']} skipped, of {result['total']}")
+    for change, count in sorted(result["transitions"].items()):
+        click.echo(f"  {change}: {count}")
+    for item in result["changed"]:
+        click.echo(f"  changed {item['upload_id']}: {item['before']} -> {item['after']}")
+    for item in result["not_rescanned"]:
+        click.echo(f"  {item['state']} {item['upload_id']}: {item['error']}")

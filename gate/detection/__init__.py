@@ -1,0 +1,1 @@
+"""From evidence to a verdict: name screening, matching renders, the decision, calibration and evidence pages."""

@@ -1,0 +1,189 @@
+"""Turn evidence into a verdict: allow, quarantine or block, with every reason listed.
+
+The policy is data: a character's rights holder chooses block or quarantine for clear matches.
+Uncertain evidence goes to quarantine for a person, never silently to allow or to block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from gate.detection.matching import CharacterMatch, Thresholds
+from gate.detection.screening import NameHit
+from probes.likelihood import CharacterGain
+
+_PAST = {"block": "blocked", "quarantine": "quarantined"}
+
+
+class Verdict(StrEnum):
+    ALLOW = "allow"
+    QUARANTINE = "quarantine"
+    BLOCK = "block"
+
+    @property
+    def severity(self) -> int:
+        return {"allow": 0, "quarantine": 1, "block": 2}[self.value]
+
+
+@dataclass
+class Reason:
+    kind: str  # blocklist, visual_match, likelihood_match, metadata_name, not_probed
+    verdict: Verdict
+    message: str
+    character_id: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "verdict": str(self.verdict), "character": self.character_id,
+                "message": self.message, **self.details}
+
+
+@dataclass
+class Decision:
+    verdict: Verdict
+    reasons: list[Reason]
+
+    def to_dict(self) -> dict:
+        return {"verdict": str(self.verdict), "reasons": [r.to_dict() for r in self.reasons]}
+
+
+@dataclass(frozen=True)
+class CharacterPolicy:
+    character_id: str
+    name: str
+    policy: Verdict  # block or quarantine
+
+
+def decide(
+    *,
+    matches: list[CharacterMatch],
+    name_hits: list[NameHit],
+    characters: dict[str, CharacterPolicy],
+    thresholds: Thresholds,
+    blocklisted: str | None = None,
+    not_probed: str | None = None,
+    not_probed_verdict: Verdict = Verdict.QUARANTINE,
+    cleared: frozenset[str] | set[str] = frozenset(),
+    likelihood: list[CharacterGain] | tuple[CharacterGain, ...] = (),
+    near_duplicates: Sequence = (),
+    repeat_offender: dict | None = None,
+) -> Decision:
+    """Combine every signal into one verdict, keeping every reason: the blocklist, what could not be probed,
+    render matches, likelihood gains and names; then repeat infringement (near-duplicates of flagged LoRAs, an
+    uploader's history), which a moderator's earlier clearing does not lift."""
+    reasons: list[Reason] = []
+    if blocklisted:
+        reasons.append(
+            Reason("blocklist", Verdict.BLOCK, f"the tensor content matches a blocked upload ({blocklisted})")
+        )
+    if not_probed:
+        reasons.append(Reason("not_probed", not_probed_verdict, f"could not be probed: {not_probed}"))
+
+    named: dict[str, list[NameHit]] = {}
+    for hit in name_hits:
+        named.setdefault(hit.character_id, []).append(hit)
+    for match in matches:
+        character = characters.get(match.character_id)
+        if character is None:
+            continue
+        hits = named.get(match.character_id)
+        quarantine_count, block_count = thresholds.needed_matches(match.rendered)
+        needed = 1 if hits else quarantine_count
+        strong = match.matched >= block_count and match.best_score >= thresholds.block_score
+        if strong:
+            verdict, certainty = character.policy, "clear"
+        elif match.matched >= needed:
+            verdict, certainty = Verdict.QUARANTINE, "possible"
+        else:
+            continue
+        also = f"; its metadata names it too ({_where(hits)})" if hits else ""
+        reasons.append(Reason(
+            "visual_match", verdict,
+            f"{certainty} match with {character.name}: {match.matched} of {match.rendered} probe renders, "
+            f"best similarity {match.best_score:.3f} (base {match.best_score - match.best_lift:.3f}){also}",
+            match.character_id,
+            {"matched": match.matched, "rendered": match.rendered, "best_score": round(match.best_score, 4),
+             "best_lift": round(match.best_lift, 4), "certainty": certainty},
+        ))
+    reasons += _likelihood_reasons(likelihood, characters, thresholds, named)
+    seen_visual = {r.character_id for r in reasons if r.kind in ("visual_match", "likelihood_match")}
+    for character_id, hits in named.items():
+        if character_id in seen_visual or character_id not in characters:
+            continue
+        reasons.append(Reason(
+            "metadata_name", Verdict.ALLOW,
+            f"metadata names {characters[character_id].name} ({_where(hits)}) but no probe render shows it",
+            character_id, {"fields": [hit.field for hit in hits], "alias": hits[0].name},
+        ))
+    _apply_cleared(reasons, cleared)
+    reasons += _repeat_reasons(near_duplicates, repeat_offender)
+    verdict = max((r.verdict for r in reasons), key=lambda v: v.severity, default=Verdict.ALLOW)
+    return Decision(verdict, reasons)
+
+
+def _likelihood_reasons(gains, characters: dict[str, CharacterPolicy], thresholds: Thresholds,
+                        named: dict[str, list[NameHit]]) -> list[Reason]:
+    """Characters whose references the LoRA made markedly likelier (probes/likelihood.py)."""
+    if thresholds.likelihood_quarantine is None:
+        return []
+    over = [g for g in gains if g.character_id in characters and g.gain >= thresholds.likelihood_quarantine]
+    # A LoRA that makes most characters likelier has learnt something they share (a drawing style), not one
+    # of them: uncertain, so a person looks, and no policy applies automatically. Screened gains count here;
+    # only those measured on all references (the calibration's footing) become reasons.
+    broad = len(over) > max(2, len(characters) // 2)
+    reasons = []
+    for gain in (g for g in over if not g.screened):
+        character = characters[gain.character_id]
+        clear = (not broad and thresholds.likelihood_block is not None and gain.gain >= thresholds.likelihood_block)
+        verdict, certainty = (character.policy, "clear") if clear else (Verdict.QUARANTINE, "possible")
+        also = f"; {len(over)} characters gained, so it may be a shared style" if broad else ""
+        if named.get(gain.character_id):
+            also += f"; its metadata names it too ({_where(named[gain.character_id])})"
+        reasons.append(Reason(
+            "likelihood_match", verdict,
+            f"{certainty} match with {character.name}: with the LoRA the base model denoises its references "
+            f"{gain.gain:.0%} better (prompt {gain.prompt!r}; possible from {thresholds.likelihood_quarantine:.0%}, "
+            f"clear from {thresholds.likelihood_block or 0:.0%}){also}",
+            gain.character_id,
+            {"gain": round(gain.gain, 4), "prompt": gain.prompt, "reference_gains": list(gain.reference_gains),
+             "certainty": certainty},
+        ))
+    return reasons
+
+
+def _repeat_reasons(near_duplicates: Sequence, repeat_offender: dict | None) -> list[Reason]:
+    """Repeat infringement raises a verdict to quarantine at least: a person looks at a re-upload of flagged
+    weights (whole or merged in) and at uploads of an uploader with a history of blocks."""
+    reasons = []
+    for match in near_duplicates[:3]:
+        what = "the same weight change as" if match.kind == "near_duplicate" else "merged in it: the weights of"
+        source = f"upload {match.upload_id}" if match.upload_id else "a blocklist entry"
+        reasons.append(Reason(
+            "near_duplicate", Verdict.QUARANTINE,
+            f"{what} {source} ({_PAST[match.verdict]}, tensor hash {match.tensor_hash[:16]}…): similarity "
+            f"{match.similarity:.3f}, containment {match.containment:.3f}",
+            match.character_id, match.to_dict()))
+    if repeat_offender:
+        history = repeat_offender
+        reasons.append(Reason(
+            "repeat_offender", Verdict.QUARANTINE,
+            f"uploader {history['uploader']!r} has {history['blocked']} blocked uploads",
+            None, {"uploader": history["uploader"], "hub": history["hub"], "blocked": history["blocked"]}))
+    return reasons
+
+
+def _apply_cleared(reasons: list[Reason], cleared: frozenset[str] | set[str]) -> None:
+    """Issue 7's feedback: a moderator allowed these weights as a false positive of a character ('*': of a
+    reason without one), so the same quarantine-level evidence no longer quarantines them. Block-level
+    evidence (a clear match under a block policy, the blocklist) still counts."""
+    for reason in reasons:
+        if reason.verdict == Verdict.QUARANTINE and (reason.character_id or "*") in cleared:
+            reason.verdict = Verdict.ALLOW
+            reason.message += " (cleared: a moderator allowed these weights before on the same evidence)"
+            reason.details["cleared"] = True
+
+
+def _where(hits: list[NameHit]) -> str:
+    return "; ".join(f"{hit.field}: {hit.text[:60]!r}" for hit in hits[:3])

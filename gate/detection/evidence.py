@@ -1,0 +1,123 @@
+"""Evidence a person would rather look at than read: a contact sheet (PNG) and a small HTML page.
+
+Each row: the probe render with the LoRA, the base render for the same prompt and seed, the matched
+reference, and the scores. The renders most like the characters the decision names come first; the
+likelihood probe's gains per character follow the reasons.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gate.registry.images import check_image
+
+CELL = 160  # pixels per image on the sheet: tiny fixture renders are enlarged to be judged by eye
+ROWS = 8
+
+
+def _cell(image: np.ndarray | None) -> Image.Image:
+    if image is None:
+        return Image.new("RGB", (CELL, CELL), (235, 235, 235))
+    return Image.fromarray(image).convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST)
+
+
+def _rows(result) -> list[dict]:
+    """The renders to show: those most like a character the decision flags (best first), then the renders
+    nearest any character."""
+    outcome, references = result.outcome, result.references
+    from gate.detection.matching import score
+
+    lora, base = score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references)
+    if lora.similarity.size == 0:
+        return []
+    reasons = result.decision.reasons if result.decision else []
+    flagged = list(dict.fromkeys(references.character_ids.index(r.character_id) for r in reasons
+                                 if r.verdict != "allow" and r.character_id in references.character_ids))
+    picks: list[tuple[int, int]] = []  # (render, character)
+    for c in flagged:
+        picks += [(int(i), c) for i in np.argsort(-lora.similarity[:, c])[: max(1, ROWS // len(flagged))]]
+    shown = {i for i, _ in picks}
+    picks += [(int(i), int(lora.similarity[i].argmax())) for i in np.argsort(-lora.similarity.max(axis=1))
+              if int(i) not in shown]
+    rows = []
+    for index, c in picks[:ROWS]:
+        reference = int(lora.nearest_reference[index, c])
+        rows.append({
+            "probe": outcome.probes[index], "render": outcome.lora_images[index], "base": outcome.base_images[index],
+            "character": references.character_ids[c], "score": float(lora.similarity[index, c]),
+            "base_score": float(base.similarity[index, c]),
+            "reference": references.paths[reference] if references.paths else None,
+        })
+    return rows
+
+
+def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write contact_sheet.png and index.html for one scan; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = _rows(result) if result.outcome is not None else []
+    label_width = 360
+    sheet = Image.new("RGB", (3 * CELL + label_width, max(1, len(rows)) * CELL + 30), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 8), f"{Path(result.path).name}: {result.verdict}   (LoRA render | base render | reference)",
+              fill="black")
+    html_rows, described = [], []
+    for i, row in enumerate(rows):
+        top = 30 + i * CELL
+        reference = check_image(row["reference"]).rgb() if row["reference"] else None
+        for j, image in enumerate((row["render"], row["base"], reference)):
+            sheet.paste(_cell(image), (j * CELL, top))
+        name = characters[row["character"]].name if row["character"] in characters else row["character"]
+        lines = [f"prompt: {row['probe'].prompt[:40]}", f"seed {row['probe'].seed}", f"compared with: {name}",
+                 f"score {row['score']:.3f}  base {row['base_score']:.3f}"]
+        for k, line in enumerate(lines):
+            draw.text((3 * CELL + 10, top + 10 + 18 * k), line, fill="black")
+        for kind, image in (("render", row["render"]), ("base", row["base"])):
+            _cell(image).save(out_dir / f"{i:02d}_{kind}.png")
+        if reference is not None:
+            _cell(reference).save(out_dir / f"{i:02d}_reference.png")
+        described.append({"render": f"{i:02d}_render.png", "base": f"{i:02d}_base.png",
+                          "reference": f"{i:02d}_reference.png" if reference is not None else None,
+                          "prompt": row["probe"].prompt, "seed": row["probe"].seed, "character": row["character"],
+                          "character_name": name, "score": round(row["score"], 4),
+                          "base_score": round(row["base_score"], 4)})
+        html_rows.append(
+            f"<tr><td><img src='{i:02d}_render.png'></td><td><img src='{i:02d}_base.png'></td>"
+            f"<td><img src='{i:02d}_reference.png' alt='no reference'></td>"
+            f"<td>{html.escape(row['probe'].prompt)}<br>seed {row['probe'].seed}<br><b>{html.escape(name)}</b><br>"
+            f"score {row['score']:.3f} (base {row['base_score']:.3f})</td></tr>"
+        )
+    sheet_path = out_dir / "contact_sheet.png"
+    sheet.save(sheet_path)
+    # The same rows as data, for the moderators' item view (issue 7), with the static signals intake found.
+    inspection = result.inspection.to_dict()
+    intake = {k: inspection.get(k) for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")}
+    gains = [{**g.to_dict(), "name": characters[g.character_id].name if g.character_id in characters
+              else g.character_id} for g in (result.outcome.likelihood if result.outcome is not None else [])]
+    (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains},
+                                                      ensure_ascii=False))
+    decided = result.decision.reasons if result.decision else []
+    reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
+    if gains:  # the likelihood probe's evidence: how much likelier the LoRA makes each character's references
+        reasons += ("</ul><h2>Likelihood probe</h2><table><tr><th>character</th><th>gain</th><th>prompt</th>"
+                    "<th>per reference</th></tr>" + "".join(
+                        f"<tr><td>{html.escape(g['name'])}{' (screened only)' if g['screened'] else ''}</td>"
+                        f"<td>{g['gain']:+.1%}</td>"
+                        f"<td>{html.escape(g['prompt'])}</td><td>"
+                        f"{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
+                    + "</table><ul>")
+    page = out_dir / "index.html"
+    page.write_text(
+        "<!doctype html><meta charset='utf-8'><title>LoRA Gate evidence</title>"
+        "<style>body{font:15px system-ui;margin:2em}td{padding:6px;vertical-align:top}img{width:160px;"
+        "image-rendering:pixelated}</style>"
+        f"<h1>{html.escape(Path(result.path).name)}: {html.escape(str(result.verdict))}</h1><ul>{reasons}</ul>"
+        "<table><tr><th>with the LoRA</th><th>base model</th><th>reference</th><th></th></tr>"
+        + "".join(html_rows) + "</table>"
+    )
+    return sheet_path, page

@@ -1,0 +1,1 @@
+"""Talking to model hubs: signatures, deliveries, fetching weights, Hugging Face, callbacks and a hub's client."""

@@ -1,0 +1,35 @@
+"""A hub's side of the contract, for integration tests and for hub engineers trying the gate: build a
+signed multipart delivery and send it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from gate.hubs.signatures import sign
+
+
+def multipart(data: bytes, meta: dict | None, filename: str) -> tuple[bytes, str]:
+    """A multipart/form-data body with a `file` part and an optional `meta` JSON part."""
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    if meta is not None:
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="meta"\r\n'
+                 f"Content-Type: application/json\r\n\r\n{json.dumps(meta)}\r\n").encode()
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def deliver(url: str, path: str | Path, secret: str, meta: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    """POST a signed upload to `url` (…/v1/uploads); returns (HTTP status, JSON answer)."""
+    path = Path(path)
+    body, content_type = multipart(path.read_bytes(), meta, path.name)
+    request = urllib.request.Request(url, body, {"Content-Type": content_type, "X-Gate-Signature": sign(body, secret)})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")

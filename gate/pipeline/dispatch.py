@@ -1,0 +1,109 @@
+"""Where the web gate and the CLI hand accepted work: the process's queues (RQ on Redis, or in-process on the
+embedded default), with the in-process queues' housekeeping (outbox delivery, resuming what a previous run left).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from gate.config import Settings
+from gate.hubs.callbacks import deliver_due
+from gate.hubs.deliveries import DeliveryState, get_delivery, update_delivery
+from gate.hubs.enforcement import enforce_blocks
+from gate.pipeline.ingest import resume_deliveries
+from gate.pipeline.start import fetch_job, scan_job
+from gate.queues import InProcessQueues, make_queues
+from gate.record.db import open_db, writing
+from gate.record.uploads import get_upload, pending
+from gate.runtime import thread_record
+
+log = logging.getLogger(__name__)
+HANDOFF_BATCH = 200
+
+
+class Dispatcher:
+    """What the web gate hands accepted uploads to: the process's queues, plus their housekeeping when jobs
+    run in-process (outbox delivery, picking up uploads a previous run left pending)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.queues = make_queues(settings, on_idle=self.housekeeping)
+        self._handoff: queue.SimpleQueue | None = None
+        self._handoff_lock = threading.Lock()
+        if isinstance(self.queues, InProcessQueues):
+            db = open_db(settings.db_path, settings.record_sync)
+            for upload_id in pending(db):  # after a restart, nothing is lost
+                self.enqueue(upload_id, get_upload(db, upload_id)["generation"] or 0)
+            resume_deliveries(db, self.queues)  # Hugging Face webhooks and URL uploads
+
+    def enqueue(self, upload_id: str, generation: int = 0) -> None:
+        """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it."""
+        self.hand_off(*scan_job(upload_id, generation))
+
+    def hand_off(self, queue_name: str, func: str, args: tuple, job: str) -> None:
+        """Queue a job for something the web gate has just recorded.
+
+        With Redis, a background thread hands jobs over in batches (one round trip each), so a hub's delivery waits
+        only for its record, never for Redis; what this process dies holding is recorded as received, and the
+        reconciler starts it."""
+        if isinstance(self.queues, InProcessQueues):
+            self.queues.enqueue(queue_name, func, *args, job_id=job)
+            return
+        with self._handoff_lock:
+            if self._handoff is None:
+                self._handoff = queue.SimpleQueue()
+                threading.Thread(target=self._hand_over, name="gate-handoff", daemon=True).start()
+        self._handoff.put((queue_name, func, args, job))
+
+    def _hand_over(self) -> None:
+        while True:
+            batch = [self._handoff.get()]
+            while len(batch) < HANDOFF_BATCH:
+                try:
+                    batch.append(self._handoff.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.queues.enqueue_many(batch)
+            except Exception as exc:  # noqa: BLE001 - recorded is what matters; the reconciler retries
+                log.warning("could not enqueue %d uploads (%s); the reconciler will", len(batch), exc)
+
+    def depth(self) -> dict[str, int]:
+        return self.queues.depth()
+
+    def health(self) -> str:
+        return self.queues.health()
+
+    def housekeeping(self) -> None:
+        deliver_due(self.settings, thread_record(self.settings))
+        enforce_blocks(self.settings, thread_record(self.settings))  # the Hugging Face adapter (off by default)
+
+
+_dispatchers: dict[str, Dispatcher] = {}
+_lock = threading.Lock()
+
+
+def dispatcher(settings: Settings) -> Dispatcher:
+    """The dispatcher for this process and record (one per database file)."""
+    key = f"{settings.db_path}|{settings.redis_url}"
+    with _lock:
+        if key not in _dispatchers:
+            _dispatchers[key] = Dispatcher(settings)
+        return _dispatchers[key]
+
+
+def accept_delivery(settings: Settings, db, recorded) -> dict:
+    """From the web gate, once a delivery is recorded: start its fetch if it is new; a failed one sent again is
+    tried again (a new generation). With Redis down it stays recorded and the reconciler starts it."""
+    delivery = recorded.delivery
+    if not recorded.created:
+        with writing(db):  # read and bump under one lock: two redeliveries at once retry it once
+            delivery = get_delivery(db, delivery["id"])
+            if delivery["state"] != DeliveryState.FAILED:
+                return delivery
+            delivery = update_delivery(db, delivery["id"], DeliveryState.RECEIVED, attempts=0,
+                                       generation=(delivery["generation"] or 0) + 1)
+    dispatcher(settings).hand_off(*fetch_job(delivery["id"], delivery["generation"] or 0))
+    return delivery

@@ -1,0 +1,124 @@
+"""The scan of an accepted upload as three queue jobs: intake (CPU) → probe (GPU, probes.jobs) → conclude (CPU).
+
+Jobs take upload ids and plain JSON, never objects; they re-read what they need from the record, log why
+they did nothing when they do nothing, and raise on failure so the queue retries them (then `job_failed`
+records the upload as failed). Each pipeline run has a generation: the reconciler starts a new one when a
+run was lost (a worker killed, Redis restarted), and a job of an older generation does nothing.
+The GPU side (probes.jobs.probe_upload) never opens the record: it gets a request and hands back JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from gate.config import Settings
+from gate.engines import load_matcher
+from gate.pipeline.outcome import begin_scan, fail, record_decision, refuse
+from gate.queues import INTAKE, PROBE, context, job_id, parse_job_id
+from gate.record.uploads import UploadState, get_upload, hub_meta
+from gate.runtime import thread_record
+from probes.contract import outcome_from_json
+
+log = logging.getLogger(__name__)
+LIVE_STATES = (UploadState.RECEIVED, UploadState.SCANNING)
+
+
+# Per thread: each job thread loads its matcher (the embedder) once. A worker runs one job thread, so that is once
+# per process.
+_local = threading.local()
+
+
+def job_matcher(settings: Settings):
+    """This job thread's matcher (screens, matches, decides; renders nothing), with the registry re-read."""
+    matchers = _local.__dict__.setdefault("matchers", {})
+    key = f"{settings.db_path}|{settings.embedder}|{settings.probe_set}"
+    if key not in matchers:
+        matchers[key] = load_matcher(settings, thread_record(settings))
+    else:
+        matchers[key].refresh()  # characters registered since the last job count
+    return matchers[key]
+
+
+def live_upload(upload_id: str, generation: int, step: str) -> dict | None:
+    """The upload if this job is still the live one for it, else None (and why, in the log)."""
+    upload = get_upload(thread_record(context().settings), upload_id)
+    if upload["state"] not in LIVE_STATES:
+        log.info("%s: upload %s is already %s; nothing to do", step, upload_id, upload["state"])
+        return None
+    if (upload["generation"] or 0) != generation:
+        log.info("%s: upload %s is on generation %s, not %s; nothing to do", step, upload_id,
+                 upload["generation"], generation)
+        return None
+    return upload
+
+
+def intake_upload(upload_id: str, generation: int = 0) -> str:
+    """Intake and static screening; then either a decision (refused, blocklisted) or a probe job."""
+    settings, queues = context().settings, context().queues
+    upload = live_upload(upload_id, generation, "intake")
+    if upload is None:
+        return "skipped"
+    db = thread_record(settings)
+    begin_scan(db, upload)
+    matcher = job_matcher(settings)
+    result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
+    if not result.inspection.ok:
+        return refuse(db, upload_id, result.inspection.error)
+    if result.decided_without_rendering:  # blocklisted or a near-duplicate: caught without rendering
+        return record_decision(settings, db, matcher, upload_id, result)
+    request = {**matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
+               "upload_id": upload_id, "generation": generation, "file_path": upload["file_path"],
+               "file_url": _file_url(settings, upload_id)}
+    queues.enqueue(PROBE, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
+    return "probing"
+
+
+def _file_url(settings: Settings, upload_id: str) -> str | None:
+    """Where a probe worker on another machine fetches the file (it shares only Redis and the HTTP API)."""
+    if settings.public_url and settings.worker_token:
+        return f"{settings.public_url.rstrip('/')}/internal/uploads/{upload_id}/file"
+    return None
+
+
+def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
+    """Match the probe worker's vectors against the registry, decide, keep the evidence, tell the hub."""
+    settings = context().settings
+    upload = live_upload(upload_id, generation, "conclude")
+    if upload is None:
+        return "skipped"
+    db = thread_record(settings)
+    matcher = job_matcher(settings)
+    result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
+    if not result.inspection.ok:  # the file changed under us: never trust an earlier reading
+        raise RuntimeError(f"upload {upload_id}'s file no longer passes intake: {result.inspection.error.code}")
+    if probed.get("unsupported"):
+        result.not_probed = probed["unsupported"]
+    else:
+        if probed["embedder"] != matcher.engine.embedder_id or probed["probe_set"] != matcher.engine.probe_set.id:
+            raise RuntimeError(f"probe worker used {probed['probe_set']} / {probed['embedder']}, the gate "
+                               f"{matcher.engine.probe_set.id} / {matcher.engine.embedder_id}: configure both alike")
+        matcher.attach(result, outcome_from_json(probed))
+    return record_decision(settings, db, matcher, upload_id, result)
+
+
+def record_failure(upload_id: str, generation: int, step: str, message: str) -> str:
+    """A job failed for good: record the upload as failed, visibly, rather than leave it waiting."""
+    if live_upload(upload_id, generation, f"failure of {step}") is None:
+        return "skipped"
+    return fail(thread_record(context().settings), upload_id, "worker", f"{step} failed", f"{step}: {message}",
+                {"error": message[:500]})
+
+
+def job_failed(job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ failure callback (every failed attempt): after the last retry, record the failure via the intake
+    queue, so that a GPU worker, which never opens the record, can report it too."""
+    if getattr(job, "retries_left", 0):
+        return
+    try:
+        upload_id, generation, step = parse_job_id(job.id)
+    except ValueError:
+        return  # not a scan job
+    message = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}"
+    context().queues.enqueue(INTAKE, "gate.pipeline.jobs.record_failure", upload_id, generation, step, message,
+                             job_id=job_id(upload_id, generation, "failure"), retry=False)

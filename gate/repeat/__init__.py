@@ -1,0 +1,1 @@
+"""Repeat infringement: weight fingerprints and the re-upload screen."""

@@ -1,0 +1,1 @@
+"""People's side: accounts, sign-in throttling, the quarantine queue and disputes."""

@@ -1,0 +1,65 @@
+"""Sign-in throttling: failed attempts are counted per (username, client address) and per client address,
+in fixed windows kept in the record so every web process sees them.
+
+Keyed on the pair, not the username alone: someone guessing a moderator's password from one address locks
+that address out, not the moderator. The address-wide count catches one address trying many usernames.
+A throttled attempt is refused before its password is checked, so guessing costs the guesser nothing to
+learn and the gate no hashing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from sqlite_utils import Database
+
+from gate.config import ReviewSettings
+from gate.record.db import writing
+from gate.review.accounts import AuthError
+
+
+class Throttled(AuthError):
+    code = "login_throttled"
+
+    def __init__(self, retry_after: int):
+        minutes = max(1, math.ceil(retry_after / 60))
+        super().__init__(f"too many failed sign-ins from here; try again in {minutes} minute"
+                         f"{'s' if minutes > 1 else ''}")
+        self.retry_after = retry_after
+
+
+def _keys(username: str, address: str, settings: ReviewSettings) -> list[tuple[str, int]]:
+    return [(f"{username.strip().lower()}|{address}", settings.login_max_failures),
+            (address, settings.login_max_failures_per_address)]
+
+
+def check(db: Database, username: str, address: str, settings: ReviewSettings, now: float | None = None) -> None:
+    """Raise Throttled while either key has used up its failures in the current window."""
+    now = time.time() if now is None else now
+    window = settings.login_window_minutes * 60
+    for key, limit in _keys(username, address, settings):
+        row = db.execute("select failures, window_start from login_failures where key = ?", [key]).fetchone()
+        if row and row[0] >= limit and now - row[1] < window:
+            raise Throttled(int(math.ceil(window - (now - row[1]))))
+
+
+def failed(db: Database, username: str, address: str, settings: ReviewSettings, now: float | None = None) -> None:
+    """Count a failed sign-in against both keys (a new window when the last one has run out)."""
+    now = time.time() if now is None else now
+    window = settings.login_window_minutes * 60
+    with writing(db):
+        db.execute("delete from login_failures where window_start <= ?", [now - window])  # spent windows
+        for key, _ in _keys(username, address, settings):
+            db.execute(
+                "insert into login_failures (key, failures, window_start) values (?, 1, ?) "
+                "on conflict(key) do update set "
+                "failures = case when ? - window_start >= ? then 1 else failures + 1 end, "
+                "window_start = case when ? - window_start >= ? then ? else window_start end",
+                [key, now, now, window, now, window, now])
+
+
+def succeeded(db: Database, username: str, address: str, settings: ReviewSettings) -> None:
+    """A right password clears the pair's count (not the address's: other names may still be being guessed)."""
+    with writing(db):
+        db.execute("delete from login_failures where key = ?", [_keys(username, address, settings)[0][0]])

@@ -1,0 +1,28 @@
+"""The JSON API hubs poll: an upload's state, verdict and reasons."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, send_from_directory, url_for
+
+from gate.pipeline.outcome import evidence_dir
+from gate.record.uploads import get_upload, status
+from gate.web.context import db, settings
+
+bp = Blueprint("api", __name__)
+
+
+@bp.get("/v1/uploads/<upload_id>")
+def upload_status(upload_id: str):
+    """State (received / scanning / decided / refused / failed), verdict, reasons, and error when refused."""
+    upload = status(get_upload(db(), upload_id))
+    if (evidence_dir(settings(), upload_id) / "index.html").exists():
+        upload["evidence_url"] = url_for("api.upload_evidence", upload_id=upload_id, name="index.html",
+                                         _external=True)
+    return jsonify(upload)
+
+
+@bp.get("/v1/uploads/<upload_id>/evidence/<name>")
+def upload_evidence(upload_id: str, name: str):
+    """The evidence page and its images: probe renders, base renders, matched references."""
+    get_upload(db(), upload_id)
+    return send_from_directory(evidence_dir(settings(), upload_id), name)
