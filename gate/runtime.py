@@ -9,12 +9,12 @@ from gate.config import Settings
 
 
 def open_record(settings: Settings):
-    """The record, with the embedded default's registry seeded from the fixture world when empty."""
+    """The record; in the demo profile, its registry seeded from the fixture world when empty."""
     from gate.db import open_db
     from gate.world import World, WorldMissing, seed_registry
 
     db = open_db(settings.db_path, settings.record_sync)
-    if settings.base_model_dir is None:
+    if settings.demo:  # a production gate registers only the characters its operators add
         try:
             seed_registry(db, World.load(settings.world_dir), settings.references_dir)
         except WorldMissing:
@@ -24,6 +24,7 @@ def open_record(settings: Settings):
 
 def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = None):
     """Load the probe engine (base model, embedder) once; the slow part of a scan's start."""
+    settings.require_models()  # a clear ConfigError before the slow imports
     from gate.scan import Scanner
     from probes.engine import ProbeEngine
     from probes.probe_set import load_probe_set
@@ -36,7 +37,9 @@ def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = No
 
 
 def load_matcher(settings: Settings, db):
-    """A scanner that screens, matches and decides but does not render: the CPU worker's side of a scan."""
+    """A scanner that screens, matches and decides but does not render: the CPU worker's side of a scan.
+
+    Needs only the embedder; `settings.embedder` refuses a production configuration that names none."""
     from gate.scan import Scanner
     from probes.engine import EmbeddingEngine
     from probes.probe_set import load_probe_set
