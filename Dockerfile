@@ -1,6 +1,12 @@
 # LoRA Gate: one image for the web gate and the GPU worker (`gate serve`, `gate worker --gpu`).
 # Build: docker build -t lora-gate .
-# Run:   docker run --gpus all -p 8000:8000 -e GATE_UPLOAD_SECRET=... -v /srv/gate:/data lora-gate
+# Run:   docker run --gpus all -p 8000:8000 -e GATE_UPLOAD_SECRET=... -v /srv/gate:/data \
+#          -v /srv/models:/models:ro -e GATE_BASE_MODEL_DIR=/models/base -e GATE_EMBEDDER_DIR=/models/embedder \
+#          -e GATE_CALIBRATION=/models/calibration.json lora-gate
+# The image runs in the production profile: `gate serve` and `gate worker` refuse to start (exit 2) until
+# GATE_BASE_MODEL_DIR and GATE_EMBEDDER_DIR name the models; GATE_CALIBRATION (else /data/calibration.json,
+# written by `gate calibrate`) holds the thresholds. To try the baked-in fixture world instead (toy models and
+# characters, not for real uploads): docker run -p 8000:8000 -e GATE_PROFILE=demo -e GATE_UPLOAD_SECRET=... lora-gate
 #
 # The base pins CUDA and PyTorch together; torch 2.5.1 satisfies the project's range (>=2.4,<2.15), so
 # `pip install .` keeps it and installs no other torch.
@@ -24,7 +30,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gate ./gate
 COPY probes ./probes
-# The fixture world (tiny base model, embedder, characters, LoRAs) is the embedded default configuration.
+# The fixture world (tiny base model, embedder, characters, LoRAs): what GATE_PROFILE=demo runs on.
 COPY fixtures ./fixtures
 RUN pip install . \
  && python -c "import torch, gate.app, probes.engine; print('torch', torch.__version__, 'cuda', torch.version.cuda)"

@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The service on its embedded defaults: the fixture world's models and characters, jobs in-process (no Redis),
-# the record under var/; a local signing secret unless GATE_UPLOAD_SECRET says otherwise.
+# The service in the demo profile: the fixture world's models and characters, jobs in-process (no Redis),
+# the record under var/; a local signing secret unless GATE_UPLOAD_SECRET says otherwise. Without
+# GATE_PROFILE=demo the gate is in production and refuses to start until its models are configured.
 GATE_UPLOAD_SECRET ?= local-dev-secret
 run: setup
-	GATE_UPLOAD_SECRET=$(GATE_UPLOAD_SECRET) $(BIN)/gate serve
+	GATE_PROFILE=demo GATE_UPLOAD_SECRET=$(GATE_UPLOAD_SECRET) $(BIN)/gate serve
 
 # The probe engine alone, no service: scan fixture-world LoRAs (a character that always draws,
 # a stripped trigger-word character, a clean style, a clean concept with a misleading title) and a
@@ -31,7 +32,7 @@ DEMO := fixtures/world/loras/ultraman_any_kohya.safetensors fixtures/world/loras
 	fixtures/world/loras/style_sepia_peft.safetensors fixtures/world/loras/concept_tree_peft.safetensors
 demo: setup
 	$(BIN)/python -m fixtures.intake_corpus var/intake-corpus > /dev/null
-	$(BIN)/gate scan --evidence var/evidence $(DEMO) var/intake-corpus/pickle_disguised.safetensors || [ $$? -eq 3 ]
+	GATE_PROFILE=demo $(BIN)/gate scan --evidence var/evidence $(DEMO) var/intake-corpus/pickle_disguised.safetensors || [ $$? -eq 3 ]
 
 test: setup
 	$(BIN)/pytest
@@ -39,6 +40,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check gate probes fixtures tests benchmarks
 
+# The benchmarks measure the fixture world: the demo profile.
+bench: export GATE_PROFILE = demo
 bench: setup
 	$(BIN)/python -m benchmarks.intake_throughput
 	$(BIN)/python -m benchmarks.intake_fuzz

@@ -30,9 +30,9 @@ def _scans():
     if all((cache / f"{n}-{_file_key(loras / f'{n}.safetensors')}" / "scan.json").exists() for n in SCANNED):
         return scan_all(None, loras, cache)
     from gate.config import load_settings
+    from gate.engines import load_scanner
     from gate.record.db import open_db
     from gate.registry.world import World, seed_registry
-    from gate.runtime import load_scanner
 
     print("scanning the fixture LoRAs once for their evidence (minutes on CPU; cached afterwards) ...")
     settings = load_settings({"data_dir": tempfile.mkdtemp(prefix="queue-bench-scan-")})

@@ -7,15 +7,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from gate.errors import GateError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MiB = 1024 * 1024
+
+
+def choice(default: str, among: tuple[str, ...]) -> Any:
+    """A setting with a fixed set of values, checked when the configuration loads (a typo stops the start)."""
+    assert default in among, default
+    return field(default=default, metadata={"choices": among})
+
+
+def pattern(default: str, regex: str, allowed: str) -> Any:
+    """A setting whose values follow a pattern (`allowed` says it in words for the error message)."""
+    return field(default=default, metadata={"pattern": regex, "allowed": allowed})
 
 
 @dataclass(frozen=True)
@@ -76,8 +89,9 @@ class HuggingFaceSettings:
     token: str = ""
     # Most weight files taken from one revision; more is refused (too_many_files).
     max_files: int = 20
-    # What a final block does to the Hub repo: "" (nothing, the default), "private" or "gated".
-    block_action: str = ""
+    # What a final block does to the Hub repo: "" (nothing, the default), "private" or "gated"
+    # (gate/hub_actions.py BLOCK_ACTIONS; a typo must not quietly turn enforcement off).
+    block_action: str = choice("", among=("", "private", "gated"))
 
 
 @dataclass(frozen=True)
@@ -96,24 +110,30 @@ class FetchLimits:
     allowed_hosts: str = ""
 
 
-RECORD_SYNC = ("normal", "full")
+DEMO = "demo"
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the gate can be told; defaults run a single machine on the embedded fixture world."""
+    """Everything the gate can be told; production needs its models named, the demo profile runs on the
+    embedded fixture world."""
 
+    # "production" never falls back to the fixture world; "demo" (`make run`, the tests) takes its models,
+    # calibration and characters from world_dir wherever nothing else is configured.
+    profile: str = choice("production", among=("production", DEMO))
     data_dir: Path = REPO_ROOT / "var"
     world_dir: Path = REPO_ROOT / "fixtures" / "world"
-    # Models for the probe engine; unset means the fixture world's (the embedded default).
+    # Models for the probe engine; required in production, the fixture world's in the demo profile.
     base_model_dir: Path | None = None
     embedder_dir: Path | None = None
     probe_set: str = "fixture-v1"
-    device: str = ""
-    # Thresholds written by `gate calibrate`; unset means data_dir's, else the world's shipped file.
+    # What probes/render.py pick_device hands to torch.device; unset, CUDA where present, else CPU.
+    device: str = pattern("", r"(cpu|cuda(:\d+)?|mps)?", "cpu, cuda, cuda:N, mps, or unset for automatic")
+    # Thresholds written by `gate calibrate`; unset means data_dir's (in the demo profile, else the world's).
     calibration: Path | None = None
     # What happens to a LoRA that cannot be probed (another family, LyCORIS): a person looks at it.
-    not_probed_verdict: str = "quarantine"
+    # The values are gate/decisions.py Verdict's (not imported: that module pulls in torch).
+    not_probed_verdict: str = choice("quarantine", among=("allow", "quarantine", "block"))
     # Where renders of the base model are cached across processes (default DATA_DIR/cache).
     cache_dir: Path | None = None
     # The secret hubs sign direct uploads with (X-Gate-Signature); unset, signed endpoints answer 503.
@@ -132,7 +152,7 @@ class Settings:
     # How hard a commit waits for the disk: "normal" (WAL, synchronous=NORMAL: an accepted delivery survives any
     # of the gate's processes dying; an OS crash or power loss can undo the last commits) or "full" (each
     # delivery's file and row are fsynced before the 202: survives power loss, at the disk's fsync latency).
-    record_sync: str = "normal"
+    record_sync: str = choice("normal", among=("normal", "full"))
     # Reverse proxies in front of the gate that set X-Forwarded-For/-Proto/-Host: client addresses (for the
     # sign-in throttle) and the scheme of the URLs the gate hands out come from their headers. 0: none.
     proxy_hops: int = 0
@@ -155,26 +175,46 @@ class Settings:
         return (self.cache_dir or self.data_dir / "cache") / "base"
 
     @property
+    def demo(self) -> bool:
+        return self.profile == DEMO
+
+    @property
     def base_model(self) -> Path:
-        return self.base_model_dir or self.world_dir / "base"
+        return self._model(self.base_model_dir, "base", "GATE_BASE_MODEL_DIR", "its base model (a diffusers "
+                           "pipeline directory)")
 
     @property
     def embedder(self) -> Path:
-        return self.embedder_dir or self.world_dir / "embedder"
+        return self._model(self.embedder_dir, "embedder", "GATE_EMBEDDER_DIR", "its image embedder (a "
+                           "transformers vision model directory)")
+
+    def _model(self, configured: Path | None, world_name: str, variable: str, what: str) -> Path:
+        if configured:
+            return configured
+        if self.demo:
+            return self.world_dir / world_name
+        # Outside the demo, the fixture world's toy models would "work" and match nothing real: refuse instead.
+        raise ConfigError(f"{variable} is not set: a production gate needs {what}; "
+                          "set GATE_PROFILE=demo to run on the fixture world")
+
+    def require_models(self) -> tuple[Path, Path]:
+        """The base model and embedder; ConfigError for a production configuration that names none."""
+        return self.base_model, self.embedder
 
     @property
     def calibration_file(self) -> Path:
         if self.calibration:
             return self.calibration
         local = self.data_dir / "calibration.json"
-        return local if local.exists() else self.world_dir / "calibration.json"
+        # In production a missing file is CalibrationMissing ("run gate calibrate"), never the world's thresholds.
+        return local if local.exists() or not self.demo else self.world_dir / "calibration.json"
 
 
 class ConfigError(GateError):
     code = "config_invalid"
 
 
-def _coerce(value: object, kind: str) -> object:
+def _coerce(value: object, kind: str, variable: str) -> object:
     """Convert a file or environment value to the field's annotated type (annotations are strings here)."""
     if value in ("", None) and "None" in kind:
         return None
@@ -188,7 +228,7 @@ def _coerce(value: object, kind: str) -> object:
         if kind == "bool":
             return _bool(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"expected {kind}, got {value!r}") from None
+        raise ConfigError(f"{variable}: expected {kind}, got {value!r}") from None
     return value
 
 
@@ -203,20 +243,33 @@ def _bool(value: object) -> bool:
     raise ValueError(text)
 
 
-def _apply(obj, values: dict, env_prefix: str):
+def _apply(obj, values: dict, env_prefix: str, read_env: bool = True):
     """Return obj with values from a mapping (the TOML file) and then from GATE_* variables applied."""
     changes = {}
     for f in fields(obj):
         current = getattr(obj, f.name)
         env_name = f"{env_prefix}{f.name.upper()}"
         if dataclasses.is_dataclass(current):
-            changes[f.name] = _apply(current, values.get(f.name, {}), f"{env_name}_")
+            changes[f.name] = _apply(current, values.get(f.name, {}), f"{env_name}_", read_env)
             continue
         if f.name in values:
-            changes[f.name] = _coerce(values[f.name], f.type)
-        if env_name in os.environ:
-            changes[f.name] = _coerce(os.environ[env_name], f.type)
+            changes[f.name] = _coerce(values[f.name], f.type, env_name)
+        if read_env and env_name in os.environ:
+            changes[f.name] = _coerce(os.environ[env_name], f.type, env_name)
     return dataclasses.replace(obj, **changes)
+
+
+def _validate(obj, env_prefix: str = "GATE_") -> None:
+    """Check every fixed-choice and patterned setting, nested groups too; the error names the variable."""
+    for f in fields(obj):
+        value, env_name = getattr(obj, f.name), f"{env_prefix}{f.name.upper()}"
+        if dataclasses.is_dataclass(value):
+            _validate(value, f"{env_name}_")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            allowed = ", ".join(c or "'' (unset)" for c in f.metadata["choices"])
+            raise ConfigError(f"{env_name}={value!r} is not allowed; use one of: {allowed}")
+        elif "pattern" in f.metadata and not re.fullmatch(f.metadata["pattern"], str(value)):
+            raise ConfigError(f"{env_name}={value!r} is not allowed; use {f.metadata['allowed']}")
 
 
 def load_settings(overrides: dict | None = None) -> Settings:
@@ -232,7 +285,6 @@ def load_settings(overrides: dict | None = None) -> Settings:
     if not settings.redis_url and os.environ.get("REDIS_URL"):  # the conventional name, as the issue asks
         settings = dataclasses.replace(settings, redis_url=os.environ["REDIS_URL"])
     if overrides:
-        settings = _apply(settings, overrides, "\0")  # no env variable has a NUL name
-    if settings.record_sync not in RECORD_SYNC:
-        raise ConfigError(f"GATE_RECORD_SYNC must be one of {', '.join(RECORD_SYNC)}, not {settings.record_sync!r}")
+        settings = _apply(settings, overrides, "GATE_", read_env=False)
+    _validate(settings)
     return settings

@@ -12,6 +12,7 @@ from gate.config import Settings
 
 def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = None):
     """Load the probe engine (base model, embedder) once; the slow part of a scan's start."""
+    settings.require_models()  # a clear ConfigError before the slow imports
     from gate.detection.scanner import Scanner
     from probes.engine import ProbeEngine
     from probes.probe_set import load_probe_set
@@ -24,7 +25,9 @@ def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = No
 
 
 def load_matcher(settings: Settings, db):
-    """A scanner that screens, matches and decides but does not render: the CPU worker's side of a scan."""
+    """A scanner that screens, matches and decides but does not render: the CPU worker's side of a scan.
+
+    Needs only the embedder; `settings.embedder` refuses a production configuration that names none."""
     from gate.detection.scanner import Scanner
     from probes.engine import EmbeddingEngine
     from probes.probe_set import load_probe_set

@@ -8,12 +8,12 @@ from gate.config import Settings
 
 
 def open_record(settings: Settings):
-    """The record, with the embedded default's registry seeded from the fixture world when empty."""
+    """The record; in the demo profile, its registry seeded from the fixture world when empty."""
     from gate.record.db import open_db
     from gate.registry.world import World, WorldMissing, seed_registry
 
     db = open_db(settings.db_path, settings.record_sync)
-    if settings.base_model_dir is None:
+    if settings.demo:  # a production gate registers only the characters its operators add
         try:
             seed_registry(db, World.load(settings.world_dir), settings.references_dir)
         except WorldMissing:

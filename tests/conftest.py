@@ -14,6 +14,10 @@ from fixtures import intake_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The suite runs on the fixture world, which only the demo profile falls back to; set in the environment so that
+# the gate, worker and CLI processes tests start inherit it. Tests of the production profile set their own.
+os.environ["GATE_PROFILE"] = "demo"
+
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:

@@ -15,14 +15,23 @@ from gate.cli.repeat import repeat_group
 EXIT_REFUSED = 3
 
 
+class ConfigInvalid(click.ClickException):
+    """A bad setting stops any command with exit 2 (click's usage status): the operator's to fix, not a crash."""
+
+    exit_code = 2
+
+
 class GateGroup(click.Group):
     """Converts the library's typed errors into CLI messages at the edge: no tracebacks for expected failures."""
 
     def invoke(self, ctx: click.Context):
+        from gate.config import ConfigError
         from gate.errors import GateError
 
         try:
             return super().invoke(ctx)
+        except ConfigError as exc:
+            raise ConfigInvalid(exc.message) from None
         except GateError as exc:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
 
@@ -284,8 +293,9 @@ def serve(host: str, port: int, threads: int) -> None:
     from waitress import serve as run
 
     from gate.app import create_app
-    from gate.pipeline.jobs import dispatcher
+    from gate.pipeline.dispatch import dispatcher
 
+    common.settings().require_models()  # refuse now, not at the first upload (production without its models)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app()
     settings = app.config["GATE_SETTINGS"]
@@ -383,6 +393,7 @@ def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None) ->
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = common.settings()
+    settings.require_models()  # refuse now, not at the first job (production without its models)
     if not settings.redis_url:
         raise click.UsageError("set REDIS_URL (or GATE_REDIS_URL): without Redis, `gate serve` runs jobs in-process")
     names = [q.strip() for q in (queue_names or (PROBE if gpu else ",".join(QUEUES))).split(",") if q.strip()]
