@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test lint bench
+.PHONY: setup run demo test lint bench docs docs-site
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,11 @@ bench: setup
 	$(BIN)/python -m benchmarks.intake_fuzz
 	$(BIN)/python -m benchmarks.detection
 	$(BIN)/python -m benchmarks.probe_throughput
+
+# The reference pages under docs/reference/ are generated from the code; tests/test_docs.py checks them.
+docs: setup
+	$(BIN)/cog -r -I docs docs/reference/*.md
+
+# The static site, as CI builds it: warnings are errors.
+docs-site: setup
+	$(BIN)/mkdocs build --strict --site-dir site
