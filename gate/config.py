@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from gate.errors import GateError
+from gate.intake.limits import IntakeLimits, MiB
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-MiB = 1024 * 1024
 
 
 def choice(default: str, among: tuple[str, ...]) -> Any:
@@ -29,17 +29,6 @@ def choice(default: str, among: tuple[str, ...]) -> Any:
 def pattern(default: str, regex: str, allowed: str) -> Any:
     """A setting whose values follow a pattern (`allowed` says it in words for the error message)."""
     return field(default=default, metadata={"pattern": regex, "allowed": allowed})
-
-
-@dataclass(frozen=True)
-class IntakeLimits:
-    """Bounds on what intake will read; far below safetensors' own (100 MB header) so a hostile file stays cheap."""
-
-    max_file_bytes: int = 4096 * MiB
-    max_header_bytes: int = 16 * MiB
-    max_metadata_bytes: int = 8 * MiB
-    max_tensors: int = 50_000
-    max_dims: int = 8
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gate.config import IntakeLimits
 from gate.errors import IntakeError, Refusal
 from gate.intake.family import FamilyReport, infer_family
 from gate.intake.fingerprint import Fingerprints, fingerprint
 from gate.intake.header import Header, read_header
 from gate.intake.layout import Layout, read_layout
+from gate.intake.limits import IntakeLimits
 from gate.intake.metadata import LoraMetadata, parse_metadata
 from gate.intake.sniff import HEAD_BYTES, sniff
 

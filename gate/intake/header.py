@@ -7,8 +7,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from gate.config import IntakeLimits
 from gate.errors import IntakeError, Refusal
+from gate.intake.limits import IntakeLimits
 
 # Bits per element of every dtype safetensors defines; anything else is refused.
 DTYPE_BITS = {
