@@ -27,12 +27,12 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin gate \
  && mkdir -p /data && chown gate:gate /data
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gate ./gate
 COPY probes ./probes
 # The fixture world (tiny base model, embedder, characters, LoRAs): what GATE_PROFILE=demo runs on.
 COPY fixtures ./fixtures
-RUN pip install . \
+RUN pip install -c constraints.txt '.[probes]' \
  && python -c "import torch, gate.app, probes.engine; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 USER gate

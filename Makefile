@@ -6,14 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run demo test lint bench docs docs-site
+.PHONY: setup run demo test lint bench constraints docs docs-site
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first: the project's range then admits it, so pip pulls no multi-GB CUDA build.
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]'
+	# The web gate alone needs no torch (pip install lora-gate); the probes extra adds it for the workers.
+	$(BIN)/pip install -q -c constraints.txt -e '.[probes,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -55,3 +56,8 @@ docs: setup
 # The static site, as CI builds it: warnings are errors.
 docs-site: setup
 	$(BIN)/mkdocs build --strict --site-dir site
+
+# Pin every dependency to what this .venv holds (torch excluded: it is chosen per machine).
+constraints: setup
+	{ sed -n '1,3p' constraints.txt; $(BIN)/pip freeze | grep -v -i '^-e\|^lora.gate\|^torch==\|^nvidia\|^triton==' | sort -f; } > constraints.new
+	mv constraints.new constraints.txt

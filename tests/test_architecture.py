@@ -100,3 +100,16 @@ def test_the_web_process_loads_no_torch(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_web_gate_installs_without_torch():
+    """`pip install lora-gate` is the web gate, intake and the record; torch and its stack come with [probes]."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~\[ ;]", spec)[0].lower() for spec in project["dependencies"]}
+    assert not names & set(TORCH_SIDE)
+    assert set(TORCH_SIDE) <= {re.split(r"[<>=!~\[ ;]", spec)[0].lower()
+                               for spec in project["optional-dependencies"]["probes"]}
+    assert all(re.search(r"<\s*\d", spec) for spec in project["dependencies"]), "every dependency caps its major"
