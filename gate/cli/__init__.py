@@ -289,11 +289,13 @@ def serve(host: str, port: int, threads: int) -> None:
     Example: GATE_UPLOAD_SECRET=s3cret gate serve --port 8000
     """
     import logging
+    import signal
 
     from waitress import serve as run
 
     from gate.app import create_app
     from gate.pipeline.dispatch import dispatcher
+    from gate.pipeline.embedded import WorkerProcess, use_worker_process
 
     common.settings().require_models()  # refuse now, not at the first upload (production without its models)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -301,11 +303,21 @@ def serve(host: str, port: int, threads: int) -> None:
     settings = app.config["GATE_SETTINGS"]
     if not settings.upload_secret:
         click.echo("warning: GATE_UPLOAD_SECRET is not set; POST /v1/uploads will answer 503", err=True)
-    dispatcher(settings)  # in-process: start the worker now, picking up uploads a previous run left pending
-    jobs = f"RQ on {settings.redis_url}" if settings.redis_url else "in-process (no REDIS_URL)"
+    child = None
+    if not settings.redis_url:  # the scans run in a supervised child process: torch stays out of this one
+        child = WorkerProcess()
+        child.start()
+        use_worker_process(child)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the child on the way out, as on Ctrl-C
+    dispatcher(settings)
+    jobs = f"RQ on {settings.redis_url}" if settings.redis_url else f"a scan worker process ({child.process.pid})"
     click.echo(f"jobs: {jobs}")
     click.echo(f"LoRA Gate listening on http://{host}:{port} (data in {settings.data_dir})")
-    run(app, host=host, port=port, threads=threads, ident="lora-gate")
+    try:
+        run(app, host=host, port=port, threads=threads, ident="lora-gate")
+    finally:
+        if child is not None:
+            child.stop()
 
 
 @main.command()
@@ -380,7 +392,9 @@ def blocklist_list(as_json: bool) -> None:
                                           "queue; it never opens the record.")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option("--name", default=None, help="Worker name (default: host and a random suffix).")
-def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None) -> None:
+@click.option("--embedded", is_flag=True, hidden=True,
+              help="The scan worker process `gate serve` starts without Redis: jobs as JSON lines on stdin.")
+def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None, embedded: bool) -> None:
     """Run an RQ worker on Redis (REDIS_URL) for the gate's queues.
 
     Example: REDIS_URL=redis://127.0.0.1:6379/0 gate worker --queues intake,catalogue
@@ -394,8 +408,13 @@ def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None) ->
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = common.settings()
     settings.require_models()  # refuse now, not at the first job (production without its models)
+    if embedded:
+        from gate.pipeline.dispatch import run_worker_child
+
+        run_worker_child(settings)
+        return
     if not settings.redis_url:
-        raise click.UsageError("set REDIS_URL (or GATE_REDIS_URL): without Redis, `gate serve` runs jobs in-process")
+        raise click.UsageError("set REDIS_URL (or GATE_REDIS_URL): without Redis, `gate serve` runs its own worker")
     names = [q.strip() for q in (queue_names or (PROBE if gpu else ",".join(QUEUES))).split(",") if q.strip()]
     unknown = [q for q in names if q not in QUEUES]
     if unknown:

@@ -1,20 +1,25 @@
-"""Where the web gate and the CLI hand accepted work: the process's queues (RQ on Redis, or in-process on the
-embedded default), with the in-process queues' housekeeping (outbox delivery, resuming what a previous run left).
+"""Where the web gate and the CLI hand accepted work: the process's queues (RQ on Redis; without it, `gate serve`'s
+scan worker process, or jobs in-process for the library and tests), with the in-process queues' housekeeping
+(outbox delivery, resuming what a previous run left).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
+import sys
 import threading
 
 from gate.config import Settings
 from gate.hubs.callbacks import deliver_due
 from gate.hubs.deliveries import DeliveryState, get_delivery, update_delivery
 from gate.hubs.enforcement import enforce_blocks
+from gate.pipeline.embedded import worker_process
 from gate.pipeline.ingest import resume_deliveries
 from gate.pipeline.start import fetch_job, scan_job
-from gate.queues import InProcessQueues, make_queues
+from gate.queues import InProcessQueues, RedisQueues, make_queues
 from gate.record.db import open_db, writing
 from gate.record.uploads import get_upload, pending
 from gate.runtime import thread_record
@@ -27,11 +32,15 @@ class Dispatcher:
     """What the web gate hands accepted uploads to: the process's queues, plus their housekeeping when jobs
     run in-process (outbox delivery, picking up uploads a previous run left pending)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, in_process: bool = False):
         self.settings = settings
-        self.queues = make_queues(settings, on_idle=self.housekeeping)
         self._handoff: queue.SimpleQueue | None = None
         self._handoff_lock = threading.Lock()
+        child = worker_process()
+        if child is not None and not settings.redis_url and not in_process:
+            self.queues = child  # `gate serve`'s scan worker process: it resumes the record's pending work itself
+            return
+        self.queues = make_queues(settings, on_idle=self.housekeeping)
         if isinstance(self.queues, InProcessQueues):
             db = open_db(settings.db_path, settings.record_sync)
             for upload_id in pending(db):  # after a restart, nothing is lost
@@ -48,7 +57,7 @@ class Dispatcher:
         With Redis, a background thread hands jobs over in batches (one round trip each), so a hub's delivery waits
         only for its record, never for Redis; what this process dies holding is recorded as received, and the
         reconciler starts it."""
-        if isinstance(self.queues, InProcessQueues):
+        if not isinstance(self.queues, RedisQueues):
             self.queues.enqueue(queue_name, func, *args, job_id=job)
             return
         with self._handoff_lock:
@@ -107,3 +116,19 @@ def accept_delivery(settings: Settings, db, recorded) -> dict:
                                        generation=(delivery["generation"] or 0) + 1)
     dispatcher(settings).hand_off(*fetch_job(delivery["id"], delivery["generation"] or 0))
     return delivery
+
+
+def run_worker_child(settings: Settings) -> None:
+    """`gate worker --embedded` (gate.pipeline.embedded's child): run jobs in this process's job thread, taking them
+    as JSON lines from standard input until it closes. Pending uploads and deliveries are picked up from the record
+    first, so nothing a dead predecessor held is lost."""
+    dispatcher = Dispatcher(settings, in_process=True)
+    log.info("scan worker process %d ready", os.getpid())
+    for line in sys.stdin:
+        try:
+            job = json.loads(line)
+            dispatcher.queues.enqueue(job["queue"], job["func"], *job["args"], job_id=job["job_id"],
+                                      retry=job.get("retry", True))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring a malformed job line (%s): %.200s", exc, line)
+    log.info("scan worker process %d: input closed, exiting", os.getpid())

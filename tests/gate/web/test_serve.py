@@ -24,7 +24,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
+def served(tmp_path):
+    """`gate serve` on the embedded default (no Redis), as `make run` runs it: (base URL, the web process)."""
     port = _free_port()
     env = {**os.environ, "GATE_DATA_DIR": str(tmp_path / "data"), "GATE_UPLOAD_SECRET": "e2e-secret"}
     process = subprocess.Popen([sys.executable, "-m", "gate", "serve", "--port", str(port)], cwd=REPO, env=env,
@@ -40,9 +41,15 @@ def server(tmp_path):
     else:
         process.kill()
         pytest.fail(f"gate serve did not start: {process.stdout.read()[-2000:]}")
-    yield base
-    process.terminate()
-    process.wait(timeout=20)
+    yield base, process
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def server(served):
+    return served[0]
 
 
 def _poll(url: str, timeout: float = 300) -> dict:
@@ -69,3 +76,56 @@ def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world):
     assert "_render.png" in page and "_base.png" in page  # renders with the LoRA beside the base renders
     metrics = urllib.request.urlopen(f"{server}/metrics").read().decode()
     assert f'gate_decisions{{verdict="{final["verdict"]}"}} 1' in metrics
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as listing:
+            found += [int(child) for child in listing.read().split()]
+    return found
+
+
+def _loaded_torch(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return "libtorch" in maps.read()
+
+
+def _wait_state(url: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        answer = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        if answer["state"] in states:
+            return answer
+        time.sleep(0.1)
+    raise AssertionError(f"never reached {states}: {answer['state']}")
+
+
+def test_scans_run_in_a_supervised_worker_process_that_may_die(served, world):
+    """The embedded default: the web process never loads torch; its scan worker, killed mid-scan, is restarted
+    and the upload is still decided; stopping the server ends the worker too."""
+    base, process = served
+    first = world_lora(world, kind="style")
+    status, answer = deliver(f"{base}/v1/uploads", world.path(first["path"]), "e2e-secret",
+                             {"hub": "testhub", "model_id": "m-style", "title": "a style"})
+    assert status == 202, answer
+    assert _poll(answer["status_url"])["state"] == "decided"
+    [worker] = _children(process.pid)
+    assert _loaded_torch(worker) and not _loaded_torch(process.pid)
+
+    second = world_lora(world, kind="character", trigger=None, metadata_style="honest")
+    status, answer = deliver(f"{base}/v1/uploads", world.path(second["path"]), "e2e-secret",
+                             {"hub": "testhub", "model_id": "m-char", "title": "a character"})
+    assert status == 202, answer
+    _wait_state(answer["status_url"], ("scanning",))
+    os.kill(worker, 9)  # kill -9 mid-scan
+    final = _poll(answer["status_url"])
+    assert final["state"] == "decided", final
+    [restarted] = _children(process.pid)
+    assert restarted != worker and not _loaded_torch(process.pid)
+    health = json.loads(urllib.request.urlopen(f"{base}/readyz", timeout=5).read())
+    assert health["checks"]["queue"] == "ok"
+
+    process.terminate()
+    assert process.wait(timeout=30) == 0
+    assert not os.path.exists(f"/proc/{restarted}") or open(f"/proc/{restarted}/stat").read().split()[2] == "Z"
