@@ -32,7 +32,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from gate.client import deliver
+from gate.hubs.client import deliver
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "footprint-secret"
