@@ -77,6 +77,11 @@ class Queues:
     def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True) -> None:
         raise NotImplementedError
 
+    def enqueue_many(self, jobs: list[tuple[str, str, tuple, str]]) -> None:
+        """Enqueue (queue, func, args, job id) entries; RedisQueues does it in one round trip."""
+        for queue_name, func, args, job_id in jobs:
+            self.enqueue(queue_name, func, *args, job_id=job_id)
+
     def depth(self) -> dict[str, int]:
         raise NotImplementedError
 
