@@ -79,7 +79,7 @@ class HuggingFaceSettings:
     # Most weight files taken from one revision; more is refused (too_many_files).
     max_files: int = 20
     # What a final block does to the Hub repo: "" (nothing, the default), "private" or "gated"
-    # (gate/hub_actions.py BLOCK_ACTIONS; a typo must not quietly turn enforcement off).
+    # (gate/hubs/enforcement.py BLOCK_ACTIONS; a typo must not quietly turn enforcement off).
     block_action: str = choice("", among=("", "private", "gated"))
 
 
@@ -118,16 +118,16 @@ class Settings:
     probe_set: str = "fixture-v1"
     # What probes/render.py pick_device hands to torch.device; unset, CUDA where present, else CPU.
     device: str = pattern("", r"(cpu|cuda(:\d+)?|mps)?", "cpu, cuda, cuda:N, mps, or unset for automatic")
-    # Thresholds written by `gate calibrate`; unset means data_dir's (in the demo profile, else the world's).
+    # Thresholds written by `gate calibrate`; unset means data_dir's, else (demo profile only) the world's.
     calibration: Path | None = None
     # What happens to a LoRA that cannot be probed (another family, LyCORIS): a person looks at it.
-    # The values are gate/decisions.py Verdict's (not imported: that module pulls in torch).
+    # The values are gate/detection/decisions.py Verdict's (a test holds them equal; config imports no detection).
     not_probed_verdict: str = choice("quarantine", among=("allow", "quarantine", "block"))
     # Where renders of the base model are cached across processes (default DATA_DIR/cache).
     cache_dir: Path | None = None
     # The secret hubs sign direct uploads with (X-Gate-Signature); unset, signed endpoints answer 503.
     upload_secret: str = ""
-    # Redis for the job queues (also read from REDIS_URL); unset, jobs run in-process (the embedded default).
+    # Redis for the job queues (also read from REDIS_URL); unset, `gate serve` runs its own scan worker process.
     redis_url: str = ""
     # The gate's own base URL as workers on other machines reach it, to fetch upload files over HTTP.
     public_url: str = ""

@@ -10,6 +10,8 @@ import click
 
 from gate.cli import catalogue as cli_catalogue
 from gate.cli import common
+from gate.cli.deliveries import deliveries
+from gate.cli.people import audit_group, tokens, users
 from gate.cli.repeat import repeat_group
 
 EXIT_REFUSED = 3
@@ -475,13 +477,7 @@ characters.add_command(cli_catalogue.characters_refs)
 characters.add_command(cli_catalogue.characters_reports)
 main.add_command(cli_catalogue.catalogue_group)
 main.add_command(cli_catalogue.rescan)
-
-from gate.cli.people import audit_group, tokens, users  # noqa: E402 - issue 7's commands live in their own module
-
 main.add_command(users)
 main.add_command(tokens)
 main.add_command(audit_group)
-
-from gate.cli.deliveries import deliveries  # noqa: E402 - registered after the group is built
-
 main.add_command(deliveries)

@@ -32,12 +32,12 @@ class Dispatcher:
     """What the web gate hands accepted uploads to: the process's queues, plus their housekeeping when jobs
     run in-process (outbox delivery, picking up uploads a previous run left pending)."""
 
-    def __init__(self, settings: Settings, in_process: bool = False):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self._handoff: queue.SimpleQueue | None = None
         self._handoff_lock = threading.Lock()
-        child = worker_process()
-        if child is not None and not settings.redis_url and not in_process:
+        child = worker_process()  # set only in `gate serve`'s own process, never in the worker it starts
+        if child is not None and not settings.redis_url:
             self.queues = child  # `gate serve`'s scan worker process: it resumes the record's pending work itself
             return
         self.queues = make_queues(settings, on_idle=self.housekeeping)
@@ -122,7 +122,7 @@ def run_worker_child(settings: Settings) -> None:
     """`gate worker --embedded` (gate.pipeline.embedded's child): run jobs in this process's job thread, taking them
     as JSON lines from standard input until it closes. Pending uploads and deliveries are picked up from the record
     first, so nothing a dead predecessor held is lost."""
-    dispatcher = Dispatcher(settings, in_process=True)
+    dispatcher = Dispatcher(settings)
     log.info("scan worker process %d ready", os.getpid())
     for line in sys.stdin:
         try:

@@ -25,11 +25,10 @@ RESTART_DELAYS = (0.5, 1, 2, 5, 10)  # seconds before restarting a child that ke
 class WorkerProcess(Queues):
     """A supervised child process (`gate worker --embedded`) running every queue's jobs, as the web gate's queues."""
 
-    def __init__(self, command: list[str] | None = None, env: dict[str, str] | None = None):
-        self.command = command or [sys.executable, "-m", "gate", "worker", "--embedded"]
-        self.env = env
+    COMMAND = (sys.executable, "-m", "gate", "worker", "--embedded")
+
+    def __init__(self):
         self.process: subprocess.Popen | None = None
-        self.restarts = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -42,7 +41,7 @@ class WorkerProcess(Queues):
 
     def _spawn(self) -> None:
         with self._lock:
-            self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, text=True, env=self.env)
+            self.process = subprocess.Popen(self.COMMAND, stdin=subprocess.PIPE, text=True)
         log.info("scan worker process %d started", self.process.pid)
 
     def _supervise(self) -> None:
@@ -57,7 +56,6 @@ class WorkerProcess(Queues):
             log.warning("scan worker process %d exited with %s; restarting in %.1f s", self.process.pid, code, delay)
             if self._stopping.wait(delay):
                 return
-            self.restarts += 1
             self._spawn()
 
     def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True) -> None:
@@ -68,10 +66,6 @@ class WorkerProcess(Queues):
                 self.process.stdin.flush()
             except (BrokenPipeError, OSError, ValueError) as exc:  # the child died; its successor resumes the record
                 log.warning("scan worker unavailable (%s); %s waits for the restarted worker", exc, job_id)
-
-    def enqueue_many(self, jobs: list[tuple[str, str, tuple, str]]) -> None:
-        for queue_name, func, args, job_id in jobs:
-            self.enqueue(queue_name, func, *args, job_id=job_id)
 
     def depth(self) -> dict[str, int]:
         return dict.fromkeys(QUEUES, 0)  # the child's queue is its own; the record says what waits
