@@ -202,7 +202,7 @@ def characters_list(as_json: bool, include_retired: bool) -> None:
     """
     from gate.registry.characters import list_characters
 
-    found = list_characters(common.record(common.settings()), include_retired)
+    found = list_characters(common.record(), include_retired)
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in found], ensure_ascii=False, indent=1))
         return
@@ -221,7 +221,7 @@ def characters_show(character_id: str, as_json: bool) -> None:
     """
     from gate.registry.characters import get_character
 
-    character = get_character(common.record(common.settings()), character_id)
+    character = get_character(common.record(), character_id)
     if as_json:
         click.echo(json.dumps(character.to_dict(), ensure_ascii=False, indent=1))
         return
@@ -272,7 +272,7 @@ def characters_retire(character_id: str) -> None:
     from gate.record.db import writing
     from gate.registry.characters import get_character, retire_character
 
-    db = common.record(common.settings())
+    db = common.record()
     with writing(db):
         before = get_character(db, character_id)
         character = retire_character(db, character_id)
@@ -361,7 +361,7 @@ def blocklist_add(tensor_hash: str, reason: str, source: str) -> None:
     from gate.record.db import writing
     from gate.registry.blocklist import add
 
-    db = common.record(common.settings())
+    db = common.record()
     with writing(db):
         add(db, tensor_hash, reason, source)
         audit.record(db, common.actor(), "blocklist.add", "tensor_hash", tensor_hash.strip().lower(), reason, None,
@@ -378,7 +378,7 @@ def blocklist_list(as_json: bool) -> None:
     """
     from gate.registry.blocklist import entries
 
-    found = entries(common.record(common.settings()))
+    found = entries(common.record())
     if as_json:
         click.echo(json.dumps(found, indent=1, ensure_ascii=False))
         return

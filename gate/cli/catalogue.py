@@ -102,7 +102,7 @@ def characters_refs(character_id: str, as_json: bool) -> None:
     """
     from gate.registry.characters import reference_rows
 
-    rows = reference_rows(common.record(common.settings()), character_id)
+    rows = reference_rows(common.record(), character_id)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
@@ -121,7 +121,7 @@ def characters_reports(character_id: str, as_json: bool, limit: int) -> None:
     """
     from gate.catalogue.screening import character_reports
 
-    reports = character_reports(common.record(common.settings()), character_id, limit)
+    reports = character_reports(common.record(), character_id, limit)
     if as_json:
         click.echo(json.dumps(reports, indent=1, ensure_ascii=False))
         return
