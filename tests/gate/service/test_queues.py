@@ -193,6 +193,11 @@ def test_a_worker_killed_mid_job_loses_nothing(service, world):
     lora = world_lora(world, kind="style")
     answer = _deliver(service, world.path(lora["path"]), "m-kill")
     _wait(lambda: _status(answer["status_url"])["state"] == "scanning", 120, "the scan never started")
+    # Killed while its probe job runs (a job in hand), not between two jobs, where nothing would be lost to show.
+    log, probing = service.logs / "worker-victim.log", "probes.jobs.probe_upload("
+    _wait(lambda: any(probing in line and f"({answer['id']}-g0-probe)" in line
+                      for line in log.read_text().splitlines()), 120, "the probe job never started")
+    assert "Successfully completed probes.jobs.probe_upload" not in log.read_text()
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     service.spawn("worker", log="worker-rescuer")
