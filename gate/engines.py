@@ -1,36 +1,39 @@
-"""The door to the torch side: loading the probe engine (base model and embedder) or the embedder alone, from
-settings. Only processes that render or embed come here: the GPU worker, the record's workers that match, and the
-operator's local commands (`gate scan`, `gate calibrate`); the web gate never does.
+"""The door to the torch side, for the operator's local commands: the probe engine (base model and embedder)
+or the embedder alone, loaded from settings in this process. The GPU worker loads its engine in probes.jobs;
+the web gate and the record's workers never come here (import contracts in pyproject.toml).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from gate.config import Settings
 
 
 def load_scanner(settings: Settings, db, echo: Callable[[str], None] | None = None):
-    """Load the probe engine (base model, embedder) once; the slow part of a scan's start."""
+    """A scanner with the resident probe engine (loaded once per process, shared with any probe job run here)."""
     settings.require_models()  # a clear ConfigError before the slow imports
     from gate.detection.scanner import Scanner
-    from probes.engine import ProbeEngine
-    from probes.probe_set import load_probe_set
+    from probes.jobs import engine
 
     if echo:
         echo(f"loading base model {settings.base_model} and embedder {settings.embedder} ...")
-    engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device,
-                         cache_dir=settings.base_render_cache)
-    return Scanner(settings, db, engine)
+    return Scanner(settings, db, engine(settings))
 
 
-def load_matcher(settings: Settings, db):
-    """A scanner that screens, matches and decides but does not render: the CPU worker's side of a scan.
+def lazy_embedder(settings: Settings) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """An embed function that loads the embedder alone (no diffusion pipeline) on its first call: what
+    registering or changing a character needs, and only when some reference has no vector yet."""
+    loaded = []
 
-    Needs only the embedder; `settings.embedder` refuses a production configuration that names none."""
-    from gate.detection.scanner import Scanner
-    from probes.engine import EmbeddingEngine
-    from probes.probe_set import load_probe_set
+    def embed(images: list[np.ndarray]) -> np.ndarray:
+        if not loaded:
+            from probes.engine import EmbeddingEngine
+            from probes.probe_set import load_probe_set
 
-    return Scanner(settings, db, EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set),
-                                                 settings.device))
+            loaded.append(EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set), settings.device))
+        return loaded[0].embed(images)
+
+    return embed

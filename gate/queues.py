@@ -20,8 +20,11 @@ from gate.config import Settings
 
 log = logging.getLogger(__name__)
 
-INTAKE, PROBE, CATALOGUE = "intake", "probe", "catalogue"
-QUEUES = (INTAKE, PROBE, CATALOGUE)  # priority order: live uploads before the back catalogue
+INTAKE, PROBE, CATALOGUE, CATALOGUE_PROBE = "intake", "probe", "catalogue", "catalogue_probe"
+# Priority order: live uploads before the back catalogue. The record's workers (CPU) take intake and catalogue,
+# the probe workers (GPU) probe and catalogue_probe.
+QUEUES = (INTAKE, PROBE, CATALOGUE, CATALOGUE_PROBE)
+RECORD_QUEUES, PROBE_QUEUES = (INTAKE, CATALOGUE), (PROBE, CATALOGUE_PROBE)
 RETRY_INTERVALS = (5, 30)  # seconds before the second and third attempts
 FAILURE_CALLBACK = "gate.pipeline.jobs.job_failed"
 
@@ -222,6 +225,29 @@ class _FinishedJob:
     func_name: str
     args: tuple
     retries_left: int = 0
+
+
+class InlineQueues(Queues):
+    """Every job run at once, in the caller's thread, a job's own jobs inside it: an operator's local command
+    without Redis (`gate rescan`, `gate catalogue import`) runs a whole chain this way. A failure is raised to
+    the caller; nothing is retried."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True) -> None:
+        if queue_name not in QUEUES:
+            raise ValueError(f"no queue {queue_name!r}")
+        resolve(func)(*args)
+
+    def job_status(self, job_id: str) -> tuple[str | None, str | None]:
+        return None, None
+
+    def depth(self) -> dict[str, int]:
+        return dict.fromkeys(QUEUES, 0)
+
+    def health(self) -> str:
+        return "ok"
 
 
 def make_queues(settings: Settings, on_idle: Callable[[], None] | None = None) -> Queues:

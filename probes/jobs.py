@@ -1,18 +1,25 @@
-"""The GPU worker's job: render and embed one upload's LoRA with the resident engine.
+"""The GPU worker's jobs: everything that needs torch, with the resident engine.
 
-It never opens the gate's record. It gets a JSON request (what intake learned, the probe terms, where the
-file is), re-validates the file itself (a worker trusts no earlier reading), and hands the outcome as JSON
-to the gate's conclude job on the intake queue.
+- `probe_upload`: render and embed one upload's LoRA (and measure the likelihood probe);
+- `likelihood_upload`: the likelihood probe alone, for back-catalogue screening of one character;
+- `embed_references`: embed registered reference images (the record's workers hold no embedder).
+
+They never open the gate's record. Each gets a JSON request (what the gate's CPU side learned, where the files
+are), re-validates every file itself (a worker trusts no earlier reading), and hands its result as JSON to the
+gate job the request names as its `reply` (by default the live scan's conclude job on the intake queue).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import tempfile
 import threading
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 from gate.config import Settings
 from gate.intake import inspect_file
@@ -23,6 +30,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 _engines: dict[str, object] = {}
 _lock = threading.Lock()
+
+
+REFERENCE_FORMATS = ("PNG", "JPEG", "WEBP")  # as the registry accepts them; no other decoder sees the bytes
 
 
 class ProbeRequestError(Exception):
@@ -67,25 +77,62 @@ def _fetch(settings: Settings, request: dict, spool: Path) -> Path:
     return target
 
 
+def _reply(request: dict, result: dict, default: dict) -> None:
+    """Hand the result to the gate job the request names (only a gate job: a probe worker calls nothing else)."""
+    reply = request.get("reply") or default
+    if not str(reply.get("func", "")).startswith("gate."):
+        raise ProbeRequestError(f"a reply must go to a gate job, not {reply.get('func')!r}")
+    context().queues.enqueue(reply["queue"], reply["func"], *reply.get("args", ()), result, job_id=reply["job_id"])
+
+
+def _checked_upload(settings: Settings, request: dict, spool: Path) -> Path:
+    """The upload's file, fetched if need be, with the sha256 the gate recorded, passing intake here too."""
+    path = _fetch(settings, request, spool)
+    if _sha256(path) != request["file_sha256"]:
+        raise ProbeRequestError(f"upload {request.get('upload_id')}'s file does not have the sha256 intake recorded")
+    inspection = inspect_file(path, settings.intake)
+    if not inspection.ok:
+        raise ProbeRequestError(f"upload {request.get('upload_id')}'s file fails intake here: {inspection.error.code}")
+    return path
+
+
+def _engine_for(settings: Settings, request: dict):
+    probe_engine = engine(settings)
+    if request["probe_set"] != probe_engine.probe_set.id:
+        raise ProbeRequestError(f"the gate asked for probe set {request['probe_set']}, this worker renders "
+                                f"{probe_engine.probe_set.id}")
+    return probe_engine
+
+
+def _reference_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
+    """Embed reference images the gate has no vector for yet: {reference id: base64 float32 vector}."""
+    if not wanted:
+        return {}
+    from PIL import Image
+
+    images = []
+    for ref in wanted:
+        path = Path(ref["path"])
+        if not path.is_file() or _sha256(path) != ref["sha256"]:
+            raise ProbeRequestError(f"reference {ref['id']} ({path.name}) is not on this machine as registered")
+        with Image.open(path, formats=REFERENCE_FORMATS) as image:
+            images.append(np.asarray(image.convert("RGB")))
+    vectors = probe_engine.embed(images)
+    return {str(ref["id"]): base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
+            for ref, vector in zip(wanted, vectors, strict=True)}
+
+
 def probe_upload(request: dict) -> dict:
     """Render the probe set with and without the upload's LoRA; queue the gate's conclusion."""
     from probes.contract import outcome_to_json
     from probes.likelihood import ReferenceSet
 
-    settings, queues = context().settings, context().queues
+    settings = context().settings
     upload_id, generation = request["upload_id"], int(request["generation"])
-    probe_engine = engine(settings)
-    if request["probe_set"] != probe_engine.probe_set.id:
-        raise ProbeRequestError(f"the gate asked for probe set {request['probe_set']}, this worker renders "
-                                f"{probe_engine.probe_set.id}")
+    probe_engine = _engine_for(settings, request)
     references = [ReferenceSet.from_dict(r) for r in request.get("references") or []]
     with tempfile.TemporaryDirectory(prefix="gate-probe-") as spool:
-        path = _fetch(settings, request, Path(spool))
-        if _sha256(path) != request["file_sha256"]:
-            raise ProbeRequestError(f"upload {upload_id}'s file does not have the sha256 intake recorded")
-        inspection = inspect_file(path, settings.intake)
-        if not inspection.ok:
-            raise ProbeRequestError(f"upload {upload_id}'s file fails intake here: {inspection.error.code}")
+        path = _checked_upload(settings, request, Path(spool))
         try:
             outcome = probe_engine.probe(path, lora_format=request["lora_format"], family=request["family"],
                                          modules=request["modules"], terms=request["terms"],
@@ -94,7 +141,39 @@ def probe_upload(request: dict) -> dict:
             probed = {"unsupported": exc.message}
         else:
             probed = outcome_to_json(outcome, probe_engine.embedder_id)
-    queues.enqueue(INTAKE, "gate.pipeline.jobs.conclude_upload", upload_id, generation, probed,
-                   job_id=job_id(upload_id, generation, "conclude"))
+    probed["reference_vectors"] = _reference_vectors(probe_engine, request.get("embed") or [])
+    probed["embedder"] = probe_engine.embedder_id
+    _reply(request, probed, {"queue": INTAKE, "func": "gate.pipeline.jobs.conclude_upload",
+                             "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")})
     return {"upload_id": upload_id, "renders": len(probed.get("probes", [])),
             "timings": probed.get("timings", {}), "unsupported": probed.get("unsupported")}
+
+
+def likelihood_upload(request: dict) -> dict:
+    """The likelihood probe alone on one upload's LoRA (nothing rendered): the gains on the request's
+    references, handed to the gate job the request names."""
+    from probes.likelihood import ReferenceSet
+
+    settings = context().settings
+    probe_engine = _engine_for(settings, request)
+    references = [ReferenceSet.from_dict(r) for r in request["references"]]
+    with tempfile.TemporaryDirectory(prefix="gate-probe-") as spool:
+        path = _checked_upload(settings, request, Path(spool))
+        try:
+            gains = probe_engine.likelihood_gains(path, lora_format=request["lora_format"], family=request["family"],
+                                                  modules=request["modules"], triggers=request["terms"]["trigger"],
+                                                  references=references)
+            measured = {"gains": [gain.to_dict() for gain in gains]}
+        except UnsupportedLora as exc:
+            measured = {"unsupported": exc.message}
+    measured["probe_set"] = probe_engine.probe_set.id
+    _reply(request, measured, {})
+    return {"upload_id": request.get("upload_id"), "gains": len(measured.get("gains", []))}
+
+
+def embed_references(request: dict) -> dict:
+    """Embed registered reference images and hand the vectors to the gate job the request names."""
+    probe_engine = engine(context().settings)
+    vectors = _reference_vectors(probe_engine, request["references"])
+    _reply(request, {"embedder": probe_engine.embedder_id, "vectors": vectors}, {})
+    return {"embedded": len(vectors)}

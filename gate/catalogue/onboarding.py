@@ -3,8 +3,9 @@
 The source is a directory of .safetensors files or a manifest (JSON Lines or CSV) of entries, each with a local
 `path` or a `url` and the hub's record of it (hub, model_id, version_id, uploader, title, tags, description,
 trigger_words). Each entry is copied into the gate's store and recorded as an upload with source "import",
-keyed like a delivery (hub record and bytes), so importing again adds nothing. Its scan runs on the low-priority
-`catalogue` queue, as one job that renders and decides (or in this process without Redis).
+keyed like a delivery (hub record and bytes), so importing again adds nothing. Its scan is a live upload's scan
+on the low-priority lane: intake on the `catalogue` queue, rendering on `catalogue_probe`, the conclusion on
+`catalogue` (or the whole chain in this process, without Redis).
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from gate.catalogue.rescan import probe_scanner
 from gate.config import Settings
 from gate.errors import GateError
-from gate.pipeline.jobs import live_upload, record_failure
-from gate.pipeline.outcome import begin_scan, record_decision, refuse
-from gate.queues import CATALOGUE, Context, context, set_context
+from gate.pipeline.jobs import CATALOGUE_LANE, live_upload, record_failure, request_probe
+from gate.pipeline.outcome import begin_scan
+from gate.queues import CATALOGUE, Context, InlineQueues, context, set_context
 from gate.record.uploads import (
     HUB_FIELDS,
     LIST_FIELDS,
     MetaError,
     UploadState,
-    hub_meta,
     parse_meta,
     record_upload,
     store_file,
@@ -238,8 +237,8 @@ def queue_scans(settings: Settings, upload_ids: list[tuple[str, int]]) -> None:
 
 
 def scan_here(settings: Settings, upload_ids: list[tuple[str, int]], tick=None) -> None:
-    """Scan imported uploads in this process, one by one (the embedded default, without Redis)."""
-    set_context(Context(settings, None), thread_only=True)
+    """Scan imported uploads in this process, one by one, each chain of jobs run inline (without Redis)."""
+    set_context(Context(settings, InlineQueues(settings)), thread_only=True)
     for upload_id, generation in upload_ids:
         try:
             scan_upload(upload_id, generation)
@@ -250,15 +249,10 @@ def scan_here(settings: Settings, upload_ids: list[tuple[str, int]], tick=None) 
 
 
 def scan_upload(upload_id: str, generation: int = 0) -> str:
-    """A `catalogue` queue job: the whole scan of an imported upload (intake, render, match, decide)."""
-    settings = context().settings
+    """A `catalogue` queue job: an imported upload's scan, as a live one's (intake and screening here, rendering
+    on a probe worker, `conclude_upload` after), on the catalogue's queues, behind live uploads."""
     upload = live_upload(upload_id, generation, "catalogue scan")
     if upload is None:
         return "skipped"
-    db = thread_record(settings)
-    begin_scan(db, upload, " (catalogue)")
-    scanner = probe_scanner(settings, db)
-    result = scanner.scan(upload["file_path"], filename=upload["filename"], hub_meta=hub_meta(upload), conclude=False)
-    if not result.inspection.ok:
-        return refuse(db, upload_id, result.inspection.error)
-    return record_decision(settings, db, scanner, upload_id, result)
+    begin_scan(thread_record(context().settings), upload, " (catalogue)")
+    return request_probe(upload, generation, CATALOGUE_LANE)

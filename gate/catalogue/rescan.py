@@ -2,9 +2,10 @@
 
 A run is recorded with its filters and one item per upload, so an interrupted run resumes where it stopped and
 never redoes an upload it finished. The driver (the CLI) hands items to the low-priority `catalogue` queue at a
-limited rate; workers take them only when live uploads are done. Each item is a whole scan in the worker (render,
-embed, match, decide), recorded in one transaction with its journal entry, its stored embeddings, the hub's
-message when the verdict changed, and the item's progress. Without Redis the driver runs the items itself.
+limited rate; workers take them only when live uploads are done. Each item is a scan in three jobs, as a live
+upload's: screened on the `catalogue` queue, rendered by a probe worker (`catalogue_probe`), then matched and
+decided on `catalogue`, recorded in one transaction with its journal entry, its stored embeddings, the hub's
+message when the verdict changed, and the item's progress. Without Redis the driver runs each chain itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,12 +25,14 @@ from gate.catalogue import index
 from gate.config import Settings
 from gate.detection.evidence import write_evidence
 from gate.errors import GateError
+from gate.pipeline.jobs import ReferencesPending, conclusion_matcher, file_url, job_matcher
 from gate.pipeline.outcome import decision_fields, evidence_dir, redecide
 from gate.pipeline.reconcile import job_alive
-from gate.queues import CATALOGUE, Context, context, set_context
+from gate.queues import CATALOGUE, CATALOGUE_PROBE, Context, InlineQueues, context, set_context
 from gate.record.db import writing
 from gate.record.uploads import UploadState, get_upload, hub_meta, journal
 from gate.runtime import thread_record
+from probes.contract import outcome_from_json
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -166,57 +168,93 @@ def report(db: Database, run_id: str) -> dict:
 # The job
 
 
-_local = threading.local()
-
-
-def probe_scanner(settings: Settings, db):
-    """A scanner that renders (the resident probe engine), once per thread; the registry re-read on reuse."""
-    scanners = _local.__dict__.setdefault("scanners", {})
-    key = f"{settings.db_path}|{settings.base_model}|{settings.embedder}|{settings.probe_set}|{settings.device}"
-    if key not in scanners:
-        from gate.detection.scanner import Scanner
-        from probes.jobs import engine
-
-        scanners[key] = Scanner(settings, db, engine(settings))
-    else:
-        scanners[key].refresh()
-    return scanners[key]
-
-
 def _item(db: Database, run_id: str, upload_id: str) -> dict | None:
     return next(iter(db["rescan_items"].rows_where("run_id = ? and upload_id = ?", [run_id, upload_id])), None)
 
 
-def rescan_upload(run_id: str, upload_id: str) -> str:
-    """Re-render and re-decide one upload of a run (a `catalogue` queue job); does nothing for a finished item."""
-    settings = context().settings
-    db = thread_record(settings)
+def _failed(db: Database, run_id: str, upload_id: str, exc: Exception) -> None:
+    db["rescan_items"].update((run_id, upload_id), {"state": "failed", "error": f"{exc}"[:500], "finished_at": _now()})
+
+
+def _pending_upload(db: Database, run_id: str, upload_id: str) -> dict | None:
+    """The upload when its item still wants work (and the item marked skipped when the upload moved on)."""
     item = _item(db, run_id, upload_id)
     if item is None or item["state"] in ("done", "skipped"):
         log.info("rescan %s: %s is %s; nothing to do", run_id, upload_id, item and item["state"])
-        return "skipped"
+        return None
     upload = get_upload(db, upload_id)
     if upload["state"] != UploadState.DECIDED:
         db["rescan_items"].update((run_id, upload_id), {"state": "skipped", "finished_at": _now(),
                                                         "error": f"the upload is {upload['state']}, not decided"})
+        return None
+    return upload
+
+
+def rescan_upload(run_id: str, upload_id: str) -> str:
+    """A `catalogue` queue job: screen one upload of a run again and ask a probe worker to re-render it
+    (`rescan_concluded` decides); does nothing for a finished item."""
+    settings = context().settings
+    db = thread_record(settings)
+    upload = _pending_upload(db, run_id, upload_id)
+    if upload is None:
         return "skipped"
     try:
-        scanner = probe_scanner(settings, db)
-        result = scanner.scan(upload["file_path"], filename=upload["filename"], hub_meta=hub_meta(upload))
+        matcher = job_matcher(settings)
+        result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
         if not result.inspection.ok:
             raise RescanError(f"the file no longer passes intake: {result.inspection.error.code}", "file_changed")
+        if result.decided_without_rendering:
+            return _conclude(settings, db, matcher, run_id, upload, result)
+        base = job_id(run_id, upload_id)
+        request = {**matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
+                   "upload_id": upload_id, "generation": upload["generation"] or 0,
+                   "file_path": upload["file_path"], "file_url": file_url(settings, upload_id),
+                   "reply": {"queue": CATALOGUE, "func": "gate.catalogue.rescan.rescan_concluded",
+                             "args": [run_id, upload_id], "job_id": f"{base}-conclude"}}
+        context().queues.enqueue(CATALOGUE_PROBE, "probes.jobs.probe_upload", request, job_id=f"{base}-probe",
+                                 retry=False)
     except Exception as exc:
-        db["rescan_items"].update((run_id, upload_id), {"state": "failed", "error": f"{exc}"[:500],
-                                                        "finished_at": _now()})
+        _failed(db, run_id, upload_id, exc)
         raise
+    return "probing"
+
+
+def rescan_concluded(run_id: str, upload_id: str, probed: dict) -> str:
+    """A `catalogue` queue job: the probe worker's renders of a rescanned upload, matched and decided again."""
+    settings = context().settings
+    db = thread_record(settings)
+    upload = _pending_upload(db, run_id, upload_id)
+    if upload is None:
+        return "skipped"
+    try:
+        matcher = conclusion_matcher(settings, probed, f"{job_id(run_id, upload_id)}-references", CATALOGUE_PROBE)
+        result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
+        if not result.inspection.ok:
+            raise RescanError(f"the file no longer passes intake: {result.inspection.error.code}", "file_changed")
+        if probed.get("unsupported"):
+            result.not_probed = probed["unsupported"]
+        else:
+            matcher.attach(result, outcome_from_json(probed))
+    except ReferencesPending:
+        raise  # retried once the new references are embedded; the item is still on its way
+    except Exception as exc:
+        _failed(db, run_id, upload_id, exc)
+        raise
+    return _conclude(settings, db, matcher, run_id, upload, result)
+
+
+def _conclude(settings: Settings, db: Database, matcher, run_id: str, upload: dict, result) -> str:
+    """Decide a rescanned upload and record the item, in one transaction; a person's decision stands."""
+    upload_id = upload["id"]
+    matcher.conclude(result)
     before, after = upload["verdict"], result.verdict
     kept = bool(upload.get("reviewed_by")) and after != before  # a person's decision stands against a machine's
     if result.decision is not None and not kept:  # the evidence a moderator decided on stays as it was
-        write_evidence(result, scanner.characters, evidence_dir(settings, upload_id))
+        write_evidence(result, matcher.characters, evidence_dir(settings, upload_id))
     with writing(db):
         if _item(db, run_id, upload_id)["state"] == "done":  # a second copy of this job finished first
             return "skipped"
-        index.record_scan(db, upload_id, result, scanner.engine.embedder_id)
+        index.record_scan(db, upload_id, result, matcher.engine.embedder_id)
         if kept:
             journal(db, upload_id, "rescan", f"rescanned: {after}, but {before} kept (decided by "
                     f"{upload['reviewed_by']})", upload["state"], upload["state"],
@@ -224,7 +262,7 @@ def rescan_upload(run_id: str, upload_id: str) -> str:
                      "probe_set_after": result.probe_set})
         else:
             redecide(db, upload_id, "rescan", f"rescanned: {before} -> {after}",
-                     decision_fields(result, scanner.characters),
+                     decision_fields(result, matcher.characters),
                      {"run": run_id, "verdict_before": before, "verdict_after": after,
                       "probe_set_before": upload["probe_set"], "probe_set_after": result.probe_set},
                      notify=after != before)
@@ -243,10 +281,16 @@ def job_id(run_id: str, upload_id: str) -> str:
     return f"rescan-{run_id}-{upload_id}"
 
 
+def _item_alive(queues, run_id: str, upload_id: str, alive) -> bool:
+    """Whether any job of an item's chain (rescan, probe, conclusion) will still run."""
+    base = job_id(run_id, upload_id)
+    return any(job_alive(queues, job, alive) for job in (base, f"{base}-probe", f"{base}-conclude"))
+
+
 def _fail_lost(db: Database, queues, run_id: str, alive) -> None:
     """Queued items whose job Redis no longer has, or whose worker died, are failed (a resume retries them)."""
     for item in db["rescan_items"].rows_where("run_id = ? and state = 'queued'", [run_id]):
-        if job_alive(queues, job_id(run_id, item["upload_id"]), alive):
+        if _item_alive(queues, run_id, item["upload_id"], alive):
             continue
         if _item(db, run_id, item["upload_id"])["state"] == "queued":
             status = queues.job_status(job_id(run_id, item["upload_id"]))[0]
@@ -269,15 +313,14 @@ def drive(settings: Settings, db: Database, run_id: str, tick: Callable[[int], N
 
         queues = RedisQueues(settings.redis_url, settings.job_timeout)
         alive = worker_alive(queues)
-    else:
-        set_context(Context(settings, None), thread_only=True)
+    else:  # each item's chain of jobs runs inline, here
+        set_context(Context(settings, InlineQueues(settings)), thread_only=True)
     next_slot = time.monotonic()
     tick(finished(db, run_id))
     items = list(db["rescan_items"].rows_where("run_id = ? and state in ('pending', 'queued', 'failed')", [run_id],
                                                order_by="position"))
     for item in items:
-        if queues is not None and item["state"] == "queued" and job_alive(queues, job_id(run_id, item["upload_id"]),
-                                                                          alive):
+        if queues is not None and item["state"] == "queued" and _item_alive(queues, run_id, item["upload_id"], alive):
             continue  # still on its way from before the interruption
         while time.monotonic() < next_slot:  # the rate limit
             time.sleep(min(POLL_SECONDS, next_slot - time.monotonic()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +27,10 @@ from gate.detection.decisions import CharacterPolicy, Verdict, decide
 from gate.detection.matching import References, Thresholds, match_characters, render_matches, score
 from gate.detection.screening import find_names
 from gate.pipeline.outcome import redecide
+from gate.queues import CATALOGUE, CATALOGUE_PROBE
 from gate.record.db import writing
 from gate.record.uploads import UploadState, hub_meta
-from gate.registry.characters import get_character, list_characters, load_references
+from gate.registry.characters import get_character, list_characters, load_references, missing_references
 from gate.runtime import thread_record
 
 log = logging.getLogger(__name__)
@@ -202,37 +204,45 @@ def _escalate(db: Database, hit: Hit, reason, name: str, screening_id: int) -> N
 
 def registry_changed(db: Database, character_id: str, settings: Settings | None = None, *, cause: str = "changed",
                      embed=None) -> Screening:
-    """The one entry point after a character is registered or changed: embed its references if needed (with
-    `embed`, else the configured embedder, loaded here), then screen the back catalogue for it."""
+    """The one entry point after a character is registered or changed, in this process: embed its references if
+    needed (with `embed`; a local command passes one), then screen the back catalogue for it."""
     from gate.registry.characters import embed_missing
 
     settings = settings or load_settings()
-    embedder_id, _ = current_embedder(settings)
-    if embed is None and db.execute(
-            "select count(*) from character_references r where r.character_id = ? and r.id not in "
-            "(select reference_id from reference_embeddings where embedder = ?)",
-            [character_id, embedder_id]).fetchone()[0]:
-        from probes.engine import EmbeddingEngine
-        from probes.probe_set import load_probe_set
-
-        embed = EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set), settings.device).embed
     if embed is not None:
-        embed_missing(db, embed, embedder_id)
+        embed_missing(db, embed, current_embedder(settings)[0])
     return screen_character(db, character_id, settings, cause=cause)
 
 
 def screen_job(character_id: str, cause: str) -> str:
-    """Catalogue-queue job for a character changed on the web: `registry_changed` (stored renders), then, where
-    the probe set has one, the likelihood probe over the catalogue (`likelihood_screen`)."""
+    """Catalogue-queue job for a character changed on the web: references without vectors go to a probe worker
+    first (`screen_embedded` carries on); then `registry_changed` (stored renders) and, where the probe set has
+    one, the likelihood probe over the catalogue (`likelihood_screen`, one job chain per upload)."""
+    from gate.pipeline.jobs import queue_embedding, references_reply
     from gate.queues import context
 
     settings = context().settings
     db = thread_record(settings)
+    pending = missing_references(db, current_embedder(settings)[0])
+    if pending:
+        job = f"screen-{character_id}-{secrets.token_hex(4)}"
+        queue_embedding(pending, f"{job}-references", references_reply(
+            CATALOGUE, "gate.catalogue.screening.screen_embedded", [character_id, cause], f"{job}-embedded"),
+            CATALOGUE_PROBE)
+        return f"{len(pending)} references sent to be embedded first"
     summary = registry_changed(db, character_id, settings, cause=cause).summary()
-    if likelihood_configured(settings):  # catalogue workers hold the probe engine (rescans run here too)
+    if likelihood_configured(settings):
         screening = likelihood_screen(db, character_id, settings, cause=cause, queues=context().queues)
         summary += f"; likelihood screening {screening.id}: {screening.screened} uploads queued"
     return summary
+
+
+def screen_embedded(character_id: str, cause: str, embedded: dict) -> str:
+    """A probe worker's vectors for a changed character's references: kept, then the screening goes on."""
+    from gate.pipeline.jobs import references_embedded
+
+    references_embedded(embedded)
+    return screen_job(character_id, cause)
 
 
 def likelihood_configured(settings: Settings) -> bool:
@@ -255,31 +265,29 @@ def _stored_gains(upload: dict) -> list:
             if r.get("kind") == "likelihood_match" and r.get("character") and isinstance(r.get("gain"), int | float)]
 
 
-def _judge_likelihood(scanner, upload: dict, character_id: str, references: list) -> tuple[Hit, object] | None:
-    """Load one upload's LoRA again and measure the character's references with and without it; the hit and
-    its reason when the gain clears the calibrated threshold."""
+def likelihood_request(scanner, upload: dict) -> tuple[object, dict] | None:
+    """An upload screened again (its file re-validated: trust no earlier read) and what the likelihood probe
+    needs to load its LoRA; None when the file no longer passes intake."""
     from gate.detection.scanner import ScanResult
     from gate.intake import inspect_file
-    from gate.review.feedback import cleared_characters
-    from probes.contract import UnsupportedLora
 
-    inspection = inspect_file(upload["file_path"], scanner.settings.intake)  # re-validated: trust no earlier read
+    inspection = inspect_file(upload["file_path"], scanner.settings.intake)
     if not inspection.ok:
         log.warning("likelihood screening: %s no longer passes intake (%s)", upload["id"], inspection.error.code)
         return None
     meta = hub_meta(upload)
     result = ScanResult(upload["file_path"], inspection,
                         name_hits=scanner.name_hits(inspection, upload["filename"] or upload["file_path"], meta))
-    request = scanner.probe_request(result, meta["trigger_words"])
-    try:
-        gains = scanner.engine.likelihood_gains(
-            upload["file_path"], lora_format=request["lora_format"], family=request["family"],
-            modules=request["modules"], triggers=request["terms"]["trigger"], references=references)
-    except UnsupportedLora:
-        return None
-    thresholds = scanner.thresholds
+    return result, scanner.probe_request(result, meta["trigger_words"])
+
+
+def judge_gains(scanner, upload: dict, result, character_id: str, gains: list) -> tuple[Hit, object] | None:
+    """The live rule on the gains measured for one character: the hit and its reason when the gain clears the
+    calibrated threshold (judged beside the upload's own likelihood matches)."""
+    from gate.review.feedback import cleared_characters
+
     decision = decide(matches=[], name_hits=[h for h in result.name_hits if h.character_id == character_id],
-                      characters=scanner.policies(), thresholds=thresholds,
+                      characters=scanner.policies(), thresholds=scanner.thresholds,
                       cleared=cleared_characters(scanner.db, result.inspection.fingerprints.tensor_hash),
                       likelihood=[*gains, *(g for g in _stored_gains(upload) if g.character_id != character_id)])
     reason = next((r for r in decision.reasons if r.kind == "likelihood_match" and r.character_id == character_id
@@ -289,6 +297,24 @@ def _judge_likelihood(scanner, upload: dict, character_id: str, references: list
     before = Verdict(upload["verdict"] or "allow")
     after = max(before, reason.verdict, key=lambda v: v.severity)  # screening escalates, never clears
     return Hit(upload["id"], str(before), str(after), reason.details["certainty"], 0, 0, 0.0, 0.0, []), reason
+
+
+def _judge_likelihood(scanner, upload: dict, character_id: str, references: list) -> tuple[Hit, object] | None:
+    """In this process: load one upload's LoRA again and measure the character's references with and without
+    it (the scanner's engine renders)."""
+    from probes.contract import UnsupportedLora
+
+    screened = likelihood_request(scanner, upload)
+    if screened is None:
+        return None
+    result, request = screened
+    try:
+        gains = scanner.engine.likelihood_gains(
+            upload["file_path"], lora_format=request["lora_format"], family=request["family"],
+            modules=request["modules"], triggers=request["terms"]["trigger"], references=references)
+    except UnsupportedLora:
+        return None
+    return judge_gains(scanner, upload, result, character_id, gains)
 
 
 def _character_references(scanner, character_id: str) -> list:
@@ -331,11 +357,12 @@ def likelihood_screen(db: Database, character_id: str, settings: Settings | None
 
 
 def _fresh_scanner(settings: Settings, db: Database, scanner=None):
-    """The given scanner with the registry re-read, or this thread's probe scanner (which re-reads it itself)."""
+    """The given scanner (a local command's, which renders) with the registry re-read, or this job thread's
+    matcher (which renders nothing: the uploads go to probe workers)."""
     if scanner is None:
-        from gate.catalogue.rescan import probe_scanner
+        from gate.pipeline.jobs import job_matcher
 
-        return probe_scanner(settings, db)
+        return job_matcher(settings)
     scanner.refresh()
     return scanner
 
@@ -373,7 +400,8 @@ def likelihood_resume(db: Database, screening_id: int, settings: Settings | None
         from gate.pipeline.reconcile import job_alive, worker_alive
 
         alive = worker_alive(queues)
-        pending = [u for u in pending if not job_alive(queues, _likelihood_job(screening_id, u), alive)]
+        pending = [u for u in pending if not any(job_alive(queues, f"{_likelihood_job(screening_id, u)}{step}", alive)
+                                                 for step in ("", "-probe", "-conclude"))]
         screening.screened = screening.candidates = len(pending)
         return _queue_items(queues, screening, pending)
     character = get_character(db, run["character_id"])
@@ -393,8 +421,6 @@ def _likelihood_job(screening_id: int, upload_id: str) -> str:
 def _queue_items(queues, screening: Screening, upload_ids: list[str]) -> Screening:
     """One catalogue job per upload, in one Redis round trip."""
     from redis.exceptions import RedisError
-
-    from gate.queues import CATALOGUE
 
     try:
         queues.enqueue_many([(CATALOGUE, "gate.catalogue.screening.likelihood_screen_upload", (screening.id, upload_id),
@@ -418,28 +444,77 @@ def _judge_items(db: Database, scanner, screening: Screening, character, referen
 
 
 def likelihood_screen_upload(screening_id: int, upload_id: str) -> str:
-    """Catalogue-queue job: one upload of a likelihood screening (`likelihood_screen` with queues)."""
-    from gate.catalogue.rescan import probe_scanner
+    """Catalogue-queue job: one upload of a likelihood screening (`likelihood_screen` with queues), screened
+    here and measured by a probe worker (`likelihood_measured` judges)."""
+    from gate.pipeline.jobs import file_url, job_matcher
     from gate.queues import context
 
     settings = context().settings
     db = thread_record(settings)
-    run = db["screenings"].get(screening_id)
-    scanner = probe_scanner(settings, db)  # the registry re-read: the character may have changed since
-    character = get_character(db, run["character_id"])
-    hit = _likelihood_screen_one(db, scanner, screening_id, character, _character_references(scanner, character.id),
-                                 upload_id)
-    return "skipped" if hit is None else f"{hit.verdict_before} -> {hit.verdict_after}"
+    matcher = job_matcher(settings)  # the registry re-read: the character may have changed since
+    character = get_character(db, db["screenings"].get(screening_id)["character_id"])
+    references = [r for r in matcher.reference_sets() if r["character_id"] == character.id]
+    upload = _still_to_judge(db, character, references, upload_id)
+    screened = likelihood_request(matcher, upload) if upload is not None else None
+    if screened is None:
+        _record_judgement(db, screening_id, character, upload_id, None)
+        return "skipped"
+    job = _likelihood_job(screening_id, upload_id)
+    context().queues.enqueue(CATALOGUE_PROBE, "probes.jobs.likelihood_upload", {
+        **screened[1], "references": references, "upload_id": upload_id, "file_path": upload["file_path"],
+        "file_url": file_url(settings, upload_id),
+        "reply": {"queue": CATALOGUE, "func": "gate.catalogue.screening.likelihood_measured",
+                  "args": [screening_id, upload_id], "job_id": f"{job}-conclude"}}, job_id=f"{job}-probe")
+    return "measuring"
+
+
+def likelihood_measured(screening_id: int, upload_id: str, measured: dict) -> str:
+    """Catalogue-queue job: a probe worker's likelihood gains for one upload of a screening, judged and
+    recorded (a hit escalates the upload)."""
+    from gate.pipeline.jobs import job_matcher
+    from gate.queues import context
+    from probes.likelihood import CharacterGain
+
+    settings = context().settings
+    db = thread_record(settings)
+    matcher = job_matcher(settings)
+    if measured.get("probe_set") != matcher.engine.probe_set.id:
+        raise ScreeningError(f"the probe worker measured with {measured.get('probe_set')}, this gate has "
+                             f"{matcher.engine.probe_set.id}")
+    character = get_character(db, db["screenings"].get(screening_id)["character_id"])
+    references = [r for r in matcher.reference_sets() if r["character_id"] == character.id]
+    upload = _still_to_judge(db, character, references, upload_id)  # as it is now, not when measured
+    found = None
+    if upload is not None and not measured.get("unsupported"):
+        screened = likelihood_request(matcher, upload)
+        if screened is not None:
+            gains = [CharacterGain.from_dict(g) for g in measured.get("gains") or []]
+            found = judge_gains(matcher, upload, screened[0], character.id, gains)
+    hit = _record_judgement(db, screening_id, character, upload_id, found)
+    return "no hit" if hit is None else f"{hit.verdict_before} -> {hit.verdict_after}"
+
+
+def _still_to_judge(db: Database, character, references: list, upload_id: str) -> dict | None:
+    """The upload as it is now, if a screening should still judge it (decided, not blocked, the character
+    active with references)."""
+    upload = next(iter(db["uploads"].rows_where("id = ?", [upload_id])), None)
+    if (upload is not None and upload["state"] == UploadState.DECIDED and upload["verdict"] != "block"
+            and character.status == "active" and references):
+        return upload
+    return None
 
 
 def _likelihood_screen_one(db: Database, scanner, screening_id: int, character, references: list,
                            upload_id: str) -> Hit | None:
-    """Judge one upload, record the hit (escalating the upload) and count it done, in one transaction."""
-    upload = next(iter(db["uploads"].rows_where("id = ?", [upload_id])), None)  # as it is now, not when queued
-    found = None
-    if (upload is not None and upload["state"] == UploadState.DECIDED and upload["verdict"] != "block"
-            and character.status == "active" and references):
-        found = _judge_likelihood(scanner, upload, character.id, references)
+    """Judge one upload here (the scanner's engine measures it) and record the judgement."""
+    upload = _still_to_judge(db, character, references, upload_id)
+    found = _judge_likelihood(scanner, upload, character.id, references) if upload is not None else None
+    return _record_judgement(db, screening_id, character, upload_id, found)
+
+
+def _record_judgement(db: Database, screening_id: int, character, upload_id: str,
+                      found: tuple[Hit, object] | None) -> Hit | None:
+    """Record the hit (escalating the upload) and count the upload done, in one transaction."""
     with writing(db):
         if found is not None and not db.execute("select 1 from screening_hits where screening_id = ? and "
                                                 "upload_id = ?", [screening_id, upload_id]).fetchone():
@@ -454,7 +529,7 @@ def _likelihood_screen_one(db: Database, scanner, screening_id: int, character, 
         first_time = db.execute("update screening_items set state = 'done', finished_at = ? where screening_id = ? "
                                 "and upload_id = ? and state = 'pending'", [_now(), screening_id, upload_id]).rowcount
         legacy = not first_time and not db.execute("select 1 from screening_items where screening_id = ? limit 1",
-                                                   [screening_id]).fetchone()  # a run from before m203
+                                                   [screening_id]).fetchone()  # a run from before m008
         # The run's counters: done once per upload, the hits from its hits (a job run twice counts once); its
         # time, from its start.
         db.execute(

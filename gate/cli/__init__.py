@@ -248,11 +248,10 @@ def characters_add(name, rights_holder, policy, aliases, references, character_i
 
     settings = common.settings()
     db = common.record(settings)
-    scanner = common.scanner(settings, db)
     character = add_character(
         db, settings.references_dir, name=name, rights_holder=rights_holder, policy=policy, references=references,
-        aliases=aliases, description=description, character_id=character_id, embed=scanner.engine.embed,
-        embedder_id=scanner.engine.embedder_id,
+        aliases=aliases, description=description, character_id=character_id, embed=common.embed(settings),
+        embedder_id=common.embedder_id(settings),
     )
     from gate.record import audit
 
@@ -388,10 +387,10 @@ def blocklist_list(as_json: bool) -> None:
 
 @main.command()
 @click.option("--queues", "queue_names", default=None,
-              help="Comma-separated queues to work, in priority order [default: intake,probe,catalogue; "
-                   "with --gpu: probe].")
+              help="Comma-separated queues to work, in priority order [default: all four, "
+                   "intake,probe,catalogue,catalogue_probe; with --gpu: probe,catalogue_probe].")
 @click.option("--gpu", is_flag=True, help="A rendering worker: preload the base model on CUDA, work the probe "
-                                          "queue; it never opens the record.")
+                                          "queues; it never opens the record.")
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 @click.option("--name", default=None, help="Worker name (default: host and a random suffix).")
 @click.option("--embedded", is_flag=True, hidden=True,
@@ -399,13 +398,14 @@ def blocklist_list(as_json: bool) -> None:
 def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None, embedded: bool) -> None:
     """Run an RQ worker on Redis (REDIS_URL) for the gate's queues.
 
+    The record's workers (intake, catalogue) never load torch; the probe queues' jobs render and embed.
     Example: REDIS_URL=redis://127.0.0.1:6379/0 gate worker --queues intake,catalogue
     """
     import dataclasses
     import logging
 
     from gate.pipeline.worker import run_worker
-    from gate.queues import PROBE, QUEUES
+    from gate.queues import PROBE_QUEUES, QUEUES
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = common.settings()
@@ -417,7 +417,8 @@ def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None, em
         return
     if not settings.redis_url:
         raise click.UsageError("set REDIS_URL (or GATE_REDIS_URL): without Redis, `gate serve` runs its own worker")
-    names = [q.strip() for q in (queue_names or (PROBE if gpu else ",".join(QUEUES))).split(",") if q.strip()]
+    default = ",".join(PROBE_QUEUES if gpu else QUEUES)
+    names = [q.strip() for q in (queue_names or default).split(",") if q.strip()]
     unknown = [q for q in names if q not in QUEUES]
     if unknown:
         raise click.BadParameter(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(QUEUES)}",

@@ -64,18 +64,11 @@ def characters_update(character_id, name, aliases, add_aliases, policy, rights_h
 
     Example: gate characters update ultraman --add-alias ウルトラマン --policy block --ref new_ref.png
     """
-    from gate.catalogue.screening import current_embedder
     from gate.registry.characters import update_character
 
     settings = common.settings()
     db = common.record(settings)
-    embed = embedder_id = None
-    if add_references:
-        from probes.engine import EmbeddingEngine
-        from probes.probe_set import load_probe_set
-
-        engine = EmbeddingEngine(settings.embedder, load_probe_set(settings.probe_set), settings.device)
-        embed, embedder_id = engine.embed, current_embedder(settings)[0]
+    embed, embedder_id = common.embed(settings), common.embedder_id(settings)  # the embedder loads only if needed
     from gate.record import audit
     from gate.registry.characters import get_character
 
@@ -207,9 +200,11 @@ def catalogue_screen(character_id: str, likelihood: bool, as_json: bool) -> None
 
     settings = common.settings()
     db = common.record(settings)
-    echo_screening(registry_changed(db, character_id, settings, cause="manual"), as_json)
-    if likelihood:
-        echo_screening(likelihood_screen(db, character_id, settings, cause="manual"), as_json)
+    echo_screening(registry_changed(db, character_id, settings, cause="manual", embed=common.embed(settings)),
+                   as_json)
+    if likelihood:  # measured here, with this process's engine
+        echo_screening(likelihood_screen(db, character_id, settings, cause="manual",
+                                         scanner=common.scanner(settings, db)), as_json)
 
 
 @catalogue_group.command("resume")
@@ -233,7 +228,8 @@ def catalogue_resume(screening_id: int, use_queue: bool, as_json: bool) -> None:
         from gate.queues import RedisQueues
 
         queues = RedisQueues(settings.redis_url, settings.job_timeout)
-    screening = likelihood_resume(db, screening_id, settings, queues=queues)
+    screening = likelihood_resume(db, screening_id, settings, queues=queues,
+                                  scanner=None if queues is not None else common.scanner(settings, db))
     if queues is not None and not as_json:
         click.echo(f"screening {screening_id}: {screening.screened} uploads queued again (the rest are done or "
                    "still on their way)")

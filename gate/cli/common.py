@@ -25,6 +25,19 @@ def actor() -> Actor:
     return Actor(f"cli:{getpass.getuser()}", "operator")
 
 
+def embed(config: Settings):
+    """The embedder alone, loaded on first use (a character's references with no vector yet)."""
+    from gate.engines import lazy_embedder  # torch, only if a reference needs embedding
+
+    return lazy_embedder(config)
+
+
+def embedder_id(config: Settings) -> str:
+    from probes.contract import embedder_id as identify
+
+    return identify(config.embedder)
+
+
 def scanner(config: Settings, db, echo: Callable[[str], None] | None = None):
     """The probe engine in this process (base model and embedder): for `gate scan` and `gate calibrate`."""
     from gate.engines import load_scanner  # torch: only the commands that render load it

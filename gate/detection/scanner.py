@@ -1,7 +1,8 @@
 """A scan: intake, static screening, probing (the engine renders and embeds), matching and the decision.
 
-The engine is passed in (an in-process probes.engine.ProbeEngine for the CLI, a queue worker later), so
-this module needs no torch: it sends ids and terms out and gets vectors and images back.
+The engine is passed in, so this module needs no torch: an in-process probes.engine.ProbeEngine for the
+operator's local commands, or a `ProbeSpec` (which embedder, which probe set) on the record's workers, which
+send ids and terms out to a probe worker and get vectors and images back.
 """
 
 from __future__ import annotations
@@ -22,13 +23,38 @@ from gate.errors import GateError
 from gate.intake import Inspection, inspect_file
 from gate.intake.metadata import LoraMetadata
 from gate.registry import blocklist
-from gate.registry.characters import Character, embed_missing, list_characters, load_references
+from gate.registry.characters import (
+    Character,
+    embed_missing,
+    list_characters,
+    load_references,
+    missing_references,
+    reference_images,
+)
 from gate.repeat.screen import NearDuplicate, RepeatScreen
 from gate.review.feedback import cleared_characters
-from probes.contract import UnsupportedLora
+from probes.contract import UnsupportedLora, embedder_id
 from probes.likelihood import ReferenceSet
+from probes.probe_set import ProbeSet, load_probe_set
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """The probe engine as the record's side knows it without loading it: which embedder and probe set.
+    It renders and embeds nothing; a Scanner made with it screens, matches and decides."""
+
+    embedder_id: str
+    probe_set: ProbeSet
+
+    @property
+    def likelihood(self):
+        return self.probe_set.likelihood
+
+
+def probe_spec(settings: Settings) -> ProbeSpec:
+    return ProbeSpec(embedder_id(settings.embedder), load_probe_set(settings.probe_set))
 
 
 class CalibrationMissing(GateError):
@@ -139,10 +165,8 @@ class Scanner:
     def __init__(self, settings: Settings, db: Database, engine, thresholds: Thresholds | None = None):
         self.settings, self.db, self.engine = settings, db, engine
         self._thresholds = thresholds
-        embed_missing(db, engine.embed, engine.embedder_id)
-        self.characters = {c.id: c for c in list_characters(db)}
-        self.references = load_references(db, engine.embedder_id)
         self.repeats = RepeatScreen(settings, db)
+        self.refresh()
 
     @property
     def thresholds(self) -> Thresholds:
@@ -155,10 +179,13 @@ class Scanner:
         return {c.id: CharacterPolicy(c.id, c.name, Verdict(c.policy)) for c in self.characters.values()}
 
     def refresh(self) -> None:
-        """Re-read the registry (characters registered or retired since this scanner was made)."""
-        embed_missing(self.db, self.engine.embed, self.engine.embedder_id)
+        """Re-read the registry (characters registered or retired since this scanner was made). An engine that
+        embeds does the references without vectors here; else they go out with the next probe request."""
+        if hasattr(self.engine, "embed"):
+            embed_missing(self.db, self.engine.embed, self.engine.embedder_id)
         self.characters = {c.id: c for c in list_characters(self.db)}
         self.references = load_references(self.db, self.engine.embedder_id)
+        self.images = reference_images(self.db)
 
     def screen(self, path: str | Path, filename: str | None = None, hub_meta: dict | None = None,
                inspection: Inspection | None = None) -> ScanResult:
@@ -195,16 +222,14 @@ class Scanner:
         return {"lora_format": inspection.layout.format, "family": inspection.family.family,
                 "modules": len(inspection.layout.modules), "terms": terms, "probe_set": self.engine.probe_set.id,
                 "file_sha256": inspection.fingerprints.file_sha256,
-                "references": self.reference_sets({hit.character_id for hit in result.name_hits})}
+                "references": self.reference_sets({hit.character_id for hit in result.name_hits}),
+                "embed": missing_references(self.db, self.engine.embedder_id)}
 
     def reference_sets(self, named: Collection[str] = ()) -> list[dict]:
         """Each registered character's id, name and reference image paths, for the likelihood probe; `named`:
         the characters the LoRA's texts name, which the probe measures in full whatever its screen says."""
-        paths: dict[str, list[str]] = {}
-        for owner, path in zip(self.references.owners, self.references.paths, strict=False):
-            paths.setdefault(self.references.character_ids[owner], []).append(path)
         return [{"character_id": cid, "name": self.characters[cid].name, "paths": found, "named": cid in named}
-                for cid, found in paths.items() if cid in self.characters]
+                for cid, found in self.images.items() if cid in self.characters]
 
     def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
              hub_meta: dict | None = None, conclude: bool = True,

@@ -13,28 +13,36 @@ import logging
 import threading
 
 from gate.config import Settings
-from gate.engines import load_matcher
+from gate.detection.scanner import Scanner, probe_spec
 from gate.pipeline.outcome import begin_scan, fail, record_decision, refuse
-from gate.queues import INTAKE, PROBE, context, job_id, parse_job_id
+from gate.queues import CATALOGUE, CATALOGUE_PROBE, INTAKE, PROBE, context, job_id, parse_job_id
 from gate.record.uploads import UploadState, get_upload, hub_meta
+from gate.registry.characters import missing_references, store_vectors
 from gate.runtime import thread_record
 from probes.contract import outcome_from_json
 
 log = logging.getLogger(__name__)
 LIVE_STATES = (UploadState.RECEIVED, UploadState.SCANNING)
+# (probe queue, conclude queue) of a scan: a live upload's, and a back-catalogue import's (behind live ones)
+LIVE, CATALOGUE_LANE = (PROBE, INTAKE), (CATALOGUE_PROBE, CATALOGUE)
 
 
-# Per thread: each job thread loads its matcher (the embedder) once. A worker runs one job thread, so that is once
-# per process.
+# Per thread: each job thread makes its matcher once (a worker runs one job thread, so once per process).
 _local = threading.local()
 
 
-def job_matcher(settings: Settings):
-    """This job thread's matcher (screens, matches, decides; renders nothing), with the registry re-read."""
+class ReferencesPending(RuntimeError):
+    """References registered after the probe request have no vectors yet: retried once a probe worker has
+    embedded them (a decision never rests on part of the registry)."""
+
+
+def job_matcher(settings: Settings) -> Scanner:
+    """This job thread's matcher: it screens, matches and decides, and renders and embeds nothing (no torch);
+    the registry re-read on every call."""
     matchers = _local.__dict__.setdefault("matchers", {})
     key = f"{settings.db_path}|{settings.embedder}|{settings.probe_set}"
     if key not in matchers:
-        matchers[key] = load_matcher(settings, thread_record(settings))
+        matchers[key] = Scanner(settings, thread_record(settings), probe_spec(settings))
     else:
         matchers[key].refresh()  # characters registered since the last job count
     return matchers[key]
@@ -55,12 +63,19 @@ def live_upload(upload_id: str, generation: int, step: str) -> dict | None:
 
 def intake_upload(upload_id: str, generation: int = 0) -> str:
     """Intake and static screening; then either a decision (refused, blocklisted) or a probe job."""
-    settings, queues = context().settings, context().queues
     upload = live_upload(upload_id, generation, "intake")
     if upload is None:
         return "skipped"
-    db = thread_record(settings)
-    begin_scan(db, upload)
+    begin_scan(thread_record(context().settings), upload)
+    return request_probe(upload, generation, LIVE)
+
+
+def request_probe(upload: dict, generation: int, lane: tuple[str, str]) -> str:
+    """Screen an upload being scanned (intake, names, blocklist, repeats) and decide it when that settles it;
+    else hand a probe worker the request on the lane's probe queue, `conclude_upload` as its reply."""
+    probe_queue, conclude_queue = lane
+    settings, queues = context().settings, context().queues
+    upload_id, db = upload["id"], thread_record(settings)
     matcher = job_matcher(settings)
     result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
     if not result.inspection.ok:
@@ -69,12 +84,14 @@ def intake_upload(upload_id: str, generation: int = 0) -> str:
         return record_decision(settings, db, matcher, upload_id, result)
     request = {**matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
                "upload_id": upload_id, "generation": generation, "file_path": upload["file_path"],
-               "file_url": _file_url(settings, upload_id)}
-    queues.enqueue(PROBE, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
+               "file_url": file_url(settings, upload_id),
+               "reply": {"queue": conclude_queue, "func": "gate.pipeline.jobs.conclude_upload",
+                         "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")}}
+    queues.enqueue(probe_queue, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
     return "probing"
 
 
-def _file_url(settings: Settings, upload_id: str) -> str | None:
+def file_url(settings: Settings, upload_id: str) -> str | None:
     """Where a probe worker on another machine fetches the file (it shares only Redis and the HTTP API)."""
     if settings.public_url and settings.worker_token:
         return f"{settings.public_url.rstrip('/')}/internal/uploads/{upload_id}/file"
@@ -88,18 +105,50 @@ def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
     if upload is None:
         return "skipped"
     db = thread_record(settings)
-    matcher = job_matcher(settings)
+    matcher = conclusion_matcher(settings, probed, job_id(upload_id, generation, "references"))
     result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
     if not result.inspection.ok:  # the file changed under us: never trust an earlier reading
         raise RuntimeError(f"upload {upload_id}'s file no longer passes intake: {result.inspection.error.code}")
     if probed.get("unsupported"):
         result.not_probed = probed["unsupported"]
     else:
-        if probed["embedder"] != matcher.engine.embedder_id or probed["probe_set"] != matcher.engine.probe_set.id:
-            raise RuntimeError(f"probe worker used {probed['probe_set']} / {probed['embedder']}, the gate "
-                               f"{matcher.engine.probe_set.id} / {matcher.engine.embedder_id}: configure both alike")
         matcher.attach(result, outcome_from_json(probed))
     return record_decision(settings, db, matcher, upload_id, result)
+
+
+def conclusion_matcher(settings: Settings, probed: dict, references_job: str, probe_queue: str = PROBE) -> Scanner:
+    """The matcher for a probe worker's answer: its configuration checked against the gate's, the reference
+    vectors it computed kept, and every active reference embedded (else the job waits for them)."""
+    matcher = job_matcher(settings)
+    embedder, probe_set = probed.get("embedder"), probed.get("probe_set")
+    if embedder != matcher.engine.embedder_id or (probe_set and probe_set != matcher.engine.probe_set.id):
+        raise RuntimeError(f"probe worker used {probe_set} / {embedder}, the gate {matcher.engine.probe_set.id} / "
+                           f"{matcher.engine.embedder_id}: configure both alike")
+    if probed.get("reference_vectors"):
+        store_vectors(thread_record(settings), embedder, probed["reference_vectors"])
+        matcher.refresh()
+    pending = missing_references(thread_record(settings), embedder)
+    if pending:  # registered after the probe request went out
+        queue_embedding(pending, references_job, references_reply(INTAKE, "gate.pipeline.jobs.references_embedded", [],
+                                                                  f"{references_job}-kept"), probe_queue)
+        raise ReferencesPending(f"{len(pending)} references have no vectors yet; a probe worker is embedding them")
+    return matcher
+
+
+def references_reply(queue: str, func: str, args: list, job: str) -> dict:
+    return {"queue": queue, "func": func, "args": args, "job_id": job}
+
+
+def queue_embedding(references: list[dict], job: str, reply: dict, queue: str = PROBE) -> None:
+    """Ask a probe worker to embed references (id, path, sha256); `reply` keeps the vectors (and may go on)."""
+    context().queues.enqueue(queue, "probes.jobs.embed_references", {"references": references, "reply": reply},
+                             job_id=job)
+
+
+def references_embedded(embedded: dict) -> str:
+    """A probe worker's reference vectors (`probes.jobs.embed_references`), kept in the registry."""
+    kept = store_vectors(thread_record(context().settings), embedded["embedder"], embedded["vectors"])
+    return f"{kept} reference vectors kept"
 
 
 def record_failure(upload_id: str, generation: int, step: str, message: str) -> str:

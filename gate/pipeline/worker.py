@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 import uuid
 
 from gate.config import Settings
 from gate.pipeline.reconcile import ALIVE_KEY
-from gate.queues import CATALOGUE, INTAKE, PROBE, QUEUES, Context, RedisQueues, set_context
+from gate.queues import PROBE_QUEUES, QUEUES, RECORD_QUEUES, Context, RedisQueues, set_context
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2
@@ -26,19 +25,27 @@ HOUSEKEEPING_SECONDS = 5
 HOUSEKEEPING_LOCK = "gate:housekeeping"
 
 
-def _heartbeat(queues: RedisQueues, name: str, settings: Settings, housekeeping: bool, stop: threading.Event) -> None:
-    last_housekeeping = 0.0
+def _heartbeat(queues: RedisQueues, name: str, stop: threading.Event) -> None:
+    """Keep this worker's liveness key fresh; nothing else, so no slow hub or lock can let it lapse (the
+    reconciler would take a lapsed key for a dead worker and restart its scans)."""
     while not stop.is_set():
         try:
             queues.connection.set(ALIVE_KEY.format(name), "1", ex=ALIVE_TTL_SECONDS)
-            due = time.monotonic() - last_housekeeping >= HOUSEKEEPING_SECONDS
-            if housekeeping and due and queues.connection.set(HOUSEKEEPING_LOCK, name, nx=True,
-                                                              ex=HOUSEKEEPING_SECONDS):
-                last_housekeeping = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - Redis may be down for a while; keep trying
+            log.warning("heartbeat: %s", exc)
+        stop.wait(HEARTBEAT_SECONDS)
+
+
+def _housekeeper(queues: RedisQueues, name: str, settings: Settings, stop: threading.Event) -> None:
+    """Every few seconds, under a Redis lock (one worker at a time): the reconciler, callbacks to hubs, Hugging
+    Face block actions. Its own thread: a hub that answers slowly delays only the next round."""
+    while not stop.is_set():
+        try:
+            if queues.connection.set(HOUSEKEEPING_LOCK, name, nx=True, ex=HOUSEKEEPING_SECONDS):
                 _housekeeping(settings, queues)
         except Exception as exc:  # noqa: BLE001 - Redis may be down for a while; keep trying
-            log.warning("heartbeat/housekeeping: %s", exc)
-        stop.wait(HEARTBEAT_SECONDS)
+            log.warning("housekeeping: %s", exc)
+        stop.wait(HOUSEKEEPING_SECONDS)
 
 
 def _housekeeping(settings: Settings, queues: RedisQueues) -> None:
@@ -68,14 +75,15 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
     set_context(Context(settings, queues))
     ordered = [q for q in QUEUES if q in queue_names]
     name = name or f"gate-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-    if PROBE in ordered:
+    if set(ordered) & set(PROBE_QUEUES):
         from probes.jobs import engine
 
         engine(settings)  # load the base model before taking jobs, not inside the first one
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, name="gate-heartbeat", daemon=True,
-                            args=(queues, name, settings, INTAKE in ordered or CATALOGUE in ordered, stop))
-    beat.start()
+    threading.Thread(target=_heartbeat, name="gate-heartbeat", daemon=True, args=(queues, name, stop)).start()
+    if set(ordered) & set(RECORD_QUEUES):  # only a worker that has the record keeps house
+        threading.Thread(target=_housekeeper, name="gate-housekeeping", daemon=True,
+                         args=(queues, name, settings, stop)).start()
     worker = SimpleWorker([queues.queue(q) for q in ordered], connection=queues.connection,
                           serializer=JSONSerializer, name=name)
     log.info("worker %s listening on %s", name, ", ".join(ordered))

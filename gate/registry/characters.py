@@ -1,11 +1,13 @@
 """The registry of characters that rights holders protect: names, aliases, references, policy.
 
-Embedding references needs the embedder (the GPU side); callers pass an `embed` function so this module
-stays free of torch.
+Embedding references needs the embedder (the GPU side): a probe worker embeds them (`missing_references` goes
+out in its request, `store_vectors` keeps what comes back), or a local command passes an `embed` function, so
+this module stays free of torch.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import unicodedata
@@ -135,21 +137,52 @@ def retire_character(db: Database, character_id: str) -> Character:
     return get_character(db, character_id)
 
 
-def embed_missing(db: Database, embed: Embed, embedder_id: str, batch: int = 64) -> int:
-    """Embed every active reference that has no vector for this embedder; returns how many."""
-    rows = list(db.query(
-        "select r.id, r.path from character_references r join characters c on c.id = r.character_id "
+def missing_references(db: Database, embedder_id: str) -> list[dict]:
+    """Active characters' references with no vector for this embedder yet: id, path and sha256, as a probe
+    worker's `embed` request carries them (the worker checks each file against its sha256)."""
+    return [dict(row) for row in db.query(
+        "select r.id, r.path, r.sha256 from character_references r join characters c on c.id = r.character_id "
         "where c.status = 'active' and r.id not in "
-        "(select reference_id from reference_embeddings where embedder = ?)", [embedder_id]))
+        "(select reference_id from reference_embeddings where embedder = ?) order by r.id", [embedder_id])]
+
+
+def embed_missing(db: Database, embed: Embed, embedder_id: str, batch: int = 64) -> int:
+    """Embed every active reference that has no vector for this embedder, in this process; returns how many."""
+    rows = missing_references(db, embedder_id)
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         vectors = embed([check_image(row["path"]).rgb() for row in chunk])
+        _insert_vectors(db, embedder_id, {row["id"]: vector for row, vector in zip(chunk, vectors, strict=True)})
+    return len(rows)
+
+
+def store_vectors(db: Database, embedder_id: str, encoded: dict[str, str]) -> int:
+    """Keep the vectors a probe worker computed ({reference id: base64 float32}); references removed meanwhile
+    are skipped. Returns how many were kept."""
+    known = {row[0] for row in db.execute("select id from character_references")}
+    vectors = {int(ref_id): np.frombuffer(base64.b64decode(text), np.float32)
+               for ref_id, text in encoded.items() if int(ref_id) in known}
+    _insert_vectors(db, embedder_id, vectors)
+    return len(vectors)
+
+
+def _insert_vectors(db: Database, embedder_id: str, vectors: dict[int, np.ndarray]) -> None:
+    with writing(db):
         db["reference_embeddings"].insert_all(
-            [{"reference_id": row["id"], "embedder": embedder_id, "vector": vector.astype(np.float32).tobytes()}
-             for row, vector in zip(chunk, vectors, strict=True)],
+            [{"reference_id": ref_id, "embedder": embedder_id, "vector": np.asarray(v, np.float32).tobytes()}
+             for ref_id, v in vectors.items()],
             replace=True,
         )
-    return len(rows)
+
+
+def reference_images(db: Database) -> dict[str, list[str]]:
+    """Every active character's reference image paths, whether or not they are embedded yet (the likelihood
+    probe reads the images themselves)."""
+    found: dict[str, list[str]] = {}
+    for row in db.query("select r.character_id, r.path from character_references r join characters c on "
+                        "c.id = r.character_id where c.status = 'active' order by r.character_id, r.id"):
+        found.setdefault(row["character_id"], []).append(row["path"])
+    return found
 
 
 def load_references(db: Database, embedder_id: str) -> References:

@@ -27,21 +27,30 @@ NO_REDIS = {"REDIS_URL": "", "GATE_REDIS_URL": ""}
 
 @contextmanager
 def _catalogue_worker(data_dir, tmp_path):
-    """A private redis-server and a real `gate worker --queues catalogue` on `data_dir` (its log in
-    tmp_path/worker.log); yields the environment for `gate` commands and the Redis URL."""
-    from tests.gate.service.test_queues import RedisServer
+    """A private redis-server and the catalogue's two real workers on `data_dir`, as a deployment splits them:
+    `gate worker --queues catalogue` (the record's side, which must never load torch) and a probe worker on
+    `catalogue_probe` with a data directory of its own (it never opens the record). Their logs go to
+    tmp_path/worker.log and probe-worker.log; yields the environment for `gate` commands and the Redis URL.
+    On the way out, the record's worker is checked: torch was never loaded into it."""
+    from tests.gate.service.test_queues import RedisServer, loaded_torch
 
     redis = RedisServer(tmp_path)
     redis.start()
     env = {**os.environ, "GATE_DATA_DIR": str(data_dir), "REDIS_URL": redis.url}
-    with open(tmp_path / "worker.log", "w") as worker_log:
+    with open(tmp_path / "worker.log", "w") as worker_log, open(tmp_path / "probe-worker.log", "w") as probe_log:
         worker = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue"], cwd=REPO,
                                   env=env, stdout=worker_log, stderr=subprocess.STDOUT)
+        prober = subprocess.Popen([sys.executable, "-m", "gate", "worker", "--queues", "catalogue_probe"], cwd=REPO,
+                                  env={**env, "GATE_DATA_DIR": str(tmp_path / "probe-data")}, stdout=probe_log,
+                                  stderr=subprocess.STDOUT)
         try:
             yield env, redis.url
+            assert worker.poll() is None and not loaded_torch(worker.pid), "the record's worker loaded torch"
+            assert not (tmp_path / "probe-data" / "gate.db").exists(), "the probe worker opened a record"
         finally:
-            worker.kill()
-            worker.wait(timeout=10)
+            for process in (worker, prober):
+                process.kill()
+                process.wait(timeout=10)
             redis.stop()
 
 
@@ -172,7 +181,8 @@ def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tm
         assert len(per_upload) == total and {count for _, count in per_upload} == {1}
         probe_sets = _query(db_path, "select distinct probe_set from uploads")
         assert len(probe_sets) == 1 and probe_sets[0][0].startswith("fixture-v1@")
-        assert "gate.catalogue.rescan.rescan_upload" in (tmp_path / "worker.log").read_text()
+        assert "gate.catalogue.rescan.rescan_concluded" in (tmp_path / "worker.log").read_text()
+        assert "probes.jobs.probe_upload" in (tmp_path / "probe-worker.log").read_text()
 
 
 def test_a_rescan_keeps_a_moderators_decision(decided_earlier):
@@ -228,4 +238,6 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
                       ["style_sepia_peft.safetensors"]) == [("allow",)]
         log = (tmp_path / "worker.log").read_text()
         assert "gate.catalogue.screening.screen_job" in log
-        assert log.count("gate.catalogue.screening.likelihood_screen_upload") >= screened
+        assert log.count("gate.catalogue.screening.likelihood_measured") >= screened
+        # The new references were embedded by the probe worker (the record's worker has no embedder).
+        assert "probes.jobs.embed_references" in (tmp_path / "probe-worker.log").read_text()

@@ -56,10 +56,13 @@ class Hub(ThreadingHTTPServer):
     def __init__(self):
         self.received: list[dict] = []
         self.refuse = False
+        self.delay, self.requests = 0.0, 0  # seconds before answering; requests seen
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
+                hub.requests += 1
+                time.sleep(hub.delay)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 signatures.verify(self.headers.get("X-Gate-Signature"), body, SECRET)
                 if hub.refuse:
@@ -130,6 +133,32 @@ def service(tmp_path):
         redis.stop()
 
 
+NO_TORCH = """import sys
+
+class NoTorch:
+    # As if `pip install lora-gate` had left out the [probes] extra: torch and its stack cannot be imported.
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {"torch", "diffusers", "transformers", "peft", "accelerate"}:
+            raise ModuleNotFoundError(f"No module named {name!r} (this worker is installed without [probes])")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def without_torch(tmp_path: Path) -> dict:
+    """Environment for a process in which torch cannot be imported (a sitecustomize that refuses it)."""
+    site = tmp_path / "no-torch-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(NO_TORCH)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
+def loaded_torch(pid: int) -> bool:
+    """Whether a live process has torch's library mapped: read from outside, so nothing in it can hide it."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def _status(url: str) -> dict:
     return json.loads(urllib.request.urlopen(url, timeout=5).read())
 
@@ -159,9 +188,11 @@ def _deliver(service, lora_path: Path, model_id: str) -> dict:
 def test_a_delivery_reaches_a_verdict_through_rq_workers_and_the_hub_is_called_back(service, world, tmp_path):
     # Two workers as a deployment splits them: one for the record's side, one that only renders. The renderer
     # gets a data directory of its own, to show that it never opens the record.
-    service.spawn("worker", "--queues", "intake,catalogue", log="worker-intake")
-    service.spawn("worker", "--queues", "probe", log="worker-probe",
-                  extra_env={"GATE_DATA_DIR": str(tmp_path / "probe-worker")})
+    # The record's worker runs where torch cannot even be imported, as `pip install lora-gate` leaves it.
+    record_worker = service.spawn("worker", "--queues", "intake,catalogue", log="worker-intake",
+                                  extra_env=without_torch(tmp_path))
+    probe_worker = service.spawn("worker", "--queues", "probe", log="worker-probe",
+                                 extra_env={"GATE_DATA_DIR": str(tmp_path / "probe-worker")})
     lora = world_lora(world, kind="character", trigger=None, metadata_style="honest")
     answer = _deliver(service, world.path(lora["path"]), "m-rq-1")
     final = _final(answer["status_url"], service)
@@ -170,6 +201,9 @@ def test_a_delivery_reaches_a_verdict_through_rq_workers_and_the_hub_is_called_b
     assert any(r["character"] == lora["character"] for r in final["reasons"])  # its honest title names it
     assert final["probe_set"], "it was rendered by the probe worker"
     assert not (tmp_path / "probe-worker" / "gate.db").exists()
+    # The seam, in the running processes: the record's worker concluded the scan without torch.
+    assert not loaded_torch(record_worker.pid) and loaded_torch(probe_worker.pid)
+    assert not loaded_torch(service.web.pid)
     _wait(lambda: service.hub.received, 30, "the hub was not called back")
     callback = service.hub.received[0]
     assert callback["upload_id"] == answer["id"] and callback["event"] == "upload.decided"
@@ -235,3 +269,29 @@ def test_a_hub_that_is_down_gets_its_decision_later(service, corpus_dir):
     _wait(lambda: service.hub.received, 60, "the decision was never delivered")
     assert service.hub.received[0]["upload_id"] == answer["id"]
     assert service.hub.received[0]["data"]["error"]["code"] == "format_pickle"
+
+
+def test_a_hub_that_answers_slowly_never_lets_a_workers_heartbeat_lapse(service, corpus_dir):
+    """Callbacks go out on the housekeeping thread, not the heartbeat's: callbacks to a hub that times out take
+    longer, together, than the liveness key lives, and must not make the worker look dead (the reconciler would
+    restart its scans)."""
+    import redis
+
+    from gate.hubs.callbacks import TIMEOUT_SECONDS
+    from gate.pipeline.reconcile import ALIVE_KEY
+    from gate.pipeline.worker import ALIVE_TTL_SECONDS
+
+    service.hub.delay = TIMEOUT_SECONDS + 1  # every callback times out
+    service.spawn("worker", "--queues", "intake", "--name", "slow-hub-worker", log="worker-slow-hub")
+    count = ALIVE_TTL_SECONDS // TIMEOUT_SECONDS + 1  # one round of them outlasts the key
+    answers = [_deliver(service, corpus_dir / "pickle_disguised.safetensors", f"m-slow-hub-{i}") for i in range(count)]
+    for answer in answers:
+        _final(answer["status_url"], service, timeout=60)
+    _wait(lambda: service.hub.requests, 30, "no callback was sent")
+    connection = redis.Redis.from_url(service.redis.url)
+    for _ in range(2 * ALIVE_TTL_SECONDS):  # while the hub holds the callbacks
+        assert connection.exists(ALIVE_KEY.format("slow-hub-worker")), "the worker's liveness key lapsed"
+        time.sleep(1)
+    assert service.hub.requests >= count
+    service.hub.delay = 0
+    _wait(lambda: len(service.hub.received) >= count, 120, "the hub never got its decisions")
