@@ -121,9 +121,42 @@ def transition(db: Database, upload_id: str, to_state: UploadState, actor: str, 
     """Move an upload to a new state and journal it, in one transaction."""
     with writing(db):
         before = get_upload(db, upload_id)["state"]
-        db["uploads"].update(upload_id, {**(changes or {}), "state": to_state, "updated_at": _now()})
+        update_upload(db, upload_id, {**(changes or {}), "state": to_state, "updated_at": _now()})
         journal(db, upload_id, actor, action, before, to_state, detail or {})
     return get_upload(db, upload_id)
+
+
+def update_upload(db: Database, upload_id: str, changes: dict) -> dict:
+    """Change an upload's row. The moderators' queue is a view of these rows, and this is where an upload
+    enters it: a decided upload whose verdict becomes quarantine is 'quarantined' (unless it is in the queue
+    already), and whatever puts it in (a quarantine, a dispute) fills the queue's sort and filter fields from
+    its strongest match. Returns the row as it is now."""
+    with writing(db):
+        before = get_upload(db, upload_id)
+        db["uploads"].update(upload_id, changes)
+        after = get_upload(db, upload_id)
+        entering = {}
+        if ("verdict" in changes and after["verdict"] == "quarantine" and after["state"] == UploadState.DECIDED
+                and after["review_status"] is None and before["verdict"] != "quarantine"):
+            entering["review_status"] = "quarantined"
+        if before["review_status"] is None and (entering or after["review_status"] is not None):
+            entering.update(_queue_fields(db, after))
+        if entering:
+            db["uploads"].update(upload_id, entering)
+            after = get_upload(db, upload_id)
+    return after
+
+
+def _queue_fields(db: Database, upload: dict) -> dict:
+    """The queue's sort and filter fields: the strongest match's score (0 when nothing matched: not probed,
+    blocklisted), its character and that character's rights holder."""
+    matches = [m for m in json.loads(upload["matches"] or "[]") if isinstance(m, dict)]
+    top = max(matches, key=lambda m: m.get("best_score") or 0.0, default=None)
+    character = top.get("character") if top else None
+    holder = db.execute("select rights_holder from characters where id = ?", [character]).fetchone() \
+        if character else None
+    return {"review_score": float(top.get("best_score") or 0.0) if top else 0.0, "review_character": character,
+            "review_rights_holder": holder[0] if holder else None}
 
 
 def pending(db: Database) -> list[str]:

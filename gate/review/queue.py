@@ -20,7 +20,7 @@ from gate.errors import GateError
 from gate.record import audit, outbox
 from gate.record.audit import Actor
 from gate.record.db import writing
-from gate.record.uploads import get_upload, hub_message, journal
+from gate.record.uploads import get_upload, hub_message, journal, update_upload
 from gate.registry import blocklist
 from gate.review.accounts import Forbidden, allowed
 from gate.review.feedback import feed_back_allow, feed_back_block
@@ -334,8 +334,7 @@ def decide(db: Database, actor: Actor, upload_id: str, action: str, reason: str)
             changes["review_status"] = ReviewStatus.ESCALATED
         else:
             changes.update(verdict=str(action), review_status=None, decided_at=now, updated_at=now)
-        db["uploads"].update(upload_id, changes)
-        after = get_upload(db, upload_id)
+        after = update_upload(db, upload_id, changes)
         if action == Action.BLOCK:
             feed_back_block(db, actor, before, reason)
         elif action == Action.ALLOW:
@@ -409,11 +408,9 @@ def file_dispute(db: Database, hub: dict, upload_id: str, statement: str, deadli
             raise ReviewError("this upload's dispute is already waiting for a moderator", "dispute_exists")
         now = _now()
         deadline = _iso(now + timedelta(days=deadline_days))
-        # Set first and alone: entering the queue fires the trigger that fills the queue's sort and filter fields.
-        db["uploads"].update(upload_id, {"review_status": ReviewStatus.DISPUTED})
-        db["uploads"].update(upload_id, {"dispute_statement": statement, "disputed_at": _iso(now),
-                                         "dispute_deadline": deadline, "claimed_by": None, "claimed_until": None})
-        after = get_upload(db, upload_id)
+        after = update_upload(db, upload_id, {
+            "review_status": ReviewStatus.DISPUTED, "dispute_statement": statement, "disputed_at": _iso(now),
+            "dispute_deadline": deadline, "claimed_by": None, "claimed_until": None})
         journal(db, upload_id, actor.name, "disputed", before["state"], after["state"],
                 {"statement": statement[:500], "deadline": deadline})
         audit.record(db, actor, "dispute.file", "upload", upload_id, statement, _snapshot(before), _snapshot(after))
