@@ -1,6 +1,5 @@
-"""The back catalogue's commands: changing characters and screening for them, rescans, and onboarding a hub's
-existing catalogue. A thin shell over gate.catalogue.screening, gate.catalogue.rescan and
-gate.catalogue.onboarding; registered in gate.cli."""
+"""`gate catalogue` and `gate rescan`: onboarding a hub's existing catalogue, screening it for a character,
+and re-rendering it with a new probe set. A thin shell over gate.catalogue."""
 
 from __future__ import annotations
 
@@ -10,125 +9,6 @@ import sys
 import click
 
 from gate.cli import common
-
-
-def echo_screening(screening, as_json: bool = False) -> None:
-    """Print what screening the back catalogue for a character found."""
-    if as_json:
-        click.echo(json.dumps({"screening": screening.id, "character": screening.character_id,
-                               "screened": screening.screened, "renders": screening.renders,
-                               "candidates": screening.candidates, "hits": [h.__dict__ for h in screening.hits],
-                               "changed": screening.changed, "seconds": round(screening.seconds, 4)},
-                              ensure_ascii=False))
-        return
-    if screening.id is None:
-        click.echo(f"{screening.character_id}: nothing screened ({screening.skipped})")
-        return
-    click.echo(screening.summary())
-
-
-def screen_after_change(db, character_id: str, settings, cause: str, embed=None, as_json: bool = False) -> None:
-    """Screen the back catalogue for a character just registered or changed; the change itself stands even when
-    screening cannot run (no calibration for these models, say), and the operator is told why."""
-    from gate.catalogue.screening import registry_changed
-    from gate.errors import GateError
-
-    try:
-        screening = registry_changed(db, character_id, settings, cause=cause, embed=embed)
-    except GateError as exc:
-        click.echo(f"the back catalogue was not screened for {character_id}: {exc.code}: {exc.message}; "
-                   f"run `gate catalogue screen {character_id}` once that is fixed", err=True)
-        return
-    echo_screening(screening, as_json)
-
-
-@click.command("update")
-@click.argument("character_id")
-@click.option("--name", default=None, help="A new name.")
-@click.option("--alias", "aliases", multiple=True, help="Replace the aliases with these (repeatable).")
-@click.option("--add-alias", "add_aliases", multiple=True, help="Add an alias, keeping the others (repeatable).")
-@click.option("--policy", type=click.Choice(["block", "quarantine"]), default=None, help="What a clear match does.")
-@click.option("--rights-holder", default=None, help="Who owns the character.")
-@click.option("--description", default=None, help="A sentence about the design.")
-@click.option("--ref", "add_references", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Add a reference image, PNG/JPEG/WebP (repeatable).")
-@click.option("--remove-ref", "remove_references", multiple=True,
-              help="Remove a reference by its sha256 (8 or more leading hex digits; see `gate characters refs`).")
-@click.option("--no-screen", is_flag=True, help="Do not screen the back catalogue after the change.")
-@click.option("--json", "as_json", is_flag=True, help="Print the screening as JSON.")
-def characters_update(character_id, name, aliases, add_aliases, policy, rights_holder, description, add_references,
-                      remove_references, no_screen, as_json) -> None:
-    """Change a character (names, policy, references); then the back catalogue is screened for it.
-
-    New references are validated and embedded on arrival; at least one must remain.
-
-    Example: gate characters update ultraman --add-alias ウルトラマン --policy block --ref new_ref.png
-    """
-    from gate.registry.characters import update_character
-
-    settings = common.settings()
-    db = common.record(settings)
-    embed, embedder_id = common.embed(settings), common.embedder_id(settings)  # the embedder loads only if needed
-    from gate.record import audit
-    from gate.registry.characters import get_character
-
-    before = get_character(db, character_id)
-    character = update_character(
-        db, settings.references_dir, character_id, name=name, aliases=list(aliases) if aliases else None,
-        add_aliases=add_aliases, policy=policy, rights_holder=rights_holder, description=description,
-        add_references=add_references, remove_references=remove_references, embed=embed, embedder_id=embedder_id)
-    audit.record(db, common.actor(), "policy.change" if character.policy != before.policy else "character.update",
-                 "character", character_id, "", before.to_dict(), character.to_dict())
-    if not as_json:
-        click.echo(f"updated {character.id}: {character.name} ({character.references} references, {character.policy})")
-    if not no_screen:
-        screen_after_change(db, character.id, settings, "updated", embed, as_json)
-
-
-@click.command("refs")
-@click.argument("character_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def characters_refs(character_id: str, as_json: bool) -> None:
-    """List a character's reference images (sha256, size, where kept).
-
-    Example: gate characters refs ultraman
-    """
-    from gate.registry.characters import reference_rows
-
-    rows = reference_rows(common.record(), character_id)
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-        return
-    for row in rows:
-        click.echo(f"{row['sha256'][:16]}  {row['width']}x{row['height']}  {row['path']}")
-
-
-@click.command("reports")
-@click.argument("character_id")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--limit", default=10, show_default=True, help="Most recent screenings to show.")
-def characters_reports(character_id: str, as_json: bool, limit: int) -> None:
-    """The rights holder's report: each back-catalogue screening for the character and the uploads that show it.
-
-    Example: gate characters reports ultraman --json
-    """
-    from gate.catalogue.screening import character_reports
-
-    reports = character_reports(common.record(), character_id, limit)
-    if as_json:
-        click.echo(json.dumps(reports, indent=1, ensure_ascii=False))
-        return
-    if not reports:
-        click.echo(f"{character_id}: not screened yet")
-    for report in reports:
-        click.echo(f"screening {report['screening']} ({report['cause']}, {report['at']}): {report['screened']:,} "
-                   f"stored LoRAs, {len(report['hits'])} show {character_id}, {report['changed']} changed, "
-                   f"{report['seconds']:.2f} s")
-        for hit in report["hits"]:
-            where = " / ".join(str(v) for v in (hit["hub"], hit["model_id"], hit["version_id"]) if v)
-            click.echo(f"  {hit['upload_id']}  {where or hit['filename']}  {hit['verdict_before']} -> "
-                       f"{hit['verdict_after']}  {hit['certainty']}: {hit['matched']}/{hit['rendered']} renders, "
-                       f"best {hit['best_score']:.3f}")
 
 
 @click.group("catalogue")
@@ -200,10 +80,10 @@ def catalogue_screen(character_id: str, likelihood: bool, as_json: bool) -> None
 
     settings = common.settings()
     db = common.record(settings)
-    echo_screening(registry_changed(db, character_id, settings, cause="manual", embed=common.embed(settings)),
+    common.echo_screening(registry_changed(db, character_id, settings, cause="manual", embed=common.embed(settings)),
                    as_json)
     if likelihood:  # measured here, with this process's engine
-        echo_screening(likelihood_screen(db, character_id, settings, cause="manual",
+        common.echo_screening(likelihood_screen(db, character_id, settings, cause="manual",
                                          scanner=common.scanner(settings, db)), as_json)
 
 
@@ -234,7 +114,7 @@ def catalogue_resume(screening_id: int, use_queue: bool, as_json: bool) -> None:
         click.echo(f"screening {screening_id}: {screening.screened} uploads queued again (the rest are done or "
                    "still on their way)")
         return
-    echo_screening(screening, as_json)
+    common.echo_screening(screening, as_json)
 
 
 @click.command("rescan")

@@ -1,0 +1,156 @@
+"""`gate inspect`, `gate scan` and `gate calibrate`: the operator's checks of LoRA files, in this
+process (inspect never loads torch; scan and calibrate load the probe engine through gate.engines)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from gate.cli import common
+
+EXIT_REFUSED = 3
+
+
+def _summary(result: dict) -> str:
+    lines = [click.style(result["path"], bold=True)]
+    if not result["ok"]:
+        error = result["error"]
+        lines.append(f"  {click.style('refused', fg='red', bold=True)}   {error['code']}: {error['message']}")
+        return "\n".join(lines)
+    lora, meta = result["lora"], result["metadata"]
+    parts = ", ".join(f"{name} {count}" for name, count in lora["components"].items())
+    dora = " DoRA" if lora["dora"] else ""
+    rank = f"rank {result['rank']}" if result["rank"] else "no rank"  # OFT and LyCORIS full have none
+    lines.append(
+        f"  {click.style('accepted', fg='green', bold=True)}  {result['format']}{dora} LoRA for "
+        f"{result['base_family']} ({rank}, {lora['modules']} modules: {parts})"
+    )
+    lines.append(f"  family    evidence: {'; '.join(result['family']['evidence']) or 'none'}; "
+                 f"metadata claims {result['family']['claimed'] or 'nothing'}")
+    dtypes = ", ".join(result["dtypes"])
+    lines.append(f"  size      {result['file_size']:,} bytes, {result['tensors']} tensors ({dtypes})")
+    lines.append(f"  sha256    {result['file_sha256']}")
+    lines.append(f"  tensors#  {result['tensor_hash']}")
+    named = [f"{label} {value!r}" for label, value in (
+        ("title", meta["title"]), ("output", meta["output_name"]),
+        ("trigger", ", ".join(meta["trigger_phrases"]) or None),
+    ) if value]
+    if meta["top_tags"]:
+        named.append("tags " + ", ".join(f"{tag}({count})" for tag, count in meta["top_tags"][:6]))
+    lines.append(f"  metadata  {'; '.join(named) or 'none'}")
+    if lora["embeddings"]:
+        lines.append(f"  embeds    {', '.join(lora['embeddings'])} (bundled textual-inversion tokens: screened as "
+                     "names, typed by the probes)")
+    lines.extend(f"  {click.style('warning', fg='yellow')}   {w}" for w in result["warnings"])
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file (JSON Lines).")
+def inspect(paths: tuple[str, ...], as_json: bool) -> None:
+    """Check LoRA files without loading them: format, base family, metadata, hashes.
+
+    Exit status 0 when every file is an acceptable LoRA, 3 when any was refused.
+
+    Example: gate inspect --json my_lora.safetensors
+    """
+    from gate.intake import inspect_file
+
+    limits = common.settings().intake
+    refused = False
+    for path in paths:
+        result = inspect_file(path, limits).to_dict()
+        refused |= not result["ok"]
+        click.echo(json.dumps(result, ensure_ascii=False) if as_json else _summary(result))
+    sys.exit(EXIT_REFUSED if refused else 0)
+
+
+def _print_scan(result, characters) -> None:
+    verdict = result.verdict or "refused"
+    colour = {"allow": "green", "quarantine": "yellow", "block": "red"}.get(verdict, "red")
+    click.echo(f"{click.style(result.path, bold=True)}: {click.style(verdict.upper(), fg=colour, bold=True)}")
+    if not result.inspection.ok:
+        click.echo(f"  {result.inspection.error.code}: {result.inspection.error.message}")
+        return
+    for reason in result.decision.reasons:
+        click.echo(f"  - {reason.message}")
+    if not result.decision.reasons:
+        click.echo("  - no registered character in any probe render, no metadata hit")
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    click.echo(f"  probe set {result.probe_set or 'none'}; {timings}")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file (JSON Lines).")
+@click.option("--evidence", type=click.Path(file_okay=False), help="Write a contact sheet and HTML page here.")
+def scan(paths: tuple[str, ...], as_json: bool, evidence: str | None) -> None:
+    """Scan LoRA files: intake, name screening, probe renders, matching, verdict with reasons.
+
+    Exit status 0 whatever the verdict, 3 when intake refused any file.
+
+    Example: gate scan --evidence out/ my_lora.safetensors
+    """
+    from pathlib import Path
+
+    settings = common.settings()
+    db = common.record(settings)
+    scanner = common.scanner(settings, db, None if as_json else click.echo)
+    refused = False
+    for path in paths:
+        if as_json:
+            result = scanner.scan(path)
+        else:
+            with click.progressbar(length=5, label=Path(path).name, show_eta=False) as bar:
+                result = scanner.scan(path, progress=lambda stage: bar.update(1))
+        refused |= not result.inspection.ok
+        if evidence and result.decision:
+            from gate.detection.evidence import write_evidence
+
+            target = Path(evidence) / Path(path).stem if len(paths) > 1 else Path(evidence)
+            write_evidence(result, scanner.characters, target)
+        if as_json:
+            click.echo(json.dumps(result.to_dict(scanner.characters), ensure_ascii=False))
+        else:
+            _print_scan(result, scanner.characters)
+    sys.exit(EXIT_REFUSED if refused else 0)
+
+
+@click.command()
+@click.argument("negatives", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write (default: DATA_DIR/calibration.json).")
+def calibrate(negatives: tuple[str, ...], out: str | None) -> None:
+    """Fit matching thresholds from negatives: base renders and known-clean LoRAs.
+
+    With no NEGATIVES, the embedded default uses the fixture world's clean LoRAs (styles, concepts,
+    original characters), and leaves held-back characters out of the registry it calibrates against.
+
+    Example: gate calibrate clean/*.safetensors
+    """
+    from pathlib import Path
+
+    from gate.detection.calibration import calibrate as fit
+    from gate.detection.calibration import negative_subjects, write_calibration
+    from gate.registry.world import World
+
+    settings = common.settings()
+    db = common.record(settings)
+    scanner = common.scanner(settings, db, click.echo)
+    excluded: set[str] = set()
+    paths = [Path(p) for p in negatives]
+    if not paths:
+        world = World.load(settings.world_dir)
+        paths = [world.path(lora["path"]) for lora in world.loras("style", "concept", "original")]
+        excluded = world.held_back()
+    references = scanner.references.without(excluded)
+    subjects = negative_subjects(scanner, paths, references, progress=click.echo)
+    thresholds = fit(subjects)
+    target = Path(out) if out else settings.data_dir / "calibration.json"
+    write_calibration(target, thresholds, probe_set_id=scanner.engine.probe_set.id,
+                      embedder_id=scanner.engine.embedder_id, negatives=[p.name for p in paths],
+                      characters=list(references.character_ids))
+    click.echo(json.dumps(thresholds.to_dict(), indent=2))
+    click.echo(f"wrote {target}")
