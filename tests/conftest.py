@@ -1,4 +1,6 @@
-"""Shared fixtures: the intake corpus (built once per session from fixtures/), and a runner for the real CLI."""
+"""Shared fixtures: the intake corpus and the fixture world (built once per session from fixtures/), the web
+app, its test client and the CLI runner, the probe engine and scanner, and the service on real Redis and real
+processes. Helpers that are not fixtures are in tests/support.py."""
 
 from __future__ import annotations
 
@@ -6,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from fixtures import intake_corpus
+from tests.support import SECRET, UPLOAD_SECRET, Hub, RedisServer, free_port, wait
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,3 +111,70 @@ def world_lora(world, **wanted) -> dict:
         if all(lora.get(key) == value for key, value in wanted.items()):
             return lora
     raise LookupError(f"no fixture LoRA with {wanted}")
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build the web gate on this test's data directory (tmp_path/data), with settings overrides: the one way
+    tests make an app."""
+    def make(**overrides):
+        from gate.app import create_app
+
+        return create_app({"data_dir": str(tmp_path / "data"), "upload_secret": UPLOAD_SECRET, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner():
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
+def service(tmp_path):
+    """Redis, the gate (web) and a hub; tests start the workers they need."""
+    redis = RedisServer(tmp_path)
+    redis.start()
+    hub = Hub()
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis.url, "GATE_DATA_DIR": str(tmp_path / "data"),
+           "GATE_UPLOAD_SECRET": SECRET, "GATE_CALLBACK_URL": hub.url}
+    processes: list[subprocess.Popen] = []
+
+    def spawn(*args: str, log: str, extra_env: dict | None = None) -> subprocess.Popen:
+        out = open(tmp_path / f"{log}.log", "w")
+        process = subprocess.Popen([sys.executable, "-m", "gate", *args], cwd=REPO, env={**env, **(extra_env or {})},
+                                   stdout=out, stderr=subprocess.STDOUT)
+        processes.append(process)
+        return process
+
+    web = spawn("serve", "--port", str(port), log="serve")
+    base = f"http://127.0.0.1:{port}"
+    wait(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200, 60, "gate serve did not start")
+
+    class Service:
+        pass
+
+    service = Service()
+    service.base, service.redis, service.hub, service.spawn, service.web = base, redis, hub, spawn, web
+    service.logs = tmp_path
+    yield service
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    hub.shutdown()
+    if redis.process.poll() is None:
+        redis.stop()

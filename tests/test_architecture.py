@@ -113,3 +113,10 @@ def test_the_web_gate_installs_without_torch():
     assert set(TORCH_SIDE) <= {re.split(r"[<>=!~\[ ;]", spec)[0].lower()
                                for spec in project["optional-dependencies"]["probes"]}
     assert all(re.search(r"<\s*\d", spec) for spec in project["dependencies"]), "every dependency caps its major"
+
+
+def test_the_tests_mirror_the_packages():
+    """A newcomer finds a package's tests under the same name: tests/gate/<package>/ for every gate/<package>/."""
+    packages = {p.parent.name for p in (ROOT / "gate").glob("*/__init__.py")}
+    tested = {p.name for p in (ROOT / "tests" / "gate").iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    assert packages <= tested, f"packages without a tests/gate/<package>/: {sorted(packages - tested)}"

@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from gate.app import create_app
 from gate.record.audit import Actor
 from gate.record.db import open_db
 from gate.review.accounts import add_account
@@ -15,10 +14,9 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app({"data_dir": str(tmp_path / "data"), "proxy_hops": 1,
-                      "review": {"secret_key": "test-secret", "login_max_failures": 3,
-                                 "login_max_failures_per_address": 5, "login_window_minutes": 15}})
+def app(make_app, tmp_path):
+    app = make_app(proxy_hops=1, review={"secret_key": "test-secret", "login_max_failures": 3,
+                                         "login_max_failures_per_address": 5, "login_window_minutes": 15})
     db = open_db(tmp_path / "data" / "gate.db")
     for name in ("mod", "mod2", "mod3"):
         add_account(db, Actor("setup", "shell"), name, "moderator", password=PASSWORD)

@@ -22,9 +22,7 @@ def test_a_bad_boolean_is_a_typed_error(monkeypatch):
         load_settings()
 
 
-def test_the_secure_cookie_setting_reaches_the_app(tmp_path):
-    from gate.app import create_app
-
-    app = create_app({"data_dir": str(tmp_path), "review": {"session_cookie_secure": True}})
+def test_the_secure_cookie_setting_reaches_the_app(make_app, tmp_path):
+    app = make_app(review={"session_cookie_secure": True})
     assert app.config["SESSION_COOKIE_SECURE"] is True and app.config["SESSION_COOKIE_HTTPONLY"] is True
-    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0  # the made key is readable by its owner only
+    assert (tmp_path / "data" / "secret_key").stat().st_mode & 0o077 == 0  # the made key is readable by its owner only

@@ -1,5 +1,5 @@
 """Hugging Face webhooks, URL uploads and the block adapter, through the Flask app with the embedded in-process
-queue, against real HTTP servers: the Hub stand-in (tests/gate/web/hub_standin.py, the one stand-in) and a plain
+queue, against real HTTP servers: the Hub stand-in (tests/gate/hubs/hub_standin.py, the one stand-in) and a plain
 file server for URL uploads. Files served are from the intake corpus, which intake refuses without rendering."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gate.app import create_app
 from gate.cli import main
 from gate.hubs.signatures import sign
-from tests.gate.web.hub_standin import HubStandIn
+from tests.gate.hubs.hub_standin import HubStandIn
 
 HOOK_SECRET = "hf-webhook-secret"
 UPLOAD_SECRET = "url-upload-secret"

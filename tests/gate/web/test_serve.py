@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,13 @@ import pytest
 
 from gate.hubs.client import deliver
 from tests.conftest import REPO, world_lora
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.support import free_port
 
 
 @pytest.fixture
 def served(tmp_path):
     """`gate serve` on the embedded default (no Redis), as `make run` runs it: (base URL, the web process)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GATE_DATA_DIR": str(tmp_path / "data"), "GATE_UPLOAD_SECRET": "e2e-secret"}
     process = subprocess.Popen([sys.executable, "-m", "gate", "serve", "--port", str(port)], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

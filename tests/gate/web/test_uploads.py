@@ -1,44 +1,13 @@
 """Direct uploads through the Flask app (its test client): signed, durable, idempotent, clear errors.
-The end-to-end path over real HTTP with RQ workers is issue 6's remaining work."""
+Over real HTTP with RQ workers: tests/gate/pipeline/test_rq_service.py."""
 
 from __future__ import annotations
 
-import io
-import time
-
 import pytest
 
-from gate.app import create_app
-from gate.hubs.client import multipart
 from gate.hubs.signatures import sign
-
-SECRET = "test-upload-secret"
-
-
-@pytest.fixture
-def app(tmp_path):
-    return create_app({"data_dir": str(tmp_path / "data"), "upload_secret": SECRET})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def post_upload(client, data: bytes, meta: dict | None = None, secret: str = SECRET, timestamp: int | None = None):
-    body, content_type = multipart(data, meta, "lora.safetensors")
-    return client.post("/v1/uploads", data=io.BytesIO(body), content_type=content_type,
-                       headers={"X-Gate-Signature": sign(body, secret, timestamp)})
-
-
-def wait_for(client, upload_id: str, states=("decided", "refused", "failed"), timeout: float = 240) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        answer = client.get(f"/v1/uploads/{upload_id}").get_json()
-        if answer["state"] in states:
-            return answer
-        time.sleep(0.2)
-    raise AssertionError(f"upload {upload_id} still {answer['state']} after {timeout}s")
+from tests.support import UPLOAD_SECRET as SECRET
+from tests.support import post_upload, wait_for
 
 
 def test_a_pickle_is_accepted_for_the_record_then_refused_with_its_code(client, corpus_dir):
@@ -87,8 +56,8 @@ def test_malformed_requests_get_clear_json_errors(client):
     assert client.get("/v1/uploads/up_nothing").status_code == 404
 
 
-def test_unconfigured_secret_answers_503(tmp_path):
-    client = create_app({"data_dir": str(tmp_path)}).test_client()
+def test_unconfigured_secret_answers_503(make_app):
+    client = make_app(upload_secret="").test_client()
     assert client.post("/v1/uploads").status_code == 503
 
 

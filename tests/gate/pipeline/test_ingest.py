@@ -1,5 +1,5 @@
 """Hugging Face webhooks end to end with real parts: real Redis, real `gate serve` and `gate worker` processes,
-real HTTP, the Hub stand-in (tests/gate/web/hub_standin.py, the only stand-in) serving a fixture-world LoRA."""
+real HTTP, the Hub stand-in (tests/gate/hubs/hub_standin.py, the only stand-in) serving a fixture-world LoRA."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 
 from tests.conftest import REPO, world_lora
-from tests.gate.service.test_queues import _final, _status, _wait, service  # noqa: F401 - the fixture
-from tests.gate.web.hub_standin import HubStandIn
+from tests.gate.hubs.hub_standin import HubStandIn
 from tests.gate.web.test_huggingface import HOOK_SECRET, SHA_A, payload
+from tests.support import final_state, status, wait
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +47,10 @@ def _fetched(url: str, timeout: float = 120) -> dict:
     answer = {}
 
     def done() -> bool:
-        answer.update(_status(url))
+        answer.update(status(url))
         return answer["state"] not in ("received", "fetching")
 
-    _wait(done, timeout, "the delivery was never fetched")
+    wait(done, timeout, "the delivery was never fetched")
     return answer
 
 
@@ -65,11 +65,11 @@ def test_a_hub_webhook_ends_in_a_verdict(hf_service, hub, world):
     assert delivery["state"] == "fetched", delivery
     [upload] = delivery["uploads"]
     assert upload["model_id"] == "alice/ultra-lora" and upload["version_id"] == SHA_A
-    final = _final(f"{hf_service.base}/v1/uploads/{upload['id']}", hf_service, timeout=1200)  # CPU rendering
+    final = final_state(f"{hf_service.base}/v1/uploads/{upload['id']}", hf_service, timeout=1200)  # CPU rendering
     assert final["state"] == "decided", final
     assert any(r["character"] == lora["character"] for r in final["reasons"])
     if final["verdict"] == "block":  # the adapter is on in this service: the repo is made private, with a note
-        _wait(lambda: hub.settings_received and hub.discussions, 60, "the block adapter did not act")
+        wait(lambda: hub.settings_received and hub.discussions, 60, "the block adapter did not act")
         assert hub.settings_received == [("alice/ultra-lora", {"visibility": "private"})]
         assert upload["id"] in hub.discussions[0][1]["description"]
     else:
@@ -90,9 +90,9 @@ def test_a_blocked_hub_upload_makes_the_repo_private_and_opens_a_discussion(hf_s
     hub.add("mallory/reupload", SHA_A, {"ultra.safetensors": world.path(lora["path"]).read_bytes()})
     delivery = _fetched(_hook(hf_service, payload("mallory/reupload", SHA_A))["status_url"])
     [upload] = delivery["uploads"]
-    final = _final(f"{hf_service.base}/v1/uploads/{upload['id']}", hf_service, timeout=120)
+    final = final_state(f"{hf_service.base}/v1/uploads/{upload['id']}", hf_service, timeout=120)
     assert final["verdict"] == "block", final
-    _wait(lambda: hub.settings_received and hub.discussions, 90, "the block adapter did not act")
+    wait(lambda: hub.settings_received and hub.discussions, 90, "the block adapter did not act")
     assert hub.settings_received == [("mallory/reupload", {"visibility": "private"})]
     assert upload["id"] in hub.discussions[0][1]["description"]
     report = subprocess.run([sys.executable, "-m", "gate", "status", upload["id"], "--json"], cwd=REPO,
@@ -105,10 +105,10 @@ def test_a_webhook_while_redis_is_down_is_fetched_when_it_is_back(hf_service, hu
     hub.add("mallory/pickle", SHA_A, {"model.bin": (corpus_dir / "pickle_disguised.safetensors").read_bytes()})
     hf_service.redis.stop()
     answer = _hook(hf_service, payload("mallory/pickle", SHA_A))  # still 202: recorded
-    assert _status(answer["status_url"])["state"] == "received"
+    assert status(answer["status_url"])["state"] == "received"
     hf_service.redis.start()  # empty: the fetch job was never queued
     hf_service.spawn("worker", "--queues", "intake", log="worker-after")
     delivery = _fetched(answer["status_url"])
     [upload] = delivery["uploads"]
-    final = _final(f"{hf_service.base}/v1/uploads/{upload['id']}", hf_service, timeout=60)
+    final = final_state(f"{hf_service.base}/v1/uploads/{upload['id']}", hf_service, timeout=60)
     assert final["state"] == "refused" and final["error"]["code"] == "format_pickle"

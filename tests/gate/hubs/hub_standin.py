@@ -21,7 +21,7 @@ import threading
 from flask import Flask, Response, abort, jsonify, request
 from werkzeug.serving import make_server
 
-from tests.gate.web.test_serve import _free_port
+from tests.support import free_port
 
 DATES = "2026-01-01T00:00:00.000Z"
 
@@ -47,7 +47,7 @@ class HubStandIn:
         self.downloads: list[tuple[str, str, str]] = []
         self.fail_writes = 0  # answer the next N settings/discussion calls with 500
         self.token = token
-        self.port = _free_port()
+        self.port = free_port()
         self.app = self._build()
         self.server = None
 

@@ -18,6 +18,7 @@ from gate.record.db import open_db
 from gate.record.uploads import UploadState, record_upload, transition
 from gate.repeat.screen import uploader_history
 from tests.conftest import REPO
+from tests.support import UPLOAD_SECRET
 
 LORAS = REPO / "fixtures" / "world" / "loras"
 ORIGINAL = LORAS / "ultraman_any_kohya.safetensors"
@@ -130,16 +131,13 @@ def test_uploader_history_and_the_repeat_offender_policy(engine, tmp_path):
 
 # --- the service end to end: signed uploads, the in-process job queue, the status API ----------------------
 
-SECRET = "repeat-secret"
+SECRET = UPLOAD_SECRET  # the shared app fixture's
 
 
-def test_the_service_blocks_exact_and_quarantines_transformed_re_uploads_without_rendering(tmp_path, copies):
-    from gate.app import create_app
+def test_the_service_blocks_exact_and_quarantines_transformed_re_uploads_without_rendering(tmp_path, copies, client):
     from gate.registry import blocklist
-    from tests.gate.web.test_uploads import post_upload, wait_for
+    from tests.support import post_upload, wait_for
 
-    app = create_app({"data_dir": str(tmp_path / "data"), "upload_secret": SECRET})
-    client = app.test_client()
     db = open_db(tmp_path / "data" / "gate.db")
     blocklist.add(db, inspect_file(ORIGINAL).fingerprints.tensor_hash, "takedown 7", "test")
     first = wait_for(client, post_upload(client, ORIGINAL.read_bytes(), {"model_id": "m1", "uploader": "u1"},

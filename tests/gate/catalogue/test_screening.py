@@ -242,7 +242,7 @@ def test_a_likelihood_screening_whose_jobs_were_lost_resumes_with_what_is_left(s
     """The run's jobs go onto a real (private) Redis and no worker ever takes them, as when the workers die and
     Redis restarts; resuming judges only the uploads left, and an upload judged twice is counted once."""
     from gate.queues import CATALOGUE, RedisQueues
-    from tests.gate.service.test_queues import RedisServer
+    from tests.support import RedisServer
 
     settings, db, scanner, _, _, _ = scanned
     upload_id, _ = _record_and_scan(db, settings, scanner, world, "captain_comet_any_peft")

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from gate.app import create_app
 from gate.config import ConfigError, load_settings
 from gate.hubs.client import multipart
 from gate.hubs.signatures import sign
 from gate.record.db import checkpoint_in_background, open_db
+from tests.support import UPLOAD_SECRET
 
-SECRET = "test-upload-secret"
+SECRET = UPLOAD_SECRET  # the shared app fixture's
 
 
 def _pragma(db, name: str) -> int:
@@ -53,8 +53,8 @@ def test_the_background_checkpoint_moves_the_log_into_the_database(tmp_path):
 
 
 @pytest.mark.parametrize("sync", ["normal", "full"])
-def test_deliveries_are_recorded_in_either_mode(tmp_path, corpus_dir, sync):
-    app = create_app({"data_dir": str(tmp_path / "data"), "upload_secret": SECRET, "record_sync": sync})
+def test_deliveries_are_recorded_in_either_mode(make_app, tmp_path, corpus_dir, sync):
+    app = make_app(record_sync=sync)
     client = app.test_client()
     data = (corpus_dir / "trailing_bytes.safetensors").read_bytes()
     body, content_type = multipart(data, {"model_id": f"m-{sync}"}, "lora.safetensors")

@@ -8,7 +8,9 @@ from gate.intake import inspect_file
 from gate.record.db import open_db
 from gate.registry import blocklist
 from tests.conftest import REPO
-from tests.gate.service.test_queues import _deliver, _final, pytestmark, service  # noqa: F401 - the fixture
+from tests.support import deliver_upload, final_state, needs_redis
+
+pytestmark = needs_redis
 
 ORIGINAL = REPO / "fixtures" / "world" / "loras" / "kumamon_any_kohya.safetensors"
 PARTNER = REPO / "fixtures" / "world" / "loras" / "style_stripes_kohya.safetensors"
@@ -19,13 +21,13 @@ def test_re_uploads_of_a_blocked_lora_are_decided_on_the_intake_queue_alone(serv
     db = open_db(tmp_path / "data" / "gate.db")  # the service's record
     blocklist.add(db, inspect_file(ORIGINAL).fingerprints.tensor_hash, "takedown 12", "operator")
     service.spawn("worker", "--queues", "intake", log="worker-intake")  # no probe worker at all
-    first = _final(_deliver(service, ORIGINAL, "m-orig")["status_url"], service, timeout=120)
+    first = final_state(deliver_upload(service, ORIGINAL, "m-orig")["status_url"], service, timeout=120)
     assert first["verdict"] == "block"
     db["blocklist"].delete_where()  # from here only the record of the blocked upload catches re-uploads
-    exact = _final(_deliver(service, copies["metadata"], "m-exact")["status_url"], service, timeout=120)
+    exact = final_state(deliver_upload(service, copies["metadata"], "m-exact")["status_url"], service, timeout=120)
     assert exact["verdict"] == "block" and first["id"] in exact["reasons"][0]["message"]
     for name in ("combined", "merged"):
-        final = _final(_deliver(service, copies[name], f"m-{name}")["status_url"], service, timeout=120)
+        final = final_state(deliver_upload(service, copies[name], f"m-{name}")["status_url"], service, timeout=120)
         assert final["state"] == "decided" and final["verdict"] == "quarantine", final
         reason = next(r for r in final["reasons"] if r["kind"] == "near_duplicate")
         assert reason["matched_upload"] == first["id"] and reason["score"] >= 0.5

@@ -32,7 +32,7 @@ def _catalogue_worker(data_dir, tmp_path):
     `catalogue_probe` with a data directory of its own (it never opens the record). Their logs go to
     tmp_path/worker.log and probe-worker.log; yields the environment for `gate` commands and the Redis URL.
     On the way out, the record's worker is checked: torch was never loaded into it."""
-    from tests.gate.service.test_queues import RedisServer, loaded_torch
+    from tests.support import RedisServer, loaded_torch
 
     redis = RedisServer(tmp_path)
     redis.start()
@@ -155,13 +155,13 @@ def decided_earlier(tmp_path, world):
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tmp_path):
-    from tests.gate.service.test_queues import _wait
+    from tests.support import wait
 
     db_path = decided_earlier / "gate.db"
     with _catalogue_worker(decided_earlier, tmp_path) as (env, _):
         cli = subprocess.Popen([sys.executable, "-m", "gate", "rescan", "--hub", "oldhub", "--rate", "1/min"],
                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _wait(lambda: _query(db_path, "select count(*) from rescan_items where state = 'done'")[0][0] >= 1,
+        wait(lambda: _query(db_path, "select count(*) from rescan_items where state = 'done'")[0][0] >= 1,
               1200, "no rescan item finished")
         cli.send_signal(signal.SIGKILL)  # the operator's terminal goes away mid-run
         cli.wait(timeout=10)
@@ -209,7 +209,7 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
     from gate.record.audit import Actor
     from gate.record.db import open_db
     from gate.registry import rights
-    from tests.gate.service.test_queues import _wait
+    from tests.support import wait
 
     root, _, _ = imported
     data = tmp_path / "data"
@@ -225,7 +225,7 @@ def test_a_character_registered_on_the_web_is_screened_by_the_likelihood_probe_o
                                      character["rights_holder"], name=character["name"], policy="block",
                                      references=references)
         # The screening is recorded as it starts, then one catalogue job per upload counts itself done.
-        _wait(lambda: _query(db_path, "select count(*) from screenings where cause = 'registered: likelihood' "
+        wait(lambda: _query(db_path, "select count(*) from screenings where cause = 'registered: likelihood' "
                                       "and screened > 0 and done = screened") == [(1,)], 600,
               "the likelihood screening never finished")
         screened, hits, changed = _query(db_path, "select screened, hits, changed from screenings "

@@ -1,0 +1,134 @@
+"""The service on RQ, end to end with real parts: a real Redis server, real `gate serve` and `gate worker`
+processes, real HTTP, a hub's callback endpoint as a real HTTP server, and fixture-world LoRAs.
+
+Each test gets its own redis-server on a free port, so stopping it (the fault tests) disturbs nobody."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import REPO, world_lora
+from tests.support import deliver_upload, final_state, loaded_torch, needs_redis, status, wait, without_torch
+
+pytestmark = needs_redis
+
+
+def test_a_delivery_reaches_a_verdict_through_rq_workers_and_the_hub_is_called_back(service, world, tmp_path):
+    # Two workers as a deployment splits them: one for the record's side, one that only renders. The renderer
+    # gets a data directory of its own, to show that it never opens the record.
+    # The record's worker runs where torch cannot even be imported, as `pip install lora-gate` leaves it.
+    record_worker = service.spawn("worker", "--queues", "intake,catalogue", log="worker-intake",
+                                  extra_env=without_torch(tmp_path))
+    probe_worker = service.spawn("worker", "--queues", "probe", log="worker-probe",
+                                 extra_env={"GATE_DATA_DIR": str(tmp_path / "probe-worker")})
+    lora = world_lora(world, kind="character", trigger=None, metadata_style="honest")
+    answer = deliver_upload(service, world.path(lora["path"]), "m-rq-1")
+    final = final_state(answer["status_url"], service)
+    assert final["state"] == "decided", final
+    assert final["verdict"] in ("allow", "quarantine", "block")
+    assert any(r["character"] == lora["character"] for r in final["reasons"])  # its honest title names it
+    assert final["probe_set"], "it was rendered by the probe worker"
+    assert not (tmp_path / "probe-worker" / "gate.db").exists()
+    # The seam, in the running processes: the record's worker concluded the scan without torch.
+    assert not loaded_torch(record_worker.pid) and loaded_torch(probe_worker.pid)
+    assert not loaded_torch(service.web.pid)
+    wait(lambda: service.hub.received, 30, "the hub was not called back")
+    callback = service.hub.received[0]
+    assert callback["upload_id"] == answer["id"] and callback["event"] == "upload.decided"
+    assert callback["data"]["verdict"] == final["verdict"]
+    metrics = urllib.request.urlopen(f"{service.base}/metrics").read().decode()
+    assert 'gate_queue_depth{queue="probe"} 0' in metrics and "gate_probe_seconds_count 1" in metrics
+    report = subprocess.run([sys.executable, "-m", "gate", "status", answer["id"]], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "GATE_DATA_DIR": str(tmp_path / "data")})
+    assert "scan started" in report.stdout and f"decided {final['verdict']}" in report.stdout
+
+
+def test_a_refused_file_is_decided_on_the_intake_queue_alone(service, corpus_dir):
+    service.spawn("worker", "--queues", "intake", log="worker-intake")  # no probe worker at all
+    answer = deliver_upload(service, corpus_dir / "pickle_disguised.safetensors", "m-pickle")
+    final = final_state(answer["status_url"], service, timeout=60)
+    assert final["state"] == "refused" and final["error"]["code"] == "format_pickle"
+
+
+def test_a_worker_killed_mid_job_loses_nothing(service, world):
+    victim = service.spawn("worker", log="worker-victim")
+    lora = world_lora(world, kind="style")
+    answer = deliver_upload(service, world.path(lora["path"]), "m-kill")
+    wait(lambda: status(answer["status_url"])["state"] == "scanning", 120, "the scan never started")
+    # Killed while its probe job runs (a job in hand), not between two jobs, where nothing would be lost to show.
+    log, probing = service.logs / "worker-victim.log", "probes.jobs.probe_upload("
+    wait(lambda: any(probing in line and f"({answer['id']}-g0-probe)" in line
+                      for line in log.read_text().splitlines()), 120, "the probe job never started")
+    assert "Successfully completed probes.jobs.probe_upload" not in log.read_text()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    service.spawn("worker", log="worker-rescuer")
+    final = final_state(answer["status_url"], service)
+    assert final["state"] == "decided", final
+    journal = subprocess.run([sys.executable, "-m", "gate", "status", answer["id"], "--json"], cwd=REPO,
+                             capture_output=True, text=True,
+                             env={**os.environ, "GATE_DATA_DIR": str(service.logs / "data")})
+    report = json.loads(journal.stdout)
+    assert report["generation"] >= 1 and any("scan restarted" in line for line in report["journal"])
+
+
+def test_deliveries_while_redis_is_down_are_recorded_and_scanned_when_it_is_back(service, corpus_dir):
+    service.redis.stop()
+    answer = deliver_upload(service, corpus_dir / "empty.safetensors", "m-redis-down")  # still 202: recorded
+    assert status(answer["status_url"])["state"] == "received"
+    ready = urllib.request.Request(f"{service.base}/readyz")
+    with pytest.raises(urllib.error.HTTPError) as not_ready:
+        urllib.request.urlopen(ready, timeout=10)
+    assert not_ready.value.code == 503
+    service.redis.start()  # empty: no persistence, whatever was queued is gone
+    service.spawn("worker", "--queues", "intake", log="worker-after")
+    final = final_state(answer["status_url"], service, timeout=120)
+    assert final["state"] in ("refused", "decided"), final
+
+
+def test_a_hub_that_is_down_gets_its_decision_later(service, corpus_dir):
+    service.hub.refuse = True
+    service.spawn("worker", "--queues", "intake", log="worker-intake")
+    answer = deliver_upload(service, corpus_dir / "pickle_disguised.safetensors", "m-hub-down")
+    final_state(answer["status_url"], service, timeout=60)
+    time.sleep(6)  # at least one refused attempt
+    assert service.hub.received == []
+    service.hub.refuse = False
+    wait(lambda: service.hub.received, 60, "the decision was never delivered")
+    assert service.hub.received[0]["upload_id"] == answer["id"]
+    assert service.hub.received[0]["data"]["error"]["code"] == "format_pickle"
+
+
+def test_a_hub_that_answers_slowly_never_lets_a_workers_heartbeat_lapse(service, corpus_dir):
+    """Callbacks go out on the housekeeping thread, not the heartbeat's: callbacks to a hub that times out take
+    longer, together, than the liveness key lives, and must not make the worker look dead (the reconciler would
+    restart its scans)."""
+    import redis
+
+    from gate.hubs.callbacks import TIMEOUT_SECONDS
+    from gate.pipeline.reconcile import ALIVE_KEY
+    from gate.pipeline.worker import ALIVE_TTL_SECONDS
+
+    service.hub.delay = TIMEOUT_SECONDS + 1  # every callback times out
+    service.spawn("worker", "--queues", "intake", "--name", "slow-hub-worker", log="worker-slow-hub")
+    count = ALIVE_TTL_SECONDS // TIMEOUT_SECONDS + 1  # one round of them outlasts the key
+    pickle = corpus_dir / "pickle_disguised.safetensors"
+    answers = [deliver_upload(service, pickle, f"m-slow-hub-{i}") for i in range(count)]
+    for answer in answers:
+        final_state(answer["status_url"], service, timeout=60)
+    wait(lambda: service.hub.requests, 30, "no callback was sent")
+    connection = redis.Redis.from_url(service.redis.url)
+    for _ in range(2 * ALIVE_TTL_SECONDS):  # while the hub holds the callbacks
+        assert connection.exists(ALIVE_KEY.format("slow-hub-worker")), "the worker's liveness key lapsed"
+        time.sleep(1)
+    assert service.hub.requests >= count
+    service.hub.delay = 0
+    wait(lambda: len(service.hub.received) >= count, 120, "the hub never got its decisions")
