@@ -6,7 +6,10 @@ For each tree, in fresh subprocesses (PYTHONPATH and cwd set to the tree, GATE_P
 - Redis mode: `gate serve` and a separate `gate worker`; once the worker has registered (its engine loaded), one
   signed fixture LoRA is delivered and polled until decided; then the web process's VmHWM and VmRSS
   (/proc/<pid>/status) and whether libtorch is mapped into it (/proc/<pid>/maps);
-- the embedded default (no Redis): the same without a worker (decision time includes any lazy model load).
+- the embedded default (no Redis): the same without a worker (decision time includes any lazy model load);
+- split workers (Redis): `gate serve`, a record worker (`--queues intake,catalogue`) and a probe worker
+  (`--queues probe`), as a deployment splits them; the record worker's VmHWM and whether libtorch is mapped
+  into it are measured too.
 The process measured is the one started, which serves HTTP; its descendants' peak RSS is summed separately.
 
     python -m benchmarks.web_footprint --baseline PATH_OR_REF [--tree PATH] [--runs 5] [--json out.json]
@@ -130,26 +133,31 @@ def _wait(check, process: subprocess.Popen, seconds: float, failure: str) -> Non
         time.sleep(0.2)
 
 
-def serve_run(tree: Path, redis: str | None, timeout: float) -> dict:
-    """Start the web gate (and, with Redis, a separate worker), deliver one LoRA, wait for its decision."""
+def serve_run(tree: Path, redis: str | None, timeout: float, split: bool = False) -> dict:
+    """Start the web gate (and, with Redis, a separate worker, or with `split` a record worker and a probe
+    worker), deliver one LoRA, wait for its decision."""
     processes: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="gate-fp-") as data:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             env, port = _env(tree, data, redis), probe.getsockname()[1]
-        logs = {name: open(Path(data) / f"{name}.log", "w+") for name in ("serve", "worker")}  # noqa: SIM115
+        names = ("serve", "worker", "prober") if split else ("serve", "worker") if redis else ("serve",)
+        logs = {name: open(Path(data) / f"{name}.log", "w+") for name in names}  # noqa: SIM115
         try:
             if redis:
                 Redis.from_url(redis).flushdb()
-            command = {"serve": ["serve", "--host", "127.0.0.1", "--port", str(port)], "worker": ["worker"]}
-            for name in ("serve", "worker") if redis else ("serve",):
+            command = {"serve": ["serve", "--host", "127.0.0.1", "--port", str(port)],
+                       "worker": ["worker", "--queues", "intake,catalogue"] if split else ["worker"],
+                       "prober": ["worker", "--queues", "probe"]}
+            for name in names:
                 processes.append(subprocess.Popen([sys.executable, "-m", "gate", *command[name]], cwd=tree, env=env,
                                                   stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True))
             serve, worker = processes[0], processes[1] if redis else None
             base = f"http://127.0.0.1:{port}"
             _wait(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=2), serve, 90, "gate serve did not start")
-            if redis:  # the worker registers once its engine is loaded and it takes jobs
-                _wait(lambda: Redis.from_url(redis).smembers("rq:workers"), worker, 180, "gate worker did not start")
+            if redis:  # a worker registers once its engine (if any) is loaded and it takes jobs
+                _wait(lambda: len(Redis.from_url(redis).smembers("rq:workers")) == len(names) - 1, worker, 180,
+                      "gate worker did not start")
             start, children_hwm = time.perf_counter(), {}
             status, answer = deliver(f"{base}/v1/uploads", tree / LORA, SECRET,
                                      {"hub": "bench", "model_id": "m-1", "version_id": "v-1", "title": "sepia style"})
@@ -172,7 +180,8 @@ def serve_run(tree: Path, redis: str | None, timeout: float) -> dict:
                     "web_hwm_mib": _kib(serve.pid, "VmHWM") / 1024, "web_rss_mib": _kib(serve.pid, "VmRSS") / 1024,
                     "torch_in_web": "libtorch_cpu.so" in maps or "libtorch_cuda.so" in maps,
                     "children": len(children_hwm), "children_hwm_mib": sum(children_hwm.values()) / 1024,
-                    "worker_hwm_mib": _kib(worker.pid, "VmHWM") / 1024 if worker else None}
+                    "worker_hwm_mib": _kib(worker.pid, "VmHWM") / 1024 if worker else None,
+                    "torch_in_worker": "libtorch_cpu.so" in _proc(worker.pid, "maps") if worker else None}
         except Exception as exc:  # noqa: BLE001 - reported in the table, with the processes' logs
             tails = {name: (log.seek(0), log.read()[-1500:])[1] for name, log in logs.items()}
             return {"error": f"{type(exc).__name__}: {exc}", "log_tail": tails}
@@ -184,16 +193,20 @@ def serve_run(tree: Path, redis: str | None, timeout: float) -> dict:
                 Redis.from_url(redis).flushdb()
 
 
+MODES = {"redis": True, "embedded": None, "split": True}
+LABELS = {"redis": "Redis mode", "embedded": "embedded default", "split": "split workers"}
+
+
 def measure(trees: list[Path], args) -> list[dict]:
     """Each step for one tree then the other, so that a busy spell on the machine is less likely to hit one only."""
     results = [{"tree": str(tree), "commit": _commit(tree)} for tree in trees]
     print("timing imports ...", file=sys.stderr, flush=True)
     for result, timed in zip(results, import_times(trees, args.runs), strict=True):
         result["import"] = timed
-    for mode, redis in (("redis", args.redis), ("embedded", None)):
+    for mode, redis in MODES.items():
         for result, tree in zip(results, trees, strict=True):
             print(f"{mode}: {tree} ...", file=sys.stderr, flush=True)
-            result[mode] = serve_run(tree, redis, args.timeout)
+            result[mode] = serve_run(tree, redis and args.redis, args.timeout, split=mode == "split")
     return results
 
 
@@ -214,7 +227,7 @@ def _rows(result: dict) -> list[tuple[str, object]]:
     rows = [("import gate.app + create_app, fresh interpreter, wall s (median)", result["import"]["wall_s"]),
             ("  of which the import and create_app themselves, s", result["import"]["inner_s"]),
             ("heavy modules in sys.modules after that", ", ".join(result["import"]["heavy"]) or "none")]
-    for mode, label in (("redis", "Redis mode"), ("embedded", "embedded default")):
+    for mode, label in LABELS.items():
         run = result[mode]
         if "error" in run:
             rows.append((f"{label}: error", run["error"]))
@@ -227,7 +240,9 @@ def _rows(result: dict) -> list[tuple[str, object]]:
                  (f"{label}: outcome (state, verdict)", f"{run['state']}, {run['verdict']}"),
                  (f"{label}: decision time, s", run["decision_s"])]
         if run["worker_hwm_mib"] is not None:
-            rows.append((f"{label}: separate `gate worker` peak RSS, MiB", run["worker_hwm_mib"]))
+            which = "record worker (intake,catalogue)" if mode == "split" else "separate `gate worker`"
+            rows.append((f"{label}: {which} peak RSS, MiB", run["worker_hwm_mib"]))
+            rows.append((f"{label}: torch in the {which}", "yes" if run["torch_in_worker"] else "no"))
     return rows
 
 
@@ -265,7 +280,7 @@ def main() -> None:
         numbers = isinstance(a, float) and isinstance(b, float) and a
         ratio = f"{b / a:.2f}" if numbers else "same" if a == b else "differs"
         print(f"| {name} | {_cell(a)} | {_cell(b)} | {ratio} |")
-    for key, run in [(f"{key}, {mode}", results[key][mode]) for key in results for mode in ("redis", "embedded")]:
+    for key, run in [(f"{key}, {mode}", results[key][mode]) for key in results for mode in MODES]:
         if "error" in run:
             print(f"\n{key}: {run['error']}; the logs' ends:\n{run['log_tail']}")
     if args.json:
