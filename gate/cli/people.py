@@ -77,6 +77,25 @@ def users_disable(username: str, reason: str, enable: bool) -> None:
     click.echo(f"{row['username']} {'disabled' if row['disabled'] else 'enabled'}")
 
 
+@users.command("password")
+@click.argument("username")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input (else prompted).")
+def users_password(username: str, reason: str, password_stdin: bool) -> None:
+    """Set a person's password; every session of the account ends at once.
+
+    Example: gate users password alice --reason "reset on request"
+    """
+    from gate.review.accounts import set_password
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("new password", hide_input=True, confirmation_prompt=True)
+    row = set_password(common.record(), common.actor(), username, password, reason)
+    click.echo(f"{row['username']}: password changed; its sessions ended")
+
+
 @click.group(name="tokens")
 def tokens() -> None:
     """API tokens for hubs and rights holders (stored as their sha256 only)."""

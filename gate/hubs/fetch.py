@@ -1,5 +1,6 @@
 """Fetching weights over HTTP with limits: http/https only, Content-Length checked first, the size enforced while
-streaming, an overall deadline, a redirect cap, and typed errors. Used for URL uploads and Hub files alike.
+streaming, an overall deadline (enforced by shutting the sockets, whatever the server sends), a redirect cap,
+addresses checked before any byte is sent to them, and typed errors. Used for URL uploads and Hub files alike.
 
 Runs only in jobs (the intake queue), never in a request thread.
 """
@@ -10,8 +11,9 @@ import fnmatch
 import hashlib
 import http.client
 import ipaddress
+import socket
 import tempfile
-import time
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -61,31 +63,93 @@ def check_url(url: object, allowed_hosts: str = "") -> str:
     return url
 
 
-def _public_only(connection_class):
-    """A connection class that refuses, once connected and before sending anything, a peer that is not a public
-    address (loopback, private, link-local such as cloud metadata): the check is on the address actually
-    connected to, so DNS tricks and redirects cannot reach the gate's own network."""
+class _Deadline:
+    """One fetch's overall deadline, across connecting, redirects, headers and the body: when it passes, every
+    socket the fetch opened is shut down, so a server that trickles a byte at a time cannot hold it longer."""
 
-    class PublicOnly(connection_class):
-        def connect(self):
-            super().connect()
-            address = ipaddress.ip_address(self.sock.getpeername()[0].split("%")[0])
+    def __init__(self, seconds: float):
+        self.seconds, self.expired = seconds, False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _connect(connection, deadline: _Deadline, public_only: bool) -> None:
+    """Resolve the host, check every address it resolves to (with `public_only`: only global addresses), then
+    connect to exactly the address checked. Nothing, not even a TLS ClientHello, goes to a refused address,
+    and a name that resolves differently on a second lookup cannot slip past the check."""
+    try:
+        found = socket.getaddrinfo(connection.host, connection.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FetchError(f"{connection.host}: cannot resolve ({exc.strerror})", "fetch_unreachable",
+                         transient=True) from None
+    if public_only:
+        for *_, sockaddr in found:
+            address = ipaddress.ip_address(sockaddr[0].split("%")[0])
             if not address.is_global:
-                self.sock.close()
-                raise FetchError(f"{self.host} is at {address}, not a public address: the gate fetches uploads "
-                                 "only from the internet", "url_private")
+                raise FetchError(f"{connection.host} is at {address}, not a public address: the gate fetches "
+                                 "uploads only from the internet", "url_private")
+    family, kind, proto, _, sockaddr = found[0]
+    sock = socket.socket(family, kind, proto)
+    deadline.track(sock)
+    sock.settimeout(connection.timeout if connection.timeout is not socket._GLOBAL_DEFAULT_TIMEOUT else None)
+    try:
+        sock.connect(sockaddr)
+    except OSError:
+        sock.close()
+        raise
+    connection.sock = sock
 
-    return PublicOnly
 
+def _handlers(deadline: _Deadline, public_only: bool) -> list:
+    """urllib handlers whose connections go through `_connect` (checked, tracked by the deadline)."""
 
-class _PublicHTTP(urllib.request.HTTPHandler):
-    def http_open(self, req):
-        return self.do_open(_public_only(http.client.HTTPConnection), req)
+    class Plain(http.client.HTTPConnection):
+        def connect(self):
+            _connect(self, deadline, public_only)
 
+    class Secure(http.client.HTTPSConnection):
+        def connect(self):
+            _connect(self, deadline, public_only)  # the address is checked before the TLS handshake
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
+            deadline.track(self.sock)
 
-class _PublicHTTPS(urllib.request.HTTPSHandler):
-    def https_open(self, req):
-        return self.do_open(_public_only(http.client.HTTPSConnection), req, context=self._context)
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(Plain, req)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(Secure, req, context=self._context)
+
+    return [HTTP(), HTTPS()]
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
@@ -97,7 +161,11 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
         self.allowed_hosts = allowed_hosts
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        check_url(newurl, self.allowed_hosts)
+        try:
+            check_url(newurl, self.allowed_hosts)
+        except FetchError as exc:  # a redirect's fault, whichever scheme it names (urllib's own refusals agree)
+            raise FetchError(f"redirected to {newurl[:200]}: {exc.message}",
+                             "fetch_redirects" if exc.code == "url_invalid" else exc.code) from None
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -127,47 +195,47 @@ def fetch_to_file(url: str, spool_dir: Path, limits: FetchLimits, max_bytes: int
     `public_only` (a URL an uploader chose), only public addresses are connected to; with `allowed_hosts`,
     only those hosts, redirects included."""
     check_url(url, allowed_hosts)
-    handlers = [_Redirects(limits.max_redirects, allowed_hosts)]
-    if public_only:
-        handlers += [_PublicHTTP(), _PublicHTTPS()]
-    opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(url, headers={"User-Agent": "lora-gate"})
     for name, value in (headers or {}).items():
         request.add_unredirected_header(name, value)  # credentials never follow a redirect to another host
-    deadline = time.monotonic() + limits.timeout_seconds
     spool_dir.mkdir(parents=True, exist_ok=True)
     target = None
-    try:
-        with opener.open(request, timeout=limits.connect_timeout_seconds) as answer:
-            declared = answer.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise FetchError(f"{url}: Content-Length {declared} is over the limit of {max_bytes} bytes",
-                                 "fetch_too_large")
-            digest, size = hashlib.sha256(), 0
-            with tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".fetch") as out:
-                target = Path(out.name)
-                while chunk := answer.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise FetchError(f"{url}: the body is over the limit of {max_bytes} bytes", "fetch_too_large")
-                    if time.monotonic() > deadline:
-                        raise FetchError(f"{url}: not fetched within {limits.timeout_seconds:g} s", "fetch_timeout",
-                                         transient=True)
-                    digest.update(chunk)
-                    out.write(chunk)
-    except FetchError:
-        _discard(target)
-        raise
-    except urllib.error.HTTPError as exc:
-        _discard(target)
-        raise _http_error(url, exc) from None
-    except TimeoutError:
-        _discard(target)
-        raise FetchError(f"{url}: timed out", "fetch_timeout", transient=True) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        _discard(target)
-        reason = getattr(exc, "reason", exc)
-        raise FetchError(f"{url}: unreachable ({reason})", "fetch_unreachable", transient=True) from None
+    with _Deadline(limits.timeout_seconds) as deadline:
+        opener = urllib.request.build_opener(_Redirects(limits.max_redirects, allowed_hosts),
+                                             *_handlers(deadline, public_only))
+        try:
+            with opener.open(request, timeout=limits.connect_timeout_seconds) as answer:
+                declared = answer.headers.get("Content-Length")
+                if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+                    raise FetchError(f"{url}: Content-Length {declared} is over the limit of {max_bytes} bytes",
+                                     "fetch_too_large")
+                digest, size = hashlib.sha256(), 0
+                with tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".fetch") as out:
+                    target = Path(out.name)
+                    while chunk := answer.read1(CHUNK):  # what has arrived: the deadline is checked between reads
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise FetchError(f"{url}: the body is over the limit of {max_bytes} bytes",
+                                             "fetch_too_large")
+                        if deadline.expired:
+                            break
+                        digest.update(chunk)
+                        out.write(chunk)
+            if deadline.expired:  # the sockets were shut: what was read is cut short, whatever it looked like
+                raise TimeoutError
+        except FetchError:
+            _discard(target)
+            raise
+        except urllib.error.HTTPError as exc:
+            _discard(target)
+            raise _http_error(url, exc) from None
+        except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            _discard(target)
+            if deadline.expired or isinstance(exc, TimeoutError):
+                raise FetchError(f"{url}: not fetched within {limits.timeout_seconds:g} s", "fetch_timeout",
+                                 transient=True) from None
+            reason = getattr(exc, "reason", exc)
+            raise FetchError(f"{url}: unreachable ({reason})", "fetch_unreachable", transient=True) from None
     return Fetched(target, digest.hexdigest(), size)
 
 

@@ -10,10 +10,10 @@ a self-hosted hub); they run in jobs, never in a request thread.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 
+from gate import jsontext
 from gate.config import Settings
 from gate.errors import GateError
 from gate.hubs.fetch import FetchError
@@ -56,10 +56,7 @@ def _text(value: object) -> str | None:
 
 def read_webhook(raw: bytes) -> Webhook:
     """Interpret a webhook body; unknown scopes and actions are ignored (with a reason), never refused."""
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise WebhookInvalid("the body is not JSON") from None
+    payload = jsontext.loads(raw, "the webhook body", WebhookInvalid.code)
     if not isinstance(payload, dict) or not isinstance(payload.get("event"), dict) \
             or not isinstance(payload.get("repo"), dict):
         raise WebhookInvalid("the body must be a JSON object with 'event' and 'repo' objects")

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 from gate.errors import GateError
 
 REPLAY_WINDOW_SECONDS = 300
+MAX_HEADER = 1024  # a timestamp and a few rotated signatures
+# ASCII only: str.isdigit() and int() accept other scripts' digits ('²', '٣', '３'), and compare_digest raises
+# on non-ASCII text; a header that is not exactly this shape is refused with a code before anything else.
+_TIMESTAMP, _SIGNATURE = re.compile(r"[0-9]{1,12}"), re.compile(r"[0-9a-fA-F]{64}")
 
 
 class SignatureError(GateError):
@@ -32,12 +37,13 @@ def parse_header(header: str | None) -> tuple[int, list[str]]:
     if not header:
         raise SignatureError("missing X-Gate-Signature header", "signature_missing")
     timestamp, signatures = None, []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit():
-            timestamp = int(value)
-        elif key == "v1" and value:
-            signatures.append(value.lower())
+    if len(header) <= MAX_HEADER and header.isascii():
+        for part in header.split(","):
+            key, _, value = part.strip().partition("=")
+            if key == "t" and _TIMESTAMP.fullmatch(value):
+                timestamp = int(value)
+            elif key == "v1" and _SIGNATURE.fullmatch(value):
+                signatures.append(value.lower())
     if timestamp is None or not signatures:
         raise SignatureError("X-Gate-Signature must look like t=<unix seconds>,v1=<hex hmac>", "signature_malformed")
     return timestamp, signatures

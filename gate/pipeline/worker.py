@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 import uuid
 
 from gate.config import Settings
@@ -65,11 +66,56 @@ def _housekeeping(settings: Settings, queues: RedisQueues) -> None:
         db.conn.close()
 
 
+def _scheduler(queues: RedisQueues, names: list[str], stop: threading.Event) -> None:
+    """RQ's scheduler (it moves retries whose wait is over back onto their queues), on a thread of this worker
+    rather than the process RQ forks: nothing forks after CUDA is initialised, and a worker killed with -9
+    leaves no orphaned scheduler behind. RQ's per-queue locks keep one scheduler at a time per queue."""
+    from rq.scheduler import RQScheduler
+    from rq.serializers import JSONSerializer
+
+    scheduler = RQScheduler(names, connection=queues.connection, serializer=JSONSerializer, interval=1)
+    while not stop.wait(1):
+        try:
+            scheduler.acquire_locks()
+            if scheduler.acquired_locks:
+                scheduler.enqueue_scheduled_jobs()
+        except Exception as exc:  # noqa: BLE001 - Redis may be down for a while; keep trying
+            log.warning("scheduler: %s", exc)
+
+
+def _await_redis(queues: RedisQueues, stopped) -> bool:
+    """Wait, backing off from 0.5 s to 10 s, until Redis answers; False if the worker was asked to stop."""
+    pause = 0.5
+    while not stopped():
+        try:
+            queues.connection.ping()
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure means not yet
+            log.warning("Redis does not answer (%s); trying again in %.1f s", exc, pause)
+        time.sleep(pause)
+        pause = min(10.0, pause * 2)
+    return False
+
+
 def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, name: str | None = None,
                gpu: bool = False) -> None:
-    """Work the given queues (in priority order) until stopped."""
+    """Work the given queues (in priority order) until stopped, riding out Redis outages: when Redis goes away
+    the RQ worker stops, and this waits for Redis and starts it again (the reconciler then restarts any scan
+    the outage lost)."""
+    from redis.exceptions import RedisError
     from rq import SimpleWorker
     from rq.serializers import JSONSerializer
+    from rq.worker.base import StopRequested
+
+    stopping = threading.Event()
+
+    class Worker(SimpleWorker):
+        def request_stop(self, signum, frame):  # SIGTERM, SIGINT: remembered, whatever Redis is doing
+            stopping.set()
+            try:
+                super().request_stop(signum, frame)
+            except RedisError:
+                raise StopRequested() from None
 
     queues = RedisQueues(settings.redis_url, settings.job_timeout, blocking=True)
     set_context(Context(settings, queues))
@@ -81,14 +127,30 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
         engine(settings)  # load the base model before taking jobs, not inside the first one
     stop = threading.Event()
     threading.Thread(target=_heartbeat, name="gate-heartbeat", daemon=True, args=(queues, name, stop)).start()
+    threading.Thread(target=_scheduler, name="gate-scheduler", daemon=True, args=(queues, ordered, stop)).start()
     if set(ordered) & set(RECORD_QUEUES):  # only a worker that has the record keeps house
         threading.Thread(target=_housekeeper, name="gate-housekeeping", daemon=True,
                          args=(queues, name, settings, stop)).start()
-    worker = SimpleWorker([queues.queue(q) for q in ordered], connection=queues.connection,
-                          serializer=JSONSerializer, name=name)
     log.info("worker %s listening on %s", name, ", ".join(ordered))
     try:
-        # RQ's scheduler (spaced retries) is a forked process: never on a GPU worker, where CUDA is initialised.
-        worker.work(burst=burst, with_scheduler=not gpu, logging_level="INFO")
+        while not stopping.is_set():
+            worker = Worker([queues.queue(q) for q in ordered], connection=queues.connection,
+                            serializer=JSONSerializer, name=name)
+            try:
+                worker.work(burst=burst, with_scheduler=False, logging_level="INFO")
+            except (RedisError, OSError) as exc:  # RQ's start-up and teardown talk to Redis too
+                log.warning("worker %s stopped: %s", name, exc)
+            if burst or stopping.is_set() or worker._stop_requested:
+                return
+            log.warning("worker %s lost Redis; waiting for it to come back", name)
+            try:
+                if not _await_redis(queues, stopping.is_set):
+                    return
+            except StopRequested:
+                return
+            try:
+                worker.register_death()  # a stale registration under this name would block the new one
+            except RedisError:
+                pass
     finally:
         stop.set()

@@ -316,3 +316,14 @@ def m018_review_entry_in_code(db: Database) -> None:
     # in m013; they are code now (gate.record.uploads.update_upload), where a reader finds them.
     db.execute("DROP TRIGGER IF EXISTS uploads_enter_review")
     db.execute("DROP TRIGGER IF EXISTS uploads_review_fields")
+
+
+@migrations()
+def m019_sessions(db: Database) -> None:
+    # People's sessions, kept server-side so that signing out, disabling an account or changing its password
+    # ends them at once, and each has an absolute end. The cookie holds only the session's random id; the
+    # record keeps its SHA-256.
+    db["sessions"].create({"id": str, "account_id": int, "created_at": str, "expires_at": str, "ended_at": str,
+                           "ended_why": str, "address": str}, pk="id",
+                          foreign_keys=[("account_id", "accounts", "id")])
+    db["sessions"].create_index(["account_id", "ended_at"])

@@ -20,6 +20,7 @@ from gate.errors import GateError
 from gate.record import audit
 from gate.record.audit import Actor
 from gate.record.db import writing
+from gate.review import sessions
 
 
 class Role(StrEnum):
@@ -127,8 +128,28 @@ def set_disabled(db: Database, actor: Actor, username: str, disabled: bool, reas
         before = get_account(db, username)
         db["accounts"].update(before["id"], {"disabled": int(disabled), "updated_at": _now(),
                                              "session_epoch": before["session_epoch"] + 1})
+        sessions.end_all(db, before["id"], "account disabled" if disabled else "account re-enabled")
         after = get_account(db, username)
         audit.record(db, actor, "account.disable" if disabled else "account.enable", "account", username, reason,
+                     _public(before), _public(after))
+    return after
+
+
+def set_password(db: Database, actor: Actor, username: str, password: str, reason: str) -> dict:
+    """A person's new password: every session of the account ends at once (wherever it was signed in)."""
+    if len(password or "") < MIN_PASSWORD:
+        raise AccountError(f"a password has at least {MIN_PASSWORD} characters", "password_weak")
+    if not reason.strip():
+        raise AccountError("say why", "reason_missing")
+    with writing(db):
+        before = get_account(db, username)
+        if before["role"] not in PEOPLE:
+            raise AccountError("hub accounts sign in with API tokens, not passwords")
+        db["accounts"].update(before["id"], {"password_hash": generate_password_hash(password), "updated_at": _now(),
+                                             "session_epoch": before["session_epoch"] + 1})
+        ended = sessions.end_all(db, before["id"], "password changed")
+        after = get_account(db, username)
+        audit.record(db, actor, "account.password", "account", username, f"{reason} ({ended} sessions ended)",
                      _public(before), _public(after))
     return after
 

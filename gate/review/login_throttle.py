@@ -3,8 +3,9 @@ in fixed windows kept in the record so every web process sees them.
 
 Keyed on the pair, not the username alone: someone guessing a moderator's password from one address locks
 that address out, not the moderator. The address-wide count catches one address trying many usernames.
-A throttled attempt is refused before its password is checked, so guessing costs the guesser nothing to
-learn and the gate no hashing.
+Every attempt reserves its place in both counts before its password is checked (one write transaction, so
+concurrent attempts cannot race past the limit); a throttled attempt is refused without hashing, so guessing
+costs the guesser nothing to learn and the gate no work.
 """
 
 from __future__ import annotations
@@ -34,23 +35,21 @@ def _keys(username: str, address: str, settings: ReviewSettings) -> list[tuple[s
             (address, settings.login_max_failures_per_address)]
 
 
-def check(db: Database, username: str, address: str, settings: ReviewSettings, now: float | None = None) -> None:
-    """Raise Throttled while either key has used up its failures in the current window."""
-    now = time.time() if now is None else now
-    window = settings.login_window_minutes * 60
-    for key, limit in _keys(username, address, settings):
-        row = db.execute("select failures, window_start from login_failures where key = ?", [key]).fetchone()
-        if row and row[0] >= limit and now - row[1] < window:
-            raise Throttled(int(math.ceil(window - (now - row[1]))))
-
-
-def failed(db: Database, username: str, address: str, settings: ReviewSettings, now: float | None = None) -> None:
-    """Count a failed sign-in against both keys (a new window when the last one has run out)."""
+def reserve(db: Database, username: str, address: str, settings: ReviewSettings, now: float | None = None) -> None:
+    """Count this sign-in against both keys before its password is checked, or raise Throttled. Checking and
+    counting are one write transaction, so concurrent attempts cannot all pass one check: with a limit of 5,
+    the sixth attempt is refused however many arrive at once. A right password gives its reservation back
+    (`succeeded`)."""
     now = time.time() if now is None else now
     window = settings.login_window_minutes * 60
     with writing(db):
         db.execute("delete from login_failures where window_start <= ?", [now - window])  # spent windows
-        for key, _ in _keys(username, address, settings):
+        keys = _keys(username, address, settings)
+        for key, limit in keys:
+            row = db.execute("select failures, window_start from login_failures where key = ?", [key]).fetchone()
+            if row and row[0] >= limit and now - row[1] < window:
+                raise Throttled(int(math.ceil(window - (now - row[1]))))
+        for key, _ in keys:
             db.execute(
                 "insert into login_failures (key, failures, window_start) values (?, 1, ?) "
                 "on conflict(key) do update set "
@@ -60,6 +59,9 @@ def failed(db: Database, username: str, address: str, settings: ReviewSettings, 
 
 
 def succeeded(db: Database, username: str, address: str, settings: ReviewSettings) -> None:
-    """A right password clears the pair's count (not the address's: other names may still be being guessed)."""
+    """A right password clears the pair's count and gives the address its reservation back (other names may
+    still be being guessed from it)."""
+    (pair, _), (address_key, _) = _keys(username, address, settings)
     with writing(db):
-        db.execute("delete from login_failures where key = ?", [_keys(username, address, settings)[0][0]])
+        db.execute("delete from login_failures where key = ?", [pair])
+        db.execute("update login_failures set failures = max(0, failures - 1) where key = ?", [address_key])

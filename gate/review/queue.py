@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from gate import jsontext
 from gate.errors import GateError
 from gate.record import audit, outbox
 from gate.record.audit import Actor
@@ -75,6 +77,9 @@ FILTER_COLUMNS = {"character": "review_character", "rights_holder": "review_righ
                   "uploader": "uploader"}
 
 
+NUMBER = re.compile(r"[+-]?[0-9]{1,9}(?:\.[0-9]{1,9})?")
+
+
 @dataclass(frozen=True)
 class QueueQuery:
     status: str = ReviewStatus.QUARANTINED
@@ -98,13 +103,10 @@ class QueueQuery:
         numbers = {}
         for name in ("min_score", "older_than_hours"):
             raw = (args.get(name) or "").strip()
-            if raw:
-                try:
-                    numbers[name] = float(raw)
-                except ValueError:
-                    raise ReviewError(f"{name} must be a number", "filter_invalid") from None
-                if numbers[name] != numbers[name] or abs(numbers[name]) > 1e9:
-                    raise ReviewError(f"{name} is out of range", "filter_invalid")
+            if raw:  # ASCII digits only: float() also takes '١٢', 'inf', 'nan' and '1_0'
+                if not NUMBER.fullmatch(raw):
+                    raise ReviewError(f"{name} must be a number such as 0.8 or 24", "filter_invalid")
+                numbers[name] = float(raw)
         texts = {name: (args.get(name) or "").strip()[:200] for name in FILTERS}
         return cls(status=status_, sort=sort, **texts, **numbers)
 
@@ -134,10 +136,13 @@ def encode_cursor(value, row_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[object, str]:
     try:
-        value, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if len(cursor) > 512 or not cursor.isascii():
+            raise ValueError
+        value, row_id = jsontext.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), "the cursor",
+                                       max_depth=1)
         if not isinstance(row_id, str) or not isinstance(value, str | int | float):
             raise ValueError
-    except (ValueError, TypeError, json.JSONDecodeError):
+    except (ValueError, TypeError, jsontext.JsonInvalid):
         raise ReviewError("the page cursor is malformed; start again from the first page", "cursor_invalid") from None
     return value, row_id
 

@@ -1,5 +1,6 @@
-"""Signing in and being allowed: sessions for people (signed cookies, CSRF on every form), bearer tokens for
-machines, and the decorators every moderator, admin, rights holder and hub endpoint goes through."""
+"""Signing in and being allowed: sessions for people (kept in the record, their id in a signed cookie, CSRF on
+every form), bearer tokens for machines, and the decorators every moderator, admin, rights holder and hub
+endpoint goes through."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from flask import Blueprint, Flask, g, redirect, render_template, request, sessi
 
 from gate.errors import GateError
 from gate.record.audit import Actor
-from gate.review import accounts, login_throttle
+from gate.review import accounts, login_throttle, sessions
 from gate.review.accounts import AuthError, Forbidden
 from gate.web.context import db, settings
 
@@ -65,7 +66,7 @@ def check_csrf() -> None:
     """Every form post carries the session's token (hand-rolled: one per session, compared in constant time)."""
     sent = request.form.get("csrf", "")
     expected = session.get("csrf", "")
-    if not expected or not hmac.compare_digest(sent, expected):
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):  # bytes: any text compares
         raise CsrfError("the form expired or did not come from this site; reload the page and try again")
 
 
@@ -74,11 +75,10 @@ def person() -> dict | None:
     if "account" in g:
         return g.account
     g.account = None
-    account_id = session.get("uid")
+    account_id = sessions.account_id(db(), session.get("sid"))  # live: not ended, not past its absolute end
     if account_id is not None:
         row = accounts.account_by_id(db(), account_id)
-        if row and not row["disabled"] and row["session_epoch"] == session.get("epoch") \
-                and row["role"] in accounts.PEOPLE:
+        if row and not row["disabled"] and row["role"] in accounts.PEOPLE:
             g.account = row
     return g.account
 
@@ -143,18 +143,18 @@ def login():
         throttle = settings().review
         try:
             check_csrf()
-            login_throttle.check(db(), username, address, throttle)
+            login_throttle.reserve(db(), username, address, throttle)  # counted before the hash is checked
             account = accounts.authenticate(db(), username, request.form.get("password", "")[:1000])
         except GateError as exc:
             error = exc
             if exc.code in ("login_failed", "account_disabled"):
-                login_throttle.failed(db(), username, address, throttle)
                 log.warning("failed sign-in for %r from %s", username, address)
         else:
             login_throttle.succeeded(db(), username, address, throttle)
             session.clear()  # a fresh session on sign-in: nothing planted before it survives
             session.permanent = True
-            session.update(uid=account["id"], epoch=account["session_epoch"], csrf=secrets.token_urlsafe(32))
+            session.update(sid=sessions.start(db(), account["id"], throttle.session_hours, address),
+                           csrf=secrets.token_urlsafe(32))
             target = request.args.get("next")
             return redirect(_safe_next(target) if target else _home(account))
     status = 401 if error is not None and error.code in ("login_failed", "account_disabled") else 200
@@ -168,9 +168,11 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """Sign out (a form post with the CSRF token)."""
+    """Sign out (a form post with the CSRF token): the session ends in the record, so a copy of its cookie
+    opens nothing."""
     if person() is not None:
         check_csrf()
+        sessions.end(db(), session.get("sid"))
     session.clear()
     return redirect(url_for("auth.login"))
 

@@ -8,6 +8,7 @@ import threading
 
 from flask import Flask, current_app
 
+from gate import jsontext
 from gate.config import Settings
 from gate.record.db import checkpoint_in_background, open_db
 
@@ -38,3 +39,18 @@ def _rollback_leftovers(exc=None) -> None:
 def init_app(app: Flask) -> None:
     open_db(app.config["GATE_SETTINGS"].db_path).conn.close()  # migrations applied on start
     app.teardown_appcontext(_rollback_leftovers)
+
+
+MAX_JSON_BODY = 1024 * 1024  # the JSON API's bodies are a few hundred bytes
+
+
+def request_json() -> object:
+    """This request's JSON body, size and nesting bounded (gate.jsontext); None when it sent none."""
+    from flask import request
+
+    if not request.content_length and not request.is_json:
+        return None
+    raw = request.stream.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise jsontext.JsonInvalid(f"a JSON body is at most {MAX_JSON_BODY} bytes", "body_too_large")
+    return jsontext.loads(raw, "the body", "body_invalid") if raw else None

@@ -9,6 +9,7 @@ import json
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from gate import jsontext
 from gate.errors import GateError
 from gate.hubs import signatures
 from gate.hubs.deliveries import get_delivery, record_delivery, status
@@ -43,10 +44,7 @@ def url_upload(secret: str):
     mac = signatures.signer(secret, timestamp)
     mac.update(raw)
     signatures.check_mac(mac.hexdigest(), candidates)
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise UrlUploadInvalid("the body is not valid JSON") from None
+    body = jsontext.loads(raw, "the body", UrlUploadInvalid.code)
     if not isinstance(body, dict):
         raise UrlUploadInvalid("the body must be a JSON object with 'url' (and an optional 'meta')")
     if "url" not in body:

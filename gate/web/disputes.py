@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, g, jsonify
 
 from gate.errors import GateError
 from gate.record.uploads import status
 from gate.review import queue as review
 from gate.web.auth import machine
-from gate.web.context import db, settings
+from gate.web.context import db, request_json, settings
 
 bp = Blueprint("disputes", __name__)
 
@@ -17,7 +17,7 @@ bp = Blueprint("disputes", __name__)
 @machine("dispute.file")
 def dispute(upload_id: str):
     """`{"statement": "..."}`: the uploader disputes a block or quarantine; the item returns to the queue."""
-    body = request.get_json(silent=True)
+    body = request_json()
     if not isinstance(body, dict):
         raise GateError('send JSON: {"statement": "the uploader\'s words"}', "body_invalid")
     upload = review.file_dispute(db(), g.account, upload_id, body.get("statement"),

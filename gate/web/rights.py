@@ -7,7 +7,7 @@ from flask import Blueprint, flash, g, jsonify, redirect, render_template, reque
 from gate.errors import GateError
 from gate.registry import rights
 from gate.web.auth import actor, machine, people, person, render_error
-from gate.web.context import db, settings
+from gate.web.context import db, request_json, settings
 
 bp = Blueprint("rights", __name__, template_folder="templates")
 MAX_FILES = 64
@@ -97,7 +97,7 @@ def api_show(character_id: str):
 @machine("characters.own")
 def api_update(character_id: str):
     """JSON: any of aliases (list), policy, description, reason."""
-    body = request.get_json(silent=True)
+    body = request_json()
     if not isinstance(body, dict):
         raise GateError("send a JSON object", "body_invalid")
     policy, description = body.get("policy"), body.get("description")

@@ -3,11 +3,10 @@ the scan happens on the queue."""
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import UnsupportedMediaType
 
+from gate import jsontext
 from gate.errors import GateError
 from gate.hubs import signatures
 from gate.hubs.spool import CHUNK, BadDelivery, spool_multipart
@@ -44,10 +43,7 @@ def direct_upload():
         if spooled.weights is None:
             raise BadDelivery("the multipart body has no 'file' part", "file_missing")
         raw_meta = spooled.fields.get("meta")
-        try:
-            meta = parse_meta(json.loads(raw_meta) if raw_meta else None)
-        except ValueError:
-            raise BadDelivery("the 'meta' part is not valid JSON", "meta_invalid") from None
+        meta = parse_meta(jsontext.loads(raw_meta, "the 'meta' part", "meta_invalid") if raw_meta else None)
     except BaseException:
         spooled.discard()
         raise

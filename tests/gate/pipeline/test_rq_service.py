@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,53 @@ def test_a_hub_that_answers_slowly_never_lets_a_workers_heartbeat_lapse(service,
     assert service.hub.requests >= count
     service.hub.delay = 0
     wait(lambda: len(service.hub.received) >= count, 120, "the hub never got its decisions")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_worker_rides_out_a_redis_outage_and_forks_nothing(service, corpus_dir):
+    """Redis killed with -9 and restarted empty: the worker waits for it, carries on, and the upload sent after
+    is decided with no one restarting anything. It never forks (RQ's scheduler runs on a thread of it), so a
+    worker killed with -9 leaves nothing behind; SIGTERM still ends it cleanly."""
+    worker = service.spawn("worker", "--queues", "intake", log="worker-outage")
+    before = deliver_upload(service, corpus_dir / "pickle_disguised.safetensors", "m-before-outage")
+    assert final_state(before["status_url"], service, timeout=60)["state"] == "refused"
+    assert _children(worker.pid) == []
+    service.redis.process.kill()
+    service.redis.process.wait(timeout=10)
+    time.sleep(4)  # long enough for RQ's worker loop to have lost Redis
+    assert worker.poll() is None, "the worker died with Redis"
+    service.redis.start()  # empty: no persistence
+    after = deliver_upload(service, corpus_dir / "empty.safetensors", "m-after-outage")
+    assert final_state(after["status_url"], service, timeout=90)["state"] == "refused"
+    assert worker.poll() is None and _children(worker.pid) == []
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+
+
+def test_redis_killed_while_a_job_runs_the_worker_carries_on_and_the_upload_is_decided(service, world):
+    """Redis dies mid-probe: the job cannot hand on its result and RQ's loop quits; the worker waits for Redis,
+    starts again, and its reconciler restarts the lost scan, which is decided, with no hand restarts."""
+    worker = service.spawn("worker", log="worker-mid-job")  # all queues: the record's side and the probes
+    lora = world_lora(world, kind="style")
+    answer = deliver_upload(service, world.path(lora["path"]), "m-redis-mid-job")
+    log, probing = service.logs / "worker-mid-job.log", "probes.jobs.probe_upload("
+    wait(lambda: probing in log.read_text(), 120, "the probe job never started")
+    service.redis.process.kill()
+    service.redis.process.wait(timeout=10)
+    time.sleep(3)
+    service.redis.start()
+    final = final_state(answer["status_url"], service, timeout=300)
+    assert final["state"] == "decided", final
+    assert worker.poll() is None, "the worker died with Redis"
