@@ -23,11 +23,10 @@ def serve(host: str, port: int, threads: int) -> None:
     import logging
     import signal
 
-    from waitress import serve as run
-
     from gate.app import create_app
     from gate.pipeline.dispatch import dispatcher
     from gate.pipeline.embedded import WorkerProcess, use_worker_process
+    from gate.web.server import serve as run
 
     common.settings().require_models()  # refuse now, not at the first upload (production without its models)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,7 +45,7 @@ def serve(host: str, port: int, threads: int) -> None:
     click.echo(f"jobs: {jobs}")
     click.echo(f"LoRA Gate listening on http://{host}:{port} (data in {settings.data_dir})")
     try:
-        run(app, host=host, port=port, threads=threads, ident="lora-gate")
+        run(app, host, port, threads)
     finally:
         if child is not None:
             child.stop()
