@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import run_gate
 
 
@@ -63,3 +65,18 @@ def test_whole_corpus_never_unpickles_and_never_imports_torch(corpus_dir, corpus
 def test_python_dash_m_gate_works():
     done = run_gate("--help")
     assert done.returncode == 0 and "inspect" in done.stdout
+
+
+@pytest.mark.parametrize("content", [b"just some notes\n", b"\x89PNG\r\n\x1a\n" + b"\0" * 64],
+                         ids=["text-file", "corrupt-png"])
+def test_characters_add_refuses_bad_references_before_loading_any_model(tmp_path, content):
+    """The references are validated first: a process where torch cannot even be imported refuses them with
+    their code, so nothing was loaded to find out."""
+    from tests.support import without_torch
+
+    reference = tmp_path / "reference.png"
+    reference.write_bytes(content)
+    env = {"GATE_DATA_DIR": str(tmp_path / "data"), **without_torch(tmp_path)}
+    result = run_gate("characters", "add", "Someone", "--rights-holder", "Them", "--ref", str(reference), env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "image_format" in result.stderr or "image_corrupt" in result.stderr, result.stderr[-500:]
