@@ -169,3 +169,10 @@ def wait_for(client, upload_id: str, states=("decided", "refused", "failed"), ti
     raise AssertionError(f"upload {upload_id} still {answer['state']} after {timeout}s")
 
 
+
+
+def record_call(path: str, value: str) -> str:
+    """A job for the queue contract tests: appends `value` to the file at `path` (a dotted path RQ can import)."""
+    with open(path, "a") as out:
+        out.write(value + "\n")
+    return value

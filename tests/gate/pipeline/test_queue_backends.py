@@ -1,0 +1,63 @@
+"""One contract for every kind of queue the gate uses: RQ on Redis (run by a real RQ worker), the embedded
+worker's in-process queues, and the inline queues of local commands. A producer calls `enqueue` and
+`enqueue_many` and reads `depth` and `health`, whatever is behind them; each job runs once, with its arguments."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gate.config import load_settings
+from gate.queues import CATALOGUE, INTAKE, QUEUES, InlineQueues, InProcessQueues, RedisQueues, wait_for
+from tests.support import RedisServer
+
+
+@pytest.fixture(params=["redis", "in-process", "inline"])
+def backend(request, tmp_path):
+    """(queues, run): `run()` makes whatever is behind the queues run what was enqueued."""
+    settings = load_settings({"data_dir": str(tmp_path)})
+    if request.param == "in-process":
+        yield InProcessQueues(settings), lambda: None
+    elif request.param == "inline":
+        yield InlineQueues(settings), lambda: None
+    else:
+        if shutil.which("redis-server") is None:
+            pytest.skip("needs the redis-server binary")
+        from rq import SimpleWorker
+        from rq.serializers import JSONSerializer
+
+        server = RedisServer(tmp_path)
+        server.start()
+        queues = RedisQueues(server.url)
+
+        def run() -> None:  # a real RQ worker, in burst mode, on every queue
+            SimpleWorker([queues.queue(q) for q in QUEUES], connection=queues.connection,
+                         serializer=JSONSerializer).work(burst=True, with_scheduler=False)
+
+        try:
+            yield queues, run
+        finally:
+            server.stop()
+
+
+def _calls(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_every_backend_runs_each_job_once_with_its_arguments(backend, tmp_path):
+    queues, run = backend
+    calls = tmp_path / "calls.txt"
+    queues.enqueue(INTAKE, "tests.support.record_call", str(calls), "single", job_id="job-single")
+    queues.enqueue_many([(CATALOGUE, "tests.support.record_call", (str(calls), f"batch-{n}"), f"job-batch-{n}")
+                         for n in range(3)])
+    run()
+    assert wait_for(lambda: len(_calls(calls)) == 4, timeout=20)
+    assert sorted(_calls(calls)) == ["batch-0", "batch-1", "batch-2", "single"]
+
+
+def test_every_backend_reports_depth_and_health(backend):
+    queues, _ = backend
+    assert set(queues.depth()) == set(QUEUES)
+    assert queues.health() == "ok"
