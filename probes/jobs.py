@@ -138,11 +138,10 @@ def probe_upload(request: dict) -> dict:
                                          modules=request["modules"], terms=request["terms"],
                                          references=references)
         except UnsupportedLora as exc:
-            probed = {"unsupported": exc.message}
+            probed = {"unsupported": exc.message, "embedder": probe_engine.embedder_id}
         else:
             probed = outcome_to_json(outcome, probe_engine.embedder_id)
     probed["reference_vectors"] = _reference_vectors(probe_engine, request.get("embed") or [])
-    probed["embedder"] = probe_engine.embedder_id
     _reply(request, probed, {"queue": INTAKE, "func": "gate.pipeline.jobs.conclude_upload",
                              "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")})
     return {"upload_id": upload_id, "renders": len(probed.get("probes", [])),

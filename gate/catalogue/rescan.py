@@ -25,14 +25,20 @@ from gate.catalogue import index
 from gate.config import Settings
 from gate.detection.evidence import write_evidence
 from gate.errors import GateError
-from gate.pipeline.jobs import ReferencesPending, conclusion_matcher, file_url, job_matcher
+from gate.pipeline.jobs import (
+    ReferencesPending,
+    attach_probed,
+    conclusion_matcher,
+    job_matcher,
+    reply_to,
+    upload_request,
+)
 from gate.pipeline.outcome import decision_fields, evidence_dir, redecide
-from gate.pipeline.reconcile import job_alive
+from gate.pipeline.reconcile import chain_alive
 from gate.queues import CATALOGUE, CATALOGUE_PROBE, Context, InlineQueues, context, set_context
 from gate.record.db import writing
 from gate.record.uploads import UploadState, get_upload, hub_meta, journal
 from gate.runtime import thread_record
-from probes.contract import outcome_from_json
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -206,11 +212,9 @@ def rescan_upload(run_id: str, upload_id: str) -> str:
         if result.decided_without_rendering:
             return _conclude(settings, db, matcher, run_id, upload, result)
         base = job_id(run_id, upload_id)
-        request = {**matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
-                   "upload_id": upload_id, "generation": upload["generation"] or 0,
-                   "file_path": upload["file_path"], "file_url": file_url(settings, upload_id),
-                   "reply": {"queue": CATALOGUE, "func": "gate.catalogue.rescan.rescan_concluded",
-                             "args": [run_id, upload_id], "job_id": f"{base}-conclude"}}
+        request = upload_request(settings, upload, matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
+                                 reply_to(CATALOGUE, "gate.catalogue.rescan.rescan_concluded", [run_id, upload_id],
+                                          f"{base}-conclude"))
         context().queues.enqueue(CATALOGUE_PROBE, "probes.jobs.probe_upload", request, job_id=f"{base}-probe",
                                  retry=False)
     except Exception as exc:
@@ -231,10 +235,7 @@ def rescan_concluded(run_id: str, upload_id: str, probed: dict) -> str:
         result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
         if not result.inspection.ok:
             raise RescanError(f"the file no longer passes intake: {result.inspection.error.code}", "file_changed")
-        if probed.get("unsupported"):
-            result.not_probed = probed["unsupported"]
-        else:
-            matcher.attach(result, outcome_from_json(probed))
+        attach_probed(matcher, result, probed)
     except ReferencesPending:
         raise  # retried once the new references are embedded; the item is still on its way
     except Exception as exc:
@@ -283,8 +284,7 @@ def job_id(run_id: str, upload_id: str) -> str:
 
 def _item_alive(queues, run_id: str, upload_id: str, alive) -> bool:
     """Whether any job of an item's chain (rescan, probe, conclusion) will still run."""
-    base = job_id(run_id, upload_id)
-    return any(job_alive(queues, job, alive) for job in (base, f"{base}-probe", f"{base}-conclude"))
+    return chain_alive(queues, job_id(run_id, upload_id), alive)
 
 
 def _fail_lost(db: Database, queues, run_id: str, alive) -> None:

@@ -218,7 +218,7 @@ def screen_job(character_id: str, cause: str) -> str:
     """Catalogue-queue job for a character changed on the web: references without vectors go to a probe worker
     first (`screen_embedded` carries on); then `registry_changed` (stored renders) and, where the probe set has
     one, the likelihood probe over the catalogue (`likelihood_screen`, one job chain per upload)."""
-    from gate.pipeline.jobs import queue_embedding, references_reply
+    from gate.pipeline.jobs import queue_embedding, reply_to
     from gate.queues import context
 
     settings = context().settings
@@ -226,7 +226,7 @@ def screen_job(character_id: str, cause: str) -> str:
     pending = missing_references(db, current_embedder(settings)[0])
     if pending:
         job = f"screen-{character_id}-{secrets.token_hex(4)}"
-        queue_embedding(pending, f"{job}-references", references_reply(
+        queue_embedding(pending, f"{job}-references", reply_to(
             CATALOGUE, "gate.catalogue.screening.screen_embedded", [character_id, cause], f"{job}-embedded"),
             CATALOGUE_PROBE)
         return f"{len(pending)} references sent to be embedded first"
@@ -317,10 +317,15 @@ def _judge_likelihood(scanner, upload: dict, character_id: str, references: list
     return judge_gains(scanner, upload, result, character_id, gains)
 
 
+def _reference_dicts(scanner, character_id: str) -> list[dict]:
+    """One character's reference set, as a probe request carries it."""
+    return [r for r in scanner.reference_sets() if r["character_id"] == character_id]
+
+
 def _character_references(scanner, character_id: str) -> list:
     from probes.likelihood import ReferenceSet
 
-    return [ReferenceSet.from_dict(r) for r in scanner.reference_sets() if r["character_id"] == character_id]
+    return [ReferenceSet.from_dict(r) for r in _reference_dicts(scanner, character_id)]
 
 
 def likelihood_screen(db: Database, character_id: str, settings: Settings | None = None, *,
@@ -371,7 +376,7 @@ def _cannot_screen(character, scanner, references: list) -> str:
     """Why a likelihood screening cannot run here ('' when it can)."""
     return ("the character is retired" if character.status != "active" else
             "the probe set has no likelihood probe" if scanner.engine.likelihood is None else
-            "this worker cannot read the character's references" if not references else "")
+            "the character has no reference images" if not references else "")
 
 
 def likelihood_resume(db: Database, screening_id: int, settings: Settings | None = None, *, scanner=None,
@@ -397,11 +402,10 @@ def likelihood_resume(db: Database, screening_id: int, settings: Settings | None
         [screening_id])]
     screening = Screening(screening_id, run["character_id"], run["cause"])
     if queues is not None:  # only ids are handed over: no models are loaded here
-        from gate.pipeline.reconcile import job_alive, worker_alive
+        from gate.pipeline.reconcile import chain_alive, worker_alive
 
         alive = worker_alive(queues)
-        pending = [u for u in pending if not any(job_alive(queues, f"{_likelihood_job(screening_id, u)}{step}", alive)
-                                                 for step in ("", "-probe", "-conclude"))]
+        pending = [u for u in pending if not chain_alive(queues, _likelihood_job(screening_id, u), alive)]
         screening.screened = screening.candidates = len(pending)
         return _queue_items(queues, screening, pending)
     character = get_character(db, run["character_id"])
@@ -446,25 +450,24 @@ def _judge_items(db: Database, scanner, screening: Screening, character, referen
 def likelihood_screen_upload(screening_id: int, upload_id: str) -> str:
     """Catalogue-queue job: one upload of a likelihood screening (`likelihood_screen` with queues), screened
     here and measured by a probe worker (`likelihood_measured` judges)."""
-    from gate.pipeline.jobs import file_url, job_matcher
+    from gate.pipeline.jobs import job_matcher, reply_to, upload_request
     from gate.queues import context
 
     settings = context().settings
     db = thread_record(settings)
     matcher = job_matcher(settings)  # the registry re-read: the character may have changed since
     character = get_character(db, db["screenings"].get(screening_id)["character_id"])
-    references = [r for r in matcher.reference_sets() if r["character_id"] == character.id]
+    references = _reference_dicts(matcher, character.id)
     upload = _still_to_judge(db, character, references, upload_id)
     screened = likelihood_request(matcher, upload) if upload is not None else None
     if screened is None:
         _record_judgement(db, screening_id, character, upload_id, None)
         return "skipped"
     job = _likelihood_job(screening_id, upload_id)
-    context().queues.enqueue(CATALOGUE_PROBE, "probes.jobs.likelihood_upload", {
-        **screened[1], "references": references, "upload_id": upload_id, "file_path": upload["file_path"],
-        "file_url": file_url(settings, upload_id),
-        "reply": {"queue": CATALOGUE, "func": "gate.catalogue.screening.likelihood_measured",
-                  "args": [screening_id, upload_id], "job_id": f"{job}-conclude"}}, job_id=f"{job}-probe")
+    request = upload_request(settings, upload, {**screened[1], "references": references},
+                             reply_to(CATALOGUE, "gate.catalogue.screening.likelihood_measured",
+                                      [screening_id, upload_id], f"{job}-conclude"))
+    context().queues.enqueue(CATALOGUE_PROBE, "probes.jobs.likelihood_upload", request, job_id=f"{job}-probe")
     return "measuring"
 
 
@@ -482,7 +485,7 @@ def likelihood_measured(screening_id: int, upload_id: str, measured: dict) -> st
         raise ScreeningError(f"the probe worker measured with {measured.get('probe_set')}, this gate has "
                              f"{matcher.engine.probe_set.id}")
     character = get_character(db, db["screenings"].get(screening_id)["character_id"])
-    references = [r for r in matcher.reference_sets() if r["character_id"] == character.id]
+    references = _reference_dicts(matcher, character.id)
     upload = _still_to_judge(db, character, references, upload_id)  # as it is now, not when measured
     found = None
     if upload is not None and not measured.get("unsupported"):

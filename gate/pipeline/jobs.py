@@ -82,13 +82,23 @@ def request_probe(upload: dict, generation: int, lane: tuple[str, str]) -> str:
         return refuse(db, upload_id, result.inspection.error)
     if result.decided_without_rendering:  # blocklisted or a near-duplicate: caught without rendering
         return record_decision(settings, db, matcher, upload_id, result)
-    request = {**matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
-               "upload_id": upload_id, "generation": generation, "file_path": upload["file_path"],
-               "file_url": file_url(settings, upload_id),
-               "reply": {"queue": conclude_queue, "func": "gate.pipeline.jobs.conclude_upload",
-                         "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")}}
+    request = upload_request(settings, upload, matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
+                             reply_to(conclude_queue, "gate.pipeline.jobs.conclude_upload", [upload_id, generation],
+                                      job_id(upload_id, generation, "conclude")))
     queues.enqueue(probe_queue, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
     return "probing"
+
+
+def reply_to(queue: str, func: str, args: list, job: str) -> dict:
+    """The gate job a probe worker hands its result to: `func(*args, result)` on `queue`, as job `job`."""
+    return {"queue": queue, "func": func, "args": args, "job_id": job}
+
+
+def upload_request(settings: Settings, upload: dict, request: dict, reply: dict) -> dict:
+    """A probe request for one upload's file: where the worker finds it (the shared disk, else the gate's HTTP
+    API), and the job it replies to."""
+    return {**request, "upload_id": upload["id"], "generation": upload["generation"] or 0,
+            "file_path": upload["file_path"], "file_url": file_url(settings, upload["id"]), "reply": reply}
 
 
 def file_url(settings: Settings, upload_id: str) -> str | None:
@@ -109,11 +119,16 @@ def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
     result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
     if not result.inspection.ok:  # the file changed under us: never trust an earlier reading
         raise RuntimeError(f"upload {upload_id}'s file no longer passes intake: {result.inspection.error.code}")
+    attach_probed(matcher, result, probed)
+    return record_decision(settings, db, matcher, upload_id, result)
+
+
+def attach_probed(matcher: Scanner, result, probed: dict) -> None:
+    """Add a probe worker's answer to a screened result: its renders and vectors, or why it could not probe."""
     if probed.get("unsupported"):
         result.not_probed = probed["unsupported"]
     else:
         matcher.attach(result, outcome_from_json(probed))
-    return record_decision(settings, db, matcher, upload_id, result)
 
 
 def conclusion_matcher(settings: Settings, probed: dict, references_job: str, probe_queue: str = PROBE) -> Scanner:
@@ -129,14 +144,10 @@ def conclusion_matcher(settings: Settings, probed: dict, references_job: str, pr
         matcher.refresh()
     pending = missing_references(thread_record(settings), embedder)
     if pending:  # registered after the probe request went out
-        queue_embedding(pending, references_job, references_reply(INTAKE, "gate.pipeline.jobs.references_embedded", [],
-                                                                  f"{references_job}-kept"), probe_queue)
+        queue_embedding(pending, references_job, reply_to(INTAKE, "gate.pipeline.jobs.references_embedded", [],
+                                                          f"{references_job}-kept"), probe_queue)
         raise ReferencesPending(f"{len(pending)} references have no vectors yet; a probe worker is embedding them")
     return matcher
-
-
-def references_reply(queue: str, func: str, args: list, job: str) -> dict:
-    return {"queue": queue, "func": func, "args": args, "job_id": job}
 
 
 def queue_embedding(references: list[dict], job: str, reply: dict, queue: str = PROBE) -> None:

@@ -38,6 +38,11 @@ def job_alive(queues: RedisQueues, job_id: str, alive: Callable[[str | None], bo
     return status in WAITING or (status == "started" and alive(worker))
 
 
+def chain_alive(queues: RedisQueues, base: str, alive: Callable[[str | None], bool]) -> bool:
+    """Whether any job of a back-catalogue chain (`base`, then `base`-probe and `base`-conclude) will still run."""
+    return any(job_alive(queues, f"{base}{step}", alive) for step in ("", "-probe", "-conclude"))
+
+
 def run_alive(queues: RedisQueues, upload_id: str, generation: int, alive: Callable[[str | None], bool]) -> bool:
     return any(job_alive(queues, job_id(upload_id, generation, step), alive) for step in STEPS)
 
