@@ -204,7 +204,8 @@ def m010_hub_actions(db: Database) -> None:
 @migrations()
 def m011_accounts(db: Database) -> None:
     # People (sessions) and machines (hub tokens). `party` is the rights holder a rights_holder account speaks
-    # for, or the hub a hub account speaks for; `session_epoch` bumps to end every session of an account.
+    # for, or the hub a hub account speaks for. `session_epoch` ended sessions until m019 kept them in the
+    # record; it is unread since.
     db["accounts"].create(
         {"id": int, "username": str, "role": str, "password_hash": str, "party": str, "disabled": int,
          "session_epoch": int, "created_at": str, "updated_at": str},

@@ -109,7 +109,7 @@ def add_account(db: Database, actor: Actor, username: str, role: str, password: 
             raise AccountError(f"an account {username!r} exists already", "account_exists")
         row = {"username": username, "role": str(role),
                "password_hash": generate_password_hash(password) if password else None,
-               "party": (party or "").strip() or None, "disabled": 0, "session_epoch": 0, "created_at": now,
+               "party": (party or "").strip() or None, "disabled": 0, "created_at": now,
                "updated_at": now}
         row["id"] = db["accounts"].insert(row).last_pk
         audit.record(db, actor, "account.create", "account", username, "", None, _public(row))
@@ -126,8 +126,7 @@ def set_disabled(db: Database, actor: Actor, username: str, disabled: bool, reas
         raise AccountError("say why", "reason_missing")
     with writing(db):
         before = get_account(db, username)
-        db["accounts"].update(before["id"], {"disabled": int(disabled), "updated_at": _now(),
-                                             "session_epoch": before["session_epoch"] + 1})
+        db["accounts"].update(before["id"], {"disabled": int(disabled), "updated_at": _now()})
         sessions.end_all(db, before["id"], "account disabled" if disabled else "account re-enabled")
         after = get_account(db, username)
         audit.record(db, actor, "account.disable" if disabled else "account.enable", "account", username, reason,
@@ -145,8 +144,7 @@ def set_password(db: Database, actor: Actor, username: str, password: str, reaso
         before = get_account(db, username)
         if before["role"] not in PEOPLE:
             raise AccountError("hub accounts sign in with API tokens, not passwords")
-        db["accounts"].update(before["id"], {"password_hash": generate_password_hash(password), "updated_at": _now(),
-                                             "session_epoch": before["session_epoch"] + 1})
+        db["accounts"].update(before["id"], {"password_hash": generate_password_hash(password), "updated_at": _now()})
         ended = sessions.end_all(db, before["id"], "password changed")
         after = get_account(db, username)
         audit.record(db, actor, "account.password", "account", username, f"{reason} ({ended} sessions ended)",
