@@ -7,6 +7,7 @@ from werkzeug.exceptions import HTTPException
 
 from gate.config import load_settings
 from gate.errors import GateError
+from gate.hubs.unverified import UnverifiedBodies
 from gate.web import (
     auth,
     context,
@@ -15,6 +16,7 @@ from gate.web import (
     health,
     huggingface,
     internal,
+    limits,
     review,
     rights,
     status,
@@ -32,16 +34,19 @@ def create_app(config: dict | None = None) -> Flask:
 
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    # Room for the weights plus the multipart envelope and the hub's record.
-    app.config["MAX_CONTENT_LENGTH"] = settings.intake.max_file_bytes + 4 * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = limits.DEFAULT_BODY  # routes that take more say so (gate.web.limits)
 
     context.init_app(app)
+    limits.init_app(app)
+    app.extensions["gate_unverified"] = UnverifiedBodies(settings.http.unverified_bytes,
+                                                         settings.http.unverified_per_address)
     for surface in (uploads, status, health, internal, auth, review, disputes, rights, huggingface, deliveries):
         app.register_blueprint(surface.bp)
 
     @app.errorhandler(GateError)
     def gate_error(exc: GateError):
-        return jsonify(error=exc.to_dict()), exc.http_status
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else {}
+        return jsonify(error=exc.to_dict()), exc.http_status, headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -99,6 +99,34 @@ class FetchLimits:
     allowed_hosts: str = ""
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What `gate serve`'s server (gate.web.server) allows a client, so hostile ones cannot hold it or its disk."""
+
+    # From a connection's start (or its previous answer) to the end of a request's head.
+    head_seconds: float = 10.0
+    # The longest wait for a body's next bytes or for a client to take an answer; a body must also average
+    # min_rate bytes a second once its first idle_seconds are up.
+    idle_seconds: float = 30.0
+    min_rate: int = 16 * 1024
+    connections: int = 1024
+    # Connections from one address; at the cap the oldest one still sending its head is dropped. Behind a
+    # reverse proxy every client has the proxy's address: raise it there.
+    connections_per_address: int = 64
+    # Bodies over buffered_body stream to the app on their own threads, this many at once from one address.
+    streams_per_address: int = 2
+    buffered_body: int = 1 * MiB
+    max_head: int = 64 * 1024
+    # After an answer sent before its body was read, the rest is read and dropped this long, so the client
+    # reads the answer instead of a reset.
+    linger_seconds: float = 2.0
+    # Memory for bodies whose signature can only be checked at their end (v1: an HMAC over the body). They are
+    # never written to disk before it is checked; one may be at most half of this, and larger uploads are
+    # signed over their sha256 (v2), which is checked on the head.
+    unverified_bytes: int = 64 * MiB
+    unverified_per_address: int = 2
+
+
 DEMO = "demo"
 
 
@@ -150,6 +178,7 @@ class Settings:
     review: ReviewSettings = field(default_factory=ReviewSettings)
     huggingface: HuggingFaceSettings = field(default_factory=HuggingFaceSettings)
     fetch: FetchLimits = field(default_factory=FetchLimits)
+    http: HttpLimits = field(default_factory=HttpLimits)
 
     @property
     def db_path(self) -> Path:

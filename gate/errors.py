@@ -51,9 +51,12 @@ HTTP_STATUS = {
     "account_disabled": 403, "forbidden": 403, "csrf_failed": 403,
     "upload_not_found": 404, "delivery_not_found": 404, "character_not_found": 404, "account_not_found": 404,
     "claimed_by_other": 409, "not_in_queue": 409, "dispute_exists": 409, "dispute_not_allowed": 409,
-    "body_too_large": 413,
-    "login_throttled": 429,
-    "not_configured": 503,
+    "request_timeout": 408,
+    "length_required": 411,
+    "body_too_large": 413, "digest_signature_required": 413,
+    "headers_too_large": 431,
+    "login_throttled": 429, "too_many_unverified": 429, "too_many_streams": 429,
+    "not_configured": 503, "unverified_busy": 503, "busy": 503, "too_many_connections": 503,
 }
 
 
@@ -61,6 +64,7 @@ class GateError(Exception):
     """An error with a stable machine-readable code and a message a person can act on."""
 
     code: str = "gate_error"
+    retry_after: int | None = None  # seconds, sent as Retry-After, where the same request can succeed later
 
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)

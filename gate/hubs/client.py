@@ -3,13 +3,15 @@ signed multipart delivery and send it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
-from gate.hubs.signatures import sign
+from gate.hubs.signatures import DIGEST_HEADER, sign, sign_digest
 
 
 def multipart(data: bytes, meta: dict | None, filename: str) -> tuple[bytes, str]:
@@ -24,10 +26,16 @@ def multipart(data: bytes, meta: dict | None, filename: str) -> tuple[bytes, str
 
 
 def deliver(url: str, path: str | Path, secret: str, meta: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
-    """POST a signed upload to `url` (…/v1/uploads); returns (HTTP status, JSON answer)."""
+    """POST an upload to `url` (…/v1/uploads); returns (HTTP status, JSON answer). It is signed both ways: over
+    its sha256 (v2, checked before the gate reads the body, for any size) and over the body (v1, for gates from
+    before 2026-12-06, which ignore v2)."""
     path = Path(path)
     body, content_type = multipart(path.read_bytes(), meta, path.name)
-    request = urllib.request.Request(url, body, {"Content-Type": content_type, "X-Gate-Signature": sign(body, secret)})
+    digest = hashlib.sha256(body).hexdigest()
+    timestamp = int(time.time())
+    both = f"{sign(body, secret, timestamp)},{sign_digest(digest, secret, timestamp).split(',', 1)[1]}"
+    request = urllib.request.Request(url, body, {"Content-Type": content_type, DIGEST_HEADER: digest,
+                                                 "X-Gate-Signature": both})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())

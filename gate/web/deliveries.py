@@ -34,16 +34,14 @@ def delivery_status(delivery_id: str):
 
 def url_upload(secret: str):
     """A hub names a LoRA by URL: `{"url": ..., "meta": {...}}`, signed over the raw body; fetched later."""
-    timestamp, candidates = signatures.parse_header(request.headers.get("X-Gate-Signature"))
-    signatures.check_timestamp(timestamp)
+    signature = signatures.parse_header(request.headers.get("X-Gate-Signature"))
+    signatures.check_timestamp(signature.timestamp)
     if (request.content_length or 0) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge(f"a URL upload's body is at most {MAX_BODY_BYTES} bytes")
     raw = request.stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise RequestEntityTooLarge(f"a URL upload's body is at most {MAX_BODY_BYTES} bytes")
-    mac = signatures.signer(secret, timestamp)
-    mac.update(raw)
-    signatures.check_mac(mac.hexdigest(), candidates)
+    signatures.verify_body(signature, raw, secret, request.headers.get(signatures.DIGEST_HEADER))
     body = jsontext.loads(raw, "the body", UrlUploadInvalid.code)
     if not isinstance(body, dict):
         raise UrlUploadInvalid("the body must be a JSON object with 'url' (and an optional 'meta')")

@@ -8,16 +8,19 @@ from gate.errors import GateError
 from gate.registry import rights
 from gate.web.auth import actor, machine, people, person, render_error
 from gate.web.context import db, request_json, settings
+from gate.web.limits import takes_body
 
 bp = Blueprint("rights", __name__, template_folder="templates")
 MAX_FILES = 64
+MAX_REFERENCE = 20 * 1024 * 1024
+REFERENCES_BODY = MAX_FILES * MAX_REFERENCE + 1024 * 1024  # every reference at its largest, and the form around them
 
 
 def _references() -> list[tuple[str, bytes]]:
     files = request.files.getlist("reference")[:MAX_FILES + 1]
     if len(files) > MAX_FILES:
         raise GateError(f"at most {MAX_FILES} reference images", "registry_invalid")
-    return [(f.filename or "reference", f.read(20 * 1024 * 1024 + 1)) for f in files if f]
+    return [(f.filename or "reference", f.read(MAX_REFERENCE + 1)) for f in files if f]
 
 
 # --- pages -------------------------------------------------------------------------------------------------
@@ -32,6 +35,7 @@ def overview():
 
 
 @bp.post("/rights/characters")
+@takes_body(REFERENCES_BODY)
 @people("characters.own")
 def register_page():
     """Register a character with reference images (a multipart form)."""
@@ -77,6 +81,7 @@ def api_list():
 
 
 @bp.post("/v1/characters")
+@takes_body(REFERENCES_BODY)
 @machine("characters.own")
 def api_register():
     """multipart: name, policy, aliases (comma-separated), description, and `reference` files."""

@@ -3,21 +3,29 @@ the scan happens on the queue."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+import functools
+import hashlib
+import io
+
+from flask import Blueprint, current_app, jsonify, request, url_for
 from werkzeug.exceptions import UnsupportedMediaType
 
 from gate import jsontext
 from gate.errors import GateError
 from gate.hubs import signatures
-from gate.hubs.spool import CHUNK, BadDelivery, spool_multipart
+from gate.hubs.spool import CHUNK, BadDelivery, SpooledDelivery, spool_multipart
 from gate.pipeline.dispatch import dispatcher
 from gate.record.uploads import parse_meta, record_upload, store_file
 from gate.web.context import db, settings
+from gate.web.limits import takes_body
+
+ENVELOPE = 4 * CHUNK  # the multipart framing and the hub's record around the weights
 
 bp = Blueprint("hooks", __name__)
 
 
 @bp.post("/v1/uploads")
+@takes_body(lambda config: config.intake.max_file_bytes + ENVELOPE)
 def direct_upload():
     """A hub pushes a LoRA: multipart with a `file` part and an optional `meta` JSON part, signed (or a JSON
     body naming a URL: gate.web.deliveries)."""
@@ -30,16 +38,25 @@ def direct_upload():
         return url_upload(config.upload_secret)
     if not request.mimetype == "multipart/form-data":
         raise UnsupportedMediaType("send multipart/form-data with a 'file' part (and an optional 'meta' part)")
-    timestamp, candidates = signatures.parse_header(request.headers.get("X-Gate-Signature"))
-    signatures.check_timestamp(timestamp)
-    mac = signatures.signer(config.upload_secret, timestamp)
+    signature = signatures.parse_header(request.headers.get("X-Gate-Signature"))
+    signatures.check_timestamp(signature.timestamp)
     boundary = request.mimetype_params.get("boundary")
     if not boundary:
         raise BadDelivery("the multipart Content-Type has no boundary", "multipart_invalid")
-    spooled = spool_multipart(request.stream, boundary, config.intake.max_file_bytes + 4 * CHUNK, mac,
-                              config.data_dir / "incoming", fsync=config.record_sync == "full")
+    spool = functools.partial(spool_multipart, boundary=boundary, limit=config.intake.max_file_bytes + ENVELOPE,
+                              spool_dir=config.data_dir / "incoming", fsync=config.record_sync == "full")
+    if signature.v2:  # authenticated on the head: the body streams to the spool and must hash to the signed digest
+        digest = signatures.check_digest_signature(signature, request.headers.get(signatures.DIGEST_HEADER),
+                                                   config.upload_secret)
+        body_hash = hashlib.sha256()
+        spooled = _checked(spool(request.stream, mac=body_hash),
+                           lambda: signatures.check_body_digest(digest, body_hash.hexdigest()))
+    else:  # v1 can only be checked at the end: the body waits in memory, never on disk, until it is
+        with current_app.extensions["gate_unverified"].hold(request.remote_addr or "", request.content_length):
+            body = _read_whole(request.stream, request.content_length)
+            signatures.verify_body(signature, body, config.upload_secret)
+            spooled = spool(io.BytesIO(body), mac=hashlib.sha256())
     try:
-        signatures.check_mac(mac.hexdigest(), candidates)  # nothing read above is trusted before this
         if spooled.weights is None:
             raise BadDelivery("the multipart body has no 'file' part", "file_missing")
         raw_meta = spooled.fields.get("meta")
@@ -55,3 +72,23 @@ def direct_upload():
     upload_id = recorded.upload["id"]
     return jsonify(id=upload_id, status_url=url_for("api.upload_status", upload_id=upload_id, _external=True),
                    duplicate=not recorded.created), 202
+
+
+def _checked(spooled: SpooledDelivery, check) -> SpooledDelivery:
+    """The spooled delivery once `check` passes; discarded (and the error raised) when it does not."""
+    try:
+        check()
+    except BaseException:
+        spooled.discard()
+        raise
+    return spooled
+
+
+def _read_whole(stream, length: int) -> bytes:
+    parts, left = [], length
+    while left > 0 and (chunk := stream.read(min(left, CHUNK))):
+        parts.append(chunk)
+        left -= len(chunk)
+    if left:
+        raise BadDelivery(f"the body ended {left} bytes short of its Content-Length", "multipart_invalid")
+    return b"".join(parts)
