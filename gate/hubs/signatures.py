@@ -108,8 +108,9 @@ def verify_body(signature: Signature, body: bytes, secret: str, digest_header: s
     if signature.v2:
         check_body_digest(check_digest_signature(signature, digest_header, secret), hashlib.sha256(body).hexdigest())
         return
-    mac = hmac.new(secret.encode(), f"{signature.timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    check_mac(mac, list(signature.v1))
+    mac = hmac.new(secret.encode(), f"{signature.timestamp}.".encode(), hashlib.sha256)
+    mac.update(body)  # not "<t>." + body: that would copy a body held in memory whole
+    check_mac(mac.hexdigest(), list(signature.v1))
 
 
 def verify(header: str | None, body: bytes, secret: str, now: float | None = None,

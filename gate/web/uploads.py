@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 from werkzeug.exceptions import UnsupportedMediaType
@@ -55,7 +54,7 @@ def direct_upload():
         with current_app.extensions["gate_unverified"].hold(request.remote_addr or "", request.content_length):
             body = _read_whole(request.stream, request.content_length)
             signatures.verify_body(signature, body, config.upload_secret)
-            spooled = spool(io.BytesIO(body), mac=hashlib.sha256())
+            spooled = spool(_Reader(memoryview(body)), mac=hashlib.sha256())
     try:
         if spooled.weights is None:
             raise BadDelivery("the multipart body has no 'file' part", "file_missing")
@@ -84,11 +83,25 @@ def _checked(spooled: SpooledDelivery, check) -> SpooledDelivery:
     return spooled
 
 
+class _Reader:
+    """Reads a held body in pieces without copying it whole (io.BytesIO would, for a bytearray)."""
+
+    def __init__(self, view: memoryview):
+        self.view, self.at = view, 0
+
+    def read(self, size: int) -> bytes:
+        piece = bytes(self.view[self.at:self.at + size])
+        self.at += len(piece)
+        return piece
+
+
 def _read_whole(stream, length: int) -> bytes:
-    parts, left = [], length
-    while left > 0 and (chunk := stream.read(min(left, CHUNK))):
-        parts.append(chunk)
-        left -= len(chunk)
-    if left:
-        raise BadDelivery(f"the body ended {left} bytes short of its Content-Length", "multipart_invalid")
-    return b"".join(parts)
+    """The body, read into one buffer of its declared length (no second copy while it waits to be checked)."""
+    body, filled = bytearray(length), 0
+    view = memoryview(body)
+    while filled < length and (chunk := stream.read(min(length - filled, CHUNK))):
+        view[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    if filled < length:
+        raise BadDelivery(f"the body ended {length - filled} bytes short of its Content-Length", "multipart_invalid")
+    return body
