@@ -1,4 +1,5 @@
-"""Benchmark: hub deliveries accepted per second, and their latency, against the gate under gunicorn on loopback.
+"""Benchmark: hub deliveries accepted per second, and their latency, against the gate under gunicorn (or, with
+--server gate, `gate serve`'s own server) on loopback.
 
 The gate runs as it would in production with Redis (gunicorn, gthread workers, REDIS_URL; no worker takes the
 jobs, so only the acceptance path is measured). An open-loop generator sends deliveries at a fixed rate (each
@@ -133,6 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500, help="deliveries per second offered")
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--server", default="gunicorn", choices=("gunicorn", "gate"),
+                        help="gunicorn's gthread workers, or `gate serve`'s own server (one process)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
     parser.add_argument("--connections", type=int, default=32, help="client keep-alive connections")
@@ -155,10 +158,14 @@ def main() -> None:
         env = {**os.environ, "GATE_DATA_DIR": data, "GATE_UPLOAD_SECRET": SECRET, "REDIS_URL": args.redis,
                "GATE_HUGGINGFACE_WEBHOOK_SECRET": HOOK_SECRET, "GATE_HUGGINGFACE_ENDPOINT": "http://127.0.0.1:9",
                "GATE_RECORD_SYNC": args.record_sync}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "gthread",
-             "--threads", str(args.threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-             "gate.app:create_app()"], cwd=REPO, env=env)
+        if args.server == "gunicorn":
+            command = [sys.executable, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "gthread",
+                       "--threads", str(args.threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+                       "gate.app:create_app()"]
+        else:  # one process, as `gate serve` runs (with Redis it starts no scan worker of its own)
+            command = [sys.executable, "-m", "gate", "serve", "--port", str(port), "--threads", str(args.threads)]
+        server = subprocess.Popen(command, cwd=REPO, env={**env, "GATE_PROFILE": "demo"},
+                                  stdout=subprocess.DEVNULL if args.server == "gate" else None)
         try:
             deadline = time.time() + 60
             while True:
@@ -167,7 +174,7 @@ def main() -> None:
                     break
                 except OSError:
                     if time.time() > deadline:
-                        raise SystemExit("gunicorn did not start") from None
+                        raise SystemExit(f"{args.server} did not start") from None
                     time.sleep(0.2)
             # Warm up every thread's connections (each opens its record connection on its first delivery).
             for kind in ("healthz", *kinds):
@@ -186,7 +193,9 @@ def main() -> None:
     queued = Redis.from_url(args.redis).llen("rq:queue:intake")
     Redis.from_url(args.redis).flushdb()
 
-    print(f"\ngunicorn {args.workers} workers x {args.threads} threads, GATE_RECORD_SYNC={args.record_sync}, "
+    served = (f"gunicorn {args.workers} workers x {args.threads} threads" if args.server == "gunicorn"
+              else f"gate serve, 1 process x {args.threads} threads")
+    print(f"\n{served}, GATE_RECORD_SYNC={args.record_sync}, "
           f"{args.rate:.0f}/s offered for "
           f"{args.seconds:.0f} s ({count} requests each), {args.connections} connections, loopback, "
           f"{os.cpu_count()} cores shared with the load generator\n")
