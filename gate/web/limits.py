@@ -35,6 +35,8 @@ def body_limit(app: Flask, method: str, path: str) -> int:
         endpoint, _ = app.url_map.bind("gate").match(path, method)
     except HTTPException:  # no such route (404, 405, a redirect): it reads no body
         return DEFAULT_BODY
+    except Exception:  # noqa: BLE001 - a path the router cannot even read gets the smallest limit, not a crash
+        return DEFAULT_BODY
     return _limit_of(app, endpoint)
 
 
