@@ -69,10 +69,15 @@ def decide(
     likelihood: list[CharacterGain] | tuple[CharacterGain, ...] = (),
     near_duplicates: Sequence = (),
     repeat_offender: dict | None = None,
+    undeclared_trigger: bool = False,
 ) -> Decision:
     """Combine every signal into one verdict, keeping every reason: the blocklist, what could not be probed,
     render matches, likelihood gains and names; then repeat infringement (near-duplicates of flagged LoRAs, an
-    uploader's history), which a moderator's earlier clearing does not lift."""
+    uploader's history), which a moderator's earlier clearing does not lift.
+
+    A name alone allows, unless the LoRA also adapts the text encoder without declaring a trigger
+    (`undeclared_trigger`): then the probes may never have said the word that switches it on, and the name is
+    a strong hint with missing evidence, so a person looks (quarantine, never block)."""
     reasons: list[Reason] = []
     if blocklisted:
         reasons.append(
@@ -112,10 +117,19 @@ def decide(
     for character_id, hits in named.items():
         if character_id in seen_visual or character_id not in characters:
             continue
+        name = characters[character_id].name
+        details = {"fields": [hit.field for hit in hits], "alias": hits[0].name}
+        if undeclared_trigger:
+            reasons.append(Reason(
+                "metadata_name", Verdict.QUARANTINE,
+                f"metadata names {name} ({_where(hits)}) and the LoRA adapts the text encoder without declaring a "
+                "trigger: no probe render shows it, but the probes may never have said the word that draws it",
+                character_id, {**details, "undeclared_trigger": True},
+            ))
+            continue
         reasons.append(Reason(
             "metadata_name", Verdict.ALLOW,
-            f"metadata names {characters[character_id].name} ({_where(hits)}) but no probe render shows it",
-            character_id, {"fields": [hit.field for hit in hits], "alias": hits[0].name},
+            f"metadata names {name} ({_where(hits)}) but no probe render shows it", character_id, details,
         ))
     _apply_cleared(reasons, cleared)
     reasons += _repeat_reasons(near_duplicates, repeat_offender)

@@ -103,6 +103,21 @@ def probe_terms(metadata: LoraMetadata, characters: list[Character],
     }
 
 
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def undeclared_trigger(inspection: Inspection, hub_meta: dict | None = None) -> bool:
+    """Whether the LoRA adapts a text encoder yet declares no trigger: no trigger phrase, caption tags or bundled
+    token in the file, no trigger words on the hub's page. Such a LoRA may draw its subject only for a word that
+    no probe says, so the renders and the likelihood probe may miss it (gate.detection.decisions uses this)."""
+    layout, metadata = inspection.layout, inspection.metadata
+    if not any(layout.components.get(component, 0) for component in TEXT_ENCODERS):
+        return False
+    declared = (metadata.trigger_phrases or metadata.top_tags or layout.embeddings
+                or (hub_meta or {}).get("trigger_words"))
+    return not declared
+
+
 @dataclass
 class ScanResult:
     path: str
@@ -117,6 +132,7 @@ class ScanResult:
     not_probed: str | None = None
     near_duplicates: list[NearDuplicate] = field(default_factory=list)  # flagged LoRAs its weights match
     repeat_offender: dict | None = None  # the uploader's history, when the repeat-offender policy applies
+    undeclared_trigger: bool = False  # it adapts a text encoder and declares no trigger (undeclared_trigger())
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -197,6 +213,7 @@ class Scanner:
         if not inspection.ok:
             return result
         result.name_hits = self.name_hits(inspection, filename or str(path), hub_meta)
+        result.undeclared_trigger = undeclared_trigger(inspection, hub_meta)
         tensor_hash = inspection.fingerprints.tensor_hash
         entry = blocklist.contains(self.db, tensor_hash)
         if entry:
@@ -290,6 +307,7 @@ class Scanner:
             cleared=self._cleared(result),  # issue 7: allowed false positives are remembered
             likelihood=result.outcome.likelihood if result.outcome is not None else (),
             near_duplicates=result.near_duplicates, repeat_offender=result.repeat_offender,
+            undeclared_trigger=result.undeclared_trigger,
         )
         result.timings["match"] = time.perf_counter() - mark
         return result

@@ -157,6 +157,28 @@ def test_a_name_alone_is_reported_but_allowed():
     assert decision.reasons[0].kind == "metadata_name" and "no probe render shows it" in decision.reasons[0].message
 
 
+def test_a_name_with_a_trigger_nobody_declared_goes_to_a_person_never_to_a_block():
+    """A LoRA that adapts the text encoder and declares no trigger may draw only for a word no probe said: a
+    name of a registered character is then a strong hint with missing evidence."""
+    hit = NameHit("a", "Aman", "file name", "aman_v2")  # "a"'s policy is block
+    decision = decide(matches=[], name_hits=[hit], characters=POLICIES, thresholds=THRESHOLDS,
+                      undeclared_trigger=True)
+    assert decision.verdict is Verdict.QUARANTINE
+    reason = decision.reasons[0]
+    assert reason.kind == "metadata_name" and reason.details["undeclared_trigger"] is True
+    assert "without declaring a trigger" in reason.message and reason.character_id == "a"
+    # A moderator who allowed these weights before is not asked again on the same evidence.
+    cleared = decide(matches=[], name_hits=[hit], characters=POLICIES, thresholds=THRESHOLDS,
+                     undeclared_trigger=True, cleared={"a"})
+    assert cleared.verdict is Verdict.ALLOW
+    # No name, or a name of a character nobody registered: nothing to hint at.
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS,
+                  undeclared_trigger=True).verdict is Verdict.ALLOW
+    stranger = NameHit("z", "Zed", "file name", "zed")
+    assert decide(matches=[], name_hits=[stranger], characters=POLICIES, thresholds=THRESHOLDS,
+                  undeclared_trigger=True).verdict is Verdict.ALLOW
+
+
 def test_blocklist_and_not_probed():
     blocked = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS, blocklisted="abc")
     assert blocked.verdict is Verdict.BLOCK
