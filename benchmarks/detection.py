@@ -5,6 +5,10 @@ with the held-back characters reported separately.
 Clean LoRAs are the calibration's negatives, so each is judged with thresholds refitted without it
 (leave-one-out): every number below is out of sample.
 
+Then the names rule (gate.detection.decisions): every LoRA that adapts the text encoder is scanned again with
+its metadata stripped and a file name that names its character (the infringer's disguise: no trigger, only a
+name). Each is judged with the rule and without it (the baseline, in the same run, from the same probes).
+
     python -m benchmarks.detection [--only ID ...]
 """
 
@@ -79,13 +83,16 @@ def main() -> None:
                                                          likelihood_block=None)).verdict
         # And with the fixed counts alone, without the chance count that grows with a LoRA's renders.
         fixed_counts = scanner.conclude(result, replace(thresholds, render_false_rate=None)).verdict
+        undeclared, result.undeclared_trigger = result.undeclared_trigger, False  # and without the names rule
+        no_names_rule = scanner.conclude(result, thresholds).verdict
+        result.undeclared_trigger = undeclared
         scanner.conclude(result, thresholds)
         top = result.matches[0] if result.matches else None
         blocked_for = {r.character_id for r in result.decision.reasons if r.verdict == "block"}
         gains = [g for g in (result.outcome.likelihood if result.outcome is not None else []) if not g.screened]
         gain = f"{gains[0].character_id} {gains[0].gain:+.3f}" if gains else "-"  # the strongest measured in full
         rows.append({**lora, "verdict": result.verdict, "renders_alone": renders_alone,
-                     "fixed_counts": fixed_counts, "top": top,
+                     "fixed_counts": fixed_counts, "no_names_rule": no_names_rule, "top": top,
                      "blocked_for": blocked_for, "gain": gain,
                      "reasons": result.decision.reasons})
 
@@ -136,10 +143,45 @@ def main() -> None:
           f"{_rate(sum(r['renders_alone'] != 'allow' for r in clean), len(clean))} |")
     print(f"| false positives on clean LoRAs, fixed counts: baseline | | | "
           f"{_rate(sum(r['fixed_counts'] != 'allow' for r in clean), len(clean))} |")
+    print(f"| false positives on clean LoRAs, without the names rule: baseline | | | "
+          f"{_rate(sum(r['no_names_rule'] != 'allow' for r in clean), len(clean))} |")
     print(f"| block precision (right LoRA, right character) | | | {_rate(correct_blocks, len(blocked))} |")
     print(f"| quarantine precision (an infringing LoRA) | | | "
           f"{_rate(sum(r['expected'] != 'allow' for r in quarantined), len(quarantined))} |")
-    print(f"\nscanned {len(rows)} LoRAs in {time.perf_counter() - started:.0f}s on {engine.renderer.device}")
+    _names_rule(scanner, world, loras, shared)
+    print(f"\nscanned {len(rows)} LoRAs and their disguised copies in {time.perf_counter() - started:.0f}s on "
+          f"{engine.renderer.device}")
+
+
+def _names_rule(scanner, world, loras: list[dict], thresholds) -> None:
+    """The disguised copies of the LoRAs that adapt the text encoder, with the names rule and without it."""
+    import tempfile
+
+    from fixtures.lora_transforms import Lora, read_lora, write_lora
+
+    names = {c["id"]: c["name"] for c in world.manifest["characters"]}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gate-disguised-") as tmp:
+        for lora in (lora for lora in loras if lora.get("text_encoder") and lora.get("character")):
+            source = read_lora(world.path(lora["path"]))
+            target = Path(tmp) / f"{names[lora['character']].replace(' ', '_')}_v2.safetensors"
+            write_lora(Lora(source.format, source.modules, {}, source.dtype), target)
+            result = scanner.conclude(scanner.scan(target, conclude=False), thresholds)
+            with_rule = result.verdict
+            result.undeclared_trigger = False
+            without = scanner.conclude(result, thresholds).verdict
+            rows.append((lora, with_rule, without))
+    print("\nDisguised copies (metadata stripped, the file named after the character), the names rule:\n")
+    print("| LoRA | kind | expected | with the rule | without it: baseline |")
+    print("|---|---|---|---|---|")
+    for lora, with_rule, without in rows:
+        print(f"| {lora['id']} | {lora['kind']} | {lora['expected']} | {with_rule} | {without} |")
+    infringing = [r for r in rows if r[0]["expected"] != "allow"]
+    clean = [r for r in rows if r[0]["expected"] == "allow"]
+    print(f"\nrecall with the rule {_rate(sum(r[1] != 'allow' for r in infringing), len(infringing))}, without "
+          f"{_rate(sum(r[2] != 'allow' for r in infringing), len(infringing))}; clean copies flagged with the rule "
+          f"{_rate(sum(r[1] != 'allow' for r in clean), len(clean))}, without "
+          f"{_rate(sum(r[2] != 'allow' for r in clean), len(clean))}")
 
 
 if __name__ == "__main__":
