@@ -28,7 +28,6 @@ import asyncio
 import datetime
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,17 +37,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks.loopback import answers, free_port, wait_until
 from gate.hubs.signatures import DIGEST_HEADER, sign, sign_digest
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "attacks-secret"
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tree_pids(root: int) -> list[int]:
@@ -98,15 +92,7 @@ class Gate:
                "PYTHONPATH": str(tree)}
         self.process = subprocess.Popen([sys.executable, "-m", "gate", "serve", "--port", str(self.port)], cwd=tree,
                                         env=env, stdout=open(workdir / "serve.log", "w"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("gate serve did not start") from None
-                time.sleep(0.3)
+        wait_until(lambda: answers(f"http://127.0.0.1:{self.port}/healthz"), 90, "gate serve did not start")
 
     def written(self) -> int:
         """Bytes the gate's processes caused to be written to storage (the web process and its scan worker)."""

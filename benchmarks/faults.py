@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,29 +38,12 @@ from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
+from benchmarks.loopback import answers, free_port, wait_until
 from gate.hubs.client import deliver
 
 REPO = Path(__file__).resolve().parent.parent
 WORLD = REPO / "fixtures" / "world"
 SECRET = "faults-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait(check, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} within {timeout} s")
 
 
 def variants(count: int, into: Path) -> list[Path]:
@@ -153,12 +135,12 @@ class Deployment:
             done = subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"], capture_output=True, text=True)
             return done.stdout.strip() == "PONG"
         if name == "web":
-            return urllib.request.urlopen(f"{self.base}/healthz", timeout=1).status == 200
+            return answers(f"{self.base}/healthz")
         # Each start logs "worker <name> listening on <queues>" once it takes jobs.
         return (self.workdir / "worker.log").read_text().count(" listening on ") >= self.starts["worker"]
 
     def wait_up(self, name: str, timeout: float) -> None:
-        wait(lambda: self.answers(name), timeout, f"{name} did not answer")
+        wait_until(lambda: self.answers(name), timeout, f"{name} did not answer")
 
     def kill(self, name: str) -> float:
         self.processes[name].send_signal(signal.SIGKILL)
@@ -221,11 +203,11 @@ def scenario(name: str, files: list[Path], args, workdir: Path) -> dict:
         victim = {"worker": "worker", "redis": "redis", "web": "web"}[name]
         if name == "worker":  # with a probe job in its hands
             log = workdir / "worker.log"
-            wait(lambda: "probes.jobs.probe_upload(" in log.read_text(), 300, "no probe job started")
+            wait_until(lambda: "probes.jobs.probe_upload(" in log.read_text(), 300, "no probe job started")
         else:
-            wait(lambda: len(accepted) >= max(1, len(files) // 3), 300, "the stream did not start")
+            wait_until(lambda: len(accepted) >= max(1, len(files) // 3), 300, "the stream did not start")
         fault["at"] = deployment.kill(victim)
-        wait(lambda: deployment.restarted.get(victim, 0) >= fault["at"], 60, f"{victim} was not restarted")
+        wait_until(lambda: deployment.restarted.get(victim, 0) >= fault["at"], 60, f"{victim} was not restarted")
         deployment.wait_up(victim, 120)
         fault["back"] = time.time()
         stream_done.wait(600)
