@@ -170,12 +170,14 @@ def _names_rule(scanner, world, loras: list[dict], thresholds) -> None:
             with_rule = result.verdict
             result.undeclared_trigger = False
             without = scanner.conclude(result, thresholds).verdict
-            rows.append((lora, with_rule, without))
+            gain = next((g.gain for g in result.outcome.likelihood if g.character_id == lora["character"]), None)
+            rows.append((lora, with_rule, without, gain))
     print("\nDisguised copies (metadata stripped, the file named after the character), the names rule:\n")
-    print("| LoRA | kind | expected | with the rule | without it: baseline |")
-    print("|---|---|---|---|---|")
-    for lora, with_rule, without in rows:
-        print(f"| {lora['id']} | {lora['kind']} | {lora['expected']} | {with_rule} | {without} |")
+    print("| LoRA | kind | expected | with the rule | without it: baseline | its character's gain, disguised |")
+    print("|---|---|---|---|---|---|")
+    for lora, with_rule, without, gain in rows:
+        shown = "-" if gain is None else f"{gain:+.3f}"
+        print(f"| {lora['id']} | {lora['kind']} | {lora['expected']} | {with_rule} | {without} | {shown} |")
     infringing = [r for r in rows if r[0]["expected"] != "allow"]
     clean = [r for r in rows if r[0]["expected"] == "allow"]
     print(f"\nrecall with the rule {_rate(sum(r[1] != 'allow' for r in infringing), len(infringing))}, without "
