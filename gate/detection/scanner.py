@@ -171,7 +171,8 @@ class ScanResult:
             probe = self.outcome.probes[match.best_render]
             entry["best_prompt"], entry["best_seed"] = probe.prompt, probe.seed
         if self.references is not None and self.references.paths:
-            entry["best_reference"] = self.references.paths[match.best_reference]
+            # The file's name, not its path: the status API must not show where the server keeps its files.
+            entry["best_reference"] = Path(self.references.paths[match.best_reference]).name
         return entry
 
 

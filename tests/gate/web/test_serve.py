@@ -56,7 +56,7 @@ def _poll(url: str, timeout: float = 300) -> dict:
     raise AssertionError(f"still {answer['state']} after {timeout}s")
 
 
-def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world):
+def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world, tmp_path):
     lora = world_lora(world, kind="character", trigger=None, metadata_style="honest")
     status, answer = deliver(f"{server}/v1/uploads", world.path(lora["path"]), "e2e-secret",
                              {"hub": "testhub", "model_id": "m-1", "version_id": "v-1", "title": "cool character"})
@@ -66,6 +66,7 @@ def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world):
     assert final["verdict"] in ("allow", "quarantine", "block")
     # Its metadata names the character (honest title); the hub's title is screened as well.
     assert any(r["character"] == lora["character"] for r in final["reasons"])
+    assert str(tmp_path) not in json.dumps(final)  # no server path (the data directory's) reaches the hub
     page = urllib.request.urlopen(final["evidence_url"]).read().decode()
     assert "_render.png" in page and "_base.png" in page  # renders with the LoRA beside the base renders
     metrics = urllib.request.urlopen(f"{server}/metrics").read().decode()

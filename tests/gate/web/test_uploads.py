@@ -64,6 +64,9 @@ def test_unconfigured_secret_answers_503(make_app):
 def test_health_readiness_and_metrics(client, corpus_dir):
     wait_for(client, post_upload(client, (corpus_dir / "empty.safetensors").read_bytes()).get_json()["id"])
     assert client.get("/healthz").get_json() == {"status": "ok"}
+    for icon in ("/favicon.ico", "/favicon.svg"):  # every page's icon, not a 404 in the log on each page
+        answer = client.get(icon)
+        assert answer.status_code == 200 and answer.mimetype == "image/svg+xml" and b"<svg" in answer.data
     assert client.get("/readyz").get_json()["status"] == "ready"
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'gate_uploads{state="refused"} 1' in metrics and "gate_queue_depth" in metrics
