@@ -28,12 +28,14 @@ run: setup
 
 # The probe engine alone, no service: scan fixture-world LoRAs (a character that always draws,
 # a stripped trigger-word character, a clean style, a clean concept with a misleading title) and a
-# disguised pickle; evidence pages land in var/evidence/.
+# disguised pickle; evidence pages land in var/demo/evidence/. Its record is its own (var/demo), so what
+# `make run` has seen (a Quickstart upload) is not a repeat to it.
 DEMO := fixtures/world/loras/ultraman_any_kohya.safetensors fixtures/world/loras/doraemon_trigger_kohya.safetensors \
 	fixtures/world/loras/style_sepia_peft.safetensors fixtures/world/loras/concept_tree_peft.safetensors
 demo: setup
-	$(BIN)/python -m fixtures.intake_corpus var/intake-corpus > /dev/null
-	GATE_PROFILE=demo $(BIN)/gate scan --evidence var/evidence $(DEMO) var/intake-corpus/pickle_disguised.safetensors || [ $$? -eq 3 ]
+	$(BIN)/python -m fixtures.intake_corpus var/demo/intake-corpus > /dev/null
+	GATE_PROFILE=demo GATE_DATA_DIR=var/demo $(BIN)/gate scan --evidence var/demo/evidence $(DEMO) \
+		var/demo/intake-corpus/pickle_disguised.safetensors || [ $$? -eq 3 ]
 
 test: setup
 	$(BIN)/pytest

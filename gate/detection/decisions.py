@@ -70,14 +70,16 @@ def decide(
     near_duplicates: Sequence = (),
     repeat_offender: dict | None = None,
     undeclared_trigger: bool = False,
+    probed: bool = True,
 ) -> Decision:
     """Combine every signal into one verdict, keeping every reason: the blocklist, what could not be probed,
     render matches, likelihood gains and names; then repeat infringement (near-duplicates of flagged LoRAs, an
     uploader's history), which a moderator's earlier clearing does not lift.
 
-    A name alone allows, unless the LoRA also adapts the text encoder without declaring a trigger
-    (`undeclared_trigger`): then the probes may never have said the word that switches it on, and the name is
-    a strong hint with missing evidence, so a person looks (quarantine, never block)."""
+    `probed` is False for a LoRA decided without rendering (the blocklist, a repeat): no reason then says what
+    a probe did or did not show. A name alone allows, unless the LoRA also adapts the text encoder without
+    declaring a trigger (`undeclared_trigger`): then the probes may never have said the word that switches it
+    on, and the name is a strong hint with missing evidence, so a person looks (quarantine, never block)."""
     reasons: list[Reason] = []
     if blocklisted:
         reasons.append(
@@ -119,6 +121,11 @@ def decide(
             continue
         name = characters[character_id].name
         details = {"fields": [hit.field for hit in hits], "alias": hits[0].name}
+        if not probed:
+            reasons.append(Reason("metadata_name", Verdict.ALLOW,
+                                  f"metadata names {name} ({_where(hits)}); no probe ran, the file was decided "
+                                  "without rendering", character_id, details))
+            continue
         if undeclared_trigger:
             reasons.append(Reason(
                 "metadata_name", Verdict.QUARANTINE,

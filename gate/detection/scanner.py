@@ -308,7 +308,7 @@ class Scanner:
             cleared=self._cleared(result),  # issue 7: allowed false positives are remembered
             likelihood=result.outcome.likelihood if result.outcome is not None else (),
             near_duplicates=result.near_duplicates, repeat_offender=result.repeat_offender,
-            undeclared_trigger=result.undeclared_trigger,
+            undeclared_trigger=result.undeclared_trigger, probed=result.outcome is not None,
         )
         result.timings["match"] = time.perf_counter() - mark
         return result

@@ -157,6 +157,16 @@ def test_a_name_alone_is_reported_but_allowed():
     assert decision.reasons[0].kind == "metadata_name" and "no probe render shows it" in decision.reasons[0].message
 
 
+def test_a_file_decided_without_rendering_never_claims_a_probe_ran():
+    hit = NameHit("a", "Aman", "title", "Aman v2")
+    decision = decide(matches=[], name_hits=[hit], characters=POLICIES, thresholds=THRESHOLDS,
+                      blocklisted="abc…, blocked by a moderator", probed=False, undeclared_trigger=True)
+    assert decision.verdict is Verdict.BLOCK
+    messages = [r.message for r in decision.reasons]
+    assert len(messages) == 2 and not any("probe render" in m for m in messages)
+    assert "no probe ran" in messages[1]
+
+
 def test_a_name_with_a_trigger_nobody_declared_goes_to_a_person_never_to_a_block():
     """A LoRA that adapts the text encoder and declares no trigger may draw only for a word no probe said: a
     name of a registered character is then a strong hint with missing evidence."""
