@@ -15,6 +15,7 @@ from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
 from probes.likelihood import CharacterGain, ReferenceSet
 from probes.probe_set import Probe, ProbeSet
+from probes.quiet import quiet_libraries
 from probes.render import UNSUPPORTED_FORMATS, Renderer
 from probes.steering import steering_directions
 
@@ -26,6 +27,7 @@ class EmbeddingEngine:
     (embedding reference images) on a machine that does not render."""
 
     def __init__(self, embedder_dir: str | Path, probe_set: ProbeSet, device: str | None = None):
+        quiet_libraries()
         self.probe_set = probe_set
         self.embedder = ImageEmbedder(embedder_dir, device or None)
         self.embedder_id = embedder_id(embedder_dir)
@@ -42,6 +44,7 @@ class ProbeEngine:
 
     def __init__(self, base_dir: str | Path, embedder_dir: str | Path, probe_set: ProbeSet, device: str | None = None,
                  cache_dir: str | Path | None = None):
+        quiet_libraries()
         self.probe_set = probe_set
         self.renderer = Renderer(base_dir, device or None, cache_dir)
         self.embedder = ImageEmbedder(embedder_dir, device or None)
