@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from sqlite_utils import Database
 
 from gate.errors import GateError
 from gate.record.db import writing
+
+log = logging.getLogger("gate.uploads")
 
 HUB_FIELDS = ("hub", "model_id", "version_id", "uploader", "title", "description")
 LIST_FIELDS = ("tags", "trigger_words")
@@ -98,7 +101,24 @@ def record_upload(db: Database, source: str, meta: dict, file_path: Path, file_s
             return Recorded(dict(zip(columns, first, strict=True)), False)
         db.execute(f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         journal(db, upload_id, "gate", "received", None, UploadState.RECEIVED, {"source": source})
+    _log_state(row)
     return Recorded({**dict.fromkeys(columns), "generation": 0, **row}, True)
+
+
+def _log_state(upload: dict) -> None:
+    """One line per state change, key=value, for operators following scans in the log."""
+    fields = {"upload": upload["id"], "state": upload["state"], "verdict": upload.get("verdict"),
+              "file": upload.get("filename")}
+    try:
+        fields["seconds"] = round((datetime.now(UTC) - datetime.fromisoformat(upload["created_at"])).total_seconds(), 1)
+    except (TypeError, ValueError):
+        pass
+    log.info(" ".join(f"{key}={_logfmt(value)}" for key, value in fields.items() if value is not None))
+
+
+def _logfmt(value) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if not text or any(c in text for c in ' "=') else text
 
 
 def journal(db: Database, upload_id: str, actor: str, action: str, before: str | None, after: str | None,
@@ -144,6 +164,8 @@ def update_upload(db: Database, upload_id: str, changes: dict) -> dict:
         if entering:
             db["uploads"].update(upload_id, entering)
             after = get_upload(db, upload_id)
+    if after["state"] != before["state"] or after["verdict"] != before["verdict"]:
+        _log_state(after)
     return after
 
 

@@ -87,3 +87,25 @@ def test_an_upload_enters_the_moderators_queue_when_it_is_quarantined_with_its_s
     assert again["review_status"] is None
     disputed = update_upload(db, "u1", {"review_status": "disputed"})  # a dispute enters it too, scored 0
     assert disputed["review_status"] == "disputed" and disputed["review_score"] == 0.0
+
+
+def test_each_state_change_is_one_key_value_line_in_the_log(tmp_path, caplog):
+    """Operators follow scans in the log: received, then each state and verdict, with the seconds since."""
+    import logging
+
+    from gate.record.uploads import record_upload, update_upload
+
+    db = record.open_db(tmp_path / "gate.db")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    with caplog.at_level(logging.INFO, logger="gate.uploads"):
+        upload = record_upload(db, "direct", {"hub": "h", "model_id": "m"}, weights, "ab" * 32, 1,
+                               "my lora.safetensors").upload
+        update_upload(db, upload["id"], {"state": "scanning"})
+        update_upload(db, upload["id"], {"matches": "[]"})  # no state or verdict change: no line
+        update_upload(db, upload["id"], {"state": "decided", "verdict": "block"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "gate.uploads"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith(f"upload={upload['id']} state=received") and 'file="my lora.safetensors"' in lines[0]
+    assert "state=scanning" in lines[1] and "verdict=" not in lines[1]
+    assert "state=decided verdict=block" in lines[2] and " seconds=" in lines[2]
