@@ -56,8 +56,9 @@ def _rows(result) -> list[dict]:
     return rows
 
 
-def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write contact_sheet.png and index.html for one scan; returns their paths."""
+def write_evidence(result, characters: dict, out_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
+    """Write contact_sheet.png and index.html for one scan; returns their paths. `title`: what the page is
+    headed with (the hub's title or the uploaded file's name), else the scanned file's name."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _rows(result) if result.outcome is not None else []
@@ -99,8 +100,10 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
     intake = {k: inspection.get(k) for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")}
     gains = [{**g.to_dict(), "name": characters[g.character_id].name if g.character_id in characters
               else g.character_id} for g in (result.outcome.likelihood if result.outcome is not None else [])]
-    (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains},
-                                                      ensure_ascii=False))
+    names = [{"character": h.character_id, "name": characters[h.character_id].name if h.character_id in characters
+              else h.character_id, "field": h.field, "text": h.text} for h in result.name_hits]
+    (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains,
+                                                       "name_hits": names}, ensure_ascii=False))
     decided = result.decision.reasons if result.decision else []
     reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
     if gains:  # the likelihood probe's evidence: how much likelier the LoRA makes each character's references
@@ -112,11 +115,12 @@ def write_evidence(result, characters: dict, out_dir: str | Path) -> tuple[Path,
                         f"{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
                     + "</table><ul>")
     page = out_dir / "index.html"
+    heading = title or Path(result.path).name
     page.write_text(
-        "<!doctype html><meta charset='utf-8'><title>LoRA Gate evidence</title>"
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(heading)} · LoRA Gate evidence</title>"
         "<style>body{font:15px system-ui;margin:2em}td{padding:6px;vertical-align:top}img{width:160px;"
         "image-rendering:pixelated}</style>"
-        f"<h1>{html.escape(Path(result.path).name)}: {html.escape(str(result.verdict))}</h1><ul>{reasons}</ul>"
+        f"<h1>{html.escape(heading)}: {html.escape(str(result.verdict))}</h1><ul>{reasons}</ul>"
         "<table><tr><th>with the LoRA</th><th>base model</th><th>reference</th><th></th></tr>"
         + "".join(html_rows) + "</table>"
     )

@@ -18,7 +18,7 @@ from gate.config import Settings
 from gate.detection.evidence import write_evidence
 from gate.record import outbox
 from gate.record.db import writing
-from gate.record.uploads import UploadState, hub_message, transition
+from gate.record.uploads import UploadState, get_upload, hub_message, transition
 
 PROBE_TIMINGS = ("render_lora", "render_base", "embed")
 
@@ -73,7 +73,9 @@ def record_decision(settings: Settings, db: Database, scanner, upload_id: str, r
     """Judge a scanned upload (`scanner.conclude`), keep its evidence and renders, decide it and tell the hub."""
     scanner.conclude(result)
     if result.decision is not None:
-        write_evidence(result, scanner.characters, evidence_dir(settings, upload_id))
+        upload = get_upload(db, upload_id)
+        write_evidence(result, scanner.characters, evidence_dir(settings, upload_id),
+                       upload["title"] or upload["filename"])
     index.record_scan(db, upload_id, result, scanner.engine.embedder_id)  # for back-catalogue screening
     fields = decision_fields(result, scanner.characters)
     finish(db, upload_id, UploadState.DECIDED, "gate", f"decided {result.verdict}", {

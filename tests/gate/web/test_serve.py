@@ -69,6 +69,7 @@ def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world, tmp
     assert str(tmp_path) not in json.dumps(final)  # no server path (the data directory's) reaches the hub
     page = urllib.request.urlopen(final["evidence_url"]).read().decode()
     assert "_render.png" in page and "_base.png" in page  # renders with the LoRA beside the base renders
+    assert "<title>cool character · LoRA Gate evidence</title>" in page  # the hub's title, not the file's hash
     metrics = urllib.request.urlopen(f"{server}/metrics").read().decode()
     assert f'gate_decisions{{verdict="{final["verdict"]}"}} 1' in metrics
 
