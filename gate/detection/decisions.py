@@ -114,7 +114,10 @@ def decide(
             {"matched": match.matched, "rendered": match.rendered, "best_score": round(match.best_score, 4),
              "best_lift": round(match.best_lift, 4), "certainty": certainty},
         ))
-    reasons += _likelihood_reasons(likelihood, characters, thresholds, named)
+    # A name is told once per character: on its visual reason where there is one, else on its likelihood one.
+    told = {r.character_id for r in reasons if r.kind == "visual_match" and named.get(r.character_id)}
+    reasons += _likelihood_reasons(likelihood, characters, thresholds,
+                                   {cid: hits for cid, hits in named.items() if cid not in told})
     seen_visual = {r.character_id for r in reasons if r.kind in ("visual_match", "likelihood_match")}
     for character_id, hits in named.items():
         if character_id in seen_visual or character_id not in characters:

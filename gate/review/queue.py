@@ -250,8 +250,7 @@ def item(db: Database, upload_id: str, evidence: Path) -> dict:
             "order by created_at desc limit 20", [upload["tensor_hash"], upload_id])]
     return {
         "upload": upload, "reasons": reasons, "matches": json.loads(upload["matches"] or "[]"),
-        "metadata_hits": [r for r in reasons if r.get("kind") == "metadata_name"
-                          or "metadata names" in (r.get("message") or "")],
+        "metadata_hits": _name_hits(described, reasons),
         "intake": described.get("intake", {}), "evidence": evidence_rows(evidence),
         "history": history, "earlier_blocks": sum(1 for r in history if r["verdict"] == "block"),
         "repeats": repeats, "blocklisted": blocklist.contains(db, upload["tensor_hash"] or ""),
@@ -422,6 +421,19 @@ def file_dispute(db: Database, hub: dict, upload_id: str, statement: str, deadli
         outbox.enqueue(db, upload_id, "dispute.received", {**hub_message(after), "dispute": {
             "statement": statement, "deadline": deadline, "filed_at": _iso(now)}})
     return after
+
+
+def _name_hits(described: dict, reasons: list[dict]) -> list[str]:
+    """Where the LoRA's words name a registered character, each once: "Astro Boy: file name 'astro_v2'".
+    Evidence from before 2026-12-06 kept no name hits: its name reasons stand in for them."""
+    if "name_hits" in described:
+        return [f"{hit['name']}: {hit['field']} {hit['text']!r}" for hit in described["name_hits"]]
+    return [r["message"] for r in reasons if r.get("kind") == "metadata_name"]
+
+
+def character_names(db: Database) -> dict[str, str]:
+    """Registered characters' display names by id, for pages that hold ids."""
+    return {row["id"]: row["name"] for row in db.query("select id, name from characters")}
 
 
 def with_claim_state(rows: list[dict], viewer: str) -> list[dict]:

@@ -31,6 +31,7 @@ def queue():
     choices = {name: review.facets(db(), query.status, name) for name in review.FILTERS}
     return render_template("review/queue.html", query=query, page=page, counts=review.counts(db()),
                            items=review.with_claim_state(page.items, person()["username"]), choices=choices,
+                           names=review.character_names(db()),
                            sorts=review.SORTS, statuses=list(review.ReviewStatus), now=review.now_iso())
 
 

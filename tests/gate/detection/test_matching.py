@@ -157,6 +157,18 @@ def test_a_name_alone_is_reported_but_allowed():
     assert decision.reasons[0].kind == "metadata_name" and "no probe render shows it" in decision.reasons[0].message
 
 
+def test_a_name_is_told_once_per_character(world):
+    hit = NameHit("a", "Aman", "file name", "aman_v2")
+    likely = [CharacterGain("a", 0.5, "Aman", (0.5,))]
+    thresholds = replace(THRESHOLDS, likelihood_quarantine=0.1, likelihood_block=0.3)
+    decision = decide(matches=_match(*world, 1), name_hits=[hit], characters=POLICIES, thresholds=thresholds,
+                      likelihood=likely)
+    assert [r.kind for r in decision.reasons] == ["visual_match", "likelihood_match"]
+    assert ["names it too" in r.message for r in decision.reasons] == [True, False]
+    alone = decide(matches=[], name_hits=[hit], characters=POLICIES, thresholds=thresholds, likelihood=likely)
+    assert "names it too" in alone.reasons[0].message  # no visual reason: the likelihood one tells it
+
+
 def test_a_file_decided_without_rendering_never_claims_a_probe_ran():
     hit = NameHit("a", "Aman", "title", "Aman v2")
     decision = decide(matches=[], name_hits=[hit], characters=POLICIES, thresholds=THRESHOLDS,

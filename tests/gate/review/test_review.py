@@ -321,3 +321,23 @@ def test_a_scan_that_ends_in_quarantine_enters_the_queue(gate, scanned):
 def test_evidence_paths_stay_inside_the_items_folder(gate, path):
     answer = gate.client("mod").get(path.format(item=gate.ids[0]))
     assert answer.status_code == 404
+
+
+def test_pages_name_characters_not_ids_and_tell_each_name_hit_once(gate):
+    import html
+
+    moderator = gate.client("mod")
+    names = {row[0]: row[1] for row in gate.db.execute("select id, name from characters")}
+    listed = [row[0] for row in gate.db.execute(
+        "select distinct review_character from uploads where review_status = 'quarantined' and review_character "
+        "is not null")]
+    page = moderator.get("/queue").get_data(as_text=True)
+    assert listed
+    for character in listed:
+        assert names[character] != character  # the world's ids and names differ ("ultraman", "Ultraman")
+        assert f"<td>{html.escape(names[character])}</td>" in page and f"<td>{character}</td>" not in page
+    item = moderator.get(f"/queue/{gate.item_for_hub()}").get_data(as_text=True)
+    hits = item.split("<th>metadata hits</th>", 1)[1].split("</tr>", 1)[0]
+    assert "match with" not in hits  # the name hits themselves, not the reasons' sentences again
+    told = [line for line in hits.split("<br>") if ":" in line]
+    assert told and len(told) == len(set(told))
