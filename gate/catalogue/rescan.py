@@ -252,7 +252,7 @@ def _conclude(settings: Settings, db: Database, matcher, run_id: str, upload: di
     kept = bool(upload.get("reviewed_by")) and after != before  # a person's decision stands against a machine's
     if result.decision is not None and not kept:  # the evidence a moderator decided on stays as it was
         write_evidence(result, matcher.characters, evidence_dir(settings, upload_id),
-                       upload["title"] or upload["filename"])
+                       upload["title"] or upload["filename"], matcher.thresholds)
     with writing(db):
         if _item(db, run_id, upload_id)["state"] == "done":  # a second copy of this job finished first
             return "skipped"

@@ -111,7 +111,7 @@ def scan(paths: tuple[str, ...], as_json: bool, evidence: str | None) -> None:
             from gate.detection.evidence import write_evidence
 
             target = Path(evidence) / Path(path).stem if len(paths) > 1 else Path(evidence)
-            write_evidence(result, scanner.characters, target)
+            write_evidence(result, scanner.characters, target, thresholds=scanner.thresholds)
         if as_json:
             click.echo(json.dumps(result.to_dict(scanner.characters), ensure_ascii=False))
         else:

@@ -56,9 +56,11 @@ def _rows(result) -> list[dict]:
     return rows
 
 
-def write_evidence(result, characters: dict, out_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
+def write_evidence(result, characters: dict, out_dir: str | Path, title: str | None = None,
+                   thresholds=None) -> tuple[Path, Path]:
     """Write contact_sheet.png and index.html for one scan; returns their paths. `title`: what the page is
-    headed with (the hub's title or the uploaded file's name), else the scanned file's name."""
+    headed with (the hub's title or the uploaded file's name), else the scanned file's name. `thresholds`: the
+    ones the scan was judged by, kept beside the evidence so a person sees where the LoRA fell between them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = _rows(result) if result.outcome is not None else []
@@ -102,8 +104,10 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
               else g.character_id} for g in (result.outcome.likelihood if result.outcome is not None else [])]
     names = [{"character": h.character_id, "name": characters[h.character_id].name if h.character_id in characters
               else h.character_id, "field": h.field, "text": h.text} for h in result.name_hits]
+    judged_by = {k: v for k, v in thresholds.to_dict().items() if k != "provenance"} if thresholds else None
     (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains,
-                                                       "name_hits": names}, ensure_ascii=False))
+                                                       "name_hits": names, "thresholds": judged_by},
+                                                      ensure_ascii=False))
     decided = result.decision.reasons if result.decision else []
     reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
     if gains:  # the likelihood probe's evidence: how much likelier the LoRA makes each character's references

@@ -75,7 +75,7 @@ def record_decision(settings: Settings, db: Database, scanner, upload_id: str, r
     if result.decision is not None:
         upload = get_upload(db, upload_id)
         write_evidence(result, scanner.characters, evidence_dir(settings, upload_id),
-                       upload["title"] or upload["filename"])
+                       upload["title"] or upload["filename"], scanner.thresholds)
     index.record_scan(db, upload_id, result, scanner.engine.embedder_id)  # for back-catalogue screening
     fields = decision_fields(result, scanner.characters)
     finish(db, upload_id, UploadState.DECIDED, "gate", f"decided {result.verdict}", {

@@ -251,6 +251,7 @@ def item(db: Database, upload_id: str, evidence: Path) -> dict:
     return {
         "upload": upload, "reasons": reasons, "matches": json.loads(upload["matches"] or "[]"),
         "metadata_hits": _name_hits(described, reasons),
+        "likelihood": _likelihood(described), "thresholds": described.get("thresholds") or {},
         "intake": described.get("intake", {}), "evidence": evidence_rows(evidence),
         "history": history, "earlier_blocks": sum(1 for r in history if r["verdict"] == "block"),
         "repeats": repeats, "blocklisted": blocklist.contains(db, upload["tensor_hash"] or ""),
@@ -429,6 +430,27 @@ def _name_hits(described: dict, reasons: list[dict]) -> list[str]:
     if "name_hits" in described:
         return [f"{hit['name']}: {hit['field']} {hit['text']!r}" for hit in described["name_hits"]]
     return [r["message"] for r in reasons if r.get("kind") == "metadata_name"]
+
+
+def _likelihood(described: dict, shown: int = 8) -> list[dict]:
+    """The likelihood probe's strongest characters, each with where its gain falls against the thresholds the
+    scan was judged by: below quarantine, quarantine, or block (the character's policy)."""
+    limits = described.get("thresholds") or {}
+    quarantine, block = limits.get("likelihood_quarantine"), limits.get("likelihood_block")
+    gains = []
+    for gain in (described.get("likelihood") or [])[:shown]:
+        if quarantine is None:
+            band = "not judged (no calibrated threshold)"
+        elif gain["screened"]:
+            band = "screened on its first references only: not grounds for a decision"
+        elif block is not None and gain["gain"] >= block:
+            band = "over the block threshold"
+        elif gain["gain"] >= quarantine:
+            band = "between quarantine and block"
+        else:
+            band = "below the quarantine threshold"
+        gains.append({**gain, "band": band})
+    return gains
 
 
 def character_names(db: Database) -> dict[str, str]:

@@ -341,3 +341,13 @@ def test_pages_name_characters_not_ids_and_tell_each_name_hit_once(gate):
     assert "match with" not in hits  # the name hits themselves, not the reasons' sentences again
     told = [line for line in hits.split("<br>") if ":" in line]
     assert told and len(told) == len(set(told))
+
+
+def test_the_item_page_shows_the_likelihood_probe_against_its_thresholds(gate):
+    item = gate.client("mod").get(f"/queue/{gate.item_for_hub()}").get_data(as_text=True)
+    card = item.split('id="likelihood"', 1)[1].split("</div>", 1)[0]
+    assert "quarantines" in card and "policy applies" in card, card[:600]
+    rows = card.split("<tr>")[2:]
+    assert rows and all(any(band in row for band in ("below the quarantine", "between quarantine and block",
+                                                      "over the block", "screened")) for row in rows)
+    assert "%" in rows[0]  # the gain, as a percentage
