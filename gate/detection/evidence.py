@@ -51,9 +51,26 @@ def _rows(result) -> list[dict]:
             "probe": outcome.probes[index], "render": outcome.lora_images[index], "base": outcome.base_images[index],
             "character": references.character_ids[c], "score": float(lora.similarity[index, c]),
             "base_score": float(base.similarity[index, c]),
+            "nearest": references.character_ids[int(lora.similarity[index].argmax())],
             "reference": references.paths[reference] if references.paths else None,
         })
     return rows
+
+
+def counted(row: dict, thresholds, names: dict) -> tuple[bool | None, str]:
+    """Whether a render counted towards a match of the character it is shown with, and why (None: the scan's
+    thresholds are not known)."""
+    if thresholds is None:
+        return None, "not judged here: the thresholds were not kept"
+    name = names.get(row["character"], row["character"])
+    if row["nearest"] != row["character"]:
+        return False, f"not counted for {name}: the render is nearer {names.get(row['nearest'], row['nearest'])}"
+    if row["score"] < thresholds.render_score:
+        return False, f"not counted: similarity {row['score']:.3f} is below the threshold {thresholds.render_score:.3f}"
+    if row["score"] - row["base_score"] < thresholds.lift:
+        return False, (f"not counted: {row['score'] - row['base_score']:+.3f} above the base render, under the "
+                       f"{thresholds.lift:.3f} needed")
+    return True, f"counted: a match for {name}"
 
 
 def write_evidence(result, characters: dict, out_dir: str | Path, title: str | None = None,
@@ -76,6 +93,7 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
         for j, image in enumerate((row["render"], row["base"], reference)):
             sheet.paste(_cell(image), (j * CELL, top))
         name = characters[row["character"]].name if row["character"] in characters else row["character"]
+        matched, why = counted(row, thresholds, {cid: c.name for cid, c in characters.items()})
         lines = [f"prompt: {row['probe'].prompt[:40]}", f"seed {row['probe'].seed}", f"compared with: {name}",
                  f"score {row['score']:.3f}  base {row['base_score']:.3f}"]
         for k, line in enumerate(lines):
@@ -88,12 +106,12 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
                           "reference": f"{i:02d}_reference.png" if reference is not None else None,
                           "prompt": row["probe"].prompt, "seed": row["probe"].seed, "character": row["character"],
                           "character_name": name, "score": round(row["score"], 4),
-                          "base_score": round(row["base_score"], 4)})
+                          "base_score": round(row["base_score"], 4), "counted": matched, "why": why})
         html_rows.append(
             f"<tr><td><img src='{i:02d}_render.png'></td><td><img src='{i:02d}_base.png'></td>"
             f"<td><img src='{i:02d}_reference.png' alt='no reference'></td>"
             f"<td>{html.escape(row['probe'].prompt)}<br>seed {row['probe'].seed}<br><b>{html.escape(name)}</b><br>"
-            f"score {row['score']:.3f} (base {row['base_score']:.3f})</td></tr>"
+            f"score {row['score']:.3f} (base {row['base_score']:.3f})<br>{html.escape(why)}</td></tr>"
         )
     sheet_path = out_dir / "contact_sheet.png"
     sheet.save(sheet_path)

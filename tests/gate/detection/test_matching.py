@@ -278,3 +278,16 @@ def test_likelihood_thresholds_sit_above_every_clean_loras_gain(world):
     assert floor.likelihood_quarantine == pytest.approx(LIKELIHOOD_MARGINS[0])
     # No negative measured it (an engine without the likelihood probe): no thresholds, the signal is off.
     assert calibrate([Subject("base", base, base)]).likelihood_quarantine is None
+
+
+def test_an_evidence_row_says_why_it_counted_or_not():
+    from gate.detection.evidence import counted
+
+    names = {"a": "Aman", "b": "Bee"}
+    row = {"character": "a", "nearest": "a", "score": 0.85, "base_score": 0.70}
+    assert counted(row, THRESHOLDS, names) == (True, "counted: a match for Aman")
+    assert counted({**row, "nearest": "b"}, THRESHOLDS, names) == (
+        False, "not counted for Aman: the render is nearer Bee")
+    assert "below the threshold 0.800" in counted({**row, "score": 0.75}, THRESHOLDS, names)[1]
+    assert "under the 0.100 needed" in counted({**row, "base_score": 0.80}, THRESHOLDS, names)[1]
+    assert counted(row, None, names)[0] is None

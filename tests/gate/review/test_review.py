@@ -351,3 +351,13 @@ def test_the_item_page_shows_the_likelihood_probe_against_its_thresholds(gate):
     assert rows and all(any(band in row for band in ("below the quarantine", "between quarantine and block",
                                                       "over the block", "screened")) for row in rows)
     assert "%" in rows[0]  # the gain, as a percentage
+
+
+def test_each_render_says_whether_it_counted_and_why(gate):
+    """Every evidence row is marked counted or not, with the reason, under the thresholds the page states."""
+    item = gate.client("mod").get(f"/queue/{gate.item_for_hub()}").get_data(as_text=True)
+    assert "A render counts towards a character when" in item
+    rows = item.split('<table class="evidence">', 1)[1].split("</table>", 1)[0].split("<tr>")[2:]
+    assert rows
+    for row in rows:
+        assert ("counted: a match for" in row) or ("not counted" in row), row[-400:]
