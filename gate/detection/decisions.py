@@ -29,7 +29,7 @@ class Verdict(StrEnum):
 
 @dataclass
 class Reason:
-    kind: str  # blocklist, visual_match, likelihood_match, metadata_name, not_probed
+    kind: str  # blocklist, visual_match, likelihood_match, metadata_name, not_probed, nothing_shown, ...
     verdict: Verdict
     message: str
     character_id: str | None = None
@@ -143,8 +143,33 @@ def decide(
         ))
     _apply_cleared(reasons, cleared)
     reasons += _repeat_reasons(near_duplicates, repeat_offender)
+    if probed and not any(r.verdict != Verdict.ALLOW or r.kind != "metadata_name" for r in reasons):
+        reasons.append(_nothing_shown(matches, likelihood, characters, thresholds))
     verdict = max((r.verdict for r in reasons), key=lambda v: v.severity, default=Verdict.ALLOW)
     return Decision(verdict, reasons)
+
+
+def _nothing_shown(matches, likelihood, characters: dict[str, CharacterPolicy], thresholds: Thresholds) -> Reason:
+    """An allowed LoRA's own reason: what the probes found, measured against what it would have taken."""
+    quarantine_count, _ = thresholds.needed_matches(matches[0].rendered) if matches else (
+        thresholds.quarantine_matches, 0)
+    parts = []
+    known = [m for m in matches if m.character_id in characters]
+    if known:
+        top = known[0]
+        parts.append(f"at most {top.matched} of {top.rendered} probe renders matched one character "
+                     f"({characters[top.character_id].name}), where {quarantine_count} are needed")
+    else:
+        parts.append(f"no probe render matched a character (a render matches from similarity "
+                     f"{thresholds.render_score:.3f}, {thresholds.lift:.3f} above its base render)")
+    gains = [g for g in likelihood if g.character_id in characters and not g.screened]
+    if gains and thresholds.likelihood_quarantine is not None:
+        top = max(gains, key=lambda g: g.gain)
+        parts.append(f"the strongest likelihood gain is {top.gain:+.1%} for {characters[top.character_id].name} "
+                     f"(a gain quarantines from {thresholds.likelihood_quarantine:.1%})")
+    details = {"matched": known[0].matched if known else 0, "needed": quarantine_count}
+    return Reason("nothing_shown", Verdict.ALLOW, "no registered character shown: " + "; ".join(parts), None,
+                  details)
 
 
 def _likelihood_reasons(gains, characters: dict[str, CharacterPolicy], thresholds: Thresholds,

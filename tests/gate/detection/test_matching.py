@@ -227,12 +227,16 @@ def test_a_large_likelihood_gain_applies_the_policy_a_smaller_one_quarantines():
     possible = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY, likelihood=[_gain("a", 0.07)])
     assert possible.verdict is Verdict.QUARANTINE and possible.reasons[0].details["certainty"] == "possible"
     below = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY, likelihood=[_gain("a", 0.04)])
-    assert below.verdict is Verdict.ALLOW and below.reasons == []
+    assert below.verdict is Verdict.ALLOW and [r.kind for r in below.reasons] == ["nothing_shown"]
+    # An allowed LoRA has its reason too: what was found, against what it would have taken.
+    assert "+4.0% for Aman" in below.reasons[0].message and "quarantines from" in below.reasons[0].message
 
 
 def test_likelihood_gains_are_ignored_until_calibrated_and_for_unknown_characters():
     gains = [_gain("a", 0.5), _gain("zz", 0.5)]
-    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS, likelihood=gains).reasons == []
+    uncalibrated = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=THRESHOLDS, likelihood=gains)
+    assert [r.kind for r in uncalibrated.reasons] == ["nothing_shown"]
+    assert "likelihood" not in uncalibrated.reasons[0].message  # no threshold: the gains are not weighed
     decision = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY, likelihood=gains)
     assert [r.character_id for r in decision.reasons] == ["a"]
 
@@ -249,7 +253,8 @@ def test_screened_gains_count_towards_a_shared_style_but_decide_nothing():
     policies = {c: CharacterPolicy(c, c.upper(), Verdict.BLOCK) for c in "abcdef"}
     screened = [replace(_gain(c, 0.3), screened=True) for c in "bcd"]
     alone = decide(matches=[], name_hits=[], characters=policies, thresholds=LIKELY, likelihood=screened)
-    assert alone.reasons == []  # measured on the screen's few references only: not the calibration's footing
+    # Measured on the screen's few references only: not the calibration's footing, so nothing flags.
+    assert [r.kind for r in alone.reasons] == ["nothing_shown"]
     decision = decide(matches=[], name_hits=[], characters=policies, thresholds=LIKELY,
                       likelihood=[_gain("a", 0.3), *screened])
     assert [r.character_id for r in decision.reasons] == ["a"]

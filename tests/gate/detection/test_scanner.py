@@ -24,12 +24,14 @@ def test_a_character_lora_that_always_draws_it_gets_its_policy(scanner, world):
 def test_a_clean_style_lora_is_allowed(scanner, world):
     _, result = _scan(scanner, world, kind="style", metadata_style="honest")
     assert result.verdict == "allow", result.to_dict()
+    [reason] = result.decision.reasons  # an allow has its reason too
+    assert reason.kind == "nothing_shown" and "strongest likelihood gain" in reason.message
 
 
 def test_a_misleading_title_alone_does_not_quarantine(scanner, world):
     _, result = _scan(scanner, world, kind="concept", metadata_style="misleading")
     assert result.verdict == "allow", result.to_dict()
-    assert [r.kind for r in result.decision.reasons] == ["metadata_name"]
+    assert [r.kind for r in result.decision.reasons] == ["metadata_name", "nothing_shown"]
     # The character the title names is measured on all its references, whatever the likelihood screen says.
     gains = {g.character_id: g for g in result.outcome.likelihood}
     assert not gains[result.decision.reasons[0].character_id].screened
