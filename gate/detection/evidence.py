@@ -57,6 +57,15 @@ def _rows(result) -> list[dict]:
     return rows
 
 
+def most_changed(outcome, count: int = 6) -> tuple[list[int], np.ndarray]:
+    """The probes whose render the LoRA changed most against the base render of the same prompt and seed (in
+    the embedder's space), whatever they look like: what the LoRA draws, a tree or Ultraman."""
+    lora = outcome.lora_embeddings / np.linalg.norm(outcome.lora_embeddings, axis=1, keepdims=True).clip(1e-9)
+    base = outcome.base_embeddings / np.linalg.norm(outcome.base_embeddings, axis=1, keepdims=True).clip(1e-9)
+    change = 1.0 - (lora * base).sum(axis=1)
+    return [int(i) for i in np.argsort(-change)[:count]], change
+
+
 def counted(row: dict, thresholds, names: dict) -> tuple[bool | None, str]:
     """Whether a render counted towards a match of the character it is shown with, and why (None: the scan's
     thresholds are not known)."""
@@ -115,6 +124,15 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
         )
     sheet_path = out_dir / "contact_sheet.png"
     sheet.save(sheet_path)
+    drawn = []
+    if result.outcome is not None and len(result.outcome.probes):
+        picks, change = most_changed(result.outcome)
+        for rank, index in enumerate(picks):
+            probe = result.outcome.probes[index]
+            _cell(result.outcome.lora_images[index]).save(out_dir / f"drawn_{rank:02d}.png")
+            _cell(result.outcome.base_images[index]).save(out_dir / f"drawn_{rank:02d}_base.png")
+            drawn.append({"render": f"drawn_{rank:02d}.png", "base": f"drawn_{rank:02d}_base.png",
+                          "prompt": probe.prompt, "seed": probe.seed, "change": round(float(change[index]), 4)})
     # The same rows as data, for the moderators' item view (issue 7), with the static signals intake found.
     inspection = result.inspection.to_dict()
     intake = {k: inspection.get(k) for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")}
@@ -124,8 +142,8 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
               else h.character_id, "field": h.field, "text": h.text} for h in result.name_hits]
     judged_by = {k: v for k, v in thresholds.to_dict().items() if k != "provenance"} if thresholds else None
     (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains,
-                                                       "name_hits": names, "thresholds": judged_by},
-                                                      ensure_ascii=False))
+                                                       "name_hits": names, "thresholds": judged_by,
+                                                       "drawn": drawn}, ensure_ascii=False))
     decided = result.decision.reasons if result.decision else []
     reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
     if gains:  # the likelihood probe's evidence: how much likelier the LoRA makes each character's references
@@ -143,6 +161,10 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
         "<style>body{font:15px system-ui;margin:2em}td{padding:6px;vertical-align:top}img{width:160px;"
         "image-rendering:pixelated}</style>"
         f"<h1>{html.escape(heading)}: {html.escape(str(result.verdict))}</h1><ul>{reasons}</ul>"
+        + ("<h2>What the LoRA draws</h2><p>The renders it changed most against the base model's, whatever they "
+           "show:</p><p>" + "".join(f"<img src='{d['render']}' title='{html.escape(d['prompt'])}'>" for d in drawn)
+           + "</p>" if drawn else "")
+        + "<h2>Renders and references</h2>"
         "<table><tr><th>with the LoRA</th><th>base model</th><th>reference</th><th></th></tr>"
         + "".join(html_rows) + "</table>"
     )

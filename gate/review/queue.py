@@ -252,6 +252,7 @@ def item(db: Database, upload_id: str, evidence: Path) -> dict:
         "upload": upload, "reasons": reasons, "matches": json.loads(upload["matches"] or "[]"),
         "metadata_hits": _name_hits(described, reasons),
         "likelihood": _likelihood(described), "thresholds": described.get("thresholds") or {},
+        "drawn": described.get("drawn") or [],
         "intake": described.get("intake", {}), "evidence": evidence_rows(evidence),
         "history": history, "earlier_blocks": sum(1 for r in history if r["verdict"] == "block"),
         "repeats": repeats, "blocklisted": blocklist.contains(db, upload["tensor_hash"] or ""),

@@ -68,7 +68,8 @@ def test_cli_scan_json_and_evidence(world, tmp_path, scan_settings):
     assert {"intake", "render_base", "render_lora", "likelihood", "embed", "match", "total"} <= set(result["timings"])
     assert (tmp_path / "ev" / "contact_sheet.png").stat().st_size > 1000
     page = (tmp_path / "ev" / "index.html").read_text()
-    assert "reference" in page and "Likelihood probe" in page
+    assert "reference" in page and "Likelihood probe" in page and "What the LoRA draws" in page
+    assert len(list((tmp_path / "ev").glob("drawn_0?.png"))) == 6
     evidence = json.loads((tmp_path / "ev" / "evidence.json").read_text())
     # The flagged character's renders lead the sheet, and its gain leads the likelihood table.
     assert evidence["rows"][0]["character"] == lora["character"]

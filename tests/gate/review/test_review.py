@@ -361,3 +361,16 @@ def test_each_render_says_whether_it_counted_and_why(gate):
     assert rows
     for row in rows:
         assert ("counted: a match for" in row) or ("not counted" in row), row[-400:]
+
+
+def test_the_item_page_shows_what_the_lora_draws(gate):
+    """A strip of the renders the LoRA changed most against its base, whatever they match, each served."""
+    moderator = gate.client("mod")
+    upload_id = gate.item_for_hub()
+    item = moderator.get(f"/queue/{upload_id}").get_data(as_text=True)
+    strip = item.split('id="drawn"', 1)[1].split("</div>", 1)[0]
+    images = [part.split('"', 1)[0] for part in strip.split('src="')[1:]]
+    assert len(images) == 6
+    for image in images:
+        answer = moderator.get(image)
+        assert answer.status_code == 200 and answer.mimetype == "image/png"
