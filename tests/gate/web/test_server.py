@@ -23,7 +23,7 @@ from gate.hubs.signatures import DIGEST_HEADER, sign, sign_digest
 from gate.web.limits import body_limit
 from gate.web.server import Front
 from tests.conftest import REPO
-from tests.support import UPLOAD_SECRET, free_port
+from tests.support import UPLOAD_SECRET, free_port, wait
 
 MiB = 1024 * 1024
 BOUNDARY = "b0undary"
@@ -136,14 +136,8 @@ def test_under_gate_serve_the_limit_is_the_gates_whatever_the_size(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "gate", "serve", "--port", str(port)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.time() < deadline, "gate serve did not start"
-                time.sleep(0.2)
+        wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1), 60,
+             "gate serve did not start")
         digest = "ab" * 32
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
             _head(sock, 6144 * MiB, sign_digest(digest, UPLOAD_SECRET), extra=f"{DIGEST_HEADER}: {digest}\r\n")
@@ -153,8 +147,12 @@ def test_under_gate_serve_the_limit_is_the_gates_whatever_the_size(tmp_path):
             _head(sock, 9000 * MiB, sign_digest(digest, UPLOAD_SECRET), extra=f"{DIGEST_HEADER}: {digest}\r\n")
             assert _answer(sock)[1]["error"]["code"] == "body_too_large"
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        process.terminate()  # its scan worker child may still be importing torch: give the two of them time
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 # --- forged uploads: refused on the head, and never on disk -----------------------------------------------------
