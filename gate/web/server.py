@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import ctypes
+import io
 import json
 import logging
 import sys
@@ -226,15 +227,17 @@ class Front:
 
     async def _next_event(self, client: Client, conn: h11.Connection, deadline: float):
         while (event := conn.next_event()) is h11.NEED_DATA:
-            left = deadline - self.loop.time()
-            if left <= 0:
-                raise Gone("deadline")
-            try:
-                data = await asyncio.wait_for(client.reader.read(READ), left)
-            except TimeoutError:
-                raise Gone("deadline") from None
-            conn.receive_data(data)
+            await self._receive(client, conn, deadline - self.loop.time(), "deadline")
         return event
+
+    async def _receive(self, client: Client, conn: h11.Connection, wait: float, why: str) -> None:
+        """Hand h11 the connection's next bytes, waiting at most `wait` seconds for them (Gone past that)."""
+        if wait <= 0:
+            raise Gone(why)
+        try:
+            conn.receive_data(await asyncio.wait_for(client.reader.read(READ), wait))
+        except TimeoutError:
+            raise Gone(why) from None
 
     async def _exchange(self, client: Client, conn: h11.Connection, request: h11.Request) -> bool:
         """Answer one request; True when the connection may carry another."""
@@ -256,7 +259,7 @@ class Front:
             environ["wsgi.input"] = StreamInput(self, client, conn, body)
             pool = self.stream_pool
         else:
-            environ["wsgi.input"] = BufferedInput(await self._read_body(client, conn, body))
+            environ["wsgi.input"] = io.BytesIO(await self._read_body(client, conn, body))
             pool = self.request_pool
         try:
             answered = await self.loop.run_in_executor(pool, self._run_app, client, conn, environ, method)
@@ -310,16 +313,10 @@ class Front:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    now = self.loop.time()
                     # Average at least min_rate once the first idle_seconds are up, and never stall idle_seconds.
                     by_rate = body.started + self.limits.idle_seconds + body.received / self.limits.min_rate
-                    wait = min(self.limits.idle_seconds, by_rate - now)
-                    if wait <= 0:
-                        raise Gone("the body arrives too slowly")
-                    try:
-                        conn.receive_data(await asyncio.wait_for(client.reader.read(READ), wait))
-                    except TimeoutError:
-                        raise Gone("the body arrives too slowly") from None
+                    wait = min(self.limits.idle_seconds, by_rate - self.loop.time())
+                    await self._receive(client, conn, wait, "the body arrives too slowly")
                 elif isinstance(event, h11.Data):
                     body.received += len(event.data)
                     return bytes(event.data)
@@ -439,35 +436,6 @@ class Answer:
 
     def finish(self) -> None:
         self.front.call(self.front._send(self.client, self.conn, self._head() + [h11.EndOfMessage()]))
-
-
-class BufferedInput:
-    """`wsgi.input` for a body read whole by the server."""
-
-    def __init__(self, data: bytes):
-        self._data, self._at = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size is None or size < 0 else min(len(self._data), self._at + size)
-        chunk, self._at = self._data[self._at:end], end
-        return chunk
-
-    def readinto(self, buffer) -> int:
-        chunk = self.read(len(buffer))
-        buffer[:len(chunk)] = chunk
-        return len(chunk)
-
-    def readline(self, size: int = -1) -> bytes:
-        end = self._data.find(b"\n", self._at)
-        end = len(self._data) if end < 0 else end + 1
-        if size is not None and size >= 0:
-            end = min(end, self._at + size)
-        chunk, self._at = self._data[self._at:end], end
-        return chunk
-
-    def __iter__(self):
-        while line := self.readline():
-            yield line
 
 
 class StreamInput:
