@@ -40,20 +40,25 @@ class Signature:
 def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
     """The X-Gate-Signature value for `body`: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>."""
     timestamp = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+    mac = signer(secret, timestamp)
+    mac.update(body)
+    return f"t={timestamp},v1={mac.hexdigest()}"
 
 
 def sign_digest(sha256_hex: str, secret: str, timestamp: int | None = None) -> str:
     """The X-Gate-Signature value for a body whose sha256 is `sha256_hex` (sent in X-Gate-Content-SHA256)."""
     timestamp = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{timestamp}.{sha256_hex.lower()}".encode(), hashlib.sha256).hexdigest()
-    return f"t={timestamp},v2={mac}"
+    return f"t={timestamp},v2={_digest_mac(secret, timestamp, sha256_hex.lower())}"
 
 
 def signer(secret: str, timestamp: int):
-    """An incremental signer, for bodies streamed to disk rather than held in memory."""
+    """An incremental v1 signer: feed it the body (whole or in pieces) after "<t>."."""
     return hmac.new(secret.encode(), f"{timestamp}.".encode(), hashlib.sha256)
+
+
+def _digest_mac(secret: str, timestamp: int, sha256_hex: str) -> str:
+    """The v2 signature: the HMAC of "<t>." + the body's sha256 in lowercase hex."""
+    return hmac.new(secret.encode(), f"{timestamp}.{sha256_hex}".encode(), hashlib.sha256).hexdigest()
 
 
 def parse_header(header: str | None) -> Signature:
@@ -93,8 +98,7 @@ def check_digest_signature(signature: Signature, digest_header: str | None, secr
     if not digest.isascii() or not _SIGNATURE.fullmatch(digest):
         raise SignatureError(f"a v2 signature needs {DIGEST_HEADER}: the body's sha256 in hex", "signature_malformed")
     digest = digest.lower()
-    mac = hmac.new(secret.encode(), f"{signature.timestamp}.{digest}".encode(), hashlib.sha256).hexdigest()
-    check_mac(mac, list(signature.v2))
+    check_mac(_digest_mac(secret, signature.timestamp, digest), list(signature.v2))
     return digest
 
 
@@ -108,7 +112,7 @@ def verify_body(signature: Signature, body: bytes, secret: str, digest_header: s
     if signature.v2:
         check_body_digest(check_digest_signature(signature, digest_header, secret), hashlib.sha256(body).hexdigest())
         return
-    mac = hmac.new(secret.encode(), f"{signature.timestamp}.".encode(), hashlib.sha256)
+    mac = signer(secret, signature.timestamp)
     mac.update(body)  # not "<t>." + body: that would copy a body held in memory whole
     check_mac(mac.hexdigest(), list(signature.v1))
 

@@ -52,7 +52,8 @@ class SpooledDelivery:
 
 
 def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsync: bool = False) -> SpooledDelivery:
-    """Read a multipart/form-data body from `stream`, feeding `mac` with every raw byte (see the module doc).
+    """Read a multipart/form-data body from `stream`, feeding `mac` with every raw byte (see the module doc;
+    None when the body was checked before).
     With `fsync`, the weights are on the disk itself before this returns (GATE_RECORD_SYNC=full)."""
     if not spool_dir.is_dir():
         spool_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,8 @@ def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsy
             size += len(chunk)
             if size > limit:
                 raise BodyTooLarge(f"the body is over {limit} bytes")
-            mac.update(chunk)
+            if mac is not None:
+                mac.update(chunk)
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:

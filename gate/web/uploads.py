@@ -12,7 +12,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from gate import jsontext
 from gate.errors import GateError
 from gate.hubs import signatures
-from gate.hubs.spool import CHUNK, BadDelivery, SpooledDelivery, spool_multipart
+from gate.hubs.spool import CHUNK, BadDelivery, spool_multipart
 from gate.pipeline.dispatch import dispatcher
 from gate.record.uploads import parse_meta, record_upload, store_file
 from gate.web.context import db, settings
@@ -44,18 +44,20 @@ def direct_upload():
         raise BadDelivery("the multipart Content-Type has no boundary", "multipart_invalid")
     spool = functools.partial(spool_multipart, boundary=boundary, limit=config.intake.max_file_bytes + ENVELOPE,
                               spool_dir=config.data_dir / "incoming", fsync=config.record_sync == "full")
+    body_hash = None
     if signature.v2:  # authenticated on the head: the body streams to the spool and must hash to the signed digest
         digest = signatures.check_digest_signature(signature, request.headers.get(signatures.DIGEST_HEADER),
                                                    config.upload_secret)
         body_hash = hashlib.sha256()
-        spooled = _checked(spool(request.stream, mac=body_hash),
-                           lambda: signatures.check_body_digest(digest, body_hash.hexdigest()))
+        spooled = spool(request.stream, mac=body_hash)
     else:  # v1 can only be checked at the end: the body waits in memory, never on disk, until it is
         with current_app.extensions["gate_unverified"].hold(request.remote_addr or "", request.content_length):
             body = _read_whole(request.stream, request.content_length)
             signatures.verify_body(signature, body, config.upload_secret)
-            spooled = spool(_Reader(memoryview(body)), mac=hashlib.sha256())
+            spooled = spool(_Reader(memoryview(body)), mac=None)
     try:
+        if body_hash is not None:
+            signatures.check_body_digest(digest, body_hash.hexdigest())
         if spooled.weights is None:
             raise BadDelivery("the multipart body has no 'file' part", "file_missing")
         raw_meta = spooled.fields.get("meta")
@@ -71,16 +73,6 @@ def direct_upload():
     upload_id = recorded.upload["id"]
     return jsonify(id=upload_id, status_url=url_for("api.upload_status", upload_id=upload_id, _external=True),
                    duplicate=not recorded.created), 202
-
-
-def _checked(spooled: SpooledDelivery, check) -> SpooledDelivery:
-    """The spooled delivery once `check` passes; discarded (and the error raised) when it does not."""
-    try:
-        check()
-    except BaseException:
-        spooled.discard()
-        raise
-    return spooled
 
 
 class _Reader:
