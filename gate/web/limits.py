@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import Flask, current_app, request
-from werkzeug.exceptions import HTTPException
 
 from gate.config import Settings
 
@@ -33,9 +32,7 @@ def body_limit(app: Flask, method: str, path: str) -> int:
     """The body limit of the route `method path` answers to (DEFAULT_BODY where none matches)."""
     try:
         endpoint, _ = app.url_map.bind("gate").match(path, method)
-    except HTTPException:  # no such route (404, 405, a redirect): it reads no body
-        return DEFAULT_BODY
-    except Exception:  # noqa: BLE001 - a path the router cannot even read gets the smallest limit, not a crash
+    except Exception:  # noqa: BLE001 - no such route (404, 405, a redirect), or a path the router cannot read
         return DEFAULT_BODY
     return _limit_of(app, endpoint)
 
