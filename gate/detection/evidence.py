@@ -89,6 +89,7 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
     ones the scan was judged by, kept beside the evidence so a person sees where the LoRA fell between them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = {cid: character.name for cid, character in characters.items()}  # an unknown id shows as itself
     rows = _rows(result) if result.outcome is not None else []
     label_width = 360
     sheet = Image.new("RGB", (3 * CELL + label_width, max(1, len(rows)) * CELL + 30), "white")
@@ -101,8 +102,8 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
         reference = check_image(row["reference"]).rgb() if row["reference"] else None
         for j, image in enumerate((row["render"], row["base"], reference)):
             sheet.paste(_cell(image), (j * CELL, top))
-        name = characters[row["character"]].name if row["character"] in characters else row["character"]
-        matched, why = counted(row, thresholds, {cid: c.name for cid, c in characters.items()})
+        name = names.get(row["character"], row["character"])
+        matched, why = counted(row, thresholds, names)
         lines = [f"prompt: {row['probe'].prompt[:40]}", f"seed {row['probe'].seed}", f"compared with: {name}",
                  f"score {row['score']:.3f}  base {row['base_score']:.3f}"]
         for k, line in enumerate(lines):
@@ -136,13 +137,13 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
     # The same rows as data, for the moderators' item view (issue 7), with the static signals intake found.
     inspection = result.inspection.to_dict()
     intake = {k: inspection.get(k) for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")}
-    gains = [{**g.to_dict(), "name": characters[g.character_id].name if g.character_id in characters
-              else g.character_id} for g in (result.outcome.likelihood if result.outcome is not None else [])]
-    names = [{"character": h.character_id, "name": characters[h.character_id].name if h.character_id in characters
-              else h.character_id, "field": h.field, "text": h.text} for h in result.name_hits]
+    gains = [{**g.to_dict(), "name": names.get(g.character_id, g.character_id)}
+             for g in (result.outcome.likelihood if result.outcome is not None else [])]
+    hits = [{"character": h.character_id, "name": names.get(h.character_id, h.character_id), "field": h.field,
+             "text": h.text} for h in result.name_hits]
     judged_by = {k: v for k, v in thresholds.to_dict().items() if k != "provenance"} if thresholds else None
     (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains,
-                                                       "name_hits": names, "thresholds": judged_by,
+                                                       "name_hits": hits, "thresholds": judged_by,
                                                        "drawn": drawn}, ensure_ascii=False))
     decided = result.decision.reasons if result.decision else []
     reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
