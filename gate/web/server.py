@@ -505,7 +505,8 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 def _return_large_buffers() -> None:
     """Make freed large buffers (v1 bodies held for their check, up to 32 MiB each) go back to the OS. After the
     first such free, glibc raises its mmap threshold and keeps later ones in per-thread arenas: under a forged
-    v1 flood the server grew to 366 MiB, against 125 MiB with the threshold fixed (benchmarks.attacks)."""
+    v1 flood the server grew to 366 MiB, against 126 MiB with the threshold fixed (two runs of benchmarks.attacks,
+    before and after; docs/performance.md)."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, glibc's default, now fixed
     except (OSError, AttributeError):
