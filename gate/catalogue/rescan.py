@@ -64,6 +64,21 @@ def parse_rate(text: str | None) -> float | None:
     return float(found.group(1)) * per
 
 
+def parse_instant(text: str | None, option: str) -> str | None:
+    """An ISO date or time as the record writes its timestamps (UTC, to the millisecond), so that comparing the
+    text compares instants; a date is its midnight in UTC, a time without a zone is UTC."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise RescanError(f"{option} {text!r}: write an ISO date or time, e.g. 2026-01-01 or 2026-01-01T12:00Z",
+                          "date_invalid") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
 @dataclass(frozen=True)
 class Filters:
     """Which decided uploads a run covers; empty fields do not filter."""

@@ -141,7 +141,7 @@ def rescan(since, until, hubs, families, verdicts, characters, include_current, 
 
     Example: gate rescan --since 2025-01-01 --hub civitai --verdict allow --rate 30/min
     """
-    from gate.catalogue.rescan import Filters, create_run, drive, get_run, parse_rate, report
+    from gate.catalogue.rescan import Filters, create_run, drive, get_run, parse_instant, parse_rate, report
     from gate.catalogue.screening import current_embedder
 
     settings = common.settings()
@@ -150,6 +150,7 @@ def rescan(since, until, hubs, families, verdicts, characters, include_current, 
         _echo_rescan_report(report(db, report_run), as_json)
         return
     rate_per_min = parse_rate(rate)
+    since, until = parse_instant(since, "--since"), parse_instant(until, "--until")
     if resume:
         run = get_run(db, resume)
     else:

@@ -68,7 +68,7 @@ def inspect(paths: tuple[str, ...], as_json: bool) -> None:
     sys.exit(EXIT_REFUSED if refused else 0)
 
 
-def _print_scan(result, characters) -> None:
+def _print_scan(result) -> None:
     verdict = result.verdict or "refused"
     colour = {"allow": "green", "quarantine": "yellow", "block": "red"}.get(verdict, "red")
     click.echo(f"{click.style(result.path, bold=True)}: {click.style(verdict.upper(), fg=colour, bold=True)}")
@@ -96,16 +96,23 @@ def scan(paths: tuple[str, ...], as_json: bool, evidence: str | None) -> None:
     """
     from pathlib import Path
 
+    from gate.detection.scanner import ScanResult
+    from gate.intake import inspect_file
+
     settings = common.settings()
-    db = common.record(settings)
-    scanner = common.scanner(settings, db, None if as_json else click.echo)
+    scanner = None  # the base model loads for the first file that intake accepts, not before
     refused = False
     for path in paths:
-        if as_json:
-            result = scanner.scan(path)
+        inspection = inspect_file(path, settings.intake)
+        if not inspection.ok:
+            result = ScanResult(str(path), inspection)
+        elif as_json:
+            scanner = scanner or common.scanner(settings, common.record(settings))
+            result = scanner.scan(path, inspection=inspection)
         else:
+            scanner = scanner or common.scanner(settings, common.record(settings), click.echo)
             with click.progressbar(length=5, label=Path(path).name, show_eta=False) as bar:
-                result = scanner.scan(path, progress=lambda stage: bar.update(1))
+                result = scanner.scan(path, progress=lambda stage: bar.update(1), inspection=inspection)
         refused |= not result.inspection.ok
         if evidence and result.decision:
             from gate.detection.evidence import write_evidence
@@ -113,9 +120,9 @@ def scan(paths: tuple[str, ...], as_json: bool, evidence: str | None) -> None:
             target = Path(evidence) / Path(path).stem if len(paths) > 1 else Path(evidence)
             write_evidence(result, scanner.characters, target, thresholds=scanner.thresholds)
         if as_json:
-            click.echo(json.dumps(result.to_dict(scanner.characters), ensure_ascii=False))
+            click.echo(json.dumps(result.to_dict(scanner.characters if scanner else {}), ensure_ascii=False))
         else:
-            _print_scan(result, scanner.characters)
+            _print_scan(result)
     sys.exit(EXIT_REFUSED if refused else 0)
 
 
