@@ -16,6 +16,7 @@ import hashlib
 import logging
 import tempfile
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -127,6 +128,7 @@ def probe_upload(request: dict) -> dict:
     from probes.contract import outcome_to_json
     from probes.likelihood import ReferenceSet
 
+    started = time.perf_counter()
     settings = context().settings
     upload_id, generation = request["upload_id"], int(request["generation"])
     probe_engine = _engine_for(settings, request)
@@ -142,6 +144,7 @@ def probe_upload(request: dict) -> dict:
         else:
             probed = outcome_to_json(outcome, probe_engine.embedder_id)
     probed["reference_vectors"] = _reference_vectors(probe_engine, request.get("embed") or [])
+    probed["seconds"] = round(time.perf_counter() - started, 3)  # this worker's time on it: the gate's estimates
     _reply(request, probed, {"queue": INTAKE, "func": "gate.pipeline.jobs.conclude_upload",
                              "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")})
     return {"upload_id": upload_id, "renders": len(probed.get("probes", [])),

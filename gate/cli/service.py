@@ -21,7 +21,6 @@ def serve(host: str, port: int, threads: int) -> None:
     Example: GATE_UPLOAD_SECRET=s3cret gate serve --port 8000
     """
     import logging
-    import signal
 
     from gate.app import create_app
     from gate.pipeline.dispatch import dispatcher
@@ -39,7 +38,6 @@ def serve(host: str, port: int, threads: int) -> None:
         child = WorkerProcess()
         child.start()
         use_worker_process(child)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the child on the way out, as on Ctrl-C
     dispatcher(settings)
     jobs = f"RQ on {settings.redis_url}" if settings.redis_url else f"a scan worker process ({child.process.pid})"
     click.echo(f"jobs: {jobs}")
@@ -61,13 +59,21 @@ def deliver(path: str, url: str, secret: str, meta: str | None) -> None:
 
     Example: gate deliver my_lora.safetensors --meta '{"model_id": "m1", "title": "My LoRA"}'
     """
+    import http.client
+
     from gate.hubs.client import deliver as send
 
     try:
         record = json.loads(meta) if meta else None
     except ValueError:
         raise click.BadParameter("not valid JSON", param_hint="--meta") from None
-    status, answer = send(url, path, secret, record)
+    try:
+        status, answer = send(url, path, secret, record)
+    except (OSError, http.client.HTTPException) as exc:  # refused, unresolvable, timed out: no gate there
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(f"could not reach the gate at {url}: {reason} (is `gate serve` running?)") from None
+    except ValueError:
+        raise click.ClickException(f"{url} did not answer with JSON: is it a LoRA Gate's upload URL?") from None
     click.echo(json.dumps(answer, indent=1))
     sys.exit(0 if status == 202 else 1)
 
@@ -121,13 +127,18 @@ def worker(queue_names: str | None, gpu: bool, burst: bool, name: str | None, em
 def status(upload_id: str | None, as_json: bool) -> None:
     """Show one upload's state, verdict and journal; without an id, the queues and the record at a glance.
 
-    Example: gate status 01JD3W5K8Z0M6S1Q9V4T2R7XBC
+    Example: gate status up_4a693f50514e657d
     """
-    from gate.pipeline.status import overview, upload_report
+    from gate.pipeline.status import overview, report_lines, upload_report
+    from gate.queues import RedisQueues
 
     settings = common.settings()
     db = common.record(settings)
-    report = upload_report(db, upload_id) if upload_id else overview(settings, db)
+    if upload_id:
+        report = upload_report(db, upload_id, RedisQueues(settings.redis_url) if settings.redis_url else None)
+        click.echo(json.dumps(report, indent=1, ensure_ascii=False) if as_json else "\n".join(report_lines(report)))
+        return
+    report = overview(settings, db)
     if as_json:
         click.echo(json.dumps(report, indent=1, ensure_ascii=False))
         return

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 
 from gate.config import Settings
 from gate.detection.scanner import Scanner, probe_spec
 from gate.pipeline.outcome import begin_scan, fail, record_decision, refuse
 from gate.queues import CATALOGUE, CATALOGUE_PROBE, INTAKE, PROBE, context, job_id, parse_job_id
-from gate.record.uploads import UploadState, get_upload, hub_meta
+from gate.record.db import writing
+from gate.record.uploads import Stage, UploadState, enter_stage, get_upload, hub_meta
 from gate.registry.characters import missing_references, store_vectors
 from gate.runtime import thread_record
 from probes.contract import outcome_from_json
@@ -85,6 +87,8 @@ def request_probe(upload: dict, generation: int, lane: tuple[str, str]) -> str:
     request = upload_request(settings, upload, matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
                              reply_to(conclude_queue, "gate.pipeline.jobs.conclude_upload", [upload_id, generation],
                                       job_id(upload_id, generation, "conclude")))
+    # The stage before the job: a fast probe's conclusion must not be overtaken by it.
+    enter_stage(db, upload_id, Stage.PROBING if lane == LIVE else Stage.PROBING_CATALOGUE, {"queue": probe_queue})
     queues.enqueue(probe_queue, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
     return "probing"
 
@@ -115,12 +119,27 @@ def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
     if upload is None:
         return "skipped"
     db = thread_record(settings)
+    if upload["stage"] != Stage.CONCLUDING:  # not again when a retry (references pending) comes back here
+        probe_answered(db, upload, probed)
     matcher = conclusion_matcher(settings, probed, job_id(upload_id, generation, "references"))
     result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
     if not result.inspection.ok:  # the file changed under us: never trust an earlier reading
         raise RuntimeError(f"upload {upload_id}'s file no longer passes intake: {result.inspection.error.code}")
     attach_probed(matcher, result, probed)
     return record_decision(settings, db, matcher, upload_id, result)
+
+
+def probe_answered(db, upload: dict, probed: dict) -> None:
+    """The probe worker's answer is in: the scan is concluding, and how long the probe waited and worked is kept
+    for the status API's estimates."""
+    since = upload["stage_at"] or upload["updated_at"]
+    elapsed = max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds())
+    work = min(float(probed.get("seconds") or elapsed), elapsed)
+    timing = {"waited": round(elapsed - work, 3), "work": round(work, 3)}
+    enter_stage(db, upload["id"], Stage.CONCLUDING, timing)
+    with writing(db):
+        db["probe_times"].insert({"upload_id": upload["id"], "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                                  "lane": upload["stage"], **timing})
 
 
 def attach_probed(matcher: Scanner, result, probed: dict) -> None:

@@ -18,7 +18,7 @@ from gate.config import Settings
 from gate.detection.evidence import write_evidence
 from gate.record import outbox
 from gate.record.db import writing
-from gate.record.uploads import UploadState, get_upload, hub_message, transition
+from gate.record.uploads import Stage, UploadState, get_upload, hub_message, transition
 
 PROBE_TIMINGS = ("render_lora", "render_base", "embed")
 
@@ -35,7 +35,7 @@ def evidence_dir(settings: Settings, upload_id: str) -> Path:
 def begin_scan(db: Database, upload: dict, how: str = "") -> None:
     """The upload is being scanned (one more attempt)."""
     transition(db, upload["id"], UploadState.SCANNING, "worker", f"scan started{how}",
-               {"attempts": (upload["attempts"] or 0) + 1})
+               {"attempts": (upload["attempts"] or 0) + 1, "stage": Stage.SCREENING, "stage_at": _now()})
 
 
 def finish(db: Database, upload_id: str, state: UploadState, actor: str, action: str, changes: dict,

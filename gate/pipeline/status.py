@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
-import json
-
 from gate.config import Settings
+from gate.pipeline.progress import progress
+from gate.queues import Queues
 from gate.record.uploads import get_upload, status
 
 
-def upload_report(db, upload_id: str) -> dict:
-    """One upload's status (as the hub sees it) and its journal."""
+def upload_report(db, upload_id: str, queues: Queues | None = None) -> dict:
+    """One upload's status (as the hub sees it, progress included) and its journal."""
     upload = get_upload(db, upload_id)
-    report = {**status(upload), "generation": upload["generation"], "attempts": upload["attempts"],
-              "created_at": upload["created_at"], "decided_at": upload["decided_at"]}
+    report = {**status(upload), "filename": upload["filename"], "title": upload["title"],
+              "generation": upload["generation"], "attempts": upload["attempts"]}
+    if (scan := progress(db, upload, queues)) is not None:
+        report["progress"] = scan
     report["journal"] = [
         f"{e['at']}  {e['actor']}: {e['action']} ({e['from_state'] or '-'} -> {e['to_state']}) {e['detail']}"
         for e in db["upload_events"].rows_where("upload_id = ?", [upload_id], order_by="id")]
-    report["reasons"] = json.dumps(report["reasons"], ensure_ascii=False)
     return report
+
+
+def report_lines(report: dict) -> list[str]:
+    """An upload's report for a person: the facts in aligned lines, reasons and matches as sentences and a
+    table, the journal last."""
+    facts = [("upload", report["id"]), ("file", report["filename"]), ("title", report["title"]),
+             ("hub model", " / ".join(str(v) for v in (report["model_id"], report["version_id"]) if v)),
+             ("state", report["state"] + (f", verdict {report['verdict']}" if report["verdict"] else "")),
+             ("received", report["created_at"]), ("decided", report["decided_at"]),
+             ("probe set", report["probe_set"]), ("attempts", report["attempts"])]
+    if scan := report.get("progress"):
+        estimate = f", about {scan['estimate_seconds']:.0f} s left" if "estimate_seconds" in scan else ""
+        facts.append(("stage", f"{scan['stage']} for {scan['seconds_in_stage']:.0f} s"
+                               f"{', ' + str(scan['ahead']) + ' ahead' if 'ahead' in scan else ''}{estimate}"))
+    if error := report.get("error"):
+        facts.append(("error", f"{error['code']}: {error['message']}"))
+    lines = [f"{label:<10} {value}" for label, value in facts if value not in (None, "")]
+    if report["reasons"]:
+        lines += ["reasons:"] + [f"  - {reason['message']}" for reason in report["reasons"]]
+    if report["matches"]:
+        lines += ["matches:", f"  {'character':<24} {'renders':>8} {'score':>6} {'lift':>6}  best reference"]
+        lines += [f"  {m.get('name') or m['character']:<24} {m['matched']:>3} of {m['rendered']:<2} "
+                  f"{m['best_score']:>6.3f} {m['best_lift']:>6.3f}  {m.get('best_reference') or ''}"
+                  for m in report["matches"]]
+    return lines + ["journal:"] + [f"  {line}" for line in report["journal"]]
 
 
 def overview(settings: Settings, db) -> dict:

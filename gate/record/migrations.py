@@ -328,3 +328,13 @@ def m019_sessions(db: Database) -> None:
                            "ended_why": str, "address": str}, pk="id",
                           foreign_keys=[("account_id", "accounts", "id")])
     db["sessions"].create_index(["account_id", "ended_at"])
+
+
+@migrations()
+def m020_scan_stages(db: Database) -> None:
+    # Where a live scan is (screening, probing, concluding) and since when, for the status API's progress; the
+    # probe times of finished scans (newest last) give its estimate.
+    db["uploads"].add_column("stage", str)
+    db["uploads"].add_column("stage_at", str)
+    db["probe_times"].create({"id": int, "upload_id": str, "at": str, "lane": str, "waited": float, "work": float},
+                             pk="id")

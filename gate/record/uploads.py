@@ -107,8 +107,9 @@ def record_upload(db: Database, source: str, meta: dict, file_path: Path, file_s
 
 def _log_state(upload: dict) -> None:
     """One line per state change, key=value, for operators following scans in the log."""
-    fields = {"upload": upload["id"], "state": upload["state"], "verdict": upload.get("verdict"),
-              "file": upload.get("filename")}
+    fields = {"upload": upload["id"], "state": upload["state"],
+              "stage": upload.get("stage") if upload["state"] == UploadState.SCANNING else None,
+              "verdict": upload.get("verdict"), "file": upload.get("filename")}
     try:
         fields["seconds"] = round((datetime.now(UTC) - datetime.fromisoformat(upload["created_at"])).total_seconds(), 1)
     except (TypeError, ValueError):
@@ -127,6 +128,25 @@ def journal(db: Database, upload_id: str, actor: str, action: str, before: str |
     db.execute("INSERT INTO upload_events (upload_id, at, actor, action, from_state, to_state, detail) "
                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                [upload_id, _now(), actor, action, before, after, json.dumps(detail, ensure_ascii=False)])
+
+
+class Stage(StrEnum):
+    """Where a scan is, within the scanning state: what the status API's progress reports."""
+
+    SCREENING = "screening"  # intake and the static screens (names, blocklist, repeats)
+    PROBING = "probing"  # queued for a probe worker, or rendering there
+    PROBING_CATALOGUE = "probing_catalogue"  # the same, on the back catalogue's lane (behind live uploads)
+    CONCLUDING = "concluding"  # matching the renders against the registry and deciding
+
+
+def enter_stage(db: Database, upload_id: str, stage: Stage, detail: dict | None = None) -> None:
+    """A scan moves on within the scanning state: journalled and logged like a change of state."""
+    now = _now()
+    with writing(db):
+        db.execute("UPDATE uploads SET stage = ?, stage_at = ?, updated_at = ? WHERE id = ?",
+                   [stage, now, now, upload_id])
+        journal(db, upload_id, "worker", str(stage), UploadState.SCANNING, UploadState.SCANNING, detail or {})
+    _log_state(get_upload(db, upload_id))
 
 
 def get_upload(db: Database, upload_id: str) -> dict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, send_from_directory, url_for
 
+from gate.pipeline.dispatch import dispatcher
 from gate.pipeline.outcome import evidence_dir
+from gate.pipeline.progress import progress
 from gate.record.uploads import get_upload, status
 from gate.web.context import db, settings
 
@@ -13,8 +15,12 @@ bp = Blueprint("api", __name__)
 
 @bp.get("/v1/uploads/<upload_id>")
 def upload_status(upload_id: str):
-    """State (received / scanning / decided / refused / failed), verdict, reasons, and error when refused."""
-    upload = status(get_upload(db(), upload_id))
+    """State (received / scanning / decided / refused / failed), verdict, reasons, and error when refused; while
+    the scan runs, its progress (stage, and an estimate once this gate has timed a probe)."""
+    row = get_upload(db(), upload_id)
+    upload = status(row)
+    if (scan := progress(db(), row, dispatcher(settings()).queues)) is not None:
+        upload["progress"] = scan
     if (evidence_dir(settings(), upload_id) / "index.html").exists():
         upload["evidence_url"] = url_for("api.upload_evidence", upload_id=upload_id, name="index.html",
                                          _external=True)
