@@ -165,11 +165,21 @@ class InProcessQueues(Queues):
         self.jobs: queue.PriorityQueue = queue.PriorityQueue()
         self.results: dict[str, object] = {}
         self._order = itertools.count()
+        # Job ids queued, running or waiting to retry. As with RQ, whose job ids are keys, a job id is one job:
+        # the same id again while it is pending is not a second job (a restarted worker process resumes the
+        # record's pending uploads, and the web gate's hand-off of the newest may arrive as well).
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
         self._on_idle, self._idle_seconds = on_idle, idle_seconds
         self._thread = threading.Thread(target=self._run, name="gate-worker", daemon=True)
         self._thread.start()
 
     def enqueue(self, queue_name: str, func: str, *args, job_id: str, retry: bool = True, attempt: int = 0) -> None:
+        with self._pending_lock:
+            if attempt == 0 and job_id in self._pending:
+                log.info("job %s is already pending; not queued twice", job_id)
+                return
+            self._pending.add(job_id)
         self.jobs.put((QUEUES.index(queue_name), next(self._order), queue_name, func, args, job_id, retry, attempt))
 
     def result(self, job_id: str):
@@ -197,7 +207,7 @@ class InProcessQueues(Queues):
                 continue
             _, _, queue_name, func, args, job_id, retry, attempt = entry
             try:
-                self.results[job_id] = resolve(func)(*args)
+                value = resolve(func)(*args)
             except Exception as exc:  # noqa: BLE001 - a failed job is retried, then recorded as failed
                 log.exception("job %s failed (attempt %d)", job_id, attempt + 1)
                 if retry and attempt < len(RETRY_INTERVALS):
@@ -206,8 +216,16 @@ class InProcessQueues(Queues):
                     timer.daemon = True
                     timer.start()
                 else:
+                    self._finished(job_id)
                     resolve(FAILURE_CALLBACK)(_FinishedJob(job_id, func, args), None, type(exc), exc, None)
+            else:
+                self._finished(job_id)  # before its result shows: whoever reads it may queue the id again
+                self.results[job_id] = value
             self._idle()
+
+    def _finished(self, job_id: str) -> None:
+        with self._pending_lock:
+            self._pending.discard(job_id)
 
     def _idle(self) -> None:
         if self._on_idle is not None:

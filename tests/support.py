@@ -171,6 +171,12 @@ def wait_for(client, upload_id: str, states=("decided", "refused", "failed"), ti
 
 
 
+def wait_for_file(path: str, timeout: float = 30) -> bool:
+    """A job that holds its worker until a file exists (a dotted path RQ can import)."""
+    wait(lambda: Path(path).exists(), timeout, f"{path} never appeared")
+    return True
+
+
 def record_call(path: str, value: str) -> str:
     """A job for the queue contract tests: appends `value` to the file at `path` (a dotted path RQ can import)."""
     with open(path, "a") as out:

@@ -132,3 +132,8 @@ def run_worker_child(settings: Settings) -> None:
         except (ValueError, KeyError, TypeError) as exc:
             log.error("ignoring a malformed job line (%s): %.200s", exc, line)
     log.info("scan worker process %d: input closed, exiting", os.getpid())
+    logging.shutdown()
+    # At once: what the job thread held is still pending in the record, which the next worker resumes; a normal
+    # exit would run torch's C++ destructors under a live job thread ("terminate called without an active
+    # exception").
+    os._exit(0)

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import io
 import json
 import logging
+import signal
 import sys
 from collections import defaultdict
 from collections.abc import Callable
@@ -137,6 +139,8 @@ class Front:
             await self._refuse(client, refusal)
         except (TimeoutError, Gone, ConnectionError):
             pass
+        except asyncio.CancelledError:
+            pass  # the server is stopping; ended, not cancelled, or Python 3.11's streams log it as an error
         except Exception:  # noqa: BLE001 - one connection's fault never takes the server down
             log.exception("connection from %s failed", client.address)
         finally:
@@ -520,4 +524,12 @@ def serve(app, host: str, port: int, threads: int) -> None:
     _return_large_buffers()
     limits = app.config["GATE_SETTINGS"].http
     front = Front(app, threads, limits, lambda method, path: body_limit(app, method, path))
-    asyncio.run(front.run(host, port))
+
+    async def until_signalled() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):  # a clean stop, never an exception raised mid-callback
+            with contextlib.suppress(ValueError, RuntimeError):  # not the main thread: the caller stops it
+                loop.add_signal_handler(signum, front.stop)
+        await front.run(host, port)
+
+    asyncio.run(until_signalled())

@@ -61,3 +61,19 @@ def test_every_backend_reports_depth_and_health(backend):
     queues, _ = backend
     assert set(queues.depth()) == set(QUEUES)
     assert queues.health() == "ok"
+
+
+def test_in_process_queues_take_a_pending_job_id_once(tmp_path):
+    """As RQ's job ids are keys, a job id already queued (or running, or waiting to retry) is one job: a restarted
+    worker process resumes the record's pending uploads while the web gate's hand-off of the newest arrives too.
+    Once the job has finished, the id may run again."""
+    queues = InProcessQueues(load_settings({"data_dir": str(tmp_path)}))
+    calls, release = tmp_path / "calls.txt", tmp_path / "release"
+    queues.enqueue(INTAKE, "tests.support.wait_for_file", str(release), job_id="busy")  # holds the job thread
+    queues.enqueue(INTAKE, "tests.support.record_call", str(calls), "first", job_id="scan-1")
+    queues.enqueue(INTAKE, "tests.support.record_call", str(calls), "again while queued", job_id="scan-1")
+    release.touch()
+    assert wait_for(lambda: queues.result("scan-1") == "first", timeout=20)
+    assert _calls(calls) == ["first"]
+    queues.enqueue(INTAKE, "tests.support.record_call", str(calls), "after it finished", job_id="scan-1")
+    assert wait_for(lambda: _calls(calls) == ["first", "after it finished"], timeout=20)

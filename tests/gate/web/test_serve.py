@@ -56,12 +56,17 @@ def _poll(url: str, timeout: float = 300) -> dict:
     raise AssertionError(f"still {answer['state']} after {timeout}s")
 
 
-def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world, tmp_path):
+def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(served, world, tmp_path):
+    server, process = served
     lora = world_lora(world, kind="character", trigger=None, metadata_style="honest")
     status, answer = deliver(f"{server}/v1/uploads", world.path(lora["path"]), "e2e-secret",
                              {"hub": "testhub", "model_id": "m-1", "version_id": "v-1", "title": "cool character"})
     assert status == 202, answer
+    first_look = json.loads(urllib.request.urlopen(answer["status_url"], timeout=5).read())
+    assert first_look["state"] in ("received", "scanning")  # the first scan loads the models: seconds at least
+    assert first_look["progress"]["estimate_basis"] == "no probe has finished on this gate yet"
     final = _poll(answer["status_url"])
+    assert "progress" not in final
     assert final["state"] == "decided"
     assert final["verdict"] in ("allow", "quarantine", "block")
     # Its metadata names the character (honest title); the hub's title is screened as well.
@@ -72,6 +77,17 @@ def test_a_hub_delivers_a_character_lora_and_gets_its_verdict(server, world, tmp
     assert "<title>cool character · LoRA Gate evidence</title>" in page  # the hub's title, not the file's hash
     metrics = urllib.request.urlopen(f"{server}/metrics").read().decode()
     assert f'gate_decisions{{verdict="{final["verdict"]}"}} 1' in metrics
+
+    # The server's log: one line per state and stage of the upload, and nothing from the model libraries.
+    process.terminate()
+    log = process.communicate(timeout=30)[0]
+    states = [line.split(" gate.uploads: ", 1)[1].split(" file=")[0] for line in log.splitlines()
+              if f"gate.uploads: upload={answer['id']} " in line]
+    assert states == [f"upload={answer['id']} state={s}" for s in (
+        "received", "scanning stage=screening", "scanning stage=probing", "scanning stage=concluding",
+        f"decided verdict={final['verdict']}")], "\n".join(states)
+    noise = ("Warning", "warn(", "No LoRA keys", "it/s]", "Loading pipeline components", "torchvision")
+    assert not [line for line in log.splitlines() if any(word in line for word in noise)], log[-3000:]
 
 
 def _children(pid: int) -> list[int]:
@@ -97,6 +113,16 @@ def _wait_state(url: str, states: tuple[str, ...], timeout: float = 120) -> dict
     raise AssertionError(f"never reached {states}: {answer['state']}")
 
 
+def _wait_stage(url: str, stage: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        answer = json.loads(urllib.request.urlopen(url, timeout=5).read())
+        if answer.get("progress", {}).get("stage") == stage:
+            return answer
+        time.sleep(0.1)
+    raise AssertionError(f"never reached stage {stage}: {answer}")
+
+
 def test_scans_run_in_a_supervised_worker_process_that_may_die(served, world):
     """The embedded default: the web process never loads torch; its scan worker, killed mid-scan, is restarted
     and the upload is still decided; stopping the server ends the worker too."""
@@ -113,7 +139,10 @@ def test_scans_run_in_a_supervised_worker_process_that_may_die(served, world):
     status, answer = deliver(f"{base}/v1/uploads", world.path(second["path"]), "e2e-secret",
                              {"hub": "testhub", "model_id": "m-char", "title": "a character"})
     assert status == 202, answer
-    _wait_state(answer["status_url"], ("scanning",))
+    # One probe has been timed (the style's), so a scan waiting for or in its probe gets an estimate.
+    probing = _wait_stage(answer["status_url"], "probing")["progress"]
+    assert probing["ahead"] == 0 and probing["estimate_seconds"] >= 0
+    assert probing["estimate_basis"].startswith("median probe time of the last 1 on this gate ("), probing
     os.kill(worker, 9)  # kill -9 mid-scan
     final = _poll(answer["status_url"])
     assert final["state"] == "decided", final
