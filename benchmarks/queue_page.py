@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _scans():
-    from fixtures.review_queue import SCANNED, _file_key, scan_all
+    from fixtures.review_queue import all_cached, scan_all
 
     cache = REPO / "var" / "cache" / "review-evidence"
     loras = REPO / "fixtures" / "world" / "loras"
-    if all((cache / f"{n}-{_file_key(loras / f'{n}.safetensors')}" / "scan.json").exists() for n in SCANNED):
+    if all_cached(cache, loras):
         return scan_all(None, loras, cache)
     from gate.config import load_settings
     from gate.engines import load_scanner

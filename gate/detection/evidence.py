@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gate.registry.images import check_image
+from gate.registry.images import ImageError, check_image
 
 CELL = 160  # pixels per image on the sheet: tiny fixture renders are enlarged to be judged by eye
 ROWS = 8
@@ -82,6 +82,28 @@ def counted(row: dict, thresholds, names: dict) -> tuple[bool | None, str]:
     return True, f"counted: a match for {name}"
 
 
+LIKELIER_CHARACTERS, LIKELIER_IMAGES = 8, 3  # the likelihood rows shown with images, and images per row
+
+
+def _likelier_references(gain: dict, paths: list[str], out_dir: Path, rank: int) -> list[dict]:
+    """The character's reference images this LoRA made likeliest (highest gain first), copied beside the
+    evidence as likelier_<rank>_<k>.png; none when the registry changed since the probe (the gains would be
+    another set's)."""
+    if len(paths) != len(gain["reference_gains"]):
+        return []
+    order = sorted(range(len(paths)), key=lambda k: -gain["reference_gains"][k])[:LIKELIER_IMAGES]
+    shown = []
+    for k in order:
+        try:
+            image = check_image(paths[k]).rgb()
+        except (ImageError, OSError):  # a reference gone or changed on disk: the numbers still stand
+            continue
+        name = f"likelier_{rank:02d}_{len(shown)}.png"
+        _cell(image).save(out_dir / name)
+        shown.append({"image": name, "gain": round(gain["reference_gains"][k], 4)})
+    return shown
+
+
 def write_evidence(result, characters: dict, out_dir: str | Path, title: str | None = None,
                    thresholds=None) -> tuple[Path, Path]:
     """Write contact_sheet.png and index.html for one scan; returns their paths. `title`: what the page is
@@ -139,6 +161,9 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
     intake = {k: inspection.get(k) for k in ("format", "base_family", "rank", "tensor_hash", "file_sha256")}
     gains = [{**g.to_dict(), "name": names.get(g.character_id, g.character_id)}
              for g in (result.outcome.likelihood if result.outcome is not None else [])]
+    for rank, gain in enumerate(gains[:LIKELIER_CHARACTERS]):
+        gain["likelier"] = _likelier_references(gain, result.reference_images.get(gain["character_id"], []),
+                                                out_dir, rank)
     hits = [{"character": h.character_id, "name": names.get(h.character_id, h.character_id), "field": h.field,
              "text": h.text} for h in result.name_hits]
     judged_by = {k: v for k, v in thresholds.to_dict().items() if k != "provenance"} if thresholds else None
@@ -153,7 +178,9 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
                         f"<tr><td>{html.escape(g['name'])}{' (screened only)' if g['screened'] else ''}</td>"
                         f"<td>{g['gain']:+.1%}</td>"
                         f"<td>{html.escape(g['prompt'])}</td><td>"
-                        f"{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
+                        + "".join(f"<img src='{x['image']}' title='{x['gain']:+.1%}' style='width:80px'>"
+                                  for x in g.get("likelier", []))
+                        + f"<br>{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
                     + "</table><ul>")
     page = out_dir / "index.html"
     heading = title or Path(result.path).name

@@ -133,6 +133,7 @@ class ScanResult:
     near_duplicates: list[NearDuplicate] = field(default_factory=list)  # flagged LoRAs its weights match
     repeat_offender: dict | None = None  # the uploader's history, when the repeat-offender policy applies
     undeclared_trigger: bool = False  # it adapts a text encoder and declares no trigger (undeclared_trigger())
+    reference_images: dict[str, list[str]] = field(default_factory=dict)  # the likelihood probe's, per character
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -284,6 +285,7 @@ class Scanner:
     def attach(self, result: ScanResult, outcome) -> None:
         """Add the probe engine's renders and vectors to a screened result."""
         result.outcome, result.probe_set, result.references = outcome, outcome.probe_set_id, self.references
+        result.reference_images = self.images  # what the likelihood gains are per reference of, in order
         result.timings.update(outcome.timings)
 
     def _cleared(self, result: ScanResult) -> set[str]:

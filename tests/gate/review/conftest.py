@@ -6,13 +6,14 @@ into queue rows (fixtures/review_queue.py)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from fixtures.review_queue import SCANNED, _file_key, replicate, scan_all
+from fixtures.review_queue import JUDGED, SCANNED, all_cached, replicate, scan_all
 
 REPO = Path(__file__).resolve().parents[3]
 LORAS = REPO / "fixtures" / "world" / "loras"
@@ -21,13 +22,32 @@ PEOPLE = {"mod": "moderator", "mod2": "moderator", "op": "operator", "adm": "adm
 
 
 @pytest.fixture(scope="session")
-def scanned(request, tmp_path_factory) -> list:
+def evidence_cache(request, tmp_path_factory) -> Path:
     store = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider: scan into a temp dir
-    cache = Path(store.mkdir("review-evidence")) if store else tmp_path_factory.mktemp("review-evidence")
-    cached = all((cache / f"{name}-{_file_key(LORAS / f'{name}.safetensors')}" / "scan.json").exists()
-                 for name in SCANNED)
-    scanner = None if cached else request.getfixturevalue("scanner")
-    return scan_all(scanner, LORAS, cache)
+    return Path(store.mkdir("review-evidence")) if store else tmp_path_factory.mktemp("review-evidence")
+
+
+def _scans(request, cache: Path, names: tuple[str, ...]) -> list:
+    scanner = None if all_cached(cache, LORAS, names) else request.getfixturevalue("scanner")
+    return scan_all(scanner, LORAS, cache, names)
+
+
+@pytest.fixture(scope="session")
+def scanned(request, evidence_cache) -> list:
+    return _scans(request, evidence_cache, SCANNED)
+
+
+# Beside the queue's two scans (Ultraman blocks): a character whose policy is quarantine, and a clean style.
+QUARANTINED, ALLOWED = "doraemon_trigger_kohya", "style_sepia_peft"
+
+
+@pytest.fixture(scope="session")
+def judged(request, evidence_cache, scanned) -> dict[str, tuple[dict, Path]]:
+    """The gate's own verdicts, with their evidence, on real scans: {verdict: (scan, evidence folder)} for a
+    blocked, a quarantined and an allowed LoRA."""
+    scans = _scans(request, evidence_cache, (*SCANNED, QUARANTINED, ALLOWED))
+    judgements = [json.loads((folder / JUDGED / "scan.json").read_text()) for _, folder in scans]
+    return {scan["verdict"]: (scan, folder / JUDGED) for scan, (_, folder) in zip(judgements, scans, strict=True)}
 
 
 class Gate:

@@ -3,6 +3,8 @@ download), against the gate served over real HTTP. Screenshots go to var/test-ar
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -26,6 +28,35 @@ def served(tmp_path, scanned):
     thread.start()
     gate.url = f"http://127.0.0.1:{server.server_port}"
     yield gate
+    server.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture
+def decided(tmp_path, scanned, judged):
+    """A gate whose record holds three uploads as the gate decided them, block, quarantine and allow, each with
+    the evidence of its real scan; served over HTTP. Returns (gate, {verdict: upload id})."""
+    from werkzeug.serving import make_server
+
+    gate = Gate(tmp_path / "data", scanned, 0)
+    ids = {}
+    for n, (verdict, (scan, folder)) in enumerate(sorted(judged.items())):
+        upload_id = ids[verdict] = f"up_verdict{n:09d}"
+        gate.db["uploads"].insert({
+            "id": upload_id, "source": "direct", "delivery_key": f"{upload_id}-key", "hub": "civitai-test",
+            "model_id": f"m{n}", "uploader": "someone", "title": f"{Path(scan['filename']).stem} upload",
+            "filename": scan["filename"], "file_sha256": scan["file_sha256"], "file_size": scan["file_size"],
+            "tensor_hash": scan["tensor_hash"], "state": "decided", "verdict": verdict,
+            "reasons": json.dumps(scan["reasons"]), "matches": json.dumps(scan["matches"]),
+            "probe_set": scan["probe_set"], "created_at": "2026-12-01T10:00:00.000+00:00",
+            "decided_at": "2026-12-01T10:01:00.000+00:00", "review_status": "quarantined" if verdict == "quarantine"
+            else None})
+        shutil.copytree(folder, gate.data_dir / "evidence" / upload_id)
+    server = make_server("127.0.0.1", 0, gate.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    gate.url = f"http://127.0.0.1:{server.server_port}"
+    yield gate, ids
     server.shutdown()
     thread.join(5)
 
@@ -91,3 +122,40 @@ def test_a_moderator_blocks_an_item_and_sees_the_audit_entry(served, page):
     row = page.locator("#entries tr", has_text="decision.block")
     assert item in row.inner_text() and "mod" in row.inner_text()
     page.screenshot(path=str(ARTIFACTS / "05-audit-log.png"), full_page=True)
+
+
+def test_the_item_page_shows_the_evidence_behind_a_block_a_quarantine_and_an_allow(decided, page):
+    """For each verdict: its reasons, the likelihood table against its thresholds, every render marked counted or
+    not (and why) under the stated thresholds, and the strip of what the LoRA draws, every image loaded."""
+    gate, ids = decided
+    assert set(ids) == {"block", "quarantine", "allow"}
+    sign_in(page, gate, "mod")
+    page.wait_for_selector("#queue")
+    for n, verdict in enumerate(("block", "quarantine", "allow"), start=6):
+        page.goto(f"{gate.url}/queue/{ids[verdict]}")
+        assert page.locator("h1").inner_text().endswith("upload " + (
+            "quarantined" if verdict == "quarantine" else f"decided: {verdict}"))
+        reasons = page.locator("li:has(span.tag)").all_inner_texts()
+        assert reasons and all(r.strip() for r in reasons)  # allow included: every verdict says why
+        rows = page.locator("#likelihood tr").all_inner_texts()[1:]
+        assert rows and all("%" in row for row in rows)
+        assert all(any(band in row for band in ("below the quarantine", "between quarantine and block",
+                                                 "over the block", "screened")) for row in rows), rows
+        assert "quarantines" in page.locator("#likelihood").inner_text()
+        likelier = page.locator("#likelihood figure.likelier img")  # the references it made likeliest
+        assert likelier.count() >= 1
+        assert all(likelier.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
+                   for i in range(likelier.count()))
+        assert "A render counts towards a character when" in page.locator("body").inner_text()
+        marks = page.locator("table.evidence tbody tr td:nth-child(4)").all_inner_texts()
+        counted = [m for m in marks if "counted: a match for" in m]
+        uncounted = [m for m in marks if "not counted" in m]
+        assert marks and len(counted) + len(uncounted) == len(marks)
+        if verdict == "allow":  # a render may count, but too few: the reason says how many against how many
+            assert "nothing_shown" in " ".join(reasons)
+        elif verdict == "block":
+            assert counted
+        drawn = page.locator("#drawn img")
+        assert drawn.count() == 6
+        assert all(drawn.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(6))
+        page.screenshot(path=str(ARTIFACTS / f"{n:02d}-item-{verdict}.png"), full_page=True)
