@@ -16,6 +16,8 @@ import pytest
 from fixtures import intake_corpus
 from tests.support import SECRET, UPLOAD_SECRET, Hub, RedisServer, free_port, wait
 
+pytest_plugins = ["tests.skipped"]  # the loud list of what a run skipped, and why
+
 REPO = Path(__file__).resolve().parent.parent
 
 # The suite runs on the fixture world, which only the demo profile falls back to; set in the environment so that
@@ -178,3 +180,4 @@ def service(tmp_path):
     hub.shutdown()
     if redis.process.poll() is None:
         redis.stop()
+
