@@ -8,9 +8,13 @@
 # written by `gate calibrate`) holds the thresholds. To try the baked-in fixture world instead (toy models and
 # characters, not for real uploads): docker run -p 8000:8000 -e GATE_PROFILE=demo -e GATE_UPLOAD_SECRET=... lora-gate
 #
-# The base pins CUDA and PyTorch together; torch 2.5.1 satisfies the project's range (>=2.4,<2.15), so
-# `pip install .` keeps it and installs no other torch.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# torch is the version CI tests (.ci/image-check installs the wheel this builds beside the CPU build of the same
+# version and scans with it). PyPI's Linux wheel of torch is its CUDA build, and it pins its CUDA libraries
+# (nvidia-* wheels) exactly, so TORCH_VERSION pins CUDA too; the host needs only the NVIDIA driver and
+# container toolkit. A base image with its own torch drifted from what was tested: transformers 5 disabled
+# PyTorch 2.5 and every scan failed while an import check passed.
+FROM python:3.11.11-slim-bookworm
+ARG TORCH_VERSION=2.13.0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -27,13 +31,17 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin gate \
  && mkdir -p /data && chown gate:gate /data
 
 WORKDIR /app
+RUN pip install "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md constraints.txt ./
 COPY gate ./gate
 COPY probes ./probes
 # The fixture world (tiny base model, embedder, characters, LoRAs): what GATE_PROFILE=demo runs on.
 COPY fixtures ./fixtures
+# Every other dependency at the version CI tested (constraints.txt), then a real scan, not an import: a
+# character LoRA blocked and a style allowed by the installed `gate`, on the CPU (fixtures/smoke.py).
 RUN pip install -c constraints.txt '.[probes]' \
- && python -c "import torch, gate.app, probes.engine; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+ && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+ && python -m fixtures.smoke
 
 USER gate
 VOLUME ["/data"]
