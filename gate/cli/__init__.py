@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from gate.cli import blocklist, catalogue, characters, scanning, service
+from gate.cli import blocklist, catalogue, characters, images, scanning, service
 from gate.cli.deliveries import deliveries
 from gate.cli.people import audit_group, tokens, users
 from gate.cli.repeat import repeat_group
@@ -39,7 +39,8 @@ def main() -> None:
     """LoRA Gate: Content ID for LoRAs. Inspect, scan and gate LoRA uploads."""
 
 
-for command in (scanning.inspect, scanning.scan, scanning.calibrate, characters.characters, service.serve,
-                service.deliver, blocklist.blocklist_group, service.worker, service.status, service.db_group,
-                repeat_group, catalogue.catalogue_group, catalogue.rescan, users, tokens, audit_group, deliveries):
+for command in (scanning.inspect, scanning.scan, images.screen_images, scanning.calibrate, characters.characters,
+                service.serve, service.deliver, blocklist.blocklist_group, service.worker, service.status,
+                service.db_group, repeat_group, catalogue.catalogue_group, catalogue.rescan, users, tokens,
+                audit_group, deliveries):
     main.add_command(command)

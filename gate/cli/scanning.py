@@ -129,25 +129,38 @@ def scan(paths: tuple[str, ...], as_json: bool, evidence: str | None) -> None:
 @click.command()
 @click.argument("negatives", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), help="Where to write (default: DATA_DIR/calibration.json).")
-def calibrate(negatives: tuple[str, ...], out: str | None) -> None:
-    """Fit matching thresholds from negatives: base renders and known-clean LoRAs.
+@click.option("--images", "images_only", is_flag=True,
+              help="Fit only the image thresholds (gate screen-images): no rendering, no base model.")
+@click.option("--image-negatives", multiple=True, type=click.Path(exists=True),
+              help="Images that show no registered character (files, folders, zips; repeatable).")
+def calibrate(negatives: tuple[str, ...], out: str | None, images_only: bool, image_negatives: tuple[str, ...]) -> None:
+    """Fit matching thresholds from negatives: for LoRAs, base renders and known-clean LoRAs; for images
+    (gate screen-images), images that show no registered character. Both, unless --images.
 
     With no NEGATIVES, the embedded default uses the fixture world's clean LoRAs (styles, concepts,
-    original characters), and leaves held-back characters out of the registry it calibrates against.
+    original characters), and leaves held-back characters out of the registry it calibrates against; with no
+    --image-negatives, the world's tuning images of generic scenes and unregistered originals.
 
-    Example: gate calibrate clean/*.safetensors
+    Example: gate calibrate clean/*.safetensors --image-negatives negatives/
     """
     from pathlib import Path
 
+    settings = common.settings()
+    db = common.record(settings)
+    target = Path(out) if out else settings.data_dir / "calibration.json"
+    if not images_only:
+        _calibrate_loras(settings, db, [Path(p) for p in negatives], target)
+    _calibrate_images(settings, db, list(image_negatives), target)
+    click.echo(f"wrote {target}")
+
+
+def _calibrate_loras(settings, db, paths: list, target) -> None:
     from gate.detection.calibration import calibrate as fit
     from gate.detection.calibration import negative_subjects, write_calibration
     from gate.registry.world import World
 
-    settings = common.settings()
-    db = common.record(settings)
     scanner = common.scanner(settings, db, click.echo)
     excluded: set[str] = set()
-    paths = [Path(p) for p in negatives]
     if not paths:
         world = World.load(settings.world_dir)
         paths = [world.path(lora["path"]) for lora in world.loras("style", "concept", "original")]
@@ -155,9 +168,24 @@ def calibrate(negatives: tuple[str, ...], out: str | None) -> None:
     references = scanner.references.without(excluded)
     subjects = negative_subjects(scanner, paths, references, progress=click.echo)
     thresholds = fit(subjects)
-    target = Path(out) if out else settings.data_dir / "calibration.json"
     write_calibration(target, thresholds, probe_set_id=scanner.engine.probe_set.id,
                       embedder_id=scanner.engine.embedder_id, negatives=[p.name for p in paths],
                       characters=list(references.character_ids))
     click.echo(json.dumps(thresholds.to_dict(), indent=2))
-    click.echo(f"wrote {target}")
+
+
+def _calibrate_images(settings, db, paths: list, target) -> None:
+    from gate.images.bundle import read_bundle
+    from gate.images.calibration import fit_image_thresholds, world_negatives, write_image_calibration
+    from gate.images.screen import embed_images
+    from gate.registry.characters import embed_missing, load_references
+
+    paths = paths or world_negatives(settings.world_dir)
+    bundle = read_bundle(paths)
+    embed, embedder_id = common.embed(settings), common.embedder_id(settings)
+    embed_missing(db, embed, embedder_id)
+    click.echo(f"embedding {len(bundle.items)} negative images ({len(bundle.refused)} refused)")
+    thresholds = fit_image_thresholds(embed_images(bundle, embed), load_references(db, embedder_id),
+                                      sorted({str(p) for p in paths}) if len(paths) < 20 else [f"{len(paths)} files"])
+    write_image_calibration(target, thresholds, embedder_id)
+    click.echo(json.dumps({"images": thresholds.to_dict()}, indent=2))

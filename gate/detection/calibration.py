@@ -138,8 +138,14 @@ def write_calibration(path: Path, thresholds: Thresholds, *, probe_set_id: str, 
     from datetime import UTC, datetime
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    if path.exists():  # the image thresholds (gate.images) are fitted apart: they stay
+        try:
+            kept = {k: v for k, v in json.loads(path.read_text()).items() if k == "images"}
+        except ValueError:
+            kept = {}
     path.write_text(json.dumps({
         "thresholds": thresholds.to_dict(), "probe_set": probe_set_id, "embedder": embedder_id,
         "negatives": negatives, "characters": characters,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"), **kept,
     }, indent=2, ensure_ascii=False))

@@ -1,0 +1,54 @@
+"""The evidence page of a screened set: each matching image beside the reference it came closest to, with
+its score, and the set's reasons (what a moderator and the hub read)."""
+
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from gate.images.screen import Screened
+from gate.registry.images import ImageError, check_image
+
+THUMB = 192
+
+
+def _thumb(data: bytes | None, target: Path) -> bool:
+    if data is None:
+        return False
+    with Image.open(io.BytesIO(data)) as image:
+        image.convert("RGB").resize((THUMB, THUMB), Image.NEAREST).save(target)
+    return True
+
+
+def write_image_evidence(screened: Screened, out_dir: str | Path, title: str) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n, match in enumerate(screened.verdict.matches):
+        item = screened.bundle.items[match.index]
+        _thumb(item.image.data, out_dir / f"image_{n:04d}.png")
+        try:
+            reference = check_image(screened.reference_paths[match.reference]).data
+        except (ImageError, IndexError):
+            reference = None
+        has_reference = _thumb(reference, out_dir / f"reference_{n:04d}.png")
+        name = screened.names.get(match.character_id, match.character_id)
+        rows.append(f"<tr><td><img src='image_{n:04d}.png'></td><td>"
+                    + (f"<img src='reference_{n:04d}.png'>" if has_reference else "no reference")
+                    + f"</td><td>{html.escape(item.name)}<br><b>{html.escape(name)}</b><br>similarity "
+                      f"{match.score:.3f}{' (strong)' if match.strong else ''}</td></tr>")
+    reasons = "".join(f"<li>{html.escape(r['message'])}</li>" for r in screened.verdict.reasons)
+    refused = "".join(f"<li>{html.escape(r['name'])}: {html.escape(r['code'])}</li>" for r in screened.bundle.refused)
+    page = out_dir / "index.html"
+    page.write_text(
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)} · LoRA Gate image evidence</title>"
+        "<style>body{font:15px system-ui;margin:2em}td{padding:6px;vertical-align:top}img{width:192px;"
+        "image-rendering:pixelated}</style>"
+        f"<h1>{html.escape(title)}: {html.escape(screened.verdict.verdict)}</h1><ul>{reasons}</ul>"
+        f"<h2>Images that resemble a registered character ({len(rows)} of {len(screened.bundle.items)})</h2>"
+        "<table><tr><th>image</th><th>closest reference</th><th></th></tr>" + "".join(rows) + "</table>"
+        + (f"<h2>Refused</h2><ul>{refused}</ul>" if refused else ""))
+    return page

@@ -1,0 +1,116 @@
+"""Matching images against the registry and judging a set of them (torch-free: vectors in, verdict out).
+
+Each image matches its nearest character (by its most similar reference) when that similarity reaches the
+calibrated `score`; at `block_score`, above every negative image calibration saw, the match is strong. A set
+is judged per character:
+- quarantine when the images matching it are more than a clean set of this size reaches by chance (at most
+  `false_positive_target`, each image matching with the calibrated `false_rate`), or when one match is strong;
+- the character's policy (block or quarantine) when both hold: a strong match, and more than chance.
+One image alone is therefore at most quarantined: a person decides on one picture. The captions' words are
+screened for registered names too, which quarantines a set (a name is a hint, not a likeness).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gate.detection.matching import References, chance_count
+from gate.detection.screening import NameHit
+
+VERDICT_ORDER = {"allow": 0, "quarantine": 1, "block": 2}
+
+
+@dataclass(frozen=True)
+class ImageThresholds:
+    """Calibrated on negative images (gate.images.calibration); kept with what they were fitted on."""
+
+    score: float  # an image matches its nearest character at this similarity
+    block_score: float  # ... strongly, at this one (above the negatives calibration saw)
+    false_rate: float  # how often a negative image matched some character at `score`
+    false_positive_target: float = 1e-3  # chance a clean set may be quarantined by its count
+    provenance: dict | None = None
+
+    def needed(self, images: int) -> int:
+        """Images matching one character that a clean set of `images` reaches by chance at most rarely."""
+        return max(1, chance_count(images, self.false_rate, self.false_positive_target))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ImageThresholds:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class ImageMatch:
+    """One image's nearest character, and how similar."""
+
+    index: int  # into the set's images
+    character_id: str
+    score: float
+    reference: int  # row into References.vectors: the most similar reference
+    strong: bool
+
+
+@dataclass
+class SetVerdict:
+    verdict: str
+    reasons: list[dict] = field(default_factory=list)
+    matches: list[ImageMatch] = field(default_factory=list)  # every image that matched, strongest first
+
+
+def nearest(vectors: np.ndarray, references: References) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: the nearest character (index into references.character_ids), its similarity, and the
+    reference row that gave it."""
+    if not len(vectors) or not len(references.vectors):
+        empty = np.zeros(len(vectors))
+        return empty.astype(int) - 1, empty, empty.astype(int)
+    similarity = np.asarray(vectors, np.float32) @ references.vectors.T  # both L2-normalised
+    row = similarity.argmax(axis=1)
+    return references.owners[row], similarity[np.arange(len(vectors)), row], row
+
+
+def match_images(vectors: np.ndarray, references: References, thresholds: ImageThresholds) -> list[ImageMatch]:
+    owner, score, row = nearest(vectors, references)
+    matched = [ImageMatch(i, references.character_ids[owner[i]], float(score[i]), int(row[i]),
+                          bool(score[i] >= thresholds.block_score))
+               for i in np.flatnonzero(score >= thresholds.score)]
+    return sorted(matched, key=lambda m: -m.score)
+
+
+def judge_set(vectors: np.ndarray, references: References, thresholds: ImageThresholds, policies: dict[str, str],
+              names: dict[str, str], name_hits: list[NameHit] = ()) -> SetVerdict:
+    """The set's verdict under each character's policy (`policies`: id -> block / quarantine), with reasons."""
+    total = len(vectors)
+    matches = match_images(vectors, references, thresholds)
+    needed = thresholds.needed(total) if total else 1
+    result = SetVerdict("allow", matches=matches)
+    for character_id in dict.fromkeys(m.character_id for m in matches):
+        own = [m for m in matches if m.character_id == character_id]
+        strong = sum(m.strong for m in own)
+        over_chance = len(own) >= needed
+        if not (over_chance or strong):
+            continue
+        verdict = policies.get(character_id, "quarantine") if (over_chance and strong) else "quarantine"
+        name = names.get(character_id, character_id)
+        why = (f"{len(own)} of {total} images show {name} (best similarity {own[0].score:.3f}); a clean set of "
+               f"{total} reaches {needed} by chance at most once in {1 / thresholds.false_positive_target:.0f}; "
+               f"{strong} {'is a strong match' if strong == 1 else 'are strong matches'} "
+               f"({thresholds.block_score:.3f} or more)")
+        result.reasons.append({"kind": "image_match", "verdict": verdict, "character": character_id,
+                               "message": why, "images": len(own), "strong": strong, "needed": needed})
+    for hit in {h.character_id: h for h in name_hits}.values():
+        result.reasons.append({"kind": "caption_name", "verdict": "quarantine", "character": hit.character_id,
+                               "message": f"a caption names {names.get(hit.character_id, hit.character_id)}: "
+                                          f"{hit.text!r}"})
+    if not result.reasons:
+        seen = (f"{len(matches)} of {total} images resemble a registered character, fewer for any one than the "
+                f"{needed} chance would not explain, and none reaches a strong match ({thresholds.block_score:.3f})"
+                if matches else f"none of {total} images resembles a registered character (similarity "
+                                f"{thresholds.score:.3f} or more)")
+        result.reasons.append({"kind": "nothing_shown", "verdict": "allow", "character": None, "message": seen})
+    result.verdict = max((r["verdict"] for r in result.reasons), key=VERDICT_ORDER.__getitem__)
+    return result

@@ -1,0 +1,119 @@
+"""Reading a set of images safely: real zip archives and image files, hostile ones included. An archive that
+means harm is refused whole with a code; a bad image alone is refused alone; nothing is extracted to disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gate.images.bundle import BundleError, read_bundle
+
+
+def _png(seed: int = 0, size: int = 32) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _zip(path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> str:
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return str(path)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with almost no data behind it (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_a_zip_of_images_with_captions_is_read_in_memory(tmp_path):
+    archive = _zip(tmp_path / "set.zip", {"a.png": _png(1), "sub/b.png": _png(2), "sub/b.txt": b"a ninja frog",
+                                          "captions.jsonl": b'{"file": "a.png", "caption": "Ultraman, standing"}\n'
+                                                            b"not json\n"})
+    before = set(os.listdir(tmp_path))
+    bundle = read_bundle([archive])
+    assert [(i.name, i.caption) for i in bundle.items] == [("a.png", "Ultraman, standing"),
+                                                          ("sub/b.png", "a ninja frog")]
+    assert not bundle.refused and set(os.listdir(tmp_path)) == before  # nothing extracted
+
+
+@pytest.mark.parametrize("name", ["../evil.png", "/etc/evil.png", "C:/evil.png", "a\\..\\evil.png", "a/../../x.png"])
+def test_a_member_named_outside_the_archive_refuses_the_archive(tmp_path, name):
+    with pytest.raises(BundleError) as refused:
+        read_bundle([_zip(tmp_path / "t.zip", {"ok.png": _png(), name: _png(1)})])
+    assert refused.value.code == "bundle_path_unsafe"
+
+
+def test_a_symlink_member_refuses_the_archive(tmp_path):
+    path = tmp_path / "link.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        link = zipfile.ZipInfo("innocent.png")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(link, "/etc/passwd")
+    with pytest.raises(BundleError) as refused:
+        read_bundle([str(path)])
+    assert refused.value.code == "bundle_symlink"
+
+
+def test_a_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    bomb = _zip(tmp_path / "bomb.zip", {"big.png": b"\0" * (64 * 1024 * 1024)})
+    assert os.path.getsize(bomb) < 200 * 1024
+    with pytest.raises(BundleError) as refused:
+        read_bundle([bomb])
+    assert refused.value.code == "bundle_bomb"
+
+
+def test_a_hundred_thousand_empty_members_are_refused_at_the_count(tmp_path):
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for n in range(100_000):
+            archive.writestr(f"{n}.png", b"")
+    with pytest.raises(BundleError) as refused:
+        read_bundle([str(path)])
+    assert refused.value.code == "bundle_too_many_files"
+
+
+def test_bad_images_are_refused_alone_and_the_set_goes_on(tmp_path):
+    truncated = _png(3)[:-40]
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(jpeg, format="JPEG")
+    inner = _zip(tmp_path / "inner.zip", {"x.png": _png(4)})
+    archive = _zip(tmp_path / "set.zip", {
+        "good.png": _png(5), "bomb.png": _png_declaring(100_000, 100_000), "truncated.png": truncated,
+        "cut.jpg": jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "polyglot.png": _png(6) + open(inner, "rb").read(),
+        "quine.zip": open(inner, "rb").read(), "notes.png": b"just some text, not an image",
+    })
+    bundle = read_bundle([archive])
+    assert [i.name for i in bundle.items] == ["good.png"]
+    assert {r["name"]: r["code"] for r in bundle.refused} == {
+        "bomb.png": "image_dimensions", "truncated.png": "image_corrupt", "cut.jpg": "image_corrupt",
+        "polyglot.png": "image_polyglot", "quine.zip": "image_format", "notes.png": "image_format"}
+
+
+def test_folders_are_walked_without_following_links(tmp_path):
+    folder = tmp_path / "set"
+    (folder / "deep").mkdir(parents=True)
+    (folder / "a.png").write_bytes(_png(7))
+    (folder / "deep" / "b.webp").write_bytes(_png(8))  # a PNG named .webp: the bytes decide, not the name
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(_png(9))
+    (folder / "link.png").symlink_to(outside)
+    bundle = read_bundle([str(folder)])
+    assert sorted(i.name for i in bundle.items) == ["a.png", "deep/b.webp"]
+    refused = read_bundle([str(folder / "link.png")]).refused
+    assert [r["code"] for r in refused] == ["bundle_symlink"]
+

@@ -1,0 +1,70 @@
+"""`gate screen-images` and `gate calibrate --images`, in fresh processes, on the fixture world's held-back
+images (drawings the thresholds were never fitted on) with the real embedder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+from fixtures import image_truth
+from tests.conftest import REPO, run_gate
+from tests.support import without_torch
+
+
+def _held_back(kind: str, character: str | None = None) -> list:
+    return [e["path"] for e in image_truth.load(split="held_back", kinds=(kind,))
+            if character is None or e["character"] == character]
+
+
+def _zip(path, files) -> str:
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in files:
+            archive.write(file, file.name)
+    return str(path)
+
+
+def test_a_training_set_with_a_characters_drawings_is_flagged_with_evidence(tmp_path):
+    drawings = _held_back("character", "ultraman")[:8]
+    archive = _zip(tmp_path / "set.zip", drawings + _held_back("generic")[:32])
+    done = run_gate("screen-images", archive, "--json", "--evidence", str(tmp_path / "ev"),
+                    env={"GATE_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert answer["verdict"] in ("quarantine", "block") and answer["counts"]["images"] == 40
+    [reason] = [r for r in answer["reasons"] if r["kind"] == "image_match"]
+    assert reason["character"] == "ultraman" and (reason["images"] >= reason["needed"] or reason["strong"])
+    matched = [i for i in answer["images"] if i["matched"]]
+    assert all(i["name"].startswith("ultraman_") for i in matched if i["matched"]["character"] == "ultraman")
+    page = (tmp_path / "ev" / "index.html").read_text()
+    assert "Ultraman" in page and "image_0000.png" in page and (tmp_path / "ev" / "reference_0000.png").exists()
+
+
+def test_generic_scenes_alone_are_allowed_with_a_reason(tmp_path):
+    done = run_gate("screen-images", *map(str, _held_back("generic")[:40]), env={"GATE_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ALLOW: 40 images")
+    assert "fewer for any one than the" in done.stdout or "none of 40 images resembles" in done.stdout
+
+
+def test_a_hostile_archive_is_refused_before_any_model_loads(tmp_path):
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("../../escape.png", b"x")
+    env = {"GATE_DATA_DIR": str(tmp_path / "data"), **without_torch(tmp_path)}
+    done = run_gate("screen-images", str(path), "--json", env=env)
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert json.loads(done.stdout)["error"]["code"] == "bundle_path_unsafe"
+
+
+def test_calibrate_images_adds_its_section_and_keeps_the_lora_thresholds(tmp_path):
+    target = tmp_path / "calibration.json"
+    shutil.copy(REPO / "fixtures" / "world" / "calibration.json", target)
+    before = json.loads(target.read_text())
+    done = run_gate("calibrate", "--images", "--out", str(target), env={"GATE_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = json.loads(target.read_text())
+    assert after["thresholds"] == before["thresholds"]  # the LoRA side untouched
+    fitted = after["images"]["thresholds"]
+    assert 0 < fitted["score"] < fitted["block_score"] <= 1 and fitted["provenance"]["negatives"] >= 400
+    assert fitted["score"] == before["images"]["thresholds"]["score"]  # the world's file is what this fits

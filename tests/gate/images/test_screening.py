@@ -1,0 +1,82 @@
+"""Judging a set of images: per-character counts against chance, strong matches, policies, captions' names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gate.detection.matching import References
+from gate.detection.screening import NameHit
+from gate.images.calibration import fit_image_thresholds
+from gate.images.screening import ImageThresholds, judge_set
+
+# Two characters, one reference each, on orthogonal axes; an image's similarity to a character is its cosine.
+REFS = References(("ultraman", "doraemon"), np.eye(4, dtype=np.float32)[:2], np.array([0, 1]), ("u.png", "d.png"))
+POLICIES = {"ultraman": "block", "doraemon": "quarantine"}
+NAMES = {"ultraman": "Ultraman", "doraemon": "Doraemon"}
+TH = ImageThresholds(score=0.8, block_score=0.95, false_rate=0.01, false_positive_target=1e-3)
+
+
+def _images(*similarities: tuple[int, float]) -> np.ndarray:
+    """Unit vectors with cosine `s` to reference axis `axis` (the rest of the length on axis 3)."""
+    rows = []
+    for axis, s in similarities:
+        row = np.zeros(4, np.float32)
+        row[axis], row[3] = s, np.sqrt(1 - s * s)
+        rows.append(row)
+    return np.stack(rows)
+
+
+def _generic(n: int) -> list[tuple[int, float]]:
+    return [(2, 1.0)] * n  # orthogonal to both characters
+
+
+def test_a_set_with_more_matches_than_chance_and_a_strong_one_gets_the_policy():
+    assert TH.needed(40) == 4  # P(4 or more of 40 at 1%) < 1e-3 < P(3 or more)
+    judged = judge_set(_images((0, 0.97), (0, 0.9), (0, 0.85), (0, 0.81), *_generic(36)), REFS, TH, POLICIES,
+                       NAMES)
+    assert judged.verdict == "block" and [r["kind"] for r in judged.reasons] == ["image_match"]
+    reason = judged.reasons[0]
+    assert (reason["character"], reason["images"], reason["strong"], reason["needed"]) == ("ultraman", 4, 1, 4)
+    assert reason["message"].startswith("4 of 40 images show Ultraman (best similarity 0.970)")
+    assert [m.index for m in judged.matches] == [0, 1, 2, 3]
+    three = judge_set(_images((0, 0.9), (0, 0.85), (0, 0.81), *_generic(37)), REFS, TH, POLICIES, NAMES)
+    assert three.verdict == "allow"  # one fewer, none strong: what chance gives
+
+
+def test_more_than_chance_without_a_strong_match_quarantines_whatever_the_policy():
+    judged = judge_set(_images((1, 0.9), (1, 0.85), (1, 0.82), (1, 0.81), *_generic(36)), REFS, TH, POLICIES,
+                       NAMES)
+    assert judged.verdict == "quarantine" and judged.reasons[0]["character"] == "doraemon"
+    judged = judge_set(_images((0, 0.9), (0, 0.85), (0, 0.82), (0, 0.81), *_generic(36)), REFS, TH, POLICIES,
+                       NAMES)
+    assert judged.verdict == "quarantine"  # Ultraman's policy is block, but no match is strong
+
+
+def test_one_image_is_at_most_quarantined_and_only_when_strong():
+    assert judge_set(_images((0, 0.99)), REFS, TH, POLICIES, NAMES).verdict == "quarantine"
+    lone = judge_set(_images((0, 0.9)), REFS, TH, POLICIES, NAMES)
+    assert lone.verdict == "allow" and lone.reasons[0]["kind"] == "nothing_shown"
+    assert "1 of 1 images resemble a registered character" in lone.reasons[0]["message"]
+
+
+def test_matches_spread_over_characters_are_not_added_up():
+    judged = judge_set(_images((0, 0.9), (1, 0.9), *_generic(38)), REFS, TH, POLICIES, NAMES)
+    assert judged.verdict == "allow" and len(judged.matches) == 2
+
+
+def test_a_caption_naming_a_character_quarantines_the_set():
+    hit = NameHit("doraemon", "Doraemon", "caption", "a doraemon drawing")
+    judged = judge_set(_images(*_generic(5)), REFS, TH, POLICIES, NAMES, [hit])
+    assert judged.verdict == "quarantine" and judged.reasons[0]["kind"] == "caption_name"
+    assert "Doraemon" in judged.reasons[0]["message"]
+
+
+def test_calibration_sets_the_score_at_the_negatives_quantile_and_strong_above_all_of_them():
+    rng = np.random.default_rng(0)
+    negatives = _images(*[(int(rng.integers(2)), float(s)) for s in rng.uniform(0.0, 0.9, 500)])
+    fitted = fit_image_thresholds(negatives, REFS, ["synthetic"])
+    assert 0.88 < fitted.score < 0.9 and fitted.block_score > 0.9
+    assert fitted.false_rate == pytest.approx(0.01, abs=0.003)
+    with pytest.raises(ValueError):
+        fit_image_thresholds(negatives[:10], REFS, ["too few"])
