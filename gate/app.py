@@ -15,6 +15,7 @@ from gate.web import (
     disputes,
     health,
     huggingface,
+    images,
     internal,
     limits,
     review,
@@ -40,7 +41,8 @@ def create_app(config: dict | None = None) -> Flask:
     limits.init_app(app)
     app.extensions["gate_unverified"] = UnverifiedBodies(settings.http.unverified_bytes,
                                                          settings.http.unverified_per_address)
-    for surface in (uploads, status, health, internal, auth, review, disputes, rights, huggingface, deliveries):
+    for surface in (uploads, images, status, health, internal, auth, review, disputes, rights, huggingface,
+                    deliveries):
         app.register_blueprint(surface.bp)
 
     @app.errorhandler(GateError)

@@ -163,6 +163,9 @@ class Settings:
     worker_token: str = ""
     # How long one job may run before RQ stops it (seconds).
     job_timeout: int = 1800
+    # How long POST /v1/images and /v1/datasets wait for their verdict before answering 202 with a status URL
+    # (a small set is answered at once, 200, with its verdict). 0: always 202.
+    images_wait_seconds: float = 10.0
     # Where final decisions are POSTed (signed like uploads, with callback_secret or else upload_secret).
     callback_url: str = ""
     callback_secret: str = ""

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import tempfile
 import threading
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ _lock = threading.Lock()
 
 
 REFERENCE_FORMATS = ("PNG", "JPEG", "WEBP")  # as the registry accepts them; no other decoder sees the bytes
+MAX_IMAGE_BYTES = 20 * 1024 * 1024  # an image of a screened set, as the gate's image checks allow
 
 
 class ProbeRequestError(Exception):
@@ -144,6 +147,7 @@ def probe_upload(request: dict) -> dict:
         else:
             probed = outcome_to_json(outcome, probe_engine.embedder_id)
     probed["reference_vectors"] = _reference_vectors(probe_engine, request.get("embed") or [])
+    probed["preview_vectors"] = _preview_vectors(probe_engine, request.get("previews") or [])
     probed["seconds"] = round(time.perf_counter() - started, 3)  # this worker's time on it: the gate's estimates
     _reply(request, probed, {"queue": INTAKE, "func": "gate.pipeline.jobs.conclude_upload",
                              "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")})
@@ -179,3 +183,60 @@ def embed_references(request: dict) -> dict:
     vectors = _reference_vectors(probe_engine, request["references"])
     _reply(request, {"embedder": probe_engine.embedder_id, "vectors": vectors}, {})
     return {"embedded": len(vectors)}
+
+
+def _set_image(archive, path: Path, wanted: dict) -> np.ndarray | None:
+    """One image of a set, by its name in the archive (or the whole file), if it still has the sha256 the gate
+    recorded; None when it cannot be read here (the gate refuses it alone)."""
+    from PIL import Image
+
+    try:
+        if archive is not None:
+            info = archive.getinfo(wanted["name"])
+            if info.file_size > MAX_IMAGE_BYTES:
+                return None
+            with archive.open(info) as stream:
+                data = stream.read(MAX_IMAGE_BYTES + 1)
+        else:
+            data = path.read_bytes()[: MAX_IMAGE_BYTES + 1]
+        if len(data) > MAX_IMAGE_BYTES or hashlib.sha256(data).hexdigest() != wanted["sha256"]:
+            return None
+        with Image.open(io.BytesIO(data), formats=REFERENCE_FORMATS) as image:
+            return np.asarray(image.convert("RGB"))
+    except (KeyError, OSError, ValueError, SyntaxError, zipfile.BadZipFile, Image.DecompressionBombError):
+        return None
+
+
+def _preview_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
+    """The upload's preview images the gate has no vector for: {sha256: base64 float32 vector}. One that cannot
+    be read here (another machine, no shared disk) is left out; the gate judges the others."""
+    images = [(w["sha256"], _set_image(None, Path(w["path"]), w)) for w in wanted]
+    images = [(digest, image) for digest, image in images if image is not None]
+    if not images:
+        return {}
+    vectors = probe_engine.embed([image for _, image in images])
+    return {digest: base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
+            for (digest, _), vector in zip(images, vectors, strict=True)}
+
+
+def embed_images(request: dict) -> dict:
+    """Embed the images of a set the gate has no vectors for (names in its archive, checked by sha256), 64 at
+    a time, and hand the vectors to the gate job the request names; references without vectors too."""
+    probe_engine = engine(context().settings)
+    path = Path(request["path"])
+    vectors: dict[str, str] = {}
+    archive = zipfile.ZipFile(path) if request.get("archive") else None
+    try:
+        wanted = request["images"]
+        for start in range(0, len(wanted), 64):
+            batch = [(w["sha256"], _set_image(archive, path, w)) for w in wanted[start:start + 64]]
+            batch = [(digest, image) for digest, image in batch if image is not None]
+            if batch:
+                for (digest, _), vector in zip(batch, probe_engine.embed([image for _, image in batch]), strict=True):
+                    vectors[digest] = base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
+    finally:
+        if archive is not None:
+            archive.close()
+    _reply(request, {"embedder": probe_engine.embedder_id, "vectors": vectors,
+                     "reference_vectors": _reference_vectors(probe_engine, request.get("embed") or [])}, {})
+    return {"set_id": request.get("set_id"), "embedded": len(vectors)}

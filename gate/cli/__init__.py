@@ -42,5 +42,5 @@ def main() -> None:
 for command in (scanning.inspect, scanning.scan, images.screen_images, scanning.calibrate, characters.characters,
                 service.serve, service.deliver, blocklist.blocklist_group, service.worker, service.status,
                 service.db_group, repeat_group, catalogue.catalogue_group, catalogue.rescan, users, tokens,
-                audit_group, deliveries):
+                audit_group, deliveries, images.datasets):
     main.add_command(command)

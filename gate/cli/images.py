@@ -72,3 +72,36 @@ def _print(answer: dict) -> None:
         click.echo(f"  refused {refused['name']}: {refused['code']}: {refused['message']}")
     if "evidence" in answer:
         click.echo(f"  evidence: {answer['evidence']}")
+
+
+@click.group("datasets")
+def datasets() -> None:
+    """Image sets hubs sent (POST /v1/datasets and /v1/images)."""
+
+
+@datasets.command("status")
+@click.argument("set_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer the status API gives, as JSON.")
+def dataset_status(set_id: str, as_json: bool) -> None:
+    """Show one image set's state, verdict, reasons and matching images.
+
+    Example: gate datasets status is_4a693f50514e657d
+    """
+    from gate.images.record import get_set, set_status
+
+    db = common.record()
+    answer = set_status(db, get_set(db, set_id))
+    if as_json:
+        click.echo(json.dumps(answer, indent=1, ensure_ascii=False))
+        return
+    counts = answer["counts"]
+    click.echo(f"{set_id} ({answer['kind']}): {answer['state']}"
+               + (f", verdict {answer['verdict']}" if answer["verdict"] else "")
+               + f"; {counts['images']} images, {counts['matched']} matched, {counts['refused']} refused")
+    if error := answer.get("error"):
+        click.echo(f"  {error['code']}: {error['message']}")
+    for reason in answer["reasons"]:
+        click.echo(f"  - {reason['message']}")
+    for match in answer.get("matches", []):
+        click.echo(f"  {match['name']}: {match['character']} {match['score']:.3f}"
+                   f"{' strong' if match['strong'] else ''}")

@@ -74,18 +74,24 @@ class Screened:
 
 def screen_images(bundle: Bundle, embed: Embed, db: Database, embedder_id: str,
                   thresholds: ImageThresholds) -> Screened:
-    """Judge a set of images against the registry (references without vectors are embedded first)."""
+    """Judge a set of images against the registry, embedding here (references without vectors first)."""
     started = time.perf_counter()
     embed_missing(db, embed, embedder_id)
+    vectors = embed_images(bundle, embed)
+    return judge_bundle(bundle, vectors, db, embedder_id, thresholds,
+                        {"embed": time.perf_counter() - started})
+
+
+def judge_bundle(bundle: Bundle, vectors: np.ndarray, db: Database, embedder_id: str, thresholds: ImageThresholds,
+                 seconds: dict[str, float] | None = None) -> Screened:
+    """Judge a set whose images are embedded already (`vectors`, in the order of bundle.items)."""
+    started = time.perf_counter()
     references = load_references(db, embedder_id)
     characters = {c.id: c for c in list_characters(db)}
     names = {cid: c.name for cid, c in characters.items()}
-    mark = time.perf_counter()
-    vectors = embed_images(bundle, embed)
-    embedded = time.perf_counter() - mark
     captions = [item.caption for item in bundle.items if item.caption]
     hits = find_names({"caption": captions}, {c.id: c.names for c in characters.values()}) if captions else []
     verdict = judge_set(vectors, references, thresholds, {cid: c.policy for cid, c in characters.items()}, names,
                         hits)
     return Screened(bundle, verdict, references.paths, names,
-                    {"embed": embedded, "total": time.perf_counter() - started})
+                    {**(seconds or {}), "judge": time.perf_counter() - started})

@@ -338,3 +338,26 @@ def m020_scan_stages(db: Database) -> None:
     db["uploads"].add_column("stage_at", str)
     db["probe_times"].create({"id": int, "upload_id": str, "at": str, "lane": str, "waited": float, "work": float},
                              pk="id")
+
+
+@migrations()
+def m021_image_sets(db: Database) -> None:
+    # Images screened as sets (POST /v1/images, /v1/datasets): the set as the hub sent it, each image's match,
+    # and each image's vector by its sha256, so an image sent again is judged without embedding it again.
+    db["image_sets"].create({
+        "id": str, "kind": str, "delivery_key": str, "hub": str, "model_id": str, "uploader": str, "title": str,
+        "filename": str, "file_path": str, "file_sha256": str, "file_size": int, "state": str, "verdict": str,
+        "reasons": str, "images": int, "refused": str, "matched": int, "embedded": int, "error_code": str,
+        "error_message": str, "created_at": str, "decided_at": str}, pk="id")
+    db["image_sets"].create_index(["delivery_key"], unique=True)
+    db["set_images"].create({"set_id": str, "position": int, "name": str, "sha256": str, "character_id": str,
+                             "score": float, "strong": int, "reference": str}, pk=("set_id", "position"))
+    db["image_vectors"].create({"sha256": str, "embedder": str, "vector": bytes}, pk=("sha256", "embedder"))
+
+
+@migrations()
+def m022_upload_previews(db: Database) -> None:
+    # The preview images a hub sent with an upload (`preview` parts): stored by sha256 beside the upload, each
+    # embedded once (image_vectors) and judged with the upload, or refused alone with its image code.
+    db["upload_previews"].create({"upload_id": str, "position": int, "name": str, "sha256": str, "path": str,
+                                  "refused": str}, pk=("upload_id", "position"))

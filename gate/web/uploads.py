@@ -13,6 +13,7 @@ from gate import jsontext
 from gate.errors import GateError
 from gate.hubs import signatures
 from gate.hubs.spool import CHUNK, BadDelivery, spool_multipart
+from gate.images.previews import store_previews
 from gate.pipeline.dispatch import dispatcher
 from gate.record.uploads import parse_meta, record_upload, store_file
 from gate.web.context import db, settings
@@ -35,29 +36,8 @@ def direct_upload():
         from gate.web.deliveries import url_upload
 
         return url_upload(config.upload_secret)
-    if not request.mimetype == "multipart/form-data":
-        raise UnsupportedMediaType("send multipart/form-data with a 'file' part (and an optional 'meta' part)")
-    signature = signatures.parse_header(request.headers.get("X-Gate-Signature"))
-    signatures.check_timestamp(signature.timestamp)
-    boundary = request.mimetype_params.get("boundary")
-    if not boundary:
-        raise BadDelivery("the multipart Content-Type has no boundary", "multipart_invalid")
-    spool = functools.partial(spool_multipart, boundary=boundary, limit=config.intake.max_file_bytes + ENVELOPE,
-                              spool_dir=config.data_dir / "incoming", fsync=config.record_sync == "full")
-    body_hash = None
-    if signature.v2:  # authenticated on the head: the body streams to the spool and must hash to the signed digest
-        digest = signatures.check_digest_signature(signature, request.headers.get(signatures.DIGEST_HEADER),
-                                                   config.upload_secret)
-        body_hash = hashlib.sha256()
-        spooled = spool(request.stream, mac=body_hash)
-    else:  # v1 can only be checked at the end: the body waits in memory, never on disk, until it is
-        with current_app.extensions["gate_unverified"].hold(request.remote_addr or "", request.content_length):
-            body = _read_whole(request.stream, request.content_length)
-            signatures.verify_body(signature, body, config.upload_secret)
-            spooled = spool(_Reader(memoryview(body)), mac=None)
+    spooled = signed_multipart(config, config.intake.max_file_bytes + ENVELOPE)
     try:
-        if body_hash is not None:
-            signatures.check_body_digest(digest, body_hash.hexdigest())
         if spooled.weights is None:
             raise BadDelivery("the multipart body has no 'file' part", "file_missing")
         raw_meta = spooled.fields.get("meta")
@@ -65,14 +45,45 @@ def direct_upload():
     except BaseException:
         spooled.discard()
         raise
+    previews = store_previews(spooled.previews, config.data_dir / "previews")
     stored = store_file(spooled.weights, config.data_dir / "uploads", spooled.sha256)
     recorded = record_upload(db(), "direct", meta, stored, spooled.sha256, spooled.size,
-                             spooled.filename or "upload.safetensors")
+                             spooled.filename or "upload.safetensors", previews=previews)
     if recorded.created:
         dispatcher(config).enqueue(recorded.upload["id"])
     upload_id = recorded.upload["id"]
     return jsonify(id=upload_id, status_url=url_for("api.upload_status", upload_id=upload_id, _external=True),
                    duplicate=not recorded.created), 202
+
+
+def signed_multipart(config, limit: int):
+    """This request's multipart body, authenticated and spooled (its `file` part on disk, the rest in memory): a
+    v2 signature is checked on the head and the body must hash to its digest; a v1 body is held in memory, never
+    on disk, until its signature is checked."""
+    if not request.mimetype == "multipart/form-data":
+        raise UnsupportedMediaType("send multipart/form-data with a 'file' part (and an optional 'meta' part)")
+    signature = signatures.parse_header(request.headers.get("X-Gate-Signature"))
+    signatures.check_timestamp(signature.timestamp)
+    boundary = request.mimetype_params.get("boundary")
+    if not boundary:
+        raise BadDelivery("the multipart Content-Type has no boundary", "multipart_invalid")
+    spool = functools.partial(spool_multipart, boundary=boundary, limit=limit,
+                              spool_dir=config.data_dir / "incoming", fsync=config.record_sync == "full")
+    if not signature.v2:
+        with current_app.extensions["gate_unverified"].hold(request.remote_addr or "", request.content_length):
+            body = _read_whole(request.stream, request.content_length)
+            signatures.verify_body(signature, body, config.upload_secret)
+            return spool(_Reader(memoryview(body)), mac=None)
+    digest = signatures.check_digest_signature(signature, request.headers.get(signatures.DIGEST_HEADER),
+                                               config.upload_secret)
+    body_hash = hashlib.sha256()
+    spooled = spool(request.stream, mac=body_hash)
+    try:
+        signatures.check_body_digest(digest, body_hash.hexdigest())
+    except BaseException:
+        spooled.discard()
+        raise
+    return spooled
 
 
 class _Reader:

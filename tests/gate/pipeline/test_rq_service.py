@@ -183,3 +183,34 @@ def test_redis_killed_while_a_job_runs_the_worker_carries_on_and_the_upload_is_d
     final = final_state(answer["status_url"], service, timeout=300)
     assert final["state"] == "decided", final
     assert worker.poll() is None, "the worker died with Redis"
+
+
+def test_a_training_set_is_screened_by_rq_workers_and_the_hub_is_called_back(service, tmp_path):
+    """The record's worker (no torch) reads and judges the set; a probe worker with a data directory of its own
+    embeds the images from the set's archive; the hub hears the verdict."""
+    import zipfile
+
+    from fixtures import image_truth
+    from gate.hubs.client import deliver
+    from tests.support import SECRET
+
+    service.spawn("worker", "--queues", "intake", log="worker-intake", extra_env=without_torch(tmp_path))
+    service.spawn("worker", "--queues", "probe", log="worker-probe",
+                  extra_env={"GATE_DATA_DIR": str(tmp_path / "probe-worker")})
+    entries = image_truth.load(split="held_back")
+    files = [e["path"] for e in entries if e["character"] == "pikachu"][:8] + \
+        [e["path"] for e in entries if e["kind"] == "generic"][:24]
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for file in files:
+            out.write(file, file.name)
+    code, answer = deliver(f"{service.base}/v1/datasets", archive, SECRET, {"hub": "h", "model_id": "rq-set"})
+    assert code in (200, 202), answer
+    wait(lambda: status(answer["status_url"])["state"] == "decided", 180, "the set was never decided")
+    final = status(answer["status_url"])
+    assert final["counts"]["images"] == 32 and final["counts"]["embedded"] == 32
+    assert any(r.get("character") == "pikachu" for r in final["reasons"]), final["reasons"]
+    assert not (tmp_path / "probe-worker" / "gate.db").exists()  # the probe worker never opened the record
+    wait(lambda: any(m["event"] == "images.decided" for m in service.hub.received), 90, "no callback")
+    [message] = [m for m in service.hub.received if m["event"] == "images.decided"]
+    assert message["upload_id"] == answer["id"] and message["data"]["verdict"] == final["verdict"]

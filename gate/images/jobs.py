@@ -1,0 +1,114 @@
+"""An image set's screening as queue jobs: `screen_set` (the record's side: read and validate the set, reuse
+the vectors the record holds) → `probes.jobs.embed_images` (a probe worker embeds the images it has not seen)
+→ `conclude_set` (the record's side: judge, record, evidence, tell the hub). Job ids are `<set id>_<step>`,
+so the upload pipeline's failure callback leaves them alone."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zipfile
+from datetime import UTC, datetime
+
+import numpy as np
+
+from gate.images.bundle import BundleError, read_bundle
+from gate.images.evidence import write_image_evidence
+from gate.images.record import LIVE, get_set, keep_vectors, known_vectors, update_set
+from gate.images.screen import judge_bundle, load_image_thresholds
+from gate.pipeline.jobs import reply_to
+from gate.queues import INTAKE, PROBE, context
+from gate.record import outbox
+from gate.record.db import writing
+from gate.registry.characters import missing_references, store_vectors
+from gate.runtime import thread_record
+from probes.contract import embedder_id
+
+
+def set_job(set_id: str, step: str) -> str:
+    return f"{set_id}_{step}"
+
+
+def evidence_dir(settings, set_id: str):
+    return settings.data_dir / "evidence" / set_id
+
+
+def screen_set(set_id: str) -> str:
+    """Validate a recorded set and embed what the record has no vector for (on a probe worker), or conclude."""
+    settings, queues = context().settings, context().queues
+    db = thread_record(settings)
+    row = get_set(db, set_id)
+    if row["state"] not in LIVE:
+        return "skipped"
+    update_set(db, set_id, {"state": "screening"})
+    try:
+        bundle = read_bundle([row["file_path"]])
+    except BundleError as exc:
+        _finish(db, set_id, {"state": "refused", "error_code": exc.code, "error_message": exc.message})
+        return "refused"
+    embedder = embedder_id(settings.embedder)
+    known = known_vectors(db, embedder, [item.image.sha256 for item in bundle.items])
+    missing = {item.image.sha256: item.name for item in bundle.items if item.image.sha256 not in known}
+    if not missing and not missing_references(db, embedder):  # every image seen before: no worker needed
+        return conclude_set(set_id, {"embedder": embedder, "vectors": {}})
+    request = {"set_id": set_id, "path": row["file_path"], "archive": zipfile.is_zipfile(row["file_path"]),
+               "images": [{"name": name, "sha256": digest} for digest, name in missing.items()],
+               "embed": missing_references(db, embedder),  # references registered without vectors yet
+               "reply": reply_to(INTAKE, "gate.images.jobs.conclude_set", [set_id], set_job(set_id, "conclude"))}
+    queues.enqueue(PROBE, "probes.jobs.embed_images", request, job_id=set_job(set_id, "embed"))
+    return "embedding"
+
+
+def conclude_set(set_id: str, embedded: dict) -> str:
+    """Keep a probe worker's vectors, judge the set, record it with its evidence, and owe the hub a message."""
+    settings = context().settings
+    db = thread_record(settings)
+    row = get_set(db, set_id)
+    if row["state"] not in LIVE:
+        return "skipped"
+    embedder = embedder_id(settings.embedder)
+    if embedded.get("embedder") != embedder:
+        raise RuntimeError(f"probe worker used embedder {embedded.get('embedder')}, the gate {embedder}")
+    fresh = {digest: np.frombuffer(base64.b64decode(text), np.float32)
+             for digest, text in (embedded.get("vectors") or {}).items()}
+    keep_vectors(db, embedder, fresh)
+    if embedded.get("reference_vectors"):
+        store_vectors(db, embedder, embedded["reference_vectors"])
+    bundle = read_bundle([row["file_path"]])
+    vectors = known_vectors(db, embedder, [item.image.sha256 for item in bundle.items])
+    unreadable = [item for item in bundle.items if item.image.sha256 not in vectors]
+    for item in unreadable:  # the worker could not decode it: refused alone, as intake would
+        bundle.refused.append({"name": item.name, "code": "image_corrupt", "message": "the probe worker could not "
+                               "decode it"})
+    bundle.items = [item for item in bundle.items if item.image.sha256 in vectors]
+    thresholds = load_image_thresholds(settings.calibration_file, embedder)
+    matrix = (np.stack([vectors[item.image.sha256] for item in bundle.items]) if bundle.items
+              else np.zeros((0, 1), np.float32))
+    screened = judge_bundle(bundle, matrix, db, embedder, thresholds)
+    title = row["title"] or row["filename"] or set_id
+    write_image_evidence(screened, evidence_dir(settings, set_id), title)
+    answer = screened.to_dict()
+    with writing(db):
+        db["set_images"].delete_where("set_id = ?", [set_id])
+        db["set_images"].insert_all([
+            {"set_id": set_id, "position": n, "name": image["name"], "sha256": image["sha256"],
+             "character_id": (image["matched"] or {}).get("character"),
+             "score": (image["matched"] or {}).get("score"), "strong": int((image["matched"] or {}).get("strong",
+                                                                                                         False)),
+             "reference": (image["matched"] or {}).get("reference")}
+            for n, image in enumerate(answer["images"])])
+    _finish(db, set_id, {"state": "decided", "verdict": answer["verdict"],
+                         "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
+                         "images": answer["counts"]["images"], "matched": answer["counts"]["matched"],
+                         "embedded": len(fresh), "refused": json.dumps(bundle.refused, ensure_ascii=False)})
+    return answer["verdict"]
+
+
+def _finish(db, set_id: str, changes: dict) -> None:
+    """A final state, and the hub's message about it, in one transaction."""
+    from gate.images.record import set_status
+
+    with writing(db):
+        db["image_sets"].update(set_id, {**changes, "decided_at": datetime.now(UTC).isoformat(timespec="milliseconds")})
+        row = get_set(db, set_id)
+        outbox.enqueue(db, set_id, f"images.{row['state']}", set_status(db, row))

@@ -1,0 +1,101 @@
+"""Images a hub sends to be screened: generated images (POST /v1/images) and training sets before a LoRA is
+trained on them (POST /v1/datasets). Signed like uploads; the `file` part is one image or a zip of images
+(captions in a captions.jsonl or a .txt beside each image), the `meta` part the hub's record. The set is
+recorded durably and screened on the queue (gate.images.jobs); a small set's verdict comes back in the answer
+(200) when it is ready within GATE_IMAGES_WAIT_SECONDS, else 202 with the status URL. The same set sent again
+is the first one (idempotent)."""
+
+from __future__ import annotations
+
+import time
+import zipfile
+
+from flask import Blueprint, jsonify, send_from_directory, url_for
+
+from gate import jsontext
+from gate.errors import GateError
+from gate.hubs.spool import BadDelivery
+from gate.images.jobs import evidence_dir, set_job
+from gate.images.record import LIVE, get_set, record_set, set_status
+from gate.pipeline.dispatch import dispatcher
+from gate.queues import INTAKE
+from gate.record.uploads import parse_meta
+from gate.web.context import db, settings
+from gate.web.limits import takes_body
+from gate.web.uploads import ENVELOPE, signed_multipart
+
+bp = Blueprint("images", __name__)
+
+
+def _limit(config) -> int:
+    return config.intake.max_file_bytes + ENVELOPE
+
+
+@bp.post("/v1/images")
+@takes_body(_limit)
+def generated_images():
+    """Generated images (a gallery, a recommendation page's images): one image or a zip, with the model or
+    LoRA that made them in meta.model_id."""
+    return _receive("images")
+
+
+@bp.post("/v1/datasets")
+@takes_body(_limit)
+def training_set():
+    """A training set before the hub trains on it: a zip of images with their captions."""
+    return _receive("dataset")
+
+
+def _receive(kind: str):
+    config = settings()
+    if not config.upload_secret:
+        raise GateError("GATE_UPLOAD_SECRET is not set: this gate cannot authenticate deliveries", "not_configured")
+    spooled = signed_multipart(config, _limit(config))
+    try:
+        if spooled.weights is None:
+            raise BadDelivery("the multipart body has no 'file' part (an image or a zip of images)", "file_missing")
+        raw_meta = spooled.fields.get("meta")
+        meta = parse_meta(jsontext.loads(raw_meta, "the 'meta' part", "meta_invalid") if raw_meta else None)
+    except BaseException:
+        spooled.discard()
+        raise
+    # Content-addressed, as uploads are; the suffix says how to read it (an archive, or one image).
+    store = config.data_dir / "image-sets" / spooled.sha256[:2]
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / f"{spooled.sha256}.{'zip' if zipfile.is_zipfile(spooled.weights) else 'image'}"
+    if target.exists():
+        spooled.discard()
+    else:
+        spooled.weights.replace(target)
+    row, created = record_set(db(), kind, meta, target, spooled.sha256, spooled.size,
+                              spooled.filename or f"{kind}.bin")
+    if created:
+        dispatcher(config).hand_off(INTAKE, "gate.images.jobs.screen_set", (row["id"],), set_job(row["id"], "screen"))
+    deadline = time.monotonic() + config.images_wait_seconds
+    while row["state"] in LIVE and time.monotonic() < deadline:
+        time.sleep(0.1)
+        row = get_set(db(), row["id"])
+    answer = {**_answer(row), "duplicate": not created}
+    return jsonify(answer), 202 if row["state"] in LIVE else 200
+
+
+def _answer(row: dict) -> dict:
+    answer = {**set_status(db(), row), "status_url": url_for("images.set_status_view", set_id=row["id"],
+                                                             _external=True)}
+    if (evidence_dir(settings(), row["id"]) / "index.html").exists():
+        answer["evidence_url"] = url_for("images.set_evidence", set_id=row["id"], name="index.html", _external=True)
+    return answer
+
+
+@bp.get("/v1/images/<set_id>")
+@bp.get("/v1/datasets/<set_id>")
+def set_status_view(set_id: str):
+    """A set's state (received / screening / decided / refused), verdict, reasons and matching images."""
+    return jsonify(_answer(get_set(db(), set_id)))
+
+
+@bp.get("/v1/images/<set_id>/evidence/<name>")
+def set_evidence(set_id: str, name: str):
+    """The set's evidence page and its images: each matching image beside its closest reference."""
+    get_set(db(), set_id)
+    return send_from_directory(evidence_dir(settings(), set_id), name)
