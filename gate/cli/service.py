@@ -54,7 +54,9 @@ def serve(host: str, port: int, threads: int) -> None:
 @click.option("--url", default="http://127.0.0.1:8000/v1/uploads", show_default=True, help="The gate's upload URL.")
 @click.option("--secret", envvar="GATE_UPLOAD_SECRET", required=True, help="The hub's secret [GATE_UPLOAD_SECRET].")
 @click.option("--meta", default=None, help="The hub's record of the upload, as JSON.")
-def deliver(path: str, url: str, secret: str, meta: str | None) -> None:
+@click.option("--preview", "previews", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A preview image sent with the upload (repeatable, at most 8).")
+def deliver(path: str, url: str, secret: str, meta: str | None, previews: tuple[str, ...]) -> None:
     """Send a file to a gate as a hub would: signed multipart POST; prints the gate's answer.
 
     Example: gate deliver my_lora.safetensors --meta '{"model_id": "m1", "title": "My LoRA"}'
@@ -68,14 +70,14 @@ def deliver(path: str, url: str, secret: str, meta: str | None) -> None:
     except ValueError:
         raise click.BadParameter("not valid JSON", param_hint="--meta") from None
     try:
-        status, answer = send(url, path, secret, record)
+        status, answer = send(url, path, secret, record, previews=list(previews))
     except (OSError, http.client.HTTPException) as exc:  # refused, unresolvable, timed out: no gate there
         reason = getattr(exc, "reason", exc)
         raise click.ClickException(f"could not reach the gate at {url}: {reason} (is `gate serve` running?)") from None
     except ValueError:
         raise click.ClickException(f"{url} did not answer with JSON: is it a LoRA Gate's upload URL?") from None
     click.echo(json.dumps(answer, indent=1))
-    sys.exit(0 if status == 202 else 1)
+    sys.exit(0 if status in (200, 202) else 1)
 
 
 @click.command()

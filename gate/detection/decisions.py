@@ -71,6 +71,7 @@ def decide(
     repeat_offender: dict | None = None,
     undeclared_trigger: bool = False,
     probed: bool = True,
+    previews: Sequence[Reason] = (),
 ) -> Decision:
     """Combine every signal into one verdict, keeping every reason: the blocklist, what could not be probed,
     render matches, likelihood gains and names; then repeat infringement (near-duplicates of flagged LoRAs, an
@@ -79,7 +80,8 @@ def decide(
     `probed` is False for a LoRA decided without rendering (the blocklist, a repeat): no reason then says what
     a probe did or did not show. A name alone allows, unless the LoRA also adapts the text encoder without
     declaring a trigger (`undeclared_trigger`): then the probes may never have said the word that switches it
-    on, and the name is a strong hint with missing evidence, so a person looks (quarantine, never block)."""
+    on, and the name is a strong hint with missing evidence, so a person looks (quarantine, never block).
+    `previews`: reasons from the upload's preview images, judged as a set (gate.images.previews)."""
     reasons: list[Reason] = []
     if blocklisted:
         reasons.append(
@@ -141,6 +143,7 @@ def decide(
             "metadata_name", Verdict.ALLOW,
             f"metadata names {name} ({_where(hits)}) but no probe render shows it", character_id, details,
         ))
+    reasons += previews  # what the hub's preview images show (gate.images.previews), probes or not
     _apply_cleared(reasons, cleared)
     reasons += _repeat_reasons(near_duplicates, repeat_offender)
     if probed and not any(r.verdict != Verdict.ALLOW or r.kind != "metadata_name" for r in reasons):

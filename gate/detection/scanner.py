@@ -134,6 +134,7 @@ class ScanResult:
     repeat_offender: dict | None = None  # the uploader's history, when the repeat-offender policy applies
     undeclared_trigger: bool = False  # it adapts a text encoder and declares no trigger (undeclared_trigger())
     reference_images: dict[str, list[str]] = field(default_factory=dict)  # the likelihood probe's, per character
+    preview_reasons: list = field(default_factory=list)  # the hub's preview images, judged (gate.images.previews)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -311,6 +312,7 @@ class Scanner:
             likelihood=result.outcome.likelihood if result.outcome is not None else (),
             near_duplicates=result.near_duplicates, repeat_offender=result.repeat_offender,
             undeclared_trigger=result.undeclared_trigger, probed=result.outcome is not None,
+            previews=result.preview_reasons,
         )
         result.timings["match"] = time.perf_counter() - mark
         return result

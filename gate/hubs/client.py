@@ -14,23 +14,30 @@ from pathlib import Path
 from gate.hubs.signatures import DIGEST_HEADER, sign, sign_digest
 
 
-def multipart(data: bytes, meta: dict | None, filename: str) -> tuple[bytes, str]:
-    """A multipart/form-data body with a `file` part and an optional `meta` JSON part."""
+def multipart(data: bytes, meta: dict | None, filename: str,
+              previews: list[tuple[str, bytes]] = ()) -> tuple[bytes, str]:
+    """A multipart/form-data body with a `file` part, optional `preview` image parts and an optional `meta`
+    JSON part."""
     boundary = uuid.uuid4().hex
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    for name, image in previews:
+        body += (f'--{boundary}\r\nContent-Disposition: form-data; name="preview"; filename="{name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n").encode() + image + b"\r\n"
     if meta is not None:
         body += (f'--{boundary}\r\nContent-Disposition: form-data; name="meta"\r\n'
                  f"Content-Type: application/json\r\n\r\n{json.dumps(meta)}\r\n").encode()
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def deliver(url: str, path: str | Path, secret: str, meta: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+def deliver(url: str, path: str | Path, secret: str, meta: dict | None = None, timeout: float = 60,
+            previews: list[str | Path] = ()) -> tuple[int, dict]:
     """POST an upload to `url` (…/v1/uploads); returns (HTTP status, JSON answer). It is signed both ways: over
     its sha256 (v2, checked before the gate reads the body, for any size) and over the body (v1, for gates from
     before 2026-12-06, which ignore v2)."""
     path = Path(path)
-    body, content_type = multipart(path.read_bytes(), meta, path.name)
+    body, content_type = multipart(path.read_bytes(), meta, path.name,
+                                   [(Path(p).name, Path(p).read_bytes()) for p in previews])
     digest = hashlib.sha256(body).hexdigest()
     timestamp = int(time.time())
     both = f"{sign(body, secret, timestamp)},{sign_digest(digest, secret, timestamp).split(',', 1)[1]}"

@@ -17,6 +17,8 @@ from gate.errors import GateError
 
 CHUNK = 1024 * 1024
 SMALL_PART_BYTES = 1024 * 1024  # the hub's record and any other field part
+PREVIEW_BYTES = 8 * 1024 * 1024  # one preview image (a `preview` part), held in memory
+MAX_PREVIEWS = 8
 MAX_PARTS = 16
 
 
@@ -41,6 +43,7 @@ class SpooledDelivery:
     """What a multipart body held: the weights on disk (path, sha256, size, filename) and the small parts."""
 
     fields: dict[str, bytes]
+    previews: list[tuple[str, bytes]] = field(default_factory=list)  # (filename, bytes) of each `preview` part
     weights: Path | None = None
     sha256: str = ""
     size: int = 0
@@ -96,8 +99,10 @@ def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsy
         if state["target"] is not None:
             digest.update(chunk)
             state["target"].write(chunk)
-        elif part.size > SMALL_PART_BYTES:
-            raise BadDelivery(f"the '{part.name}' part is over {SMALL_PART_BYTES} bytes", "multipart_invalid")
+        elif part.size > (PREVIEW_BYTES if part.name == "preview" else SMALL_PART_BYTES):
+            raise BadDelivery(f"the '{part.name}' part is over "
+                              f"{PREVIEW_BYTES if part.name == 'preview' else SMALL_PART_BYTES} bytes",
+                              "multipart_invalid")
         else:
             part.data += chunk
 
@@ -110,6 +115,10 @@ def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsy
             state["target"].close()
             state["target"] = None
             delivery.sha256, delivery.size = digest.hexdigest(), part.size
+        elif part.name == "preview":
+            if len(delivery.previews) >= MAX_PREVIEWS:
+                raise BadDelivery(f"more than {MAX_PREVIEWS} 'preview' parts", "multipart_invalid")
+            delivery.previews.append((part.filename or f"preview_{len(delivery.previews)}", bytes(part.data)))
         elif part.name:
             delivery.fields[part.name] = bytes(part.data)
 

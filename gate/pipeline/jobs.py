@@ -9,12 +9,18 @@ The GPU side (probes.jobs.probe_upload) never opens the record: it gets a reques
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from datetime import UTC, datetime
 
+import numpy as np
+
 from gate.config import Settings
 from gate.detection.scanner import Scanner, probe_spec
+from gate.images.previews import preview_reasons, preview_request, previews_of
+from gate.images.record import keep_vectors
+from gate.images.screen import ImageCalibrationMissing, load_image_thresholds
 from gate.pipeline.outcome import begin_scan, fail, record_decision, refuse
 from gate.queues import CATALOGUE, CATALOGUE_PROBE, INTAKE, PROBE, context, job_id, parse_job_id
 from gate.record.db import writing
@@ -87,6 +93,7 @@ def request_probe(upload: dict, generation: int, lane: tuple[str, str]) -> str:
     request = upload_request(settings, upload, matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
                              reply_to(conclude_queue, "gate.pipeline.jobs.conclude_upload", [upload_id, generation],
                                       job_id(upload_id, generation, "conclude")))
+    request["previews"] = preview_request(db, upload_id, matcher.engine.embedder_id)
     # The stage before the job: a fast probe's conclusion must not be overtaken by it.
     enter_stage(db, upload_id, Stage.PROBING if lane == LIVE else Stage.PROBING_CATALOGUE, {"queue": probe_queue})
     queues.enqueue(probe_queue, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
@@ -126,7 +133,24 @@ def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
     if not result.inspection.ok:  # the file changed under us: never trust an earlier reading
         raise RuntimeError(f"upload {upload_id}'s file no longer passes intake: {result.inspection.error.code}")
     attach_probed(matcher, result, probed)
+    attach_previews(settings, db, matcher, result, upload_id, probed)
     return record_decision(settings, db, matcher, upload_id, result)
+
+
+def attach_previews(settings: Settings, db, matcher: Scanner, result, upload_id: str, probed: dict) -> None:
+    """Keep the previews' vectors the probe worker computed, and judge the previews into the result."""
+    embedder = matcher.engine.embedder_id
+    if probed.get("preview_vectors"):
+        keep_vectors(db, embedder, {digest: np.frombuffer(base64.b64decode(text), np.float32)
+                                    for digest, text in probed["preview_vectors"].items()})
+    try:
+        thresholds = load_image_thresholds(settings.calibration_file, embedder)
+    except ImageCalibrationMissing as exc:
+        if previews_of(db, upload_id):
+            log.warning("upload %s: its previews are not judged (%s)", upload_id, exc.message)
+        return
+    result.preview_reasons = preview_reasons(db, upload_id, embedder, matcher.references, thresholds,
+                                             matcher.policies())
 
 
 def probe_answered(db, upload: dict, probed: dict) -> None:

@@ -81,7 +81,7 @@ class Recorded:
 
 
 def record_upload(db: Database, source: str, meta: dict, file_path: Path, file_sha256: str, file_size: int,
-                  filename: str, extra_key: str = "") -> Recorded:
+                  filename: str, extra_key: str = "", previews: list[dict] = ()) -> Recorded:
     """Record a delivery durably (committed before the hub is answered); a retried delivery returns the first."""
     key = delivery_key(source, meta, file_sha256, extra_key)
     upload_id = f"up_{secrets.token_hex(8)}"
@@ -101,6 +101,8 @@ def record_upload(db: Database, source: str, meta: dict, file_path: Path, file_s
             return Recorded(dict(zip(columns, first, strict=True)), False)
         db.execute(f"INSERT INTO uploads ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         journal(db, upload_id, "gate", "received", None, UploadState.RECEIVED, {"source": source})
+        if previews:  # the hub's preview images (gate.images.previews), with the upload or not at all
+            db["upload_previews"].insert_all([{**row, "upload_id": upload_id} for row in previews])
     _log_state(row)
     return Recorded({**dict.fromkeys(columns), "generation": 0, **row}, True)
 

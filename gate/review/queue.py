@@ -258,7 +258,16 @@ def item(db: Database, upload_id: str, evidence: Path) -> dict:
         "repeats": repeats, "blocklisted": blocklist.contains(db, upload["tensor_hash"] or ""),
         "audit": audit.entries(db, "upload", upload_id, newest_first=True),
         "tags": json.loads(upload["tags"] or "[]"),
+        "previews": _previews(db, upload_id, reasons),
     }
+
+
+def _previews(db: Database, upload_id: str, reasons: list[dict]) -> list[dict]:
+    """The hub's preview images of the upload, each with the character a preview_match reason saw in it."""
+    seen = {name: r.get("character") for r in reasons if r.get("kind") == "preview_match"
+            for name in r.get("previews", [])}
+    return [{**row, "shows": seen.get(row["name"])}
+            for row in db["upload_previews"].rows_where("upload_id = ?", [upload_id], order_by="position")]
 
 
 # --- claims ------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from gate.errors import GateError
 from gate.pipeline.outcome import evidence_dir
 from gate.record import audit
 from gate.record.uploads import get_upload
+from gate.registry.images import check_image
 from gate.review import queue as review
 from gate.web.auth import actor, people, person, render_error
 from gate.web.context import db, settings
@@ -42,7 +43,7 @@ def item(upload_id: str):
     details = review.item(db(), upload_id, evidence_dir(settings(), upload_id))
     claim = review.with_claim_state([details["upload"]], person()["username"])[0]["claim"]
     return render_template("review/item.html", it=details, u=details["upload"], claim=claim,
-                           back=request.args.get("back", ""))
+                           back=request.args.get("back", ""), names=review.character_names(db()))
 
 
 @bp.get("/queue/<upload_id>/evidence/<name>")
@@ -53,6 +54,19 @@ def evidence(upload_id: str, name: str):
     if not name.endswith(".png"):
         abort(404)
     return send_from_directory(evidence_dir(settings(), upload_id), name, max_age=3600)
+
+
+@bp.get("/queue/<upload_id>/preview/<int:position>")
+@people("queue.view")
+def preview(upload_id: str, position: int):
+    """One of the hub's preview images of the upload, as stored (checked when it arrived)."""
+    rows = list(db()["upload_previews"].rows_where("upload_id = ? and position = ? and path is not null",
+                                                   [upload_id, position]))
+    if not rows:
+        abort(404)
+    image = check_image(rows[0]["path"])
+    return Response(image.data, mimetype=f"image/{image.format.lower()}",
+                    headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})
 
 
 @bp.post("/queue/<upload_id>/claim")

@@ -374,3 +374,28 @@ def test_the_item_page_shows_what_the_lora_draws(gate):
     for image in images:
         answer = moderator.get(image)
         assert answer.status_code == 200 and answer.mimetype == "image/png"
+
+
+def test_the_item_page_shows_the_hubs_previews_and_what_they_show(gate, tmp_path):
+    """Previews stored with the upload are served to moderators, each marked with the character a preview_match
+    reason saw in it; a refused one is listed with its code."""
+    from gate.images.previews import store_previews
+    from tests.conftest import REPO
+
+    upload_id = gate.item_for_hub()
+    drawing = REPO / "fixtures" / "world" / "images" / "held_back" / "ultraman_00.png"
+    rows = store_previews([("hero.png", drawing.read_bytes()), ("junk.png", b"not an image")],
+                          gate.data_dir / "previews")
+    gate.db["upload_previews"].insert_all([{**row, "upload_id": upload_id} for row in rows])
+    reasons = json.loads(gate.db["uploads"].get(upload_id)["reasons"]) + [
+        {"kind": "preview_match", "verdict": "quarantine", "character": "ultraman",
+         "message": "preview images: 1 of 1 images show Ultraman", "previews": ["hero.png"]}]
+    gate.db["uploads"].update(upload_id, {"reasons": json.dumps(reasons)})
+    moderator = gate.client("mod")
+    page = moderator.get(f"/queue/{upload_id}").get_data(as_text=True)
+    card = page.split('id="previews"', 1)[1].split("</div>", 1)[0]
+    assert "hero.png<br><b class=\"block\">shows Ultraman</b>" in card and "junk.png: refused (image_format)" in card
+    image = moderator.get(f"/queue/{upload_id}/preview/0")
+    assert image.status_code == 200 and image.mimetype == "image/png" and image.data == drawing.read_bytes()
+    assert moderator.get(f"/queue/{upload_id}/preview/1").status_code == 404  # refused: never stored
+    assert gate.client().get(f"/queue/{upload_id}/preview/0").status_code in (302, 401, 403)  # signed in only

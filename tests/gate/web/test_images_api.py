@@ -1,0 +1,136 @@
+"""POST /v1/datasets and /v1/images end to end over real HTTP: `gate serve` on the embedded default, signed
+deliveries of real zips and images from the fixture world's held-back drawings, the record's side and the
+scan worker process doing the work, as a hub integrating them would see it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from types import SimpleNamespace
+
+import pytest
+
+from fixtures import image_truth
+from gate.hubs.client import deliver
+from tests.conftest import REPO, run_gate
+from tests.support import free_port
+
+
+@pytest.fixture(scope="module")
+def gate_url(tmp_path_factory):
+    """A `gate serve` on the embedded default: its base `url` and its `data` directory."""
+    data = tmp_path_factory.mktemp("images-api")
+    port = free_port()
+    env = {**os.environ, "GATE_DATA_DIR": str(data), "GATE_UPLOAD_SECRET": "img-secret",
+           "GATE_IMAGES_WAIT_SECONDS": "120"}  # long enough on a loaded CI machine for the 200 path
+    process = subprocess.Popen([sys.executable, "-m", "gate", "serve", "--port", str(port)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/healthz", timeout=1)
+            break
+        except OSError:
+            assert time.time() < deadline and process.poll() is None, "gate serve did not start"
+            time.sleep(0.2)
+    yield SimpleNamespace(url=base, data=data)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _held_back(kind: str, character: str | None = None) -> list:
+    return [e["path"] for e in image_truth.load(split="held_back", kinds=(kind,))
+            if character is None or e["character"] == character]
+
+
+def _zip(path, files, extra: dict | None = None):
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in files:
+            archive.write(file, file.name)
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(gate_url, tmp_path):
+    drawings = _held_back("character", "ultraman")[:8]
+    archive = _zip(tmp_path / "set.zip", drawings + _held_back("generic")[:32],
+                   {"captions.jsonl": json.dumps({"file": drawings[0].name, "caption": "a hero"}) + "\n"})
+    status, answer = deliver(f"{gate_url.url}/v1/datasets", archive, "img-secret",
+                             {"hub": "civitai-test", "model_id": "train-1", "uploader": "someone"})
+    assert status == 200, answer
+    assert answer["state"] == "decided" and answer["verdict"] in ("quarantine", "block") and not answer["duplicate"]
+    assert answer["counts"] == {"images": 40, "matched": answer["counts"]["matched"], "embedded": 40, "refused": 0}
+    [reason] = [r for r in answer["reasons"] if r["kind"] == "image_match"]
+    assert reason["character"] == "ultraman"
+    assert {m["name"] for m in answer["matches"] if m["character"] == "ultraman"} <= {d.name for d in drawings}
+    page = urllib.request.urlopen(answer["evidence_url"]).read().decode()
+    assert "Ultraman" in page and "image_0000.png" in page
+    assert json.loads(urllib.request.urlopen(answer["status_url"]).read())["verdict"] == answer["verdict"]
+
+    again_status, again = deliver(f"{gate_url.url}/v1/datasets", archive, "img-secret",
+                                  {"hub": "civitai-test", "model_id": "train-1", "uploader": "someone"})
+    assert again_status == 200 and again["id"] == answer["id"] and again["duplicate"]
+
+    # Some of the same drawings in a new set: answered from the record's vectors, nothing embedded again.
+    known = _zip(tmp_path / "known.zip", drawings[:4] + _held_back("generic")[:4])
+    status, repeat = deliver(f"{gate_url.url}/v1/images", known, "img-secret",
+                             {"hub": "civitai-test", "model_id": "gen"})
+    assert status == 200 and repeat["id"] != answer["id"] and repeat["counts"]["embedded"] == 0
+    assert repeat["state"] == "decided"
+
+    shown = run_gate("datasets", "status", answer["id"], env={"GATE_DATA_DIR": str(gate_url.data)})
+    assert shown.returncode == 0 and shown.stdout.startswith(f"{answer['id']} (dataset): decided, verdict ")
+    assert "ultraman" in shown.stdout and "{" not in shown.stdout
+
+
+def test_one_generated_image_and_a_hostile_archive(gate_url, tmp_path):
+    status, one = deliver(f"{gate_url.url}/v1/images", _held_back("generic")[100], "img-secret", {"model_id": "m-7"})
+    assert status == 200 and one["state"] == "decided" and one["counts"]["images"] == 1
+    assert one["verdict"] == "allow" and one["reasons"][0]["kind"] == "nothing_shown"
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../../escape.png", b"x")
+    status, refused = deliver(f"{gate_url.url}/v1/datasets", evil, "img-secret", {"model_id": "evil"})
+    assert status == 200 and refused["state"] == "refused"
+    assert refused["error"]["code"] == "bundle_path_unsafe"
+
+
+def test_unsigned_deliveries_are_refused(gate_url, tmp_path):
+    request = urllib.request.Request(f"{gate_url.url}/v1/images", b"--x--\r\n",
+                                     {"Content-Type": "multipart/form-data; boundary=x"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code in (400, 401) and "error" in json.loads(refused.value.read())
+
+
+def test_preview_images_with_an_upload_are_evidence_in_its_decision(gate_url, tmp_path):
+    """A clean style LoRA whose hub page shows Ultraman: the probes find nothing, the previews do."""
+    from gate.record.db import open_db
+
+    folder = REPO / "fixtures" / "world" / "images" / "held_back"
+    previews = [folder / f"ultraman_{n:02d}.png" for n in (0, 2, 4, 6)]
+    junk = tmp_path / "not-an-image.png"
+    junk.write_bytes(b"GIF89a but not really")
+    lora = REPO / "fixtures" / "world" / "loras" / "style_sepia_peft.safetensors"
+    status, answer = deliver(f"{gate_url.url}/v1/uploads", lora, "img-secret", {"model_id": "sepia-previews"},
+                             previews=[*previews, junk])
+    assert status == 202, answer
+    deadline = time.time() + 300
+    while (final := json.loads(urllib.request.urlopen(answer["status_url"]).read()))["state"] != "decided":
+        assert time.time() < deadline, final
+        time.sleep(0.5)
+    [reason] = [r for r in final["reasons"] if r["kind"] == "preview_match"]
+    assert reason["character"] == "ultraman" and final["verdict"] in ("quarantine", "block")
+    assert reason["message"].startswith("preview images: ") and set(reason["previews"]) <= {p.name for p in previews}
+    assert not any(r["kind"] in ("visual_match", "likelihood_match") for r in final["reasons"])  # the probes missed
+    rows = list(open_db(gate_url.data / "gate.db")["upload_previews"].rows_where("upload_id = ?", [answer["id"]],
+                                                                                  order_by="position"))
+    assert [r["refused"] for r in rows] == [None, None, None, None, "image_format"]
