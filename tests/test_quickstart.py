@@ -18,7 +18,7 @@ import pytest
 
 from gate.hubs.client import deliver
 from tests.conftest import REPO
-from tests.support import free_port
+from tests.support import free_port, wait
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("make") is None, reason="needs make")]
 LORA = "fixtures/world/loras/ultraman_any_kohya.safetensors"
@@ -35,14 +35,7 @@ def _quickstart_upload(var: Path) -> dict:
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "make run did not start"
-                time.sleep(0.3)
+        wait(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200, 60, "make run did not start")
         status, answer = deliver(f"{base}/v1/uploads", REPO / LORA, "local-dev-secret",
                                  {"model_id": "m1", "title": "Ultraman"})
         assert status == 202, answer

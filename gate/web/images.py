@@ -12,17 +12,14 @@ import zipfile
 
 from flask import Blueprint, jsonify, send_from_directory, url_for
 
-from gate import jsontext
 from gate.errors import GateError
-from gate.hubs.spool import BadDelivery
 from gate.images.jobs import evidence_dir, set_job
 from gate.images.record import LIVE, get_set, record_set, set_status
 from gate.pipeline.dispatch import dispatcher
 from gate.queues import INTAKE
-from gate.record.uploads import parse_meta
 from gate.web.context import db, settings
 from gate.web.limits import takes_body
-from gate.web.uploads import ENVELOPE, signed_multipart
+from gate.web.uploads import ENVELOPE, signed_delivery
 
 bp = Blueprint("images", __name__)
 
@@ -50,15 +47,7 @@ def _receive(kind: str):
     config = settings()
     if not config.upload_secret:
         raise GateError("GATE_UPLOAD_SECRET is not set: this gate cannot authenticate deliveries", "not_configured")
-    spooled = signed_multipart(config, _limit(config))
-    try:
-        if spooled.weights is None:
-            raise BadDelivery("the multipart body has no 'file' part (an image or a zip of images)", "file_missing")
-        raw_meta = spooled.fields.get("meta")
-        meta = parse_meta(jsontext.loads(raw_meta, "the 'meta' part", "meta_invalid") if raw_meta else None)
-    except BaseException:
-        spooled.discard()
-        raise
+    spooled, meta = signed_delivery(config, _limit(config), "an image or a zip of images")
     # Content-addressed, as uploads are; the suffix says how to read it (an archive, or one image).
     store = config.data_dir / "image-sets" / spooled.sha256[:2]
     store.mkdir(parents=True, exist_ok=True)

@@ -36,15 +36,7 @@ def direct_upload():
         from gate.web.deliveries import url_upload
 
         return url_upload(config.upload_secret)
-    spooled = signed_multipart(config, config.intake.max_file_bytes + ENVELOPE)
-    try:
-        if spooled.weights is None:
-            raise BadDelivery("the multipart body has no 'file' part", "file_missing")
-        raw_meta = spooled.fields.get("meta")
-        meta = parse_meta(jsontext.loads(raw_meta, "the 'meta' part", "meta_invalid") if raw_meta else None)
-    except BaseException:
-        spooled.discard()
-        raise
+    spooled, meta = signed_delivery(config, config.intake.max_file_bytes + ENVELOPE, "the weights")
     previews = store_previews(spooled.previews, config.data_dir / "previews")
     stored = store_file(spooled.weights, config.data_dir / "uploads", spooled.sha256)
     recorded = record_upload(db(), "direct", meta, stored, spooled.sha256, spooled.size,
@@ -54,6 +46,21 @@ def direct_upload():
     upload_id = recorded.upload["id"]
     return jsonify(id=upload_id, status_url=url_for("api.upload_status", upload_id=upload_id, _external=True),
                    duplicate=not recorded.created), 202
+
+
+def signed_delivery(config, limit: int, file_is: str):
+    """A signed multipart delivery with its `file` part (`file_is` says what it must hold) and the hub's record
+    (`meta`), validated; nothing is kept of one that fails."""
+    spooled = signed_multipart(config, limit)
+    try:
+        if spooled.weights is None:
+            raise BadDelivery(f"the multipart body has no 'file' part ({file_is})", "file_missing")
+        raw_meta = spooled.fields.get("meta")
+        meta = parse_meta(jsontext.loads(raw_meta, "the 'meta' part", "meta_invalid") if raw_meta else None)
+    except BaseException:
+        spooled.discard()
+        raise
+    return spooled, meta
 
 
 def signed_multipart(config, limit: int):

@@ -18,7 +18,7 @@ import pytest
 from fixtures import image_truth
 from gate.hubs.client import deliver
 from tests.conftest import REPO, run_gate
-from tests.support import free_port
+from tests.support import free_port, wait
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +31,7 @@ def gate_url(tmp_path_factory):
     process = subprocess.Popen([sys.executable, "-m", "gate", "serve", "--port", str(port)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=1)
-            break
-        except OSError:
-            assert time.time() < deadline and process.poll() is None, "gate serve did not start"
-            time.sleep(0.2)
+    wait(lambda: urllib.request.urlopen(f"{base}/healthz", timeout=1).status == 200, 60, "gate serve did not start")
     yield SimpleNamespace(url=base, data=data)
     process.terminate()
     process.wait(timeout=30)
