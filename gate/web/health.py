@@ -56,6 +56,15 @@ def metrics():
               "# TYPE gate_deliveries gauge"]
     for row in db().query("select kind, state, count(*) as n from deliveries group by kind, state"):
         lines.append(f'gate_deliveries{{kind="{row["kind"]}",state="{row["state"]}"}} {row["n"]}')
+    lines += ["# HELP gate_image_sets Image sets (training sets, generated images) in the record, by kind and state.",
+              "# TYPE gate_image_sets gauge"]
+    for row in db().query("select kind, state, count(*) as n from image_sets group by kind, state"):
+        lines.append(f'gate_image_sets{{kind="{row["kind"]}",state="{row["state"]}"}} {row["n"]}')
+    lines += ["# HELP gate_image_decisions Decided image sets, by kind and verdict.",
+              "# TYPE gate_image_decisions gauge"]
+    for row in db().query("select kind, verdict, count(*) as n from image_sets where verdict is not null "
+                          "group by kind, verdict"):
+        lines.append(f'gate_image_decisions{{kind="{row["kind"]}",verdict="{row["verdict"]}"}} {row["n"]}')
     lines += ["# HELP gate_review_items Uploads waiting for a person, by review status.",
               "# TYPE gate_review_items gauge"]
     for row in db().query("select review_status, count(*) as n from uploads where review_status is not null "

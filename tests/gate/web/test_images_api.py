@@ -78,6 +78,10 @@ def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(
     assert status == 200 and repeat["id"] != answer["id"] and repeat["counts"]["embedded"] == 0
     assert repeat["state"] == "decided"
 
+    metrics = urllib.request.urlopen(f"{gate_url.url}/metrics").read().decode()
+    assert 'gate_image_sets{kind="dataset",state="decided"} 1' in metrics
+    assert f'gate_image_decisions{{kind="dataset",verdict="{answer["verdict"]}"}} 1' in metrics
+
     shown = run_gate("datasets", "status", answer["id"], env={"GATE_DATA_DIR": str(gate_url.data)})
     assert shown.returncode == 0 and shown.stdout.startswith(f"{answer['id']} (dataset): decided, verdict ")
     assert "ultraman" in shown.stdout and "{" not in shown.stdout
