@@ -352,6 +352,7 @@ def m021_image_sets(db: Database) -> None:
     db["image_sets"].create_index(["delivery_key"], unique=True)
     db["set_images"].create({"set_id": str, "position": int, "name": str, "sha256": str, "character_id": str,
                              "score": float, "strong": int, "reference": str}, pk=("set_id", "position"))
+    db["set_images"].create_index(["character_id", "set_id"])  # a rights holder's matches, by character
     db["image_vectors"].create({"sha256": str, "embedder": str, "vector": bytes}, pk=("sha256", "embedder"))
 
 

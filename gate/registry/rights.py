@@ -112,6 +112,23 @@ def screen_catalogue(settings: Settings, character_id: str, cause: str) -> None:
                     character_id, exc, character_id)
 
 
+def image_matches(db: Database, party: str, character_id: str | None = None, limit: int = 200) -> list[dict]:
+    """Image sets (training sets, generated images) with images that matched one of this rights holder's
+    characters, newest first: how many of the set's images, and the best similarity."""
+    ids = [c.id for c in own_characters(db, party)]
+    if character_id is not None:
+        own_character(db, party, character_id)
+        ids = [character_id]
+    if not ids:
+        return []
+    return [dict(row) for row in db.query(
+        "select s.id, s.kind, s.created_at, s.hub, s.model_id, s.title, s.verdict, s.images as total, "
+        "i.character_id as character, count(*) as images, max(i.score) as best_score "
+        "from set_images i join image_sets s on s.id = i.set_id "
+        f"where i.character_id in ({', '.join('?' for _ in ids)}) group by s.id, i.character_id "
+        "order by s.created_at desc limit ?", [*ids, limit])]
+
+
 def matches(db: Database, party: str, character_id: str | None = None, limit: int = 200) -> list[dict]:
     """Uploads whose scans matched one of this rights holder's characters, newest first: by their renders
     (`matched` of `rendered`, `best_score`), by the likelihood probe (`gain`), or both."""

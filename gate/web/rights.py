@@ -31,7 +31,8 @@ def overview():
     """My characters and the uploads that matched them."""
     me = person()
     return render_template("review/rights.html", characters=rights.own_characters(db(), me["party"]),
-                           matches=rights.matches(db(), me["party"]))
+                           matches=rights.matches(db(), me["party"]),
+                           image_matches=rights.image_matches(db(), me["party"]))
 
 
 @bp.post("/rights/characters")
@@ -124,4 +125,5 @@ def api_retire(character_id: str):
 @bp.get("/v1/characters/<character_id>/matches")
 @machine("characters.own")
 def api_matches(character_id: str):
-    return jsonify(matches=rights.matches(db(), g.account["party"], character_id))
+    return jsonify(matches=rights.matches(db(), g.account["party"], character_id),
+                   image_matches=rights.image_matches(db(), g.account["party"], character_id))

@@ -399,3 +399,24 @@ def test_the_item_page_shows_the_hubs_previews_and_what_they_show(gate, tmp_path
     assert image.status_code == 200 and image.mimetype == "image/png" and image.data == drawing.read_bytes()
     assert moderator.get(f"/queue/{upload_id}/preview/1").status_code == 404  # refused: never stored
     assert gate.client().get(f"/queue/{upload_id}/preview/0").status_code in (302, 401, 403)  # signed in only
+
+
+def test_rights_holders_see_image_sets_that_matched_their_characters(gate):
+    """Sets screened image by image: a rights holder sees those with images of their own characters (how many,
+    the best score) on their page and in the API, and nobody else's."""
+    mine = gate.own_character
+    other = gate.db.execute("select id from characters where rights_holder != ? limit 1",
+                            [gate.rights_holder]).fetchone()[0]
+    for set_id, character in (("is_mine000000000", mine), ("is_other00000000", other)):
+        gate.db["image_sets"].insert({"id": set_id, "kind": "dataset", "delivery_key": set_id, "hub": "civitai-test",
+                                      "title": f"set {set_id}", "state": "decided", "verdict": "quarantine",
+                                      "images": 40, "created_at": "2026-12-06T10:00:00.000+00:00"})
+        gate.db["set_images"].insert_all([{"set_id": set_id, "position": n, "name": f"{n}.png", "sha256": f"{n}",
+                                           "character_id": character, "score": 0.9 + n / 100, "strong": 0}
+                                          for n in range(3)])
+    headers = {"Authorization": f"Bearer {gate.tokens['rights_holder']}"}
+    found = gate.client().get(f"/v1/characters/{mine}/matches", headers=headers).get_json()["image_matches"]
+    assert [(m["id"], m["images"], m["total"], m["best_score"]) for m in found] == [("is_mine000000000", 3, 40, 0.92)]
+    page = gate.client("rh").get("/rights").get_data(as_text=True)
+    table = page.split('id="image-matches"', 1)[1].split("</table>", 1)[0]
+    assert "set is_mine000000000" in table and "3 of 40" in table and "is_other" not in table
