@@ -27,17 +27,17 @@ def write_image_evidence(screened: Screened, out_dir: str | Path, title: str) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n, match in enumerate(screened.verdict.matches):
-        item = screened.bundle.items[match.index]
-        _thumb(item.image.data, out_dir / f"image_{n:04d}.png")
+    for match in screened.verdict.matches:  # files named by the image's position in the set
+        n, item = match.index, screened.bundle.items[match.index]
+        _thumb(item.image.data, out_dir / f"image_{n:05d}.png")
         try:
             reference = check_image(screened.reference_paths[match.reference]).data
         except (ImageError, IndexError):
             reference = None
-        has_reference = _thumb(reference, out_dir / f"reference_{n:04d}.png")
+        has_reference = _thumb(reference, out_dir / f"reference_{n:05d}.png")
         name = screened.names.get(match.character_id, match.character_id)
-        rows.append(f"<tr><td><img src='image_{n:04d}.png'></td><td>"
-                    + (f"<img src='reference_{n:04d}.png'>" if has_reference else "no reference")
+        rows.append(f"<tr><td><img src='image_{n:05d}.png'></td><td>"
+                    + (f"<img src='reference_{n:05d}.png'>" if has_reference else "no reference")
                     + f"</td><td>{html.escape(item.name)}<br><b>{html.escape(name)}</b><br>similarity "
                       f"{match.score:.3f}{' (strong)' if match.strong else ''}</td></tr>")
     reasons = "".join(f"<li>{html.escape(r['message'])}</li>" for r in screened.verdict.reasons)

@@ -98,6 +98,7 @@ def conclude_set(set_id: str, embedded: dict) -> str:
              "reference": (image["matched"] or {}).get("reference")}
             for n, image in enumerate(answer["images"])])
     _finish(db, set_id, {"state": "decided", "verdict": answer["verdict"],
+                         "review_status": "quarantined" if answer["verdict"] == "quarantine" else None,
                          "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
                          "images": answer["counts"]["images"], "matched": answer["counts"]["matched"],
                          "embedded": len(fresh), "refused": json.dumps(bundle.refused, ensure_ascii=False)})

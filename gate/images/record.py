@@ -86,7 +86,8 @@ def set_status(db: Database, row: dict) -> dict:
               "refused": json.loads(row["refused"] or "[]")}
     if row["state"] == "decided":
         answer["matches"] = [
-            {"name": r["name"], "sha256": r["sha256"], "character": r["character_id"], "score": r["score"],
+            {"position": r["position"], "name": r["name"], "sha256": r["sha256"], "character": r["character_id"],
+             "score": r["score"],
              "strong": bool(r["strong"]), "reference": r["reference"]}
             for r in db["set_images"].rows_where("set_id = ? and character_id is not null", [row["id"]],
                                                  order_by="score desc", limit=200)]

@@ -348,8 +348,10 @@ def m021_image_sets(db: Database) -> None:
         "id": str, "kind": str, "delivery_key": str, "hub": str, "model_id": str, "uploader": str, "title": str,
         "filename": str, "file_path": str, "file_sha256": str, "file_size": int, "state": str, "verdict": str,
         "reasons": str, "images": int, "refused": str, "matched": int, "embedded": int, "error_code": str,
-        "error_message": str, "created_at": str, "decided_at": str}, pk="id")
+        "error_message": str, "created_at": str, "decided_at": str, "review_status": str, "reviewed_by": str,
+        "reviewed_at": str}, pk="id")
     db["image_sets"].create_index(["delivery_key"], unique=True)
+    db["image_sets"].create_index(["review_status", "created_at"])  # the moderators' list of quarantined sets
     db["set_images"].create({"set_id": str, "position": int, "name": str, "sha256": str, "character_id": str,
                              "score": float, "strong": int, "reference": str}, pk=("set_id", "position"))
     db["set_images"].create_index(["character_id", "set_id"])  # a rights holder's matches, by character

@@ -5,6 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_from_directory, url_for
 
 from gate.errors import GateError
+from gate.images import review as image_review
+from gate.images.jobs import evidence_dir as image_evidence_dir
+from gate.images.record import get_set, set_status
 from gate.pipeline.outcome import evidence_dir
 from gate.record import audit
 from gate.record.uploads import get_upload
@@ -116,6 +119,44 @@ def bulk_confirm():
           + (f"; {len(result.skipped)} skipped ({', '.join(sorted(set(result.skipped.values())))})"
              if result.skipped else ""))
     return redirect(url_for("review.queue", status=request.form.get("status") or None))
+
+
+@bp.get("/images")
+@people("queue.view")
+def image_sets():
+    """Quarantined image sets (training sets, generated images), oldest first."""
+    return render_template("review/image_sets.html", sets=image_review.quarantined(db()),
+                           names=review.character_names(db()))
+
+
+@bp.get("/images/<set_id>")
+@people("queue.view")
+def image_set(set_id: str):
+    """One set: its reasons, each matching image beside its closest reference, what was refused, the audit."""
+    row = get_set(db(), set_id)
+    return render_template("review/image_set.html", s=row, answer=set_status(db(), row),
+                           names=review.character_names(db()), audit=audit.entries(db(), "image_set", set_id,
+                                                                                    newest_first=True),
+                           evidence=(image_evidence_dir(settings(), set_id) / "index.html").exists())
+
+
+@bp.get("/images/<set_id>/evidence/<name>")
+@people("queue.view")
+def image_set_evidence(set_id: str, name: str):
+    get_set(db(), set_id)
+    if not name.endswith(".png"):
+        abort(404)
+    return send_from_directory(image_evidence_dir(settings(), set_id), name, max_age=3600)
+
+
+@bp.post("/images/<set_id>/decide")
+@people("queue.decide")
+def decide_image_set(set_id: str):
+    """Allow or block a quarantined set, with a reason (required)."""
+    action = request.form.get("action", "")
+    image_review.decide_set(db(), actor(person()), set_id, action, request.form.get("reason", ""))
+    flash(f"{set_id}: {action} recorded")
+    return redirect(url_for("review.image_sets"))
 
 
 @bp.get("/audit")

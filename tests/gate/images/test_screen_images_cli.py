@@ -37,7 +37,7 @@ def test_a_training_set_with_a_characters_drawings_is_flagged_with_evidence(tmp_
     matched = [i for i in answer["images"] if i["matched"]]
     assert all(i["name"].startswith("ultraman_") for i in matched if i["matched"]["character"] == "ultraman")
     page = (tmp_path / "ev" / "index.html").read_text()
-    assert "Ultraman" in page and "image_0000.png" in page and (tmp_path / "ev" / "reference_0000.png").exists()
+    assert "Ultraman" in page and "image_00000.png" in page and (tmp_path / "ev" / "reference_00000.png").exists()
 
 
 def test_generic_scenes_alone_are_allowed_with_a_reason(tmp_path):

@@ -420,3 +420,37 @@ def test_rights_holders_see_image_sets_that_matched_their_characters(gate):
     page = gate.client("rh").get("/rights").get_data(as_text=True)
     table = page.split('id="image-matches"', 1)[1].split("</table>", 1)[0]
     assert "set is_mine000000000" in table and "3 of 40" in table and "is_other" not in table
+
+
+def test_moderators_decide_a_quarantined_image_set_with_a_reason(gate):
+    """The list of quarantined sets, one set's page with its matching images, and a block with a reason: the
+    verdict changes, the audit log and the hub hear of it, and the set leaves the list."""
+    from gate.images.record import record_set
+
+    row, _ = record_set(gate.db, "dataset", {"hub": "civitai-test", "title": "hero training set"},
+                        gate.data_dir / "x.zip", "ab" * 32, 10, "set.zip")
+    gate.db["image_sets"].update(row["id"], {
+        "state": "decided", "verdict": "quarantine", "review_status": "quarantined", "images": 40, "matched": 5,
+        "reasons": json.dumps([{"kind": "image_match", "verdict": "quarantine", "character": gate.own_character,
+                                "message": "5 of 40 images show it"}])})
+    gate.db["set_images"].insert({"set_id": row["id"], "position": 3, "name": "hero_03.png", "sha256": "cd" * 32,
+                                  "character_id": gate.own_character, "score": 0.93, "strong": 0})
+    moderator = gate.client("mod")
+    listing = moderator.get("/images").get_data(as_text=True)
+    assert "hero training set" in listing and "5 of 40 match" in listing
+    page = moderator.get(f"/images/{row['id']}").get_data(as_text=True)
+    assert "hero_03.png" in page and "5 of 40 images show it" in page and 'id="decision"' in page
+    token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    missing = moderator.post(f"/images/{row['id']}/decide", data={"action": "block", "reason": " ", "csrf": token})
+    assert missing.status_code == 400 and gate.db["image_sets"].get(row["id"])["verdict"] == "quarantine"
+    done = moderator.post(f"/images/{row['id']}/decide",
+                          data={"action": "block", "reason": "a whole set of one registered character", "csrf": token})
+    assert done.status_code == 302
+    after = gate.db["image_sets"].get(row["id"])
+    assert (after["verdict"], after["review_status"], after["reviewed_by"]) == ("block", None, "mod")
+    [entry] = audit.entries(gate.db, "image_set", row["id"])
+    assert entry["action"] == "decision.block" and entry["reason"] == "a whole set of one registered character"
+    message = gate.db.execute("select event, payload from outbox where upload_id = ?", [row["id"]]).fetchone()
+    assert message[0] == "images.decided" and json.loads(message[1])["review"]["action"] == "block"
+    assert "hero training set" not in moderator.get("/images").get_data(as_text=True)
+    assert gate.client("rh").get("/images").status_code == 403

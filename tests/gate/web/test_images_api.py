@@ -64,7 +64,7 @@ def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(
     assert reason["character"] == "ultraman"
     assert {m["name"] for m in answer["matches"] if m["character"] == "ultraman"} <= {d.name for d in drawings}
     page = urllib.request.urlopen(answer["evidence_url"]).read().decode()
-    assert "Ultraman" in page and "image_0000.png" in page
+    assert "Ultraman" in page and "image_00000.png" in page
     assert json.loads(urllib.request.urlopen(answer["status_url"]).read())["verdict"] == answer["verdict"]
 
     again_status, again = deliver(f"{gate_url.url}/v1/datasets", archive, "img-secret",
