@@ -40,7 +40,7 @@ def screen_set(set_id: str) -> str:
     row = get_set(db, set_id)
     if row["state"] not in LIVE:
         return "skipped"
-    update_set(db, set_id, {"state": "screening"})
+    update_set(db, set_id, {"state": "screening", "attempts": (row["attempts"] or 0) + 1})
     try:
         bundle = read_bundle([row["file_path"]])
     except BundleError as exc:
@@ -105,11 +105,34 @@ def conclude_set(set_id: str, embedded: dict) -> str:
     return answer["verdict"]
 
 
+STEPS = ("screen", "embed", "conclude")
+MAX_ATTEMPTS = 5
+
+
+def live_sets(db, older_than: str | None = None) -> list[dict]:
+    where, params = "state in ('received', 'screening')", []
+    if older_than:
+        where += " and coalesce(updated_at, created_at) < ?"
+        params.append(older_than)
+    return list(db["image_sets"].rows_where(where, params, order_by="created_at"))
+
+
+def restart_set(db, queues, row: dict) -> None:
+    """Start a set's screening again (its vectors so far are kept), or fail it after MAX_ATTEMPTS."""
+    if (row["attempts"] or 0) >= MAX_ATTEMPTS:
+        _finish(db, row["id"], {"state": "failed", "error_code": "scan_failed",
+                                "error_message": f"no screening finished in {MAX_ATTEMPTS} tries"})
+        return
+    update_set(db, row["id"], {"state": "received"})
+    queues.enqueue(INTAKE, "gate.images.jobs.screen_set", row["id"], job_id=set_job(row["id"], "screen"))
+
+
 def _finish(db, set_id: str, changes: dict) -> None:
     """A final state, and the hub's message about it, in one transaction."""
     from gate.images.record import set_status
 
     with writing(db):
-        db["image_sets"].update(set_id, {**changes, "decided_at": datetime.now(UTC).isoformat(timespec="milliseconds")})
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        db["image_sets"].update(set_id, {**changes, "decided_at": now, "updated_at": now})
         row = get_set(db, set_id)
         outbox.enqueue(db, set_id, f"images.{row['state']}", set_status(db, row))

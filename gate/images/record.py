@@ -35,7 +35,7 @@ def record_set(db: Database, kind: str, meta: dict, path: Path, sha256: str, siz
     row = {"id": f"is_{secrets.token_hex(8)}", "kind": kind, "delivery_key": key, "hub": meta.get("hub"),
            "model_id": meta.get("model_id"), "uploader": meta.get("uploader"), "title": meta.get("title"),
            "filename": filename[:500], "file_path": str(path), "file_sha256": sha256, "file_size": size,
-           "state": "received", "created_at": _now()}
+           "state": "received", "attempts": 0, "created_at": _now(), "updated_at": _now()}
     with writing(db):
         existing = list(db["image_sets"].rows_where("delivery_key = ?", [key]))
         if existing:
@@ -53,7 +53,7 @@ def get_set(db: Database, set_id: str) -> dict:
 
 def update_set(db: Database, set_id: str, changes: dict) -> dict:
     with writing(db):
-        db["image_sets"].update(set_id, changes)
+        db["image_sets"].update(set_id, {**changes, "updated_at": _now()})
     return get_set(db, set_id)
 
 

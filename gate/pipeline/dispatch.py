@@ -46,6 +46,10 @@ class Dispatcher:
             for upload_id in pending(db):  # after a restart, nothing is lost
                 self.enqueue(upload_id, get_upload(db, upload_id)["generation"] or 0)
             resume_deliveries(db, self.queues)  # Hugging Face webhooks and URL uploads
+            from gate.images.jobs import live_sets, restart_set
+
+            for row in live_sets(db):  # image sets: their jobs died with the process too
+                restart_set(db, self.queues, row)
 
     def enqueue(self, upload_id: str, generation: int = 0) -> None:
         """Start an upload's scan; with Redis down the upload stays recorded and the reconciler starts it."""

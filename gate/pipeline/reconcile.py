@@ -68,3 +68,20 @@ def reconcile(db, queues: RedisQueues, grace_seconds: float = GRACE_SECONDS) -> 
         start_scan(queues, upload_id, generation + 1)
         log.warning("upload %s had no live job (generation %d); restarted", upload_id, generation)
     return touched
+
+
+def reconcile_sets(db, queues: RedisQueues, grace_seconds: float = GRACE_SECONDS) -> list[str]:
+    """Restart the screening of every image set whose jobs were lost (gate.images.jobs); returns their ids."""
+    from gate.images.jobs import STEPS as SET_STEPS
+    from gate.images.jobs import live_sets, restart_set, set_job
+
+    cutoff = (datetime.now(UTC) - timedelta(seconds=grace_seconds)).isoformat(timespec="milliseconds")
+    alive = worker_alive(queues)
+    touched = []
+    for row in live_sets(db, cutoff):
+        if any(job_alive(queues, set_job(row["id"], step), alive) for step in SET_STEPS):
+            continue
+        touched.append(row["id"])
+        restart_set(db, queues, row)
+        log.warning("image set %s had no live job; restarted", row["id"])
+    return touched

@@ -53,12 +53,13 @@ def _housekeeping(settings: Settings, queues: RedisQueues) -> None:
     from gate.hubs.callbacks import deliver_due
     from gate.hubs.enforcement import enforce_blocks
     from gate.pipeline.ingest import reconcile_deliveries
-    from gate.pipeline.reconcile import reconcile
+    from gate.pipeline.reconcile import reconcile, reconcile_sets
     from gate.runtime import open_record
 
     db = open_record(settings)
     try:
         reconcile(db, queues)
+        reconcile_sets(db, queues)  # image sets (training sets, generated images)
         reconcile_deliveries(db, queues)  # Hugging Face webhooks and URL uploads
         deliver_due(settings, db)
         enforce_blocks(settings, db)  # the Hugging Face adapter for blocks (off by default)
