@@ -18,6 +18,7 @@ from gate.errors import GateError
 CHUNK = 1024 * 1024
 SMALL_PART_BYTES = 1024 * 1024  # the hub's record and any other field part
 PREVIEW_BYTES = 8 * 1024 * 1024  # one preview image (a `preview` part), held in memory
+IMAGE_PART_BYTES = 20 * 1024 * 1024  # one `image` part of a list of images (spooled), as image checks allow
 MAX_PREVIEWS = 8
 MAX_PARTS = 16
 
@@ -44,6 +45,7 @@ class SpooledDelivery:
 
     fields: dict[str, bytes]
     previews: list[tuple[str, bytes]] = field(default_factory=list)  # (filename, bytes) of each `preview` part
+    images: list[tuple[str, Path]] = field(default_factory=list)  # (filename, spooled file) of each `image` part
     weights: Path | None = None
     sha256: str = ""
     size: int = 0
@@ -52,11 +54,15 @@ class SpooledDelivery:
     def discard(self) -> None:
         if self.weights is not None:
             self.weights.unlink(missing_ok=True)
+        for _, path in self.images:
+            path.unlink(missing_ok=True)
 
 
-def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsync: bool = False) -> SpooledDelivery:
+def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsync: bool = False,
+                    max_parts: int = MAX_PARTS) -> SpooledDelivery:
     """Read a multipart/form-data body from `stream`, feeding `mac` with every raw byte (see the module doc;
-    None when the body was checked before).
+    None when the body was checked before). `image` parts (a list of images, where the route takes them) are
+    spooled to files of their own, as the `file` part is.
     With `fsync`, the weights are on the disk itself before this returns (GATE_RECORD_SYNC=full)."""
     if not spool_dir.is_dir():
         spool_dir.mkdir(parents=True, exist_ok=True)
@@ -66,8 +72,8 @@ def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsy
 
     def on_part_begin():
         state["parts"] += 1
-        if state["parts"] > MAX_PARTS:
-            raise BadDelivery(f"the multipart body has more than {MAX_PARTS} parts", "multipart_invalid")
+        if state["parts"] > max_parts:
+            raise BadDelivery(f"the multipart body has more than {max_parts} parts", "multipart_invalid")
         state["part"], state["headers"], state["target"] = Part(), {}, None
 
     def on_header_field(data, start, end):
@@ -92,12 +98,20 @@ def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsy
                 raise BadDelivery("the multipart body has more than one 'file' part", "multipart_invalid")
             target = tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".weights")
             delivery.weights, delivery.filename, state["target"] = Path(target.name), part.filename, target
+        elif part.name == "image" and max_parts > MAX_PARTS:  # only a route that takes lists of images
+            target = tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".image")
+            delivery.images.append((part.filename or f"image_{len(delivery.images)}", Path(target.name)))
+            state["target"], state["image"] = target, True
 
     def on_part_data(data, start, end):
         part, chunk = state["part"], data[start:end]
         part.size += len(chunk)
         if state["target"] is not None:
-            digest.update(chunk)
+            if state.get("image"):
+                if part.size > IMAGE_PART_BYTES:
+                    raise BadDelivery(f"an 'image' part is over {IMAGE_PART_BYTES} bytes", "multipart_invalid")
+            else:
+                digest.update(chunk)
             state["target"].write(chunk)
         elif part.size > (PREVIEW_BYTES if part.name == "preview" else SMALL_PART_BYTES):
             raise BadDelivery(f"the '{part.name}' part is over "
@@ -114,6 +128,8 @@ def spool_multipart(stream, boundary: str, limit: int, mac, spool_dir: Path, fsy
                 os.fsync(state["target"].fileno())
             state["target"].close()
             state["target"] = None
+            if state.pop("image", False):
+                return  # an image part: its bytes are hashed when the set is packed
             delivery.sha256, delivery.size = digest.hexdigest(), part.size
         elif part.name == "preview":
             if len(delivery.previews) >= MAX_PREVIEWS:

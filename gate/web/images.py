@@ -1,18 +1,24 @@
 """Images a hub sends to be screened: generated images (POST /v1/images) and training sets before a LoRA is
 trained on them (POST /v1/datasets). Signed like uploads; the `file` part is one image or a zip of images
-(captions in a captions.jsonl or a .txt beside each image), the `meta` part the hub's record. The set is
+(captions in a captions.jsonl or a .txt beside each image), or `image` parts are a list of images, packed
+into one stored zip; the `meta` part is the hub's record. The set is
 recorded durably and screened on the queue (gate.images.jobs); a small set's verdict comes back in the answer
 (200) when it is ready within GATE_IMAGES_WAIT_SECONDS, else 202 with the status URL. The same set sent again
 is the first one (idempotent)."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
 import time
 import zipfile
+from pathlib import Path, PurePosixPath
 
 from flask import Blueprint, jsonify, send_from_directory, url_for
 
 from gate.errors import GateError
+from gate.hubs.spool import CHUNK, BadDelivery
 from gate.images.jobs import evidence_dir, set_job
 from gate.images.record import LIVE, get_set, record_set, set_status
 from gate.pipeline.dispatch import dispatcher
@@ -22,6 +28,29 @@ from gate.web.limits import takes_body
 from gate.web.uploads import ENVELOPE, signed_delivery
 
 bp = Blueprint("images", __name__)
+
+
+MAX_IMAGE_PARTS = 1001  # a list of up to 1,000 `image` parts and the `meta` part; more go in a zip
+
+
+def pack(images: list[tuple[str, Path]], spool_dir: Path) -> tuple[Path, str, int]:
+    """A list of image parts as one stored zip (names reduced to their last part and made unique; fixed
+    timestamps, so the same images in the same order make the same bytes, and a re-send is the same set)."""
+    target = Path(tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".zip").name)
+    used: set[str] = set()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+        for n, (name, path) in enumerate(images):
+            base = PurePosixPath(name.replace("\\", "/")).name or f"image_{n}"
+            arcname = base if base not in used else f"{n}_{base}"
+            used.add(arcname)
+            info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w") as out, open(path, "rb") as source:
+                shutil.copyfileobj(source, out, CHUNK)
+    digest = hashlib.sha256()
+    with open(target, "rb") as stored:
+        while chunk := stored.read(CHUNK):
+            digest.update(chunk)
+    return target, digest.hexdigest(), target.stat().st_size
 
 
 def _limit(config) -> int:
@@ -47,7 +76,17 @@ def _receive(kind: str):
     config = settings()
     if not config.upload_secret:
         raise GateError("GATE_UPLOAD_SECRET is not set: this gate cannot authenticate deliveries", "not_configured")
-    spooled, meta = signed_delivery(config, _limit(config), "an image or a zip of images")
+    spooled, meta = signed_delivery(config, _limit(config), "an image or a zip of images", MAX_IMAGE_PARTS)
+    if spooled.images:
+        if spooled.weights is not None:
+            spooled.discard()
+            raise BadDelivery("send a 'file' part or 'image' parts, not both", "multipart_invalid")
+        try:
+            spooled.weights, spooled.sha256, spooled.size = pack(spooled.images, config.data_dir / "incoming")
+        finally:
+            for _, path in spooled.images:
+                path.unlink(missing_ok=True)
+        spooled.images, spooled.filename = [], spooled.filename or f"{len(spooled.images)} images"
     # Content-addressed, as uploads are; the suffix says how to read it (an archive, or one image).
     store = config.data_dir / "image-sets" / spooled.sha256[:2]
     store.mkdir(parents=True, exist_ok=True)

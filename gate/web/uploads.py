@@ -12,7 +12,7 @@ from werkzeug.exceptions import UnsupportedMediaType
 from gate import jsontext
 from gate.errors import GateError
 from gate.hubs import signatures
-from gate.hubs.spool import CHUNK, BadDelivery, spool_multipart
+from gate.hubs.spool import CHUNK, MAX_PARTS, BadDelivery, spool_multipart
 from gate.images.previews import store_previews
 from gate.pipeline.dispatch import dispatcher
 from gate.record.uploads import parse_meta, record_upload, store_file
@@ -48,12 +48,13 @@ def direct_upload():
                    duplicate=not recorded.created), 202
 
 
-def signed_delivery(config, limit: int, file_is: str):
-    """A signed multipart delivery with its `file` part (`file_is` says what it must hold) and the hub's record
-    (`meta`), validated; nothing is kept of one that fails."""
-    spooled = signed_multipart(config, limit)
+def signed_delivery(config, limit: int, file_is: str, max_parts: int = MAX_PARTS):
+    """A signed multipart delivery with its `file` part (`file_is` says what it must hold; a route that takes
+    more parts may take `image` parts instead) and the hub's record (`meta`), validated; nothing is kept of one
+    that fails."""
+    spooled = signed_multipart(config, limit, max_parts)
     try:
-        if spooled.weights is None:
+        if spooled.weights is None and not spooled.images:
             raise BadDelivery(f"the multipart body has no 'file' part ({file_is})", "file_missing")
         raw_meta = spooled.fields.get("meta")
         meta = parse_meta(jsontext.loads(raw_meta, "the 'meta' part", "meta_invalid") if raw_meta else None)
@@ -63,7 +64,7 @@ def signed_delivery(config, limit: int, file_is: str):
     return spooled, meta
 
 
-def signed_multipart(config, limit: int):
+def signed_multipart(config, limit: int, max_parts: int = MAX_PARTS):
     """This request's multipart body, authenticated and spooled (its `file` part on disk, the rest in memory): a
     v2 signature is checked on the head and the body must hash to its digest; a v1 body is held in memory, never
     on disk, until its signature is checked."""
@@ -74,7 +75,7 @@ def signed_multipart(config, limit: int):
     boundary = request.mimetype_params.get("boundary")
     if not boundary:
         raise BadDelivery("the multipart Content-Type has no boundary", "multipart_invalid")
-    spool = functools.partial(spool_multipart, boundary=boundary, limit=limit,
+    spool = functools.partial(spool_multipart, boundary=boundary, limit=limit, max_parts=max_parts,
                               spool_dir=config.data_dir / "incoming", fsync=config.record_sync == "full")
     if not signature.v2:
         with current_app.extensions["gate_unverified"].hold(request.remote_addr or "", request.content_length):

@@ -131,3 +131,17 @@ def test_preview_images_with_an_upload_are_evidence_in_its_decision(gate_url, tm
     rows = list(open_db(gate_url.data / "gate.db")["upload_previews"].rows_where("upload_id = ?", [answer["id"]],
                                                                                   order_by="position"))
     assert [r["refused"] for r in rows] == [None, None, None, None, "image_format"]
+
+
+def test_a_list_of_image_parts_is_one_set_and_sent_again_is_the_same_set(gate_url):
+    drawings = [e["path"] for e in image_truth.load(split="held_back") if e["character"] == "totoro"][:6]
+    files = drawings + _held_back("generic")[40:50]
+    status, answer = deliver(f"{gate_url.url}/v1/images", None, "img-secret", {"model_id": "gallery-1"},
+                             images=files)
+    assert status == 200 and answer["counts"]["images"] == 16, answer
+    assert any(r.get("character") == "totoro" for r in answer["reasons"]), answer["reasons"]
+    again_status, again = deliver(f"{gate_url.url}/v1/images", None, "img-secret", {"model_id": "gallery-1"},
+                                  images=files)
+    assert again_status == 200 and again["id"] == answer["id"] and again["duplicate"]
+    both = deliver(f"{gate_url.url}/v1/images", files[0], "img-secret", {"model_id": "both"}, images=files[:2])
+    assert both[0] == 400 and both[1]["error"]["code"] == "multipart_invalid"
