@@ -14,8 +14,11 @@ sidecar `<image stem>.txt`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import stat
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,6 +30,7 @@ from gate.registry.images import MAX_BYTES, CheckedImage, ImageError, check_imag
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 CAPTIONS_FILE = "captions.jsonl"
 MAX_CAPTION_BYTES = 64 * 1024
+CHUNK = 1024 * 1024
 
 
 class BundleError(GateError):
@@ -180,3 +184,23 @@ def _caption(name: str, data: bytes, captions: dict[str, str]) -> None:
     stem = str(PurePosixPath(name).with_suffix(""))
     for suffix in IMAGE_SUFFIXES:
         captions.setdefault(stem + suffix, text.strip()[:2000])
+
+
+def pack(images: list[tuple[str, Path]], spool_dir: Path) -> tuple[Path, str, int]:
+    """A list of image parts as one stored zip (names reduced to their last part and made unique; fixed
+    timestamps, so the same images in the same order make the same bytes, and a re-send is the same set)."""
+    target = Path(tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".zip").name)
+    used: set[str] = set()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
+        for n, (name, path) in enumerate(images):
+            base = PurePosixPath(name.replace("\\", "/")).name or f"image_{n}"
+            arcname = base if base not in used else f"{n}_{base}"
+            used.add(arcname)
+            info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w") as out, open(path, "rb") as source:
+                shutil.copyfileobj(source, out, CHUNK)
+    digest = hashlib.sha256()
+    with open(target, "rb") as stored:
+        while chunk := stored.read(CHUNK):
+            digest.update(chunk)
+    return target, digest.hexdigest(), target.stat().st_size

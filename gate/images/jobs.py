@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 import zipfile
 from datetime import UTC, datetime
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from gate.images.bundle import BundleError, read_bundle
+from gate.hubs.fetch import FetchError, fetch_to_file
+from gate.images.bundle import BundleError, pack, read_bundle
 from gate.images.evidence import write_image_evidence
 from gate.images.record import LIVE, get_set, keep_vectors, known_vectors, update_set
 from gate.images.screen import judge_bundle, load_image_thresholds
@@ -21,6 +24,7 @@ from gate.queues import INTAKE, PROBE, context
 from gate.record import outbox
 from gate.record.db import writing
 from gate.registry.characters import missing_references, store_vectors
+from gate.registry.images import MAX_BYTES
 from gate.runtime import thread_record
 from probes.contract import embedder_id
 
@@ -40,7 +44,9 @@ def screen_set(set_id: str) -> str:
     row = get_set(db, set_id)
     if row["state"] not in LIVE:
         return "skipped"
-    update_set(db, set_id, {"state": "screening", "attempts": (row["attempts"] or 0) + 1})
+    row = update_set(db, set_id, {"state": "screening", "attempts": (row["attempts"] or 0) + 1})
+    if row["urls"] and not row["file_path"]:
+        row = fetch_set(settings, db, row)
     try:
         bundle = read_bundle([row["file_path"]])
     except BundleError as exc:
@@ -57,6 +63,33 @@ def screen_set(set_id: str) -> str:
                "reply": reply_to(INTAKE, "gate.images.jobs.conclude_set", [set_id], set_job(set_id, "conclude"))}
     queues.enqueue(PROBE, "probes.jobs.embed_images", request, job_id=set_job(set_id, "embed"))
     return "embedding"
+
+
+def fetch_set(settings, db, row: dict) -> dict:
+    """Fetch a set named by URLs under the URL-upload rules (allowed hosts, public addresses, size and time
+    limits), pack what arrived into one stored zip, and keep each URL that failed with its code."""
+    urls, fetched, refused = json.loads(row["urls"]), [], []
+    spool = settings.data_dir / "incoming"
+    try:
+        for n, url in enumerate(urls):
+            try:
+                got = fetch_to_file(url, spool, settings.fetch, MAX_BYTES, public_only=not
+                                    settings.fetch.allow_private_addresses, allowed_hosts=settings.fetch.allowed_hosts)
+            except FetchError as exc:
+                refused.append({"name": url, "code": exc.code, "message": exc.message})
+                continue
+            name = posixpath.basename(unquote(urlsplit(url).path)) or f"image_{n}"
+            fetched.append((f"{n:04d}_{name}", got.path))
+        packed, digest, size = pack(fetched, spool)
+    finally:
+        for _, path in fetched:
+            path.unlink(missing_ok=True)
+    store = settings.data_dir / "image-sets" / digest[:2]
+    store.mkdir(parents=True, exist_ok=True)
+    target = store / f"{digest}.zip"
+    packed.replace(target)
+    return update_set(db, row["id"], {"file_path": str(target), "file_size": size,
+                                      "refused": json.dumps(refused, ensure_ascii=False)})
 
 
 def conclude_set(set_id: str, embedded: dict) -> str:
@@ -101,7 +134,9 @@ def conclude_set(set_id: str, embedded: dict) -> str:
                          "review_status": "quarantined" if answer["verdict"] == "quarantine" else None,
                          "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
                          "images": answer["counts"]["images"], "matched": answer["counts"]["matched"],
-                         "embedded": len(fresh), "refused": json.dumps(bundle.refused, ensure_ascii=False)})
+                         "embedded": len(fresh),
+                         "refused": json.dumps(json.loads(row["refused"] or "[]") + bundle.refused,
+                                               ensure_ascii=False)})
     return answer["verdict"]
 
 

@@ -27,14 +27,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def record_set(db: Database, kind: str, meta: dict, path: Path, sha256: str, size: int, filename: str) -> tuple[dict,
-                                                                                                                 bool]:
-    """Record a set durably (before the hub is answered); the same set sent again returns the first (False)."""
+def record_set(db: Database, kind: str, meta: dict, path: Path | None, sha256: str, size: int, filename: str,
+               urls: list[str] | None = None) -> tuple[dict, bool]:
+    """Record a set durably (before the hub is answered): its file, or the URLs to fetch it from (`sha256` then
+    the list's); the same set sent again returns the first (False)."""
     key = hashlib.sha256(json.dumps([kind, meta.get("hub"), meta.get("model_id"), meta.get("version_id"), sha256])
                          .encode()).hexdigest()
     row = {"id": f"is_{secrets.token_hex(8)}", "kind": kind, "delivery_key": key, "hub": meta.get("hub"),
            "model_id": meta.get("model_id"), "uploader": meta.get("uploader"), "title": meta.get("title"),
-           "filename": filename[:500], "file_path": str(path), "file_sha256": sha256, "file_size": size,
+           "filename": filename[:500], "file_path": str(path) if path else None, "file_sha256": sha256,
+           "file_size": size, "urls": json.dumps(urls) if urls else None,
            "state": "received", "attempts": 0, "created_at": _now(), "updated_at": _now()}
     with writing(db):
         existing = list(db["image_sets"].rows_where("delivery_key = ?", [key]))

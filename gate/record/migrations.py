@@ -349,7 +349,7 @@ def m021_image_sets(db: Database) -> None:
         "filename": str, "file_path": str, "file_sha256": str, "file_size": int, "state": str, "verdict": str,
         "reasons": str, "images": int, "refused": str, "matched": int, "embedded": int, "error_code": str,
         "error_message": str, "created_at": str, "decided_at": str, "review_status": str, "reviewed_by": str,
-        "reviewed_at": str, "attempts": int, "updated_at": str}, pk="id")
+        "reviewed_at": str, "attempts": int, "updated_at": str, "urls": str}, pk="id")
     db["image_sets"].create_index(["delivery_key"], unique=True)
     db["image_sets"].create_index(["review_status", "created_at"])  # the moderators' list of quarantined sets
     db["set_images"].create({"set_id": str, "position": int, "name": str, "sha256": str, "character_id": str,

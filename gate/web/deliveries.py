@@ -32,19 +32,25 @@ def delivery_status(delivery_id: str):
     return jsonify(status(db(), get_delivery(db(), delivery_id)))
 
 
-def url_upload(secret: str):
-    """A hub names a LoRA by URL: `{"url": ..., "meta": {...}}`, signed over the raw body; fetched later."""
+def signed_json(secret: str, max_bytes: int, what: str) -> tuple[bytes, dict]:
+    """This request's JSON object body, at most `max_bytes`, signed over the raw body: (raw, parsed)."""
     signature = signatures.parse_header(request.headers.get("X-Gate-Signature"))
     signatures.check_timestamp(signature.timestamp)
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise RequestEntityTooLarge(f"a URL upload's body is at most {MAX_BODY_BYTES} bytes")
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise RequestEntityTooLarge(f"a URL upload's body is at most {MAX_BODY_BYTES} bytes")
+    if (request.content_length or 0) > max_bytes:
+        raise RequestEntityTooLarge(f"{what}'s body is at most {max_bytes} bytes")
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise RequestEntityTooLarge(f"{what}'s body is at most {max_bytes} bytes")
     signatures.verify_body(signature, raw, secret, request.headers.get(signatures.DIGEST_HEADER))
     body = jsontext.loads(raw, "the body", UrlUploadInvalid.code)
     if not isinstance(body, dict):
-        raise UrlUploadInvalid("the body must be a JSON object with 'url' (and an optional 'meta')")
+        raise UrlUploadInvalid(f"{what}'s body must be a JSON object")
+    return raw, body
+
+
+def url_upload(secret: str):
+    """A hub names a LoRA by URL: `{"url": ..., "meta": {...}}`, signed over the raw body; fetched later."""
+    raw, body = signed_json(secret, MAX_BODY_BYTES, "a URL upload")
     if "url" not in body:
         raise UrlUploadInvalid("the body has no 'url'", "url_missing")
     url = check_url(body["url"], settings().fetch.allowed_hosts)  # refused now, not after a 202

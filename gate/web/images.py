@@ -9,48 +9,32 @@ is the first one (idempotent)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
+import json
 import time
 import zipfile
-from pathlib import Path, PurePosixPath
 
-from flask import Blueprint, jsonify, send_from_directory, url_for
+from flask import Blueprint, jsonify, request, send_from_directory, url_for
 
 from gate.errors import GateError
-from gate.hubs.spool import CHUNK, BadDelivery
+from gate.hubs.fetch import check_url
+from gate.hubs.spool import BadDelivery
+from gate.images.bundle import pack
 from gate.images.jobs import evidence_dir, set_job
 from gate.images.record import LIVE, get_set, record_set, set_status
 from gate.pipeline.dispatch import dispatcher
 from gate.queues import INTAKE
+from gate.record.uploads import parse_meta
 from gate.web.context import db, settings
+from gate.web.deliveries import UrlUploadInvalid, signed_json
 from gate.web.limits import takes_body
 from gate.web.uploads import ENVELOPE, signed_delivery
 
 bp = Blueprint("images", __name__)
 
 
+MAX_URLS = 1000  # image URLs in one JSON list
+MAX_URL_BODY = 1024 * 1024
 MAX_IMAGE_PARTS = 1001  # a list of up to 1,000 `image` parts and the `meta` part; more go in a zip
-
-
-def pack(images: list[tuple[str, Path]], spool_dir: Path) -> tuple[Path, str, int]:
-    """A list of image parts as one stored zip (names reduced to their last part and made unique; fixed
-    timestamps, so the same images in the same order make the same bytes, and a re-send is the same set)."""
-    target = Path(tempfile.NamedTemporaryFile(dir=spool_dir, delete=False, suffix=".zip").name)
-    used: set[str] = set()
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
-        for n, (name, path) in enumerate(images):
-            base = PurePosixPath(name.replace("\\", "/")).name or f"image_{n}"
-            arcname = base if base not in used else f"{n}_{base}"
-            used.add(arcname)
-            info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
-            with archive.open(info, "w") as out, open(path, "rb") as source:
-                shutil.copyfileobj(source, out, CHUNK)
-    digest = hashlib.sha256()
-    with open(target, "rb") as stored:
-        while chunk := stored.read(CHUNK):
-            digest.update(chunk)
-    return target, digest.hexdigest(), target.stat().st_size
 
 
 def _limit(config) -> int:
@@ -76,6 +60,34 @@ def _receive(kind: str):
     config = settings()
     if not config.upload_secret:
         raise GateError("GATE_UPLOAD_SECRET is not set: this gate cannot authenticate deliveries", "not_configured")
+    if request.mimetype == "application/json":
+        row, created = _url_list(config, kind)
+    else:
+        row, created = _multipart_set(config, kind)
+    if created:
+        dispatcher(config).hand_off(INTAKE, "gate.images.jobs.screen_set", (row["id"],), set_job(row["id"], "screen"))
+    deadline = time.monotonic() + config.images_wait_seconds
+    while row["state"] in LIVE and time.monotonic() < deadline:
+        time.sleep(0.1)
+        row = get_set(db(), row["id"])
+    answer = {**_answer(row), "duplicate": not created}
+    return jsonify(answer), 202 if row["state"] in LIVE else 200
+
+
+def _url_list(config, kind: str) -> tuple[dict, bool]:
+    """`{"urls": [...], "meta": {...}}`, signed over the body: each URL checked now (refused whole, with its
+    code, before a 202), fetched on the queue under the URL-upload rules."""
+    _, body = signed_json(config.upload_secret, MAX_URL_BODY, "a list of image URLs")
+    urls = body.get("urls")
+    if not isinstance(urls, list) or not 1 <= len(urls) <= MAX_URLS:
+        raise UrlUploadInvalid(f"'urls' must be a list of 1 to {MAX_URLS} image URLs", "urls_invalid")
+    urls = [check_url(url, config.fetch.allowed_hosts) for url in urls]
+    meta = parse_meta(body.get("meta"))
+    digest = hashlib.sha256(json.dumps(urls).encode()).hexdigest()
+    return record_set(db(), kind, meta, None, digest, 0, f"{len(urls)} URLs", urls=urls)
+
+
+def _multipart_set(config, kind: str) -> tuple[dict, bool]:
     spooled, meta = signed_delivery(config, _limit(config), "an image or a zip of images", MAX_IMAGE_PARTS)
     if spooled.images:
         if spooled.weights is not None:
@@ -95,16 +107,7 @@ def _receive(kind: str):
         spooled.discard()
     else:
         spooled.weights.replace(target)
-    row, created = record_set(db(), kind, meta, target, spooled.sha256, spooled.size,
-                              spooled.filename or f"{kind}.bin")
-    if created:
-        dispatcher(config).hand_off(INTAKE, "gate.images.jobs.screen_set", (row["id"],), set_job(row["id"], "screen"))
-    deadline = time.monotonic() + config.images_wait_seconds
-    while row["state"] in LIVE and time.monotonic() < deadline:
-        time.sleep(0.1)
-        row = get_set(db(), row["id"])
-    answer = {**_answer(row), "duplicate": not created}
-    return jsonify(answer), 202 if row["state"] in LIVE else 200
+    return record_set(db(), kind, meta, target, spooled.sha256, spooled.size, spooled.filename or f"{kind}.bin")
 
 
 def _answer(row: dict) -> dict:

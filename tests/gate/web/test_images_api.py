@@ -27,7 +27,8 @@ def gate_url(tmp_path_factory):
     data = tmp_path_factory.mktemp("images-api")
     port = free_port()
     env = {**os.environ, "GATE_DATA_DIR": str(data), "GATE_UPLOAD_SECRET": "img-secret",
-           "GATE_IMAGES_WAIT_SECONDS": "120"}  # long enough on a loaded CI machine for the 200 path
+           "GATE_IMAGES_WAIT_SECONDS": "120",  # long enough on a loaded CI machine for the 200 path
+           "GATE_FETCH_ALLOW_PRIVATE_ADDRESSES": "1"}  # the image URLs are served on loopback
     process = subprocess.Popen([sys.executable, "-m", "gate", "serve", "--port", str(port)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -145,3 +146,49 @@ def test_a_list_of_image_parts_is_one_set_and_sent_again_is_the_same_set(gate_ur
     assert again_status == 200 and again["id"] == answer["id"] and again["duplicate"]
     both = deliver(f"{gate_url.url}/v1/images", files[0], "img-secret", {"model_id": "both"}, images=files[:2])
     assert both[0] == 400 and both[1]["error"]["code"] == "multipart_invalid"
+
+
+def _signed_json(url: str, body: dict) -> tuple[int, dict]:
+    import hashlib
+
+    from gate.hubs.signatures import DIGEST_HEADER, sign
+
+    raw = json.dumps(body).encode()
+    request = urllib.request.Request(url, raw, {"Content-Type": "application/json", "X-Gate-Signature":
+                                                sign(raw, "img-secret", int(time.time())),
+                                                DIGEST_HEADER: hashlib.sha256(raw).hexdigest()})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_a_list_of_image_urls_is_fetched_under_the_url_rules_and_screened(gate_url):
+    """A hub names a training set's images by URL (served here on loopback): fetched on the queue, packed into
+    one set and judged; a URL that fails is refused alone, with its code; a URL the gate never fetches (another
+    scheme) refuses the request at once."""
+    import functools
+    import http.server
+    import threading
+
+    folder = REPO / "fixtures" / "world" / "images" / "held_back"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        urls = [f"{base}/mario_{n:02d}.png" for n in range(8)] + [f"{base}/generic_{n:03d}.png" for n in range(12)]
+        status, answer = _signed_json(f"{gate_url.url}/v1/datasets", {"urls": [*urls, f"{base}/missing.png"],
+                                                                      "meta": {"model_id": "by-url"}})
+        assert status == 200 and answer["state"] == "decided", answer
+        assert answer["counts"]["images"] == 20 and answer["counts"]["embedded"] >= 0
+        assert [r["code"] for r in answer["refused"]] == ["fetch_not_found"]
+        assert any(r.get("character") == "mario" for r in answer["reasons"]), answer["reasons"]
+        status, bad = _signed_json(f"{gate_url.url}/v1/datasets", {"urls": [urls[0], "file:///etc/passwd"]})
+        assert status == 400 and bad["error"]["code"] == "url_invalid"
+        status, empty = _signed_json(f"{gate_url.url}/v1/datasets", {"urls": []})
+        assert status == 400 and empty["error"]["code"] == "urls_invalid"
+    finally:
+        server.shutdown()
