@@ -158,6 +158,23 @@ def weight_files(settings: Settings, repo_id: str, revision: str) -> list[HubFil
     return hub_errors(f"{repo_id}@{revision[:12]}", listing)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def image_files(settings: Settings, repo_id: str, revision: str, most: int, max_bytes: int) -> list[HubFile]:
+    """The repo's images at this revision (what the model card shows as its previews), the first `most` of
+    those no larger than `max_bytes`, by path."""
+    from huggingface_hub.hf_api import RepoFile
+
+    def listing():
+        return sorted((HubFile(entry.path, int(entry.size or 0), entry.blob_id)
+                       for entry in api(settings).list_repo_tree(repo_id, revision=revision, recursive=True)
+                       if isinstance(entry, RepoFile) and entry.path.lower().endswith(IMAGE_SUFFIXES)
+                       and 0 < int(entry.size or 0) <= max_bytes), key=lambda f: f.path)[:most]
+
+    return hub_errors(f"{repo_id}@{revision[:12]}", listing)
+
+
 def changed_files(settings: Settings, repo_id: str, revision: str, previous: str | None) -> list[HubFile]:
     """Weight files new or changed at `revision` since `previous` (all of them when there is none)."""
     files = weight_files(settings, repo_id, revision)

@@ -70,10 +70,11 @@ def fetch_delivery(delivery_id: str, generation: int = 0) -> str:
 
 
 def _accept(settings: Settings, db, queues: Queues, source: str, meta: dict, fetched, filename: str, key: str,
-            upload_ids: list[str]) -> None:
+            upload_ids: list[str], previews: list[dict] = ()) -> None:
     """The same path as a direct upload: the content-addressed store, the record, the scan."""
     stored = store_file(fetched.path, settings.data_dir / "uploads", fetched.sha256)
-    recorded = record_upload(db, source, meta, stored, fetched.sha256, fetched.size, filename, extra_key=key)
+    recorded = record_upload(db, source, meta, stored, fetched.sha256, fetched.size, filename, extra_key=key,
+                             previews=previews)
     if recorded.upload["id"] not in upload_ids:
         upload_ids.append(recorded.upload["id"])
     if recorded.created:
@@ -94,6 +95,7 @@ def _fetch_huggingface(settings: Settings, db, queues: Queues, delivery: dict, u
         if file.size > limit:
             raise FetchError(f"{file.path} is {file.size} bytes; the limit is {limit}", "fetch_too_large")
     meta = hf.card_meta(settings, repo_id, revision) if files else {}
+    previews = _repo_previews(settings, repo_id, revision) if files else []
     for file in files:
         existing = list(db["uploads"].rows_where("hub = ? and model_id = ? and version_id = ? and filename = ?",
                                                  [hf.HUB, repo_id, revision, file.path], limit=1))
@@ -103,7 +105,29 @@ def _fetch_huggingface(settings: Settings, db, queues: Queues, delivery: dict, u
             continue
         url, headers = hf.file_url(settings, repo_id, revision, file.path)
         fetched = fetch_to_file(url, settings.data_dir / "incoming", settings.fetch, limit, headers)
-        _accept(settings, db, queues, "huggingface", meta, fetched, file.path, file.path, upload_ids)
+        _accept(settings, db, queues, "huggingface", meta, fetched, file.path, file.path, upload_ids, previews)
+
+
+def _repo_previews(settings: Settings, repo_id: str, revision: str) -> list[dict]:
+    """The repo's images, as the previews of each upload it makes (gate.images.previews), as a direct upload's
+    `preview` parts are. An image that cannot be fetched is left out; the weights are what must arrive."""
+    from gate.hubs import huggingface as hf
+    from gate.hubs.spool import MAX_PREVIEWS, PREVIEW_BYTES
+    from gate.images.previews import store_previews
+
+    images = []
+    for file in hf.image_files(settings, repo_id, revision, MAX_PREVIEWS, PREVIEW_BYTES):
+        url, headers = hf.file_url(settings, repo_id, revision, file.path)
+        try:
+            fetched = fetch_to_file(url, settings.data_dir / "incoming", settings.fetch, PREVIEW_BYTES, headers)
+        except FetchError as exc:
+            log.warning("%s@%s: preview %s not fetched (%s)", repo_id, revision[:12], file.path, exc.code)
+            continue
+        try:
+            images.append((file.path, fetched.path.read_bytes()))
+        finally:
+            fetched.path.unlink(missing_ok=True)
+    return store_previews(images, settings.data_dir / "previews")
 
 
 def _fetch_url(settings: Settings, db, queues: Queues, delivery: dict, upload_ids: list[str]) -> None:

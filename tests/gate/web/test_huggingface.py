@@ -164,6 +164,23 @@ def test_files_are_fetched_at_exactly_the_pushed_revision(client, hub, corpus_di
     assert wait_upload(client, upload["id"])["state"] == "refused"  # the same scan as a direct upload
 
 
+def test_the_repos_images_become_the_uploads_previews(client, hub, corpus_dir, tmp_path):
+    """What the model card shows is judged with the weights, as a direct upload's preview parts are."""
+    from gate.record.db import open_db
+    from tests.conftest import REPO
+
+    drawing = (REPO / "fixtures" / "world" / "images" / "held_back" / "ultraman_00.png").read_bytes()
+    hub.add("carol/lora", SHA_A, {"lora.safetensors": (corpus_dir / "random_names.safetensors").read_bytes(),
+                                  "samples/a.png": drawing, "samples/b.jpg": b"not a jpeg", "notes.txt": b"hi"})
+    delivery = wait_delivery(client, send_hook(client, payload("carol/lora")).get_json()["id"])
+    [upload] = delivery["uploads"]
+    rows = list(open_db(tmp_path / "data" / "gate.db")["upload_previews"].rows_where(
+        "upload_id = ?", [upload["id"]], order_by="position"))
+    assert [(r["name"], r["refused"]) for r in rows] == [("samples/a.png", None), ("samples/b.jpg", "image_format")]
+    assert (tmp_path / "data" / "previews").is_dir() and rows[0]["sha256"]
+    assert sorted(d[2] for d in hub.downloads) == ["lora.safetensors", "samples/a.png", "samples/b.jpg"]
+
+
 def test_only_new_or_changed_weight_files_become_uploads(client, hub, corpus_dir):
     same = (corpus_dir / "random_names.safetensors").read_bytes()
     changed = (corpus_dir / "trailing_bytes.safetensors").read_bytes()
