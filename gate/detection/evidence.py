@@ -182,6 +182,16 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
                                   for x in g.get("likelier", []))
                         + f"<br>{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
                     + "</table><ul>")
+    shown_previews = []
+    for n, preview in enumerate(result.previews):  # the hub's preview images, and what each shows
+        try:
+            _cell(check_image(preview["path"]).rgb()).save(out_dir / f"preview_{n:02d}.png")
+        except (ImageError, OSError):
+            continue
+        shows = names.get(preview["shows"], preview["shows"]) if preview["shows"] else None
+        caption = html.escape(preview["name"]) + (f"<br><b>shows {html.escape(shows)}</b>" if shows else "")
+        shown_previews.append(f"<figure style='display:inline-block'><img src='preview_{n:02d}.png'>"
+                              f"<figcaption>{caption}</figcaption></figure>")
     page = out_dir / "index.html"
     heading = title or Path(result.path).name
     page.write_text(
@@ -192,6 +202,7 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
         + ("<h2>What the LoRA draws</h2><p>The renders it changed most against the base model's, whatever they "
            "show:</p><p>" + "".join(f"<img src='{d['render']}' title='{html.escape(d['prompt'])}'>" for d in drawn)
            + "</p>" if drawn else "")
+        + ("<h2>The hub's preview images</h2><p>" + "".join(shown_previews) + "</p>" if shown_previews else "")
         + "<h2>Renders and references</h2>"
         "<table><tr><th>with the LoRA</th><th>base model</th><th>reference</th><th></th></tr>"
         + "".join(html_rows) + "</table>"

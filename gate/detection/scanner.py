@@ -135,6 +135,7 @@ class ScanResult:
     undeclared_trigger: bool = False  # it adapts a text encoder and declares no trigger (undeclared_trigger())
     reference_images: dict[str, list[str]] = field(default_factory=dict)  # the likelihood probe's, per character
     preview_reasons: list = field(default_factory=list)  # the hub's preview images, judged (gate.images.previews)
+    previews: list[dict] = field(default_factory=list)  # those images for the evidence page: name, path, shows
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -151,6 +151,10 @@ def attach_previews(settings: Settings, db, matcher: Scanner, result, upload_id:
         return
     result.preview_reasons = preview_reasons(db, upload_id, embedder, matcher.references, thresholds,
                                              matcher.policies())
+    shows = {name: reason.character_id for reason in result.preview_reasons
+             for name in reason.details.get("previews", [])}
+    result.previews = [{"name": row["name"], "path": row["path"], "shows": shows.get(row["name"])}
+                       for row in previews_of(db, upload_id)]
 
 
 def probe_answered(db, upload: dict, probed: dict) -> None:

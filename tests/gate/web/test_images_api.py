@@ -129,6 +129,8 @@ def test_preview_images_with_an_upload_are_evidence_in_its_decision(gate_url, tm
     assert reason["character"] == "ultraman" and final["verdict"] in ("quarantine", "block")
     assert reason["message"].startswith("preview images: ") and set(reason["previews"]) <= {p.name for p in previews}
     assert not any(r["kind"] in ("visual_match", "likelihood_match") for r in final["reasons"])  # the probes missed
+    page = urllib.request.urlopen(final["evidence_url"]).read().decode()
+    assert "The hub's preview images" in page and "<b>shows Ultraman</b>" in page and "preview_00.png" in page
     rows = list(open_db(gate_url.data / "gate.db")["upload_previews"].rows_where("upload_id = ?", [answer["id"]],
                                                                                   order_by="position"))
     assert [r["refused"] for r in rows] == [None, None, None, None, "image_format"]
