@@ -161,6 +161,11 @@ class Settings:
     public_url: str = ""
     # The token GPU workers present to fetch upload files (GET /internal/uploads/<id>/file); unset, disabled.
     worker_token: str = ""
+    # Whether a probe worker may read the gate's files (uploads, references, previews, image sets) at the paths
+    # the gate names. False on a worker of another machine: it fetches each from the gate by its sha256
+    # (public_url and worker_token) into its cache, and fails a job it cannot get them for, rather than decide
+    # on less evidence.
+    worker_shared_disk: bool = True
     # How long one job may run before RQ stops it (seconds).
     job_timeout: int = 1800
     # How long POST /v1/images and /v1/datasets wait for their verdict before answering 202 with a status URL

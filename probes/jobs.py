@@ -15,9 +15,11 @@ import base64
 import hashlib
 import io
 import logging
+import os
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -65,10 +67,56 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_checked: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: each local file hashed once
+
+
+def _local_sha256(path: Path) -> str | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _checked:
+        _checked[key] = _sha256(path)
+    return _checked[key]
+
+
+def materialize(settings: Settings, path: str, sha256: str) -> Path:
+    """A file the gate names by path and sha256, on this worker: at its path when this worker shares the gate's
+    disk and the file there has that sha256; else from this worker's cache, fetched from the gate by its sha256
+    (GET /internal/blobs/<sha256>) and checked. ProbeRequestError when neither: the job fails, and is retried,
+    rather than go on with less evidence."""
+    local = Path(path)
+    if settings.worker_shared_disk and _local_sha256(local) == sha256:
+        return local
+    cached = (settings.cache_dir or settings.data_dir / "cache") / "blobs" / sha256[:2] / sha256
+    if cached.is_file() and _local_sha256(cached) == sha256:
+        return cached
+    if not (settings.public_url and settings.worker_token):
+        raise ProbeRequestError(f"{local.name} (sha256 {sha256[:12]}) is not on this machine as the gate recorded "
+                                "it, and the gate gave no way to fetch it (set GATE_PUBLIC_URL and GATE_WORKER_TOKEN)")
+    url = f"{settings.public_url.rstrip('/')}/internal/blobs/{sha256}"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    fetch = urllib.request.Request(url, headers={"Authorization": f"Bearer {settings.worker_token}"})
+    try:
+        with urllib.request.urlopen(fetch, timeout=60) as answer, \
+                tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as out:
+            while chunk := answer.read(CHUNK):
+                out.write(chunk)
+    except (OSError, urllib.error.URLError) as exc:
+        raise ProbeRequestError(f"{local.name} (sha256 {sha256[:12]}) could not be fetched from the gate: {exc}") \
+            from None
+    if _sha256(Path(out.name)) != sha256:
+        Path(out.name).unlink(missing_ok=True)
+        raise ProbeRequestError(f"the gate served {sha256[:12]} with other bytes")
+    os.replace(out.name, cached)
+    return cached
+
+
 def _fetch(settings: Settings, request: dict, spool: Path) -> Path:
     """The upload's file: from the shared disk when this worker sees it, else over the gate's HTTP API."""
     local = Path(request["file_path"])
-    if local.is_file():
+    if settings.worker_shared_disk and local.is_file():
         return local
     if not request.get("file_url"):
         raise ProbeRequestError(f"{local} is not on this machine and the gate gave no file URL (set public_url "
@@ -116,14 +164,22 @@ def _reference_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
 
     images = []
     for ref in wanted:
-        path = Path(ref["path"])
-        if not path.is_file() or _sha256(path) != ref["sha256"]:
-            raise ProbeRequestError(f"reference {ref['id']} ({path.name}) is not on this machine as registered")
+        path = materialize(context().settings, ref["path"], ref["sha256"])
         with Image.open(path, formats=REFERENCE_FORMATS) as image:
             images.append(np.asarray(image.convert("RGB")))
     vectors = probe_engine.embed(images)
     return {str(ref["id"]): base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
             for ref, vector in zip(wanted, vectors, strict=True)}
+
+
+def _materialized(settings: Settings, reference_set: dict) -> dict:
+    """A character's reference set with every image on this worker (see materialize); a gate from before
+    sha256s were sent names paths alone, read where they are."""
+    digests = reference_set.get("sha256s")
+    if not digests:
+        return reference_set
+    return {**reference_set, "paths": [str(materialize(settings, path, digest))
+                                       for path, digest in zip(reference_set["paths"], digests, strict=True)]}
 
 
 def probe_upload(request: dict) -> dict:
@@ -135,7 +191,7 @@ def probe_upload(request: dict) -> dict:
     settings = context().settings
     upload_id, generation = request["upload_id"], int(request["generation"])
     probe_engine = _engine_for(settings, request)
-    references = [ReferenceSet.from_dict(r) for r in request.get("references") or []]
+    references = [ReferenceSet.from_dict(_materialized(settings, r)) for r in request.get("references") or []]
     with tempfile.TemporaryDirectory(prefix="gate-probe-") as spool:
         path = _checked_upload(settings, request, Path(spool))
         try:
@@ -162,7 +218,7 @@ def likelihood_upload(request: dict) -> dict:
 
     settings = context().settings
     probe_engine = _engine_for(settings, request)
-    references = [ReferenceSet.from_dict(r) for r in request["references"]]
+    references = [ReferenceSet.from_dict(_materialized(settings, r)) for r in request["references"]]
     with tempfile.TemporaryDirectory(prefix="gate-probe-") as spool:
         path = _checked_upload(settings, request, Path(spool))
         try:
@@ -210,7 +266,8 @@ def _set_image(archive, path: Path, wanted: dict) -> np.ndarray | None:
 def _preview_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
     """The upload's preview images the gate has no vector for: {sha256: base64 float32 vector}. One that cannot
     be read here (another machine, no shared disk) is left out; the gate judges the others."""
-    images = [(w["sha256"], _set_image(None, Path(w["path"]), w)) for w in wanted]
+    settings = context().settings
+    images = [(w["sha256"], _set_image(None, materialize(settings, w["path"], w["sha256"]), w)) for w in wanted]
     images = [(digest, image) for digest, image in images if image is not None]
     if not images:
         return {}
@@ -222,8 +279,9 @@ def _preview_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
 def embed_images(request: dict) -> dict:
     """Embed the images of a set the gate has no vectors for (names in its archive, checked by sha256), 64 at
     a time, and hand the vectors to the gate job the request names; references without vectors too."""
-    probe_engine = engine(context().settings)
-    path = Path(request["path"])
+    settings = context().settings
+    probe_engine = engine(settings)
+    path = materialize(settings, request["path"], Path(request["path"]).stem)  # stored as <sha256>.<kind>
     vectors: dict[str, str] = {}
     archive = zipfile.ZipFile(path) if request.get("archive") else None
     try:

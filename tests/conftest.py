@@ -147,12 +147,28 @@ def runner():
 @pytest.fixture
 def service(tmp_path):
     """Redis, the gate (web) and a hub; tests start the workers they need."""
+    yield from _service(tmp_path, {})
+
+
+WORKER_TOKEN = "worker-token-for-tests"
+
+
+@pytest.fixture
+def remote_service(tmp_path):
+    """The same, with the gate serving its files to workers of other machines (GATE_PUBLIC_URL, a worker
+    token): a probe worker with GATE_WORKER_SHARED_DISK=0 then fetches everything over HTTP."""
+    port = free_port()
+    yield from _service(tmp_path, {"GATE_PUBLIC_URL": f"http://127.0.0.1:{port}", "GATE_WORKER_TOKEN": WORKER_TOKEN},
+                        port)
+
+
+def _service(tmp_path, extra: dict, port: int | None = None):
     redis = RedisServer(tmp_path)
     redis.start()
     hub = Hub()
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "REDIS_URL": redis.url, "GATE_DATA_DIR": str(tmp_path / "data"),
-           "GATE_UPLOAD_SECRET": SECRET, "GATE_CALLBACK_URL": hub.url}
+           "GATE_UPLOAD_SECRET": SECRET, "GATE_CALLBACK_URL": hub.url, **extra}
     processes: list[subprocess.Popen] = []
 
     def spawn(*args: str, log: str, extra_env: dict | None = None) -> subprocess.Popen:

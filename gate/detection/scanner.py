@@ -29,7 +29,7 @@ from gate.registry.characters import (
     list_characters,
     load_references,
     missing_references,
-    reference_images,
+    reference_files,
 )
 from gate.repeat.screen import NearDuplicate, RepeatScreen
 from gate.review.feedback import cleared_characters
@@ -205,7 +205,8 @@ class Scanner:
             embed_missing(self.db, self.engine.embed, self.engine.embedder_id)
         self.characters = {c.id: c for c in list_characters(self.db)}
         self.references = load_references(self.db, self.engine.embedder_id)
-        self.images = reference_images(self.db)
+        self.files = reference_files(self.db)
+        self.images = {cid: [path for path, _ in files] for cid, files in self.files.items()}
 
     def screen(self, path: str | Path, filename: str | None = None, hub_meta: dict | None = None,
                inspection: Inspection | None = None) -> ScanResult:
@@ -249,8 +250,9 @@ class Scanner:
     def reference_sets(self, named: Collection[str] = ()) -> list[dict]:
         """Each registered character's id, name and reference image paths, for the likelihood probe; `named`:
         the characters the LoRA's texts name, which the probe measures in full whatever its screen says."""
-        return [{"character_id": cid, "name": self.characters[cid].name, "paths": found, "named": cid in named}
-                for cid, found in self.images.items() if cid in self.characters]
+        return [{"character_id": cid, "name": self.characters[cid].name, "paths": [path for path, _ in files],
+                 "sha256s": [digest for _, digest in files], "named": cid in named}
+                for cid, files in self.files.items() if cid in self.characters]
 
     def scan(self, path: str | Path, progress: Progress | None = None, filename: str | None = None,
              hub_meta: dict | None = None, conclude: bool = True,

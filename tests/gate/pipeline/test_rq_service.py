@@ -214,3 +214,38 @@ def test_a_training_set_is_screened_by_rq_workers_and_the_hub_is_called_back(ser
     wait(lambda: any(m["event"] == "images.decided" for m in service.hub.received), 90, "no callback")
     [message] = [m for m in service.hub.received if m["event"] == "images.decided"]
     assert message["upload_id"] == answer["id"] and message["data"]["verdict"] == final["verdict"]
+
+
+def test_a_probe_worker_that_shares_no_disk_gets_everything_over_http(remote_service, world, tmp_path):
+    """A probe worker of another machine: its own empty data directory and HOME, and told never to read the
+    gate's paths. It fetches the upload, every reference image (by sha256, into its cache) and decides on
+    the same evidence as a worker beside the gate: the likelihood probe included."""
+    remote_service.spawn("worker", "--queues", "intake", log="worker-intake", extra_env=without_torch(tmp_path))
+    remote = tmp_path / "remote"
+    remote_service.spawn("worker", "--queues", "probe", log="worker-remote", extra_env={
+        "GATE_DATA_DIR": str(remote / "data"), "GATE_CACHE_DIR": str(remote / "cache"), "HOME": str(remote / "home"),
+        "GATE_WORKER_SHARED_DISK": "0"})
+    lora = world_lora(world, kind="character", trigger=None, metadata_style="stripped")
+    answer = deliver_upload(remote_service, world.path(lora["path"]), "m-remote")
+    final = final_state(answer["status_url"], remote_service)
+    assert final["state"] == "decided" and final["verdict"] in ("quarantine", "block"), final
+    assert any(r["kind"] == "likelihood_match" and r["character"] == lora["character"] for r in final["reasons"])
+    cached = list((remote / "cache" / "blobs").rglob("*"))
+    references = [p for p in cached if p.is_file()]
+    assert len(references) >= 50, (remote, cached)  # every character's references, fetched by content hash
+    assert not (remote / "data" / "gate.db").exists()
+
+
+def test_a_probe_worker_that_cannot_get_the_references_fails_the_scan_rather_than_decide_on_less(service, world,
+                                                                                                 tmp_path):
+    """No shared disk and no way to fetch (the gate has no public URL or worker token): the probe job fails,
+    is retried, and the upload is failed with the reason; it is never decided on the renders alone."""
+    service.spawn("worker", "--queues", "intake", log="worker-intake", extra_env=without_torch(tmp_path))
+    service.spawn("worker", "--queues", "probe", log="worker-remote", extra_env={
+        "GATE_DATA_DIR": str(tmp_path / "remote"), "GATE_CACHE_DIR": str(tmp_path / "remote-cache"),
+        "GATE_WORKER_SHARED_DISK": "0"})
+    lora = world_lora(world, kind="character", trigger=None, metadata_style="stripped")
+    answer = deliver_upload(service, world.path(lora["path"]), "m-no-evidence")
+    final = final_state(answer["status_url"], service)
+    assert final["state"] == "failed" and final["verdict"] is None, final
+    assert "GATE_PUBLIC_URL" in final["error"]["message"]
