@@ -175,15 +175,10 @@ def _insert_vectors(db: Database, embedder_id: str, vectors: dict[int, np.ndarra
         )
 
 
-def reference_images(db: Database) -> dict[str, list[str]]:
-    """Every active character's reference image paths, whether or not they are embedded yet (the likelihood
-    probe reads the images themselves)."""
-    return {cid: [path for path, _ in files] for cid, files in reference_files(db).items()}
-
-
 def reference_files(db: Database) -> dict[str, list[tuple[str, str]]]:
-    """Every active character's references as (path, sha256): a probe worker without the gate's disk fetches
-    each by its sha256 (GET /internal/blobs/<sha256>)."""
+    """Every active character's references as (path, sha256), whether or not they are embedded yet (the
+    likelihood probe reads the images themselves; a probe worker without the gate's disk fetches each by its
+    sha256, GET /internal/blobs/<sha256>)."""
     found: dict[str, list[tuple[str, str]]] = {}
     for row in db.query("select r.character_id, r.path, r.sha256 from character_references r join characters c "
                         "on c.id = r.character_id where c.status = 'active' order by r.character_id, r.id"):

@@ -112,13 +112,18 @@ def screen_catalogue(settings: Settings, character_id: str, cause: str) -> None:
                     character_id, exc, character_id)
 
 
+def _character_ids(db: Database, party: str, character_id: str | None) -> list[str]:
+    """The rights holder's characters, or the one asked for (which must be theirs: character_not_found)."""
+    if character_id is not None:
+        own_character(db, party, character_id)
+        return [character_id]
+    return [c.id for c in own_characters(db, party)]
+
+
 def image_matches(db: Database, party: str, character_id: str | None = None, limit: int = 200) -> list[dict]:
     """Image sets (training sets, generated images) with images that matched one of this rights holder's
     characters, newest first: how many of the set's images, and the best similarity."""
-    ids = [c.id for c in own_characters(db, party)]
-    if character_id is not None:
-        own_character(db, party, character_id)
-        ids = [character_id]
+    ids = _character_ids(db, party, character_id)
     if not ids:
         return []
     return [dict(row) for row in db.query(
@@ -132,10 +137,7 @@ def image_matches(db: Database, party: str, character_id: str | None = None, lim
 def matches(db: Database, party: str, character_id: str | None = None, limit: int = 200) -> list[dict]:
     """Uploads whose scans matched one of this rights holder's characters, newest first: by their renders
     (`matched` of `rendered`, `best_score`), by the likelihood probe (`gain`), or both."""
-    ids = [c.id for c in own_characters(db, party)]
-    if character_id is not None:
-        own_character(db, party, character_id)
-        ids = [character_id]
+    ids = _character_ids(db, party, character_id)
     if not ids:
         return []
     marks = ", ".join("?" for _ in ids)
