@@ -118,6 +118,13 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
             except RedisError:
                 raise StopRequested() from None
 
+        def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
+            # A stop that came while RQ still counted the worker busy (a job just ended, the loop past its stop
+            # check) would otherwise wait out a dequeue of minutes.
+            if stopping.is_set():
+                raise StopRequested()
+            return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+
     queues = RedisQueues(settings.redis_url, settings.job_timeout, blocking=True)
     set_context(Context(settings, queues))
     ordered = [q for q in QUEUES if q in queue_names]
