@@ -6,7 +6,6 @@ from __future__ import annotations
 import zipfile
 
 from fixtures import image_truth
-from gate.config import load_settings
 from gate.images.record import get_set, record_set
 from gate.pipeline.reconcile import reconcile_sets
 from gate.queues import INTAKE, RedisQueues, wait_for
@@ -44,13 +43,3 @@ def test_the_reconciler_restarts_a_lost_set_and_fails_it_after_five_tries(tmp_pa
     finally:
         server.stop()
 
-
-def test_a_restarted_embedded_worker_screens_the_sets_it_finds_live(tmp_path):
-    from gate.pipeline.dispatch import Dispatcher
-
-    settings = load_settings({"data_dir": str(tmp_path / "data")})
-    db = open_db(settings.db_path)
-    set_id = _recorded(tmp_path, db)
-    Dispatcher(settings)  # in-process queues: it resumes what the record holds as live
-    assert wait_for(lambda: get_set(db, set_id)["state"] == "decided", timeout=120)
-    assert get_set(db, set_id)["verdict"] == "allow" and get_set(db, set_id)["images"] == 3
