@@ -8,7 +8,7 @@ import zipfile
 from fixtures import image_truth
 from gate.images.record import get_set, record_set
 from gate.pipeline.reconcile import reconcile_sets
-from gate.queues import INTAKE, RedisQueues, wait_for
+from gate.queues import INTAKE, RedisQueues
 from gate.record.db import open_db
 from tests.support import RedisServer, needs_redis
 
