@@ -17,12 +17,13 @@ import numpy as np
 from gate.hubs.fetch import FetchError, fetch_to_file
 from gate.images.bundle import BundleError, pack, read_bundle
 from gate.images.evidence import write_image_evidence
-from gate.images.record import LIVE, get_set, keep_vectors, known_vectors, update_set
+from gate.images.record import LIVE, get_set, keep_vectors, known_vectors, set_status, update_set
 from gate.images.screen import judge_bundle, load_image_thresholds
 from gate.pipeline.jobs import reply_to
 from gate.queues import INTAKE, PROBE, context
 from gate.record import outbox
 from gate.record.db import writing
+from gate.record.uploads import store_file
 from gate.registry.characters import missing_references, store_vectors
 from gate.registry.images import MAX_BYTES
 from gate.runtime import thread_record
@@ -55,11 +56,12 @@ def screen_set(set_id: str) -> str:
     embedder = embedder_id(settings.embedder)
     known = known_vectors(db, embedder, [item.image.sha256 for item in bundle.items])
     missing = {item.image.sha256: item.name for item in bundle.items if item.image.sha256 not in known}
-    if not missing and not missing_references(db, embedder):  # every image seen before: no worker needed
+    references = missing_references(db, embedder)  # registered without vectors yet: the worker embeds them too
+    if not missing and not references:  # every image seen before: no worker needed
         return conclude_set(set_id, {"embedder": embedder, "vectors": {}})
     request = {"set_id": set_id, "path": row["file_path"], "archive": zipfile.is_zipfile(row["file_path"]),
                "images": [{"name": name, "sha256": digest} for digest, name in missing.items()],
-               "embed": missing_references(db, embedder),  # references registered without vectors yet
+               "embed": references,
                "reply": reply_to(INTAKE, "gate.images.jobs.conclude_set", [set_id], set_job(set_id, "conclude"))}
     queues.enqueue(PROBE, "probes.jobs.embed_images", request, job_id=set_job(set_id, "embed"))
     return "embedding"
@@ -84,10 +86,7 @@ def fetch_set(settings, db, row: dict) -> dict:
     finally:
         for _, path in fetched:
             path.unlink(missing_ok=True)
-    store = settings.data_dir / "image-sets" / digest[:2]
-    store.mkdir(parents=True, exist_ok=True)
-    target = store / f"{digest}.zip"
-    packed.replace(target)
+    target = store_file(packed, settings.data_dir / "image-sets", digest, ".zip")
     return update_set(db, row["id"], {"file_path": str(target), "file_size": size,
                                       "refused": json.dumps(refused, ensure_ascii=False)})
 
@@ -125,11 +124,9 @@ def conclude_set(set_id: str, embedded: dict) -> str:
         db["set_images"].delete_where("set_id = ?", [set_id])
         db["set_images"].insert_all([
             {"set_id": set_id, "position": n, "name": image["name"], "sha256": image["sha256"],
-             "character_id": (image["matched"] or {}).get("character"),
-             "score": (image["matched"] or {}).get("score"), "strong": int((image["matched"] or {}).get("strong",
-                                                                                                         False)),
-             "reference": (image["matched"] or {}).get("reference")}
-            for n, image in enumerate(answer["images"])])
+             "character_id": match.get("character"), "score": match.get("score"),
+             "strong": int(match.get("strong", False)), "reference": match.get("reference")}
+            for n, image in enumerate(answer["images"]) for match in [image["matched"] or {}]])
     _finish(db, set_id, {"state": "decided", "verdict": answer["verdict"],
                          "review_status": "quarantined" if answer["verdict"] == "quarantine" else None,
                          "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
@@ -164,8 +161,6 @@ def restart_set(db, queues, row: dict) -> None:
 
 def _finish(db, set_id: str, changes: dict) -> None:
     """A final state, and the hub's message about it, in one transaction."""
-    from gate.images.record import set_status
-
     with writing(db):
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         db["image_sets"].update(set_id, {**changes, "decided_at": now, "updated_at": now})

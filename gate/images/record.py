@@ -15,7 +15,6 @@ from sqlite_utils import Database
 from gate.errors import GateError
 from gate.record.db import writing
 
-KINDS = ("images", "dataset")
 LIVE = ("received", "screening")
 
 

@@ -235,9 +235,9 @@ def hub_meta(upload: dict) -> dict:
             "hub": upload["hub"], "uploader": upload["uploader"]}
 
 
-def store_file(spool: Path, store: Path, sha256: str) -> Path:
-    """Move a spooled upload into the content-addressed store (same bytes, one file)."""
-    target = store / sha256[:2] / f"{sha256}.safetensors"
+def store_file(spool: Path, store: Path, sha256: str, suffix: str = ".safetensors") -> Path:
+    """Move a spooled file into a content-addressed store (same bytes, one file): an upload, an image set."""
+    target = store / sha256[:2] / f"{sha256}{suffix}"
     if not target.parent.is_dir():  # a stat: mkdir on an existing directory costs a metadata write on some filesystems
         target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():

@@ -23,7 +23,7 @@ from gate.images.jobs import evidence_dir, set_job
 from gate.images.record import LIVE, get_set, record_set, set_status
 from gate.pipeline.dispatch import dispatcher
 from gate.queues import INTAKE
-from gate.record.uploads import parse_meta
+from gate.record.uploads import parse_meta, store_file
 from gate.web.context import db, settings
 from gate.web.deliveries import UrlUploadInvalid, signed_json
 from gate.web.limits import takes_body
@@ -100,13 +100,8 @@ def _multipart_set(config, kind: str) -> tuple[dict, bool]:
                 path.unlink(missing_ok=True)
         spooled.images, spooled.filename = [], spooled.filename or f"{len(spooled.images)} images"
     # Content-addressed, as uploads are; the suffix says how to read it (an archive, or one image).
-    store = config.data_dir / "image-sets" / spooled.sha256[:2]
-    store.mkdir(parents=True, exist_ok=True)
-    target = store / f"{spooled.sha256}.{'zip' if zipfile.is_zipfile(spooled.weights) else 'image'}"
-    if target.exists():
-        spooled.discard()
-    else:
-        spooled.weights.replace(target)
+    target = store_file(spooled.weights, config.data_dir / "image-sets", spooled.sha256,
+                        ".zip" if zipfile.is_zipfile(spooled.weights) else ".image")
     return record_set(db(), kind, meta, target, spooled.sha256, spooled.size, spooled.filename or f"{kind}.bin")
 
 
