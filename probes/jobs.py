@@ -156,6 +156,11 @@ def _engine_for(settings: Settings, request: dict):
     return probe_engine
 
 
+def _encoded(vector) -> str:
+    """A vector as the gate reads it back: base64 of its float32 bytes."""
+    return base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
+
+
 def _reference_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
     """Embed reference images the gate has no vector for yet: {reference id: base64 float32 vector}."""
     if not wanted:
@@ -168,7 +173,7 @@ def _reference_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
         with Image.open(path, formats=REFERENCE_FORMATS) as image:
             images.append(np.asarray(image.convert("RGB")))
     vectors = probe_engine.embed(images)
-    return {str(ref["id"]): base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
+    return {str(ref["id"]): _encoded(vector)
             for ref, vector in zip(wanted, vectors, strict=True)}
 
 
@@ -272,7 +277,7 @@ def _preview_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
     if not images:
         return {}
     vectors = probe_engine.embed([image for _, image in images])
-    return {digest: base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
+    return {digest: _encoded(vector)
             for (digest, _), vector in zip(images, vectors, strict=True)}
 
 
@@ -291,7 +296,7 @@ def embed_images(request: dict) -> dict:
             batch = [(digest, image) for digest, image in batch if image is not None]
             if batch:
                 for (digest, _), vector in zip(batch, probe_engine.embed([image for _, image in batch]), strict=True):
-                    vectors[digest] = base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
+                    vectors[digest] = _encoded(vector)
     finally:
         if archive is not None:
             archive.close()
