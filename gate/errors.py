@@ -50,7 +50,7 @@ HTTP_STATUS = {
     "token_invalid": 401, "login_failed": 401,
     "account_disabled": 403, "forbidden": 403, "csrf_failed": 403,
     "upload_not_found": 404, "delivery_not_found": 404, "character_not_found": 404, "account_not_found": 404,
-    "set_not_found": 404, "blob_not_found": 404,
+    "set_not_found": 404, "blob_not_found": 404, "registry_snapshot_not_found": 404,
     "claimed_by_other": 409, "not_in_queue": 409, "dispute_exists": 409, "dispute_not_allowed": 409,
     "request_timeout": 408,
     "length_required": 411,

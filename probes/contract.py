@@ -41,6 +41,7 @@ class ProbeOutcome:
     base_embeddings: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     likelihood: list[CharacterGain] = field(default_factory=list)  # strongest first; empty when not measured
+    scope: dict = field(default_factory=dict)  # what the likelihood probe covered: registry version, shortlist
 
 
 def _directory_digest(path: Path) -> str:
@@ -81,6 +82,7 @@ def outcome_to_json(outcome: ProbeOutcome, embedder_id: str) -> dict:
         "base_embeddings": outcome.base_embeddings.astype(np.float32).tolist(),
         "timings": outcome.timings,
         "likelihood": [gain.to_dict() for gain in outcome.likelihood],
+        "scope": outcome.scope,
     }
 
 
@@ -96,4 +98,5 @@ def outcome_from_json(data: dict) -> ProbeOutcome:
         np.asarray(data["base_embeddings"], dtype=np.float32),
         dict(data.get("timings") or {}),
         [CharacterGain.from_dict(gain) for gain in data.get("likelihood") or []],
+        dict(data.get("scope") or {}),
     )

@@ -20,6 +20,9 @@ from probes.render import UNSUPPORTED_FORMATS, Renderer
 from probes.steering import steering_directions
 
 Progress = Callable[[str], None]
+# From the LoRA's render vectors and the base's (same probes): the reference sets to measure, and a note of the
+# scope (registry version, its size, the shortlist) for the evidence.
+Candidates = Callable[[np.ndarray, np.ndarray], tuple[list[ReferenceSet], dict]]
 
 
 class EmbeddingEngine:
@@ -94,9 +97,10 @@ class ProbeEngine:
 
     def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
               terms: dict[str, list[str]], progress: Progress | None = None,
-              references: list[ReferenceSet] | None = None) -> ProbeOutcome:
+              references: list[ReferenceSet] | None = None, candidates: Candidates | None = None) -> ProbeOutcome:
         """Render and embed the probe set with and without the LoRA, and, where the probe set asks for it,
-        measure how much likelier it makes each character's `references`; raises UnsupportedLora."""
+        measure how much likelier it makes each character's `references`, or those `candidates` picks from the
+        renders' vectors (a large registry's shortlist); raises UnsupportedLora."""
         progress = progress or (lambda stage: None)
         self.check_supported(lora_format, family)
         timings: dict[str, float] = {}
@@ -111,6 +115,20 @@ class ProbeEngine:
             progress(f"rendering {len(probes) + len(steered)} probes with the LoRA")
             lora_images = self.renderer.render(probes + steered, self.probe_set, directions)
             timings["render_lora"] = time.perf_counter() - started
+            progress("embedding renders")
+            mark = time.perf_counter()
+            lora_vectors = self.embed(lora_images)
+            timings["embed"] = time.perf_counter() - mark
+            progress(f"rendering {len(probes)} base probes (cached after the first time)")
+            mark = time.perf_counter()
+            with self.renderer.without_lora():  # the LoRA switched off: the true base, bit for bit
+                base_images, base_vectors = self.base(probes)
+            timings["render_base"] = time.perf_counter() - mark
+            scope: dict = {}
+            if candidates is not None and self.likelihood is not None:
+                mark = time.perf_counter()
+                references, scope = candidates(lora_vectors[: len(probes)], base_vectors)
+                timings["shortlist"] = time.perf_counter() - mark
             readable = self._readable(references or [])
             gains = []
             if readable:
@@ -118,18 +136,13 @@ class ProbeEngine:
                 mark = time.perf_counter()
                 gains = self.likelihood.gains(readable, terms.get("trigger", []), self.renderer.without_lora)
                 timings["likelihood"] = time.perf_counter() - mark
-        progress(f"rendering {len(probes)} base probes (cached after the first time)")
         mark = time.perf_counter()
-        base_images, base_vectors = self.base(probes)  # after the adapter is gone: the true base
         if steered:  # the base with the same steered text states: what the direction alone draws
             steered_base = self.renderer.render(steered, self.probe_set, directions)
             base_images = np.concatenate([base_images, steered_base])
             base_vectors = np.concatenate([base_vectors, self.embed(steered_base)])
-        timings["render_base"] = time.perf_counter() - mark
-        progress("embedding renders")
-        mark = time.perf_counter()
-        lora_vectors = self.embed(lora_images)
-        timings["embed"] = time.perf_counter() - mark
+        timings["render_base"] += time.perf_counter() - mark
         probes = probes + steered
+        scope["measured"] = [gain.character_id for gain in gains if not gain.screened]
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings,
-                            gains)
+                            gains, scope)

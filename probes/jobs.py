@@ -16,6 +16,8 @@ import hashlib
 import io
 import logging
 import os
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gate import telemetry
 from gate.config import Settings
 from gate.intake import inspect_file
 from gate.queues import INTAKE, context, job_id
@@ -91,7 +94,9 @@ def materialize(settings: Settings, path: str, sha256: str) -> Path:
         return local
     cached = (settings.cache_dir or settings.data_dir / "cache") / "blobs" / sha256[:2] / sha256
     if cached.is_file() and _local_sha256(cached) == sha256:
+        telemetry.count("cache_hits:blob")
         return cached
+    telemetry.count("cache_misses:blob")
     if not (settings.public_url and settings.worker_token):
         raise ProbeRequestError(f"{local.name} (sha256 {sha256[:12]}) is not on this machine as the gate recorded "
                                 "it, and the gate gave no way to fetch it (set GATE_PUBLIC_URL and GATE_WORKER_TOKEN)")
@@ -110,7 +115,82 @@ def materialize(settings: Settings, path: str, sha256: str) -> Path:
         Path(out.name).unlink(missing_ok=True)
         raise ProbeRequestError(f"the gate served {sha256[:12]} with other bytes")
     os.replace(out.name, cached)
+    _cache_grew(settings, cached.stat().st_size)
     return cached
+
+
+_cache_bytes: list[int] = []  # this worker's cache size: counted once, then added to as files come in
+
+
+def _cache_grew(settings: Settings, size: int) -> None:
+    if not _cache_bytes:
+        cache = settings.cache_dir or settings.data_dir / "cache"
+        _cache_bytes.append(sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) - size)
+    _cache_bytes[0] += size
+    telemetry.note(cache_bytes=_cache_bytes[0])
+
+
+_snapshots: dict[str, object] = {}  # version -> Snapshot: a version's files never change
+KEEP_SNAPSHOTS = 3  # registry versions kept in a worker's cache
+
+
+def registry_snapshot(settings: Settings, version: str):
+    """The registry snapshot a request names, checked to be that version: the gate's own when this worker shares
+    its disk, else this worker's cached copy, else fetched from GET /internal/registry/<version>/<file>.
+    ProbeRequestError when none can be had: the job fails and is retried, never decided on less."""
+    from probes.snapshot import FILES, SnapshotError, read_snapshot
+
+    if version in _snapshots:
+        telemetry.count("cache_hits:registry")
+        telemetry.note(registry_version=version)
+        return _snapshots[version]
+    telemetry.count("cache_misses:registry")
+    if not re.fullmatch(r"reg-[0-9a-f]{24}", version):
+        raise ProbeRequestError(f"{version!r} is not a registry version")
+    shared = settings.data_dir / "registry" / version
+    cache = (settings.cache_dir or settings.data_dir / "cache") / "registry"
+    directory = shared if settings.worker_shared_disk and shared.is_dir() else cache / version
+    if not directory.is_dir():
+        if not (settings.public_url and settings.worker_token):
+            raise ProbeRequestError(f"registry snapshot {version} is not on this machine, and the gate gave no way "
+                                    "to fetch it (set GATE_PUBLIC_URL and GATE_WORKER_TOKEN)")
+        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=_made(cache)))
+        try:
+            for name in FILES:
+                _download(settings, f"/internal/registry/{version}/{name}", staging / name)
+            os.replace(staging, directory)
+        except OSError as exc:
+            raise ProbeRequestError(f"registry snapshot {version} could not be fetched from the gate: {exc}") \
+                from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for stale in sorted(cache.glob("reg-*"), key=lambda p: p.stat().st_mtime)[:-KEEP_SNAPSHOTS]:
+            shutil.rmtree(stale, ignore_errors=True)
+            _snapshots.pop(stale.name, None)
+            _cache_bytes.clear()  # counted again on the next fetch
+    try:
+        _snapshots[version] = read_snapshot(directory, version)
+    except SnapshotError as exc:
+        if directory.parent == cache:  # a damaged copy is fetched again on the retry
+            shutil.rmtree(directory, ignore_errors=True)
+        raise ProbeRequestError(str(exc)) from None
+    if directory.parent == cache:
+        _cache_grew(settings, sum(p.stat().st_size for p in directory.iterdir()))
+    telemetry.note(registry_version=version)
+    return _snapshots[version]
+
+
+def _made(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _download(settings: Settings, route: str, target: Path) -> None:
+    fetch = urllib.request.Request(f"{settings.public_url.rstrip('/')}{route}",
+                                   headers={"Authorization": f"Bearer {settings.worker_token}"})
+    with urllib.request.urlopen(fetch, timeout=120) as answer, open(target, "wb") as out:
+        while chunk := answer.read(CHUNK):
+            out.write(chunk)
 
 
 def _fetch(settings: Settings, request: dict, spool: Path) -> Path:
@@ -197,12 +277,13 @@ def probe_upload(request: dict) -> dict:
     upload_id, generation = request["upload_id"], int(request["generation"])
     probe_engine = _engine_for(settings, request)
     references = [ReferenceSet.from_dict(_materialized(settings, r)) for r in request.get("references") or []]
+    picked = _candidates(settings, probe_engine, request) if request.get("registry") else None
     with tempfile.TemporaryDirectory(prefix="gate-probe-") as spool:
         path = _checked_upload(settings, request, Path(spool))
         try:
             outcome = probe_engine.probe(path, lora_format=request["lora_format"], family=request["family"],
                                          modules=request["modules"], terms=request["terms"],
-                                         references=references)
+                                         references=references, candidates=picked)
         except UnsupportedLora as exc:
             probed = {"unsupported": exc.message, "embedder": probe_engine.embedder_id}
         else:
@@ -214,6 +295,20 @@ def probe_upload(request: dict) -> dict:
                              "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")})
     return {"upload_id": upload_id, "renders": len(probed.get("probes", [])),
             "timings": probed.get("timings", {}), "unsupported": probed.get("unsupported")}
+
+
+def _candidates(settings: Settings, probe_engine, request: dict):
+    """The shortlist over the registry snapshot the request names (probes/shortlist.py)."""
+    from probes.shortlist import candidates
+
+    snapshot = registry_snapshot(settings, request["registry"])
+    if snapshot.embedder != probe_engine.embedder_id:
+        raise ProbeRequestError(f"registry snapshot {snapshot.version} holds vectors of {snapshot.embedder}, this "
+                                f"worker embeds with {probe_engine.embedder_id}")
+    spec = probe_engine.probe_set.likelihood
+    return candidates(snapshot, request.get("named") or (), spec.index_shortlist if spec else 0,
+                      lambda path, digest: str(materialize(settings, path, digest)),
+                      spec.references if spec else 0)
 
 
 def likelihood_upload(request: dict) -> dict:

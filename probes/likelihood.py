@@ -34,6 +34,7 @@ class LikelihoodSpec:
     batch: int = 32  # reference images per UNet call
     shortlist: int = 0  # characters measured on all their references after the screen; 0: every one
     screen_references: int = 2  # references per character in the screen (the first ones; reused in full)
+    index_shortlist: int = 0  # a registry snapshot is cut to this many characters by the renders first; 0: none
 
 
 @dataclass(frozen=True)

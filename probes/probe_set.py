@@ -14,6 +14,9 @@ from probes.likelihood import LikelihoodSpec
 SETS_DIR = Path(__file__).resolve().parent / "sets"
 TEMPLATE_SOURCES = ("trigger", "tag", "output_name", "registry")
 _MAX_TERM = 80
+# A registry snapshot larger than this is cut to its characters nearest the renders before the likelihood
+# screen (probes/shortlist.py); a probe set may set its own `index_shortlist` (0: never cut).
+INDEX_SHORTLIST = 256
 
 
 class ProbeSetError(ValueError):
@@ -111,6 +114,13 @@ def _clean_terms(terms: list[str]) -> list[str]:
     return cleaned
 
 
+def _count(entry: dict, key: str, default: int) -> int:
+    value = entry.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProbeSetError(f"likelihood {key} must be a non-negative integer (0: none), not {value!r}")
+    return value
+
+
 def _positive(value: object, key: str) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ProbeSetError(f"{key} must be a positive integer, not {value!r}")
@@ -160,16 +170,14 @@ def parse_probe_set(text: str) -> ProbeSet:
         prompts_ = _require(entry, "prompts", list)
         if not all(isinstance(p, str) for p in prompts_):
             raise ProbeSetError("likelihood prompts must be strings")
-        shortlist = entry.get("shortlist", 0)
-        if not isinstance(shortlist, int) or isinstance(shortlist, bool) or shortlist < 0:
-            raise ProbeSetError(f"likelihood shortlist must be a non-negative integer (0: none), not {shortlist!r}")
+        shortlist, index_shortlist = _count(entry, "shortlist", 0), _count(entry, "index_shortlist", INDEX_SHORTLIST)
         references = _positive(entry.get("references", 8), "references")
         screen = _positive(entry.get("screen_references", 2), "screen_references")
         if screen > references:
             raise ProbeSetError("likelihood screen_references cannot exceed references")
         likelihood = LikelihoodSpec(tuple(prompts_), tuple(timesteps), int(entry.get("noise_seed", 0)),
                                     int(entry.get("triggers", 3)), references,
-                                    _positive(entry.get("batch", 32), "batch"), shortlist, screen)
+                                    _positive(entry.get("batch", 32), "batch"), shortlist, screen, index_shortlist)
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return ProbeSet(
         name=_require(data, "name", str),

@@ -31,11 +31,13 @@ from gate.registry.characters import (
     missing_references,
     reference_files,
 )
+from gate.registry.snapshot import current_version, snapshot_root
 from gate.repeat.screen import NearDuplicate, RepeatScreen
 from gate.review.feedback import cleared_characters
 from probes.contract import UnsupportedLora, embedder_id
-from probes.likelihood import ReferenceSet
 from probes.probe_set import ProbeSet, load_probe_set
+from probes.shortlist import candidates
+from probes.snapshot import cached_snapshot
 
 Progress = Callable[[str], None]
 
@@ -244,8 +246,13 @@ class Scanner:
         return {"lora_format": inspection.layout.format, "family": inspection.family.family,
                 "modules": len(inspection.layout.modules), "terms": terms, "probe_set": self.engine.probe_set.id,
                 "file_sha256": inspection.fingerprints.file_sha256,
-                "references": self.reference_sets({hit.character_id for hit in result.name_hits}),
+                "registry": self.registry_version(),
+                "named": sorted({hit.character_id for hit in result.name_hits}),
                 "embed": missing_references(self.db, self.engine.embedder_id)}
+
+    def registry_version(self) -> str:
+        """The registry's snapshot version now (written for probe workers if new): what a probe measures."""
+        return current_version(self.db, self.settings.data_dir, self.engine.embedder_id)
 
     def reference_sets(self, named: Collection[str] = ()) -> list[dict]:
         """Each registered character's id, name and reference image paths, for the likelihood probe; `named`:
@@ -282,9 +289,14 @@ class Scanner:
               trigger_words: list[str] | None = None, name_hits: Sequence[NameHit] = ()):
         """Render and embed a file that intake accepted, in this process; raises UnsupportedLora."""
         request = self.probe_request(ScanResult(str(path), inspection, name_hits=list(name_hits)), trigger_words)
+        version = request["registry"]
+        snapshot = cached_snapshot(str(snapshot_root(self.settings.data_dir) / version), version)
+        spec = self.engine.probe_set.likelihood
+        picked = candidates(snapshot, request["named"], spec.index_shortlist if spec else 0,
+                            lambda path, digest: path, spec.references if spec else 0)
         return self.engine.probe(path, lora_format=request["lora_format"], family=request["family"],
                                  modules=request["modules"], terms=request["terms"], progress=progress,
-                                 references=[ReferenceSet.from_dict(r) for r in request["references"]])
+                                 candidates=picked)
 
     def attach(self, result: ScanResult, outcome) -> None:
         """Add the probe engine's renders and vectors to a screened result."""

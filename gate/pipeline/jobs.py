@@ -94,6 +94,8 @@ def request_probe(upload: dict, generation: int, lane: tuple[str, str]) -> str:
                              reply_to(conclude_queue, "gate.pipeline.jobs.conclude_upload", [upload_id, generation],
                                       job_id(upload_id, generation, "conclude")))
     request["previews"] = preview_request(db, upload_id, matcher.engine.embedder_id)
+    with writing(db):  # the answer must come back for this version (conclude_upload checks it)
+        db["uploads"].update(upload_id, {"registry_version": request["registry"]})
     # The stage before the job: a fast probe's conclusion must not be overtaken by it.
     enter_stage(db, upload_id, Stage.PROBING if lane == LIVE else Stage.PROBING_CATALOGUE, {"queue": probe_queue})
     queues.enqueue(probe_queue, "probes.jobs.probe_upload", request, job_id=job_id(upload_id, generation, "probe"))
@@ -132,6 +134,10 @@ def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
     result = matcher.screen(upload["file_path"], upload["filename"], hub_meta(upload))
     if not result.inspection.ok:  # the file changed under us: never trust an earlier reading
         raise RuntimeError(f"upload {upload_id}'s file no longer passes intake: {result.inspection.error.code}")
+    answered = (probed.get("scope") or {}).get("registry")
+    if not probed.get("unsupported") and answered != upload["registry_version"]:
+        raise RuntimeError(f"upload {upload_id}: the probe answered for registry {answered}, the gate asked for "
+                           f"{upload['registry_version']}")
     attach_probed(matcher, result, probed)
     attach_previews(settings, db, matcher, result, upload_id, probed)
     return record_decision(settings, db, matcher, upload_id, result)

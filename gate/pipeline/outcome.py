@@ -64,9 +64,14 @@ def fail(db: Database, upload_id: str, actor: str, action: str, message: str, de
 def decision_fields(result, characters: dict) -> dict:
     """The upload's columns that hold a decision: verdict, reasons, matches, the probe set and the weights."""
     answer = result.to_dict(characters)
-    return {"verdict": result.verdict, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
-            "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,
-            "tensor_hash": result.inspection.fingerprints.tensor_hash}
+    fields = {"verdict": result.verdict, "reasons": json.dumps(answer["reasons"], ensure_ascii=False),
+              "matches": json.dumps(answer["matches"], ensure_ascii=False), "probe_set": result.probe_set,
+              "tensor_hash": result.inspection.fingerprints.tensor_hash}
+    scope = result.outcome.scope if result.outcome is not None else {}
+    if scope.get("registry"):  # the registry version the likelihood probe measured, and how much of it
+        fields["registry_version"] = scope["registry"]
+        fields["likelihood_scope"] = json.dumps(scope, ensure_ascii=False)
+    return fields
 
 
 def record_decision(settings: Settings, db: Database, scanner, upload_id: str, result) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gate import telemetry
 from gate.config import Settings
 from gate.pipeline.progress import progress
 from gate.queues import Queues
@@ -65,6 +66,19 @@ def overview(settings: Settings, db) -> dict:
 
         for name, depth in queues.depth().items():
             report[f"queue {name}"] = depth
-        report["workers"] = [f"{w.name}: {w.get_state()} on {','.join(w.queue_names())}"
+        stats = telemetry.workers(queues.connection)
+        report["workers"] = [_worker_line(w.name, w.get_state(), w.queue_names(), stats.get(w.name, {}))
                              for w in Worker.all(connection=queues.connection)]
     return report
+
+
+def _worker_line(name: str, state: str, queue_names: list[str], stats: dict) -> str:
+    """A worker as `gate status` shows it: its state and queues, jobs done, registry version and cache size."""
+    counters = stats.get("counters", {})
+    jobs = sum(v for k, v in counters.items() if k.startswith("jobs:"))
+    facts = [f"{jobs:g} jobs"] if stats else []
+    if stats.get("registry_version"):
+        facts.append(f"registry {stats['registry_version']}")
+    if "cache_bytes" in stats:
+        facts.append(f"cache {stats['cache_bytes'] / 1e6:.1f} MB")
+    return f"{name}: {state} on {','.join(queue_names)}" + (f" ({', '.join(facts)})" if facts else "")

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+from gate import telemetry
 from gate.config import Settings
 from gate.pipeline.reconcile import ALIVE_KEY
 from gate.queues import PROBE_QUEUES, QUEUES, RECORD_QUEUES, Context, RedisQueues, set_context
@@ -26,12 +27,14 @@ HOUSEKEEPING_SECONDS = 5
 HOUSEKEEPING_LOCK = "gate:housekeeping"
 
 
-def _heartbeat(queues: RedisQueues, name: str, stop: threading.Event) -> None:
-    """Keep this worker's liveness key fresh; nothing else, so no slow hub or lock can let it lapse (the
-    reconciler would take a lapsed key for a dead worker and restart its scans)."""
+def _heartbeat(queues: RedisQueues, name: str, ordered: list[str], stop: threading.Event) -> None:
+    """Keep this worker's liveness key fresh, and its numbers published (gate.telemetry); nothing else, so no slow
+    hub or lock can let it lapse (the reconciler would take a lapsed key for a dead worker and restart its
+    scans)."""
     while not stop.is_set():
         try:
             queues.connection.set(ALIVE_KEY.format(name), "1", ex=ALIVE_TTL_SECONDS)
+            telemetry.publish(queues.connection, name, ordered, ALIVE_TTL_SECONDS)
         except Exception as exc:  # noqa: BLE001 - Redis may be down for a while; keep trying
             log.warning("heartbeat: %s", exc)
         stop.wait(HEARTBEAT_SECONDS)
@@ -118,6 +121,15 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
             except RedisError:
                 raise StopRequested() from None
 
+        def execute_job(self, job, queue):
+            started = time.perf_counter()
+            try:
+                return super().execute_job(job, queue)
+            finally:
+                kind = (job.func_name or "unknown").rsplit(".", 1)[-1]
+                telemetry.count(f"jobs:{kind}")
+                telemetry.count(f"seconds:{kind}", round(time.perf_counter() - started, 3))
+
         def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
             # A stop that came while RQ still counted the worker busy (a job just ended, the loop past its stop
             # check) would otherwise wait out a dequeue of minutes.
@@ -134,7 +146,8 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
 
         engine(settings)  # load the base model before taking jobs, not inside the first one
     stop = threading.Event()
-    threading.Thread(target=_heartbeat, name="gate-heartbeat", daemon=True, args=(queues, name, stop)).start()
+    threading.Thread(target=_heartbeat, name="gate-heartbeat", daemon=True,
+                     args=(queues, name, ordered, stop)).start()
     threading.Thread(target=_scheduler, name="gate-scheduler", daemon=True, args=(queues, ordered, stop)).start()
     if set(ordered) & set(RECORD_QUEUES):  # only a worker that has the record keeps house
         threading.Thread(target=_housekeeper, name="gate-housekeeping", daemon=True,

@@ -364,3 +364,11 @@ def m022_upload_previews(db: Database) -> None:
     # embedded once (image_vectors) and judged with the upload, or refused alone with its image code.
     db["upload_previews"].create({"upload_id": str, "position": int, "name": str, "sha256": str, "path": str,
                                   "refused": str}, pk=("upload_id", "position"))
+
+
+@migrations()
+def m023_registry_versions(db: Database) -> None:
+    # The registry snapshot a scan's probe was asked to use (set when the probe request goes out, checked when
+    # the answer comes back) and what the likelihood probe covered in it: the evidence a decision rests on.
+    db["uploads"].add_column("registry_version", str)
+    db["uploads"].add_column("likelihood_scope", str)

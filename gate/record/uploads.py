@@ -218,6 +218,10 @@ def status(upload: dict) -> dict:
         "model_id": upload["model_id"], "version_id": upload["version_id"], "created_at": upload["created_at"],
         "decided_at": upload["decided_at"],
     }
+    if upload.get("likelihood_scope"):  # the registry version the decision's likelihood evidence came from
+        scope = json.loads(upload["likelihood_scope"])
+        answer["registry"] = {"version": scope.get("registry"), "characters": scope.get("characters"),
+                              "shortlisted": scope.get("shortlisted"), "measured": scope.get("measured", [])}
     if upload["error_code"]:
         answer["error"] = {"code": upload["error_code"], "message": upload["error_message"]}
     return answer

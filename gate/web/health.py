@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from gate import telemetry
 from gate.pipeline.dispatch import dispatcher
 from gate.web.context import db, settings
 
@@ -85,6 +86,10 @@ def metrics():
               "# HELP gate_probe_seconds Probe worker time (render and embed) per probed LoRA.",
               "# TYPE gate_probe_seconds summary",
               f"gate_probe_seconds_count {latency[2]}", f"gate_probe_seconds_sum {latency[3]:.3f}"]
+    try:
+        lines += telemetry.prometheus_lines(telemetry.workers(dispatcher(settings()).queues.connection))
+    except Exception:  # noqa: BLE001 - Redis down, or in-process jobs: no workers to report
+        pass
     owed = db().execute("select count(*) from outbox where state = 'pending'").fetchone()[0]
     lines += ["# HELP gate_outbox_pending Messages owed to hubs, not yet acknowledged.",
               "# TYPE gate_outbox_pending gauge", f"gate_outbox_pending {owed}"]

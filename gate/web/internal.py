@@ -12,7 +12,9 @@ from flask import Blueprint, request, send_file
 
 from gate.errors import GateError
 from gate.record.uploads import get_upload
+from gate.registry.snapshot import KEEP, snapshot_root
 from gate.web.context import db, settings
+from probes.snapshot import FILES
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
 
@@ -32,6 +34,10 @@ def _check_worker() -> None:
 
 class BlobNotFound(GateError):
     code = "blob_not_found"
+
+
+class SnapshotNotFound(GateError):
+    code = "registry_snapshot_not_found"
 
 
 @bp.get("/blobs/<sha256>")
@@ -56,3 +62,15 @@ def upload_file(upload_id: str):
     _check_worker()
     upload = get_upload(db(), upload_id)
     return send_file(upload["file_path"], mimetype="application/octet-stream", download_name=f"{upload_id}.safetensors")
+
+
+@bp.get("/registry/<version>/<name>")
+def registry_file(version: str, name: str):
+    """A file of a registry snapshot (probes/snapshot.py), for a probe worker without the gate's disk; the worker
+    checks the snapshot against its version before it uses it."""
+    _check_worker()
+    path = snapshot_root(settings().data_dir) / version / name
+    if not re.fullmatch(r"reg-[0-9a-f]{24}", version) or name not in FILES or not path.is_file():
+        raise SnapshotNotFound(f"no registry snapshot file {version}/{name} on this gate (it keeps the last "
+                               f"{KEEP} versions)")
+    return send_file(path, mimetype="application/octet-stream", download_name=name)

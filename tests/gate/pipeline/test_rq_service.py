@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,6 +235,19 @@ def test_a_probe_worker_that_shares_no_disk_gets_everything_over_http(remote_ser
     references = [p for p in cached if p.is_file()]
     assert len(references) >= 50, (remote, cached)  # every character's references, fetched by content hash
     assert not (remote / "data" / "gate.db").exists()
+    # The registry it measured is the snapshot the gate named, fetched and checked, and the answer says so.
+    version = final["registry"]["version"]
+    assert (remote / "cache" / "registry" / version / "registry.json").is_file()
+    assert final["registry"]["characters"] == 11 and lora["character"] in final["registry"]["measured"]
+    # Its numbers reach the gate's /metrics through Redis: jobs, cache misses, the registry version.
+    def metrics() -> str:
+        return urllib.request.urlopen(f"{remote_service.base}/metrics", timeout=10).read().decode()
+
+    probed = r'gate_worker_jobs_total\{worker="[^"]+",job="probe_upload"\} 1\n'
+    wait(lambda: re.search(probed, metrics()), 15, "the probe worker's numbers never reached /metrics")
+    text = metrics()
+    assert re.search(r'gate_worker_cache_misses_total\{worker="[^"]+",cache="blob"\} [1-9]', text), text
+    assert f'version="{version}"}} 1' in text
 
 
 def test_a_probe_worker_that_cannot_get_the_references_fails_the_scan_rather_than_decide_on_less(service, world,
