@@ -288,6 +288,8 @@ def probe_upload(request: dict) -> dict:
             probed = {"unsupported": exc.message, "embedder": probe_engine.embedder_id}
         else:
             probed = outcome_to_json(outcome, probe_engine.embedder_id)
+            if picked is not None:  # checked against the snapshot it names, measured or not (no likelihood table)
+                probed["scope"] = {"registry": request["registry"], **probed["scope"]}
     probed["reference_vectors"] = _reference_vectors(probe_engine, request.get("embed") or [])
     probed["preview_vectors"] = _preview_vectors(probe_engine, request.get("previews") or [])
     probed["seconds"] = round(time.perf_counter() - started, 3)  # this worker's time on it: the gate's estimates

@@ -167,9 +167,10 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
     hits = [{"character": h.character_id, "name": names.get(h.character_id, h.character_id), "field": h.field,
              "text": h.text} for h in result.name_hits]
     judged_by = {k: v for k, v in thresholds.to_dict().items() if k != "provenance"} if thresholds else None
+    scope = result.outcome.scope if result.outcome is not None else {}
     (out_dir / "evidence.json").write_text(json.dumps({"rows": described, "intake": intake, "likelihood": gains,
                                                        "name_hits": hits, "thresholds": judged_by,
-                                                       "drawn": drawn}, ensure_ascii=False))
+                                                       "drawn": drawn, "scope": scope}, ensure_ascii=False))
     decided = result.decision.reasons if result.decision else []
     reasons = "".join(f"<li>{html.escape(r.message)}</li>" for r in decided)
     if gains:  # the likelihood probe's evidence: how much likelier the LoRA makes each character's references
@@ -181,7 +182,7 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
                         + "".join(f"<img src='{x['image']}' title='{x['gain']:+.1%}' style='width:80px'>"
                                   for x in g.get("likelier", []))
                         + f"<br>{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
-                    + "</table><ul>")
+                    + "</table>" + _scope_line(scope) + "<ul>")
     shown_previews = []
     for n, preview in enumerate(result.previews):  # the hub's preview images, and what each shows
         try:
@@ -208,3 +209,12 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
         + "".join(html_rows) + "</table>"
     )
     return sheet_path, page
+
+
+def _scope_line(scope: dict) -> str:
+    """What the likelihood probe covered: the registry version, and how much of it the renders' index kept."""
+    if not scope.get("registry"):
+        return ""
+    return (f"<p>Measured against registry {html.escape(str(scope['registry']))}: {scope.get('characters')} "
+            f"characters, {scope.get('shortlisted')} screened, {len(scope.get('measured', []))} measured in full."
+            "</p>")

@@ -74,6 +74,10 @@ def test_cli_scan_json_and_evidence(world, tmp_path, scan_settings):
     # The flagged character's renders lead the sheet, and its gain leads the likelihood table.
     assert evidence["rows"][0]["character"] == lora["character"]
     assert evidence["likelihood"][0]["character_id"] == lora["character"] and evidence["likelihood"][0]["gain"] > 0
+    # What the probe measured against: the registry snapshot's version, the whole of its 11 characters.
+    scope = evidence["scope"]
+    assert scope["registry"].startswith("reg-") and scope["characters"] == scope["shortlisted"] == 11
+    assert lora["character"] in scope["measured"] and f"Measured against registry {scope['registry']}" in page
 
 
 def test_a_blocklisted_reupload_with_new_metadata_is_blocked_without_rendering(scanner, world, tmp_path):

@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 
 from tests.conftest import REPO
 from tests.support import deliver_upload, final_state, needs_redis, wait, without_torch
 
 pytestmark = needs_redis
 
-# Characters drawn with and without a trigger, a held-back character with stripped metadata, a style and a
-# concept: each kind of verdict and reason the fixture world has, for a test that must stay short.
-LORAS = ("ultraman_any_kohya", "doraemon_trigger_kohya", "astro_boy_trigger_peft", "style_neon_peft",
-         "concept_house_kohya")
+# A character drawn for any prompt (block), one drawn for its trigger with its metadata stripped (quarantine) and
+# a style with misleading metadata (allow): each verdict, for a test that must stay short on two CPU cores.
+LORAS = ("ultraman_any_kohya", "doraemon_trigger_kohya", "style_neon_peft")
 
 
 def gate_cli(service, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gate", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "GATE_DATA_DIR": str(service.logs / "data")}, timeout=300)
+                          env={**os.environ, "GATE_DATA_DIR": str(service.logs / "data"),
+                               "REDIS_URL": service.redis.url}, timeout=300)
 
 
 def test_two_probe_workers_that_share_nothing_decide_as_one_box_does(remote_service, world, scanner, tmp_path):
@@ -77,4 +79,20 @@ def test_two_probe_workers_that_share_nothing_decide_as_one_box_does(remote_serv
     assert final["verdict"] in ("block", "quarantine"), final
     assert any(r.get("character") == "moss_knight" for r in final["reasons"]), final["reasons"]
     survivor = next(n for n in probers if n != victim)
-    assert not (tmp_path / f"machine-{survivor}" / "data" / "gate.db").exists()
+    machine = tmp_path / f"machine-{survivor}"
+    assert not (machine / "data" / "gate.db").exists()
+    # What it used, it fetched: reference images by content hash, and the snapshots the gate named.
+    assert len([p for p in (machine / "cache" / "blobs").rglob("*") if p.is_file()]) >= 50
+    assert (machine / "cache" / "registry" / final["registry"]["version"] / "registry.json").is_file()
+
+    # Its numbers reach the gate's /metrics through Redis: jobs, cache misses, the registry version.
+    def metrics() -> str:
+        return urllib.request.urlopen(f"{service.base}/metrics", timeout=10).read().decode()
+
+    probed = rf'gate_worker_jobs_total\{{worker="probe-{survivor}",job="probe_upload"\}} [1-9]'
+    wait(lambda: re.search(probed, metrics()), 15, "the probe worker's numbers never reached /metrics")
+    text = metrics()
+    assert re.search(rf'gate_worker_cache_misses_total\{{worker="probe-{survivor}",cache="blob"\}} [1-9]', text)
+    assert f'gate_worker_registry{{worker="probe-{survivor}",version="{final["registry"]["version"]}"}} 1' in text
+    overview = gate_cli(service, "status").stdout
+    assert f"probe-{survivor}: " in overview and f"registry {final['registry']['version']}" in overview, overview
