@@ -3,6 +3,7 @@ likelihood probe's measurements (probes/likelihood.py says what they mean)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -13,6 +14,10 @@ from PIL import Image, ImageOps
 
 from probes.likelihood import CharacterGain, LikelihoodSpec, ReferenceSet
 from probes.probe_set import ProbeSetError
+
+# Reference latents kept on the device: every reference of a few hundred characters (an SD 1.5 latent is 32 KB
+# in half precision), not all of a 10,000-character registry's.
+LATENT_CACHE = 4096
 
 
 class LikelihoodProbe:
@@ -25,7 +30,7 @@ class LikelihoodProbe:
         # Noised with the training schedule the model learnt from: a sampling scheduler's add_noise can depend
         # on its inference steps (DPM-Solver's falls back to its last sigma for a timestep not among them).
         self._noising = DDPMScheduler.from_config(renderer.pipe.scheduler.config)
-        self._latents: dict[str, torch.Tensor] = {}
+        self._latents: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
         self._base_errors: dict[tuple[str, str], float] = {}  # (prompt, reference path): the base never changes
 
     @property
@@ -44,7 +49,11 @@ class LikelihoodProbe:
 
     @torch.inference_mode()
     def _latent(self, path: str) -> torch.Tensor:
-        if path not in self._latents:
+        if path in self._latents:
+            self._latents.move_to_end(path)
+        else:
+            if len(self._latents) >= LATENT_CACHE:  # a large registry's references pass through, not pile up
+                self._latents.popitem(last=False)
             with Image.open(path) as image:  # cropped to the probe set's aspect, then sized to it
                 fitted = ImageOps.fit(image.convert("RGB"), self.size, Image.Resampling.BICUBIC)
                 pixels = np.asarray(fitted, np.float32)

@@ -134,10 +134,11 @@ _snapshots: dict[str, object] = {}  # version -> Snapshot: a version's files nev
 KEEP_SNAPSHOTS = 3  # registry versions kept in a worker's cache
 
 
-def registry_snapshot(settings: Settings, version: str):
-    """The registry snapshot a request names, checked to be that version: the gate's own when this worker shares
-    its disk, else this worker's cached copy, else fetched from GET /internal/registry/<version>/<file>.
-    ProbeRequestError when none can be had: the job fails and is retried, never decided on less."""
+def registry_snapshot(settings: Settings, version: str, gate_path: str | None = None):
+    """The registry snapshot a request names, checked to be that version: the gate's own (at `gate_path`) when
+    this worker shares its disk, else this worker's cached copy, else fetched from
+    GET /internal/registry/<version>/<file>. ProbeRequestError when none can be had: the job fails and is
+    retried, never decided on less."""
     from probes.snapshot import FILES, SnapshotError, read_snapshot
 
     if version in _snapshots:
@@ -147,7 +148,7 @@ def registry_snapshot(settings: Settings, version: str):
     telemetry.count("cache_misses:registry")
     if not re.fullmatch(r"reg-[0-9a-f]{24}", version):
         raise ProbeRequestError(f"{version!r} is not a registry version")
-    shared = settings.data_dir / "registry" / version
+    shared = Path(gate_path) if gate_path else settings.data_dir / "registry" / version
     cache = (settings.cache_dir or settings.data_dir / "cache") / "registry"
     directory = shared if settings.worker_shared_disk and shared.is_dir() else cache / version
     if not directory.is_dir():
@@ -303,7 +304,7 @@ def _candidates(settings: Settings, probe_engine, request: dict):
     """The shortlist over the registry snapshot the request names (probes/shortlist.py)."""
     from probes.shortlist import candidates
 
-    snapshot = registry_snapshot(settings, request["registry"])
+    snapshot = registry_snapshot(settings, request["registry"], request.get("registry_path"))
     if snapshot.embedder != probe_engine.embedder_id:
         raise ProbeRequestError(f"registry snapshot {snapshot.version} holds vectors of {snapshot.embedder}, this "
                                 f"worker embeds with {probe_engine.embedder_id}")

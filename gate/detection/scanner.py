@@ -246,7 +246,8 @@ class Scanner:
         return {"lora_format": inspection.layout.format, "family": inspection.family.family,
                 "modules": len(inspection.layout.modules), "terms": terms, "probe_set": self.engine.probe_set.id,
                 "file_sha256": inspection.fingerprints.file_sha256,
-                "registry": self.registry_version(),
+                "registry": (version := self.registry_version()),
+                "registry_path": str(snapshot_root(self.settings.data_dir) / version),  # for a worker on this disk
                 "named": sorted({hit.character_id for hit in result.name_hits}),
                 "embed": missing_references(self.db, self.engine.embedder_id)}
 

@@ -121,6 +121,21 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
             except RedisError:
                 raise StopRequested() from None
 
+        def unsubscribe(self):
+            # RQ's, with the wait bounded: redis-py's stop() waits for the listener thread, which after a Redis
+            # restart may sit out its whole 60 s read (no unsubscribe reply comes to wake it). It is a daemon
+            # thread, and closing the connection ends the subscription anyway.
+            if self.pubsub_thread:
+                try:
+                    self.pubsub.unsubscribe()
+                except (RedisError, OSError):
+                    pass
+                try:
+                    self.pubsub_thread.stop(timeout=1)
+                except TypeError:  # redis-py before 8 takes no timeout (and does not wait)
+                    self.pubsub_thread.stop()
+                self.pubsub.close()
+
         def execute_job(self, job, queue):
             started = time.perf_counter()
             try:
