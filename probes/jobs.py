@@ -45,7 +45,10 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024  # an image of a screened set, as the gate's 
 
 
 class ProbeRequestError(Exception):
-    """The request cannot be served by this worker (wrong file, wrong configuration)."""
+    """The request cannot be served by this worker (wrong file, wrong configuration, evidence it cannot get):
+    the upload fails with this code after the retries, rather than be decided on less."""
+
+    code = "probe_request_failed"
 
 
 def engine(settings: Settings):

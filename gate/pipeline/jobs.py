@@ -215,12 +215,12 @@ def references_embedded(embedded: dict) -> str:
     return f"{kept} reference vectors kept"
 
 
-def record_failure(upload_id: str, generation: int, step: str, message: str) -> str:
+def record_failure(upload_id: str, generation: int, step: str, message: str, code: str = "scan_failed") -> str:
     """A job failed for good: record the upload as failed, visibly, rather than leave it waiting."""
     if live_upload(upload_id, generation, f"failure of {step}") is None:
         return "skipped"
     return fail(thread_record(context().settings), upload_id, "worker", f"{step} failed", f"{step}: {message}",
-                {"error": message[:500]})
+                {"error": message[:500]}, code)
 
 
 def job_failed(job, connection, exc_type, exc_value, traceback) -> None:
@@ -233,5 +233,7 @@ def job_failed(job, connection, exc_type, exc_value, traceback) -> None:
     except ValueError:
         return  # not a scan job
     message = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}"
+    code = getattr(exc_type, "code", None)  # a typed failure keeps its code (a probe worker's refused request)
     context().queues.enqueue(INTAKE, "gate.pipeline.jobs.record_failure", upload_id, generation, step, message,
+                             code if isinstance(code, str) else "scan_failed",
                              job_id=job_id(upload_id, generation, "failure"), retry=False)

@@ -54,10 +54,11 @@ def refuse(db: Database, upload_id: str, error) -> str:
     return "refused"
 
 
-def fail(db: Database, upload_id: str, actor: str, action: str, message: str, detail: dict) -> str:
+def fail(db: Database, upload_id: str, actor: str, action: str, message: str, detail: dict,
+         code: str = "scan_failed") -> str:
     """A scan that cannot finish: the upload is recorded as failed, visibly, rather than left waiting."""
     finish(db, upload_id, UploadState.FAILED, actor, action,
-           {"error_code": "scan_failed", "error_message": message[:500]}, detail)
+           {"error_code": code, "error_message": message[:500]}, detail)
     return "failed"
 
 

@@ -228,4 +228,4 @@ def test_a_probe_worker_that_cannot_get_the_references_fails_the_scan_rather_tha
     answer = deliver_upload(service, world.path(lora["path"]), "m-no-evidence")
     final = final_state(answer["status_url"], service)
     assert final["state"] == "failed" and final["verdict"] is None, final
-    assert "GATE_PUBLIC_URL" in final["error"]["message"]
+    assert final["error"]["code"] == "probe_request_failed" and "GATE_PUBLIC_URL" in final["error"]["message"]
