@@ -48,7 +48,7 @@ class ProbeRequestError(Exception):
     """The request cannot be served by this worker (wrong file, wrong configuration, evidence it cannot get):
     the upload fails with this code after the retries, rather than be decided on less."""
 
-    code = "probe_request_failed"
+    failure_code = "probe_request_failed"  # the upload's error.code (not an HTTP refusal)
 
 
 def engine(settings: Settings):

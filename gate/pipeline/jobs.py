@@ -233,7 +233,7 @@ def job_failed(job, connection, exc_type, exc_value, traceback) -> None:
     except ValueError:
         return  # not a scan job
     message = f"{exc_type.__name__ if exc_type else 'error'}: {exc_value}"
-    code = getattr(exc_type, "code", None)  # a typed failure keeps its code (a probe worker's refused request)
+    code = getattr(exc_type, "failure_code", None)  # a typed failure keeps its code (a probe worker's refused request)
     context().queues.enqueue(INTAKE, "gate.pipeline.jobs.record_failure", upload_id, generation, step, message,
                              code if isinstance(code, str) else "scan_failed",
                              job_id=job_id(upload_id, generation, "failure"), retry=False)
