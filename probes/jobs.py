@@ -162,7 +162,11 @@ def registry_snapshot(settings: Settings, version: str, gate_path: str | None = 
         try:
             for name in FILES:
                 _download(settings, f"/internal/registry/{version}/{name}", staging / name)
-            os.replace(staging, directory)
+            try:
+                os.replace(staging, directory)
+            except OSError:
+                if not directory.is_dir():  # else a worker sharing this cache fetched it first
+                    raise
         except OSError as exc:
             raise ProbeRequestError(f"registry snapshot {version} could not be fetched from the gate: {exc}") \
                 from None

@@ -73,9 +73,11 @@ def write_snapshot(root: Path, content: dict, references: np.ndarray, vectors: n
         version = version_of(content, digests)
         (staging / MANIFEST).write_text(json.dumps({"version": version, "files": digests, "content": content}))
         target = root / version
-        if target.is_dir():
-            return version
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():  # else another process wrote the same version first: the same files
+                raise
         return version
     finally:
         shutil.rmtree(staging, ignore_errors=True)

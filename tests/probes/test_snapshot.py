@@ -98,3 +98,12 @@ def test_the_shortlist_keeps_the_nearest_and_the_named_and_says_what_it_covered(
     assert scope == {"registry": version, "characters": 6, "shortlisted": 3, "index_shortlist": 2}
     every, scope = candidates(snapshot, (), 0, lambda path, digest: path, 8)(lora, base)
     assert len(every) == 6 and scope["shortlisted"] == 6
+
+
+def test_writing_a_version_that_is_already_there_keeps_it(tmp_path):
+    first, _ = registry(tmp_path, np.eye(3), [0, 1, 2])
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "registry" / first).iterdir()}
+    again, snapshot = registry(tmp_path, np.eye(3), [0, 1, 2])
+    assert again == first and snapshot.version == first
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "registry" / first).iterdir()} == before
+    assert [p.name for p in (tmp_path / "registry").iterdir()] == [first]  # no staging left behind
