@@ -25,7 +25,7 @@ def count(name: str, amount: float = 1) -> None:
 
 
 def note(**facts: object) -> None:
-    """Set a gauge or a fact: registry_version, cache_bytes, cache_files."""
+    """Set a gauge or a fact: registry_version, cache_bytes."""
     with _lock:
         _facts.update(facts)
 

@@ -33,6 +33,7 @@ from gate.config import Settings
 from gate.intake import inspect_file
 from gate.queues import INTAKE, context, job_id
 from probes.contract import UnsupportedLora
+from probes.snapshot import file_sha256
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -65,14 +66,6 @@ def engine(settings: Settings):
         return _engines[key]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 _checked: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: each local file hashed once
 
 
@@ -83,7 +76,7 @@ def _local_sha256(path: Path) -> str | None:
         return None
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _checked:
-        _checked[key] = _sha256(path)
+        _checked[key] = file_sha256(path)
     return _checked[key]
 
 
@@ -114,7 +107,7 @@ def materialize(settings: Settings, path: str, sha256: str) -> Path:
     except (OSError, urllib.error.URLError) as exc:
         raise ProbeRequestError(f"{local.name} (sha256 {sha256[:12]}) could not be fetched from the gate: {exc}") \
             from None
-    if _sha256(Path(out.name)) != sha256:
+    if file_sha256(Path(out.name)) != sha256:
         Path(out.name).unlink(missing_ok=True)
         raise ProbeRequestError(f"the gate served {sha256[:12]} with other bytes")
     os.replace(out.name, cached)
@@ -228,7 +221,7 @@ def _reply(request: dict, result: dict, default: dict) -> None:
 def _checked_upload(settings: Settings, request: dict, spool: Path) -> Path:
     """The upload's file, fetched if need be, with the sha256 the gate recorded, passing intake here too."""
     path = _fetch(settings, request, spool)
-    if _sha256(path) != request["file_sha256"]:
+    if file_sha256(path) != request["file_sha256"]:
         raise ProbeRequestError(f"upload {request.get('upload_id')}'s file does not have the sha256 intake recorded")
     inspection = inspect_file(path, settings.intake)
     if not inspection.ok:
@@ -284,6 +277,7 @@ def probe_upload(request: dict) -> dict:
     settings = context().settings
     upload_id, generation = request["upload_id"], int(request["generation"])
     probe_engine = _engine_for(settings, request)
+    # A request queued by a gate from before registry snapshots lists its references; a newer one names a version.
     references = [ReferenceSet.from_dict(_materialized(settings, r)) for r in request.get("references") or []]
     picked = _candidates(settings, probe_engine, request) if request.get("registry") else None
     with tempfile.TemporaryDirectory(prefix="gate-probe-") as spool:
@@ -309,16 +303,14 @@ def probe_upload(request: dict) -> dict:
 
 def _candidates(settings: Settings, probe_engine, request: dict):
     """The shortlist over the registry snapshot the request names (probes/shortlist.py)."""
-    from probes.shortlist import candidates
+    from probes.shortlist import candidates_for
 
     snapshot = registry_snapshot(settings, request["registry"], request.get("registry_path"))
     if snapshot.embedder != probe_engine.embedder_id:
         raise ProbeRequestError(f"registry snapshot {snapshot.version} holds vectors of {snapshot.embedder}, this "
                                 f"worker embeds with {probe_engine.embedder_id}")
-    spec = probe_engine.probe_set.likelihood
-    return candidates(snapshot, request.get("named") or (), spec.index_shortlist if spec else 0,
-                      lambda path, digest: str(materialize(settings, path, digest)),
-                      spec.references if spec else 0)
+    return candidates_for(snapshot, request.get("named") or (), probe_engine.probe_set.likelihood,
+                          lambda path, digest: str(materialize(settings, path, digest)))
 
 
 def likelihood_upload(request: dict) -> dict:

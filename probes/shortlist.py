@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 
 import numpy as np
 
-from probes.likelihood import ReferenceSet
+from probes.likelihood import LikelihoodSpec, ReferenceSet
 from probes.snapshot import Snapshot
 
 Materialize = Callable[[str, str], str]  # (path on the gate's disk, sha256) -> a path on this worker
@@ -45,6 +45,13 @@ def candidates(snapshot: Snapshot, named: Collection[str], count: int, materiali
         return sets, scope
 
     return pick
+
+
+def candidates_for(snapshot: Snapshot, named: Collection[str], spec: LikelihoodSpec | None,
+                   materialize: Materialize):
+    """`candidates` with a probe set's [likelihood] numbers (none: no likelihood table, nothing measured)."""
+    return candidates(snapshot, named, spec.index_shortlist if spec else 0, materialize,
+                      spec.references if spec else 0)
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -41,7 +41,8 @@ class SnapshotError(Exception):
     code = "registry_snapshot_invalid"
 
 
-def _digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in chunks (probe workers check every file they are handed with it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(1 << 20):
@@ -69,7 +70,7 @@ def write_snapshot(root: Path, content: dict, references: np.ndarray, vectors: n
     try:
         np.save(staging / REFERENCES, np.asarray(references, REFERENCE_ROW))
         np.save(staging / VECTORS, np.ascontiguousarray(vectors, np.float32))
-        digests = {name: _digest(staging / name) for name in (REFERENCES, VECTORS)}
+        digests = {name: file_sha256(staging / name) for name in (REFERENCES, VECTORS)}
         version = version_of(content, digests)
         (staging / MANIFEST).write_text(json.dumps({"version": version, "files": digests, "content": content}))
         target = root / version
@@ -90,12 +91,6 @@ class Snapshot:
     characters: list[dict]  # id, name, policy
     references: np.ndarray  # REFERENCE_ROW, memory-mapped
     vectors: np.ndarray  # (rows, d) float32, memory-mapped
-
-    def index(self, character_id: str) -> int | None:
-        for i, character in enumerate(self.characters):
-            if character["id"] == character_id:
-                return i
-        return None
 
     def files_of(self, owner: int) -> list[tuple[str, str]]:
         """A character's references as (path on the gate's disk, sha256), in registration order."""
@@ -134,7 +129,7 @@ def read_snapshot(directory: Path, version: str) -> Snapshot:
     if manifest.get("version") != version or version_of(content, digests) != version:
         raise SnapshotError(f"the registry snapshot at {directory} is not version {version}")
     for name, digest in digests.items():
-        if not (directory / name).is_file() or _digest(directory / name) != digest:
+        if not (directory / name).is_file() or file_sha256(directory / name) != digest:
             raise SnapshotError(f"registry snapshot {version}: {name} does not have the sha256 its manifest names")
     try:
         references = np.load(directory / REFERENCES, mmap_mode="r", allow_pickle=False)

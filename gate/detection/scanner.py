@@ -36,7 +36,7 @@ from gate.repeat.screen import NearDuplicate, RepeatScreen
 from gate.review.feedback import cleared_characters
 from probes.contract import UnsupportedLora, embedder_id
 from probes.probe_set import ProbeSet, load_probe_set
-from probes.shortlist import candidates
+from probes.shortlist import candidates_for
 from probes.snapshot import cached_snapshot
 
 Progress = Callable[[str], None]
@@ -292,9 +292,7 @@ class Scanner:
         request = self.probe_request(ScanResult(str(path), inspection, name_hits=list(name_hits)), trigger_words)
         version = request["registry"]
         snapshot = cached_snapshot(str(snapshot_root(self.settings.data_dir) / version), version)
-        spec = self.engine.probe_set.likelihood
-        picked = candidates(snapshot, request["named"], spec.index_shortlist if spec else 0,
-                            lambda path, digest: path, spec.references if spec else 0)
+        picked = candidates_for(snapshot, request["named"], self.engine.probe_set.likelihood, lambda path, digest: path)
         return self.engine.probe(path, lora_format=request["lora_format"], family=request["family"],
                                  modules=request["modules"], terms=request["terms"], progress=progress,
                                  candidates=picked)

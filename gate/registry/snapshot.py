@@ -29,7 +29,7 @@ def snapshot_root(data_dir: Path) -> Path:
 def _fingerprint(db: Database, embedder_id: str) -> tuple:
     """Changes whenever the snapshot would: characters added, changed or retired, references added or removed,
     references embedded."""
-    return (str(db.path) if hasattr(db, "path") else id(db), embedder_id,
+    return (embedder_id,
             *db.execute("select count(*), max(updated_at), sum(status = 'active') from characters").fetchone(),
             *db.execute("select count(*), max(id) from character_references").fetchone(),
             db.execute("select count(*) from reference_embeddings where embedder = ?", [embedder_id]).fetchone()[0])
