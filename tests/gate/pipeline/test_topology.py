@@ -62,6 +62,9 @@ def test_two_probe_workers_that_share_nothing_decide_as_one_box_does(remote_serv
         assert sorted(r["kind"] for r in final["reasons"]) == \
             sorted(r["kind"] for r in one_box.to_dict()["reasons"]), lora_id
         assert final["registry"]["characters"] == 11  # decided on the whole registry's evidence, and says so
+        if loras[lora_id]["kind"] == "character":  # the likelihood probe's evidence, measured from fetched files
+            assert any(r["kind"] == "likelihood_match" and r.get("character") == loras[lora_id]["character"]
+                       for r in final["reasons"]), (lora_id, final["reasons"])
     report = json.loads(gate_cli(service, "status", first, "--json").stdout)
     assert sum(" -> decided)" in line for line in report["journal"]) == 1, report["journal"]
     assert report["generation"] >= 1  # the killed worker's job was restarted, not lost
