@@ -101,6 +101,24 @@ def _await_redis(queues: RedisQueues, stopped) -> bool:
     return False
 
 
+def unsubscribe_bounded(worker) -> None:
+    """An RQ worker's unsubscribe, with the wait bounded: redis-py's stop() waits for the listener thread, which
+    may sit out its whole 60 s read when no unsubscribe reply comes to wake it (after a Redis restart, or in a
+    race at the end of a burst). It is a daemon thread, and closing the connection ends the subscription anyway."""
+    from redis.exceptions import RedisError
+
+    if worker.pubsub_thread:
+        try:
+            worker.pubsub.unsubscribe()
+        except (RedisError, OSError):
+            pass
+        try:
+            worker.pubsub_thread.stop(timeout=1)
+        except TypeError:  # redis-py before 8 takes no timeout (and does not wait)
+            worker.pubsub_thread.stop()
+        worker.pubsub.close()
+
+
 def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, name: str | None = None,
                gpu: bool = False) -> None:
     """Work the given queues (in priority order) until stopped, riding out Redis outages: when Redis goes away
@@ -121,20 +139,7 @@ def run_worker(settings: Settings, queue_names: list[str], burst: bool = False, 
             except RedisError:
                 raise StopRequested() from None
 
-        def unsubscribe(self):
-            # RQ's, with the wait bounded: redis-py's stop() waits for the listener thread, which after a Redis
-            # restart may sit out its whole 60 s read (no unsubscribe reply comes to wake it). It is a daemon
-            # thread, and closing the connection ends the subscription anyway.
-            if self.pubsub_thread:
-                try:
-                    self.pubsub.unsubscribe()
-                except (RedisError, OSError):
-                    pass
-                try:
-                    self.pubsub_thread.stop(timeout=1)
-                except TypeError:  # redis-py before 8 takes no timeout (and does not wait)
-                    self.pubsub_thread.stop()
-                self.pubsub.close()
+        unsubscribe = unsubscribe_bounded
 
         def execute_job(self, job, queue):
             started = time.perf_counter()

@@ -28,13 +28,18 @@ def backend(request, tmp_path):
         from rq import SimpleWorker
         from rq.serializers import JSONSerializer
 
+        from gate.pipeline.worker import unsubscribe_bounded
+
         server = RedisServer(tmp_path)
         server.start()
         queues = RedisQueues(server.url)
 
+        class Worker(SimpleWorker):
+            unsubscribe = unsubscribe_bounded  # as `gate worker` does: a burst's end never waits out a 60 s read
+
         def run() -> None:  # a real RQ worker, in burst mode, on every queue
-            SimpleWorker([queues.queue(q) for q in QUEUES], connection=queues.connection,
-                         serializer=JSONSerializer).work(burst=True, with_scheduler=False)
+            Worker([queues.queue(q) for q in QUEUES], connection=queues.connection,
+                   serializer=JSONSerializer).work(burst=True, with_scheduler=False)
 
         try:
             yield queues, run
