@@ -24,6 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 # the gate, worker and CLI processes tests start inherit it. Tests of the production profile set their own.
 os.environ["GATE_PROFILE"] = "demo"
 
+# The suite runs in pytest-xdist workers, one a core (pyproject's addopts): one torch thread each, for the
+# processes they start too, so that they do not fight over the cores. Set before anything imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
@@ -67,7 +72,11 @@ def world():
 def shared_render_cache(tmp_path_factory):
     """Base renders are cached on disk; sharing the cache with the gate processes tests start keeps the
     suite from rendering the same base probes in every process."""
-    cache = tmp_path_factory.mktemp("render-cache")
+    # One cache for the run, shared by the xdist workers (their base temp dirs share a parent): its files are
+    # written aside and renamed, as for workers sharing a cache in production.
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "render-cache"
+    cache.mkdir(exist_ok=True)
     previous = os.environ.get("GATE_CACHE_DIR")
     os.environ["GATE_CACHE_DIR"] = str(cache)
     yield cache
