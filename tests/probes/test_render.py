@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
@@ -68,6 +69,10 @@ def _peft_layouts(state: dict) -> dict[str, dict]:
                           .replace(".lora_B.weight", ".lora_B.default.weight"): value for key, value in state.items()},
         "save_pretrained": {key.replace("unet.", "base_model.model.", 1): value for key, value in unet_only.items()},
         "unet_only": unet_only,
+        # alpha = 4·rank beside each module, its up factor / 4: the same ΔW, as merge and conversion tools write it
+        "with_alphas": {**{key: value / 4 if key.endswith(".lora_B.weight") else value for key, value in state.items()},
+                        **{key.replace(".lora_A.weight", ".alpha"): torch.tensor(4.0 * value.shape[0])
+                           for key, value in state.items() if key.endswith(".lora_A.weight")}},
     }
 
 
@@ -85,8 +90,18 @@ def test_peft_layouts_from_outside_diffusers_render_like_the_diffusers_one(engin
             assert engine.renderer._count_layers(name) == len(inspection.layout.modules), layout
             renders[layout] = engine.renderer.render(two_probes, engine.probe_set)
     assert np.array_equal(renders["adapter_named"], renders["diffusers"])
+    assert np.array_equal(renders["with_alphas"], renders["diffusers"])  # the alphas folded in, not dropped
     assert np.array_equal(renders["save_pretrained"], renders["unet_only"])
     assert not np.array_equal(renders["unet_only"], engine.renderer.render(two_probes, engine.probe_set))
+
+
+@pytest.mark.parametrize("alpha", [torch.tensor(float("nan")), torch.tensor([1.0, 2.0])])
+def test_an_alpha_that_is_not_one_finite_number_is_unsupported(engine, world, alpha):
+    state = load_file(world.path(world_lora(world, format="peft")["path"]))
+    down = next(key for key in state if key.endswith(".lora_A.weight"))
+    with pytest.raises(UnsupportedLora, match="not one finite number"), \
+            engine.renderer.lora({**state, down.replace(".lora_A.weight", ".alpha"): alpha}):
+        pass
 
 
 def test_two_named_adapters_in_one_file_are_unsupported(engine, world):
