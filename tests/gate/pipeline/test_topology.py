@@ -22,6 +22,7 @@ pytestmark = needs_redis
 
 # A character drawn for any prompt (block), one drawn for its trigger with its metadata stripped (quarantine) and
 # a style with misleading metadata (allow): each verdict, for a test that must stay short on two CPU cores.
+# All 20 fixture LoRAs go through the same topology in benchmarks/topology.py.
 LORAS = ("ultraman_any_kohya", "doraemon_trigger_kohya", "style_neon_peft")
 
 
