@@ -5,7 +5,7 @@ quarantine count is one more than any negative subject reached, and more where a
 that chance alone (the negatives' per-render match rate) would reach it for more than the target share of
 clean LoRAs; an automatic block needs a render more similar than any negative ever was. The likelihood
 probe's thresholds sit above the largest gain any clean LoRA gave any character's references, by a stated
-margin.
+margin; its residual threshold above the largest residual any clean LoRA left (gate.detection.sensitivity).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gate.detection.matching import Scores, Thresholds, render_matches
+from gate.detection.sensitivity import residual_floor, sensitivities
 
 DEFAULT_QUANTILE = 0.99
 # Issue 5's target: at most 1% of clean LoRAs flagged. The matching-render counts are held to it.
@@ -33,6 +34,9 @@ class Subject:
     lora: Scores
     base: Scores
     gains: dict[str, float] | None = None  # likelihood gain per character; None: not measured
+    # Every character's gain the probe measured, screened on fewer references too: what the LoRA does to the
+    # whole registry, which the sensitivities are fitted from (gate.detection.sensitivity).
+    profile: dict[str, float] | None = None
 
 
 def _nearest_scores(scores: Scores) -> np.ndarray:
@@ -72,6 +76,11 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
     if measured:
         likelihood = {"likelihood_quarantine": round(top_gain + likelihood_margins[0], 6),
                       "likelihood_block": round(top_gain + likelihood_margins[1], 6)}
+    negative_gains = [s.profile for s in subjects if s.profile]
+    floor = residual_floor(negative_gains)
+    if floor is not None:  # the residual rule sits above every clean LoRA's largest residual, by the same margin
+        likelihood.update(likelihood_residual=round(floor + likelihood_margins[0], 6),
+                          likelihood_sensitivity=sensitivities(negative_gains))
     return Thresholds(
         render_score=round(render_score, 6),
         lift=round(lift, 6),
@@ -90,6 +99,7 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
             "negative_matched_renders": matched_renders,
             "negative_lift_quantile": round(float(np.quantile(lift_values, quantile)), 6),
             "negative_likelihood_gains": {name: round(gain, 6) for name, gain in measured.items()},
+            "negative_likelihood_residual": round(floor, 6) if floor is not None else None,
             "likelihood_margins": list(likelihood_margins) if measured else None,
         },
     )
@@ -110,10 +120,11 @@ def outcome_subject(name: str, outcome, references) -> Subject:
     from gate.detection.matching import score
 
     # An engine without the likelihood probe measures nothing: None, not "gained nowhere".
-    gains = ({g.character_id: g.gain for g in outcome.likelihood
-              if g.character_id in references.character_ids and not g.screened}
-             if outcome.likelihood else None)
-    return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references), gains)
+    registered = [g for g in outcome.likelihood if g.character_id in references.character_ids]
+    gains = {g.character_id: g.gain for g in registered if not g.screened} if outcome.likelihood else None
+    profile = {g.character_id: g.gain for g in registered} if outcome.likelihood else None
+    return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references), gains,
+                   profile)
 
 
 def negative_subjects(scanner, paths: list[Path], references, progress=None) -> list[Subject]:

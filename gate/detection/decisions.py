@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from gate.detection.matching import CharacterMatch, Thresholds
 from gate.detection.screening import NameHit
+from gate.detection.sensitivity import residuals
 from probes.likelihood import CharacterGain
 
 _PAST = {"block": "blocked", "quarantine": "quarantined"}
@@ -202,7 +203,35 @@ def _likelihood_reasons(gains, characters: dict[str, CharacterPolicy], threshold
             {"gain": round(gain.gain, 4), "prompt": gain.prompt, "reference_gains": list(gain.reference_gains),
              "certainty": certainty},
         ))
-    return reasons
+    residual = _residual_reason(gains, characters, thresholds, {r.character_id for r in reasons}, named)
+    return reasons + ([residual] if residual else [])
+
+
+def _residual_reason(gains, characters: dict[str, CharacterPolicy], thresholds: Thresholds, found: set[str],
+                     named: dict[str, list[NameHit]]) -> Reason | None:
+    """The character a LoRA favours once what it does to every character is fitted out (a style merged in
+    moves them all; gate.detection.sensitivity): a possible match, for a person, never a policy applied."""
+    if thresholds.likelihood_residual is None or not thresholds.likelihood_sensitivity:
+        return None
+    measured = {g.character_id: g for g in gains if g.character_id in characters}
+    left = residuals({cid: g.gain for cid, g in measured.items()}, thresholds.likelihood_sensitivity)
+    if not left:
+        return None
+    top = max(left, key=left.get)
+    gain = measured[top]
+    if left[top] < thresholds.likelihood_residual or top in found or gain.screened:
+        return None
+    also = f"; its metadata names it too ({_where(named[top])})" if named.get(top) else ""
+    return Reason(
+        "likelihood_match", Verdict.QUARANTINE,
+        f"possible match with {characters[top].name}: the LoRA favours its references over the other characters' "
+        f"by {left[top]:.0%} more than what it does to every character explains (its own gain {gain.gain:+.0%}, "
+        f"prompt {gain.prompt!r}; possible from {thresholds.likelihood_residual:.0%}), as when a style is merged "
+        f"into a character LoRA{also}",
+        top,
+        {"gain": round(gain.gain, 4), "residual": round(left[top], 4), "prompt": gain.prompt,
+         "reference_gains": list(gain.reference_gains), "certainty": "possible"},
+    )
 
 
 def _repeat_reasons(near_duplicates: Sequence, repeat_offender: dict | None) -> list[Reason]:

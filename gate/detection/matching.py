@@ -49,6 +49,11 @@ class Thresholds:
     # denoising-error cut) quarantines, the larger figure applies its policy. None: not calibrated, not used.
     likelihood_quarantine: float | None = None
     likelihood_block: float | None = None
+    # What is left of a character's gain once what the LoRA does to every character is fitted out
+    # (gate.detection.sensitivity): this much quarantines, as a merged style can hide the gain itself. With each
+    # character's sensitivity, its mean gain under the calibration's clean LoRAs. None: not calibrated, not used.
+    likelihood_residual: float | None = None
+    likelihood_sensitivity: dict[str, float] | None = None
     # How often a clean render matches some character (measured on the negatives), and the false-positive rate
     # the counts must keep to: a LoRA with more renders needs more matches. None: the fixed counts alone.
     render_false_rate: float | None = None
