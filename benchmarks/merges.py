@@ -1,5 +1,5 @@
-"""Benchmark: character + style merges (issue 23), the gate's rule against a candidate measured from the same
-probes.
+"""Benchmark: character + style merges (issue 23): the gate's likelihood rules against the rule before the
+residual, judged from the same probes.
 
 Cases are built here from the fixture world's LoRAs with fixtures.lora_transforms.merge (ΔW summed, ranks
 concatenated, as kohya's merge does), the second LoRA scaled by each of --strengths:
@@ -8,15 +8,11 @@ concatenated, as kohya's merge does), the second LoRA scaled by each of --streng
 - negatives: every original-character and concept LoRA with every style, and the styles pairwise;
 - and the 20 shipped LoRAs as they are.
 
-Each is scanned by the gate's scanner (renders and the likelihood probe over the world's 11 characters) and
-judged with the shipped calibration: the baseline. A character case counts as caught when the verdict is block
-or quarantine; a negative as flagged likewise.
-
-The candidate, the sensitivity residual: a style moves every character's likelihood gain, some characters'
-more than others. A character's sensitivity is its mean gain under the shipped clean LoRAs (without the one
-judged, when that is one of them); a LoRA's gains are fitted as a + b * sensitivity by least squares, and a
-character whose residual is the largest and reaches the shipped clean LoRAs' largest residual plus the
-likelihood margin (0.05) is caught. Its numbers are reported beside the baseline; the gate does not use it.
+Each is scanned once by the gate's scanner (renders and the likelihood probe over the world's 11 characters)
+and judged twice with the shipped calibration: as the gate judges (the likelihood gain, and the residual once
+what the LoRA does to every character is fitted out: gate.detection.sensitivity), and without the residual
+(the baseline). A character case counts as caught when the verdict is block or quarantine; a negative as
+flagged likewise.
 
     python -m benchmarks.merges [--strengths 1.0,0.5] [--json out.json]
 """
@@ -29,13 +25,11 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from fixtures.lora_transforms import Factors, Lora, merge, read_lora, write_lora
 from gate.config import load_settings
-from gate.detection.calibration import LIKELIHOOD_MARGINS
 from gate.detection.scanner import Scanner
 from gate.record.db import open_db
 from gate.registry.world import World, seed_registry
@@ -78,12 +72,6 @@ def build(world: World, case: dict, into: Path) -> Path:
     return write_lora(Lora(first.format, merged.modules, dict(first.metadata), "F32"), into / name)
 
 
-def residuals(gains: np.ndarray, sensitivity: np.ndarray) -> np.ndarray:
-    design = np.stack([np.ones_like(sensitivity), sensitivity], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, gains, rcond=None)
-    return gains - design @ coefficients
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--strengths", default="1.0,0.5", help="the second LoRA's scale in each merge")
@@ -98,44 +86,30 @@ def main() -> None:
     seed_registry(db, world, settings.references_dir)
     engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device)
     scanner = Scanner(settings, db, engine)
-    characters = sorted(c["id"] for c in world.characters(registered=True))
 
+    baseline = replace(scanner.thresholds, likelihood_residual=None, likelihood_sensitivity=None)
     rows, started = [], time.perf_counter()
     for case in cases(world, strengths):
         result = scanner.scan(build(world, case, work), conclude=False)
-        scanner.conclude(result, scanner.thresholds)
-        gains = {g.character_id: g.gain for g in (result.outcome.likelihood if result.outcome else [])}
+        judged = {}
+        for name, thresholds in (("baseline", baseline), ("gate", scanner.thresholds)):
+            scanner.conclude(result, thresholds)
+            judged[name] = (result.verdict, sorted(r.kind for r in result.decision.reasons))
+        residual = next(((r.character_id, r.details["residual"]) for r in result.decision.reasons
+                         if "residual" in r.details), None)
         rows.append({"first": case["first"]["id"], "second": case["second"]["id"] if case["second"] else None,
                      "strength": case["strength"], "kind": case["kind"], "character": case["first"].get("character"),
-                     "verdict": result.verdict, "reasons": sorted(r.kind for r in result.decision.reasons),
-                     "gains": [gains.get(c) for c in characters]})
+                     "verdict": judged["gate"][0], "reasons": judged["gate"][1], "baseline": judged["baseline"][0],
+                     "residual": residual, "probed": bool(result.outcome and result.outcome.likelihood),
+                     "gains": {g.character_id: g.gain for g in (result.outcome.likelihood if result.outcome else [])}})
         print(f"  {time.perf_counter() - started:6.0f} s  {rows[-1]['first']} + {rows[-1]['second']} "
-              f"@{case['strength']}: {result.verdict}", flush=True)
+              f"@{case['strength']}: {judged['gate'][0]} (baseline {judged['baseline'][0]})", flush=True)
 
-    # The candidate: sensitivities from the shipped clean LoRAs, its threshold from their residuals.
-    shipped_clean = [i for i, row in enumerate(rows) if row["second"] is None and row["kind"] in CLEAN]
-    probed = [i for i, row in enumerate(rows) if None not in row["gains"]]
-    matrix = {i: np.array(rows[i]["gains"], float) for i in probed}
-
-    def sensitivity(leave_out: int | None) -> np.ndarray:
-        return np.mean([matrix[i] for i in shipped_clean if i != leave_out and i in matrix], axis=0)
-
-    floor = max(residuals(matrix[i], sensitivity(i)).max() for i in shipped_clean if i in matrix)
-    threshold = floor + LIKELIHOOD_MARGINS[0]
-    for i, row in enumerate(rows):
-        row["candidate"] = False
-        if i in matrix:
-            residual = residuals(matrix[i], sensitivity(i if i in shipped_clean else None))
-            top = int(residual.argmax())
-            row["top_residual"] = round(float(residual[top]), 4)
-            caught = residual[top] >= threshold
-            row["candidate"] = bool(caught and (row["kind"] not in ("character", "character + style")
-                                                or characters[top] == row["character"]))
-
+    thresholds = scanner.thresholds
     print(f"\ncharacter + style merges, {datetime.date.today()}, {os.cpu_count()} cores, strengths {args.strengths}; "
-          f"candidate threshold {threshold:.3f} (shipped clean LoRAs' largest residual {floor:.3f} + "
-          f"{LIKELIHOOD_MARGINS[0]})\n")
-    print("| cases | strength | n | not probed | baseline: flagged | candidate: caught | either |")
+          f"likelihood thresholds: gain {thresholds.likelihood_quarantine}, "
+          f"residual {thresholds.likelihood_residual}\n")
+    print("| cases | style strength | n | not probed | baseline: flagged | the gate: flagged | by the residual |")
     print("|---|---|---|---|---|---|---|")
     groups = [("character (shipped)", None, "character"), *[(kind, s, kind) for s in strengths for kind in (
         "character + style", "clean + style", "style + style")], ("clean (shipped)", None, "clean")]
@@ -144,14 +118,18 @@ def main() -> None:
             row["kind"] == kind or (kind == "clean" and row["kind"] in CLEAN and row["second"] is None))]
         if not chosen:
             continue
-        flagged = sum(row["verdict"] in FLAGGED for row in chosen)
-        caught = sum(row["candidate"] for row in chosen)
-        either = sum(row["verdict"] in FLAGGED or row["candidate"] for row in chosen)
-        unprobed = sum(None in row["gains"] for row in chosen)
-        print(f"| {label} | {strength if strength is not None else '-'} | {len(chosen)} | {unprobed} "
-              f"| {flagged}/{len(chosen)} | {caught}/{len(chosen)} | {either}/{len(chosen)} |")
+        n = len(chosen)
+        before = sum(row["baseline"] in FLAGGED for row in chosen)
+        after = sum(row["verdict"] in FLAGGED for row in chosen)
+        by_residual = sum(row["residual"] is not None for row in chosen)
+        unprobed = sum(not row["probed"] for row in chosen)
+        print(f"| {label} | {strength if strength is not None else '-'} | {n} | {unprobed} | {before}/{n} "
+              f"| {after}/{n} | {by_residual} |")
+    # A residual reason is right only when it names the LoRA's own character; on a negative it is a false positive.
+    wrong = [row for row in rows if row["residual"] and row["residual"][0] != row["character"]]
+    print(f"\nresidual reasons naming another character than the LoRA's: {len(wrong)}")
     if args.json:
-        args.json.write_text(json.dumps({"threshold": threshold, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
