@@ -27,14 +27,13 @@ def sensitivities(negatives: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 def residuals(gains: Mapping[str, float], sensitivity: Mapping[str, float]) -> dict[str, float]:
-    """Each character's gain less the fit; a character without a sensitivity (registered since the calibration)
-    is fitted as the mean one. Empty where fewer than MIN_CHARACTERS gains or known sensitivities."""
-    known = [sensitivity[character] for character in gains if character in sensitivity]
-    if len(gains) < MIN_CHARACTERS or len(known) < MIN_CHARACTERS:
+    """Each character's gain less the fit, for the characters with a sensitivity. One without (registered since
+    the calibration, or held back from it) is left out: taken as the mean one, a style that happens to spare it
+    made it a false match (benchmarks.merges). Empty where fewer than MIN_CHARACTERS remain."""
+    characters = [character for character in gains if character in sensitivity]
+    if len(characters) < MIN_CHARACTERS:
         return {}
-    mean = float(np.mean(known))
-    characters = list(gains)
-    x = np.array([sensitivity.get(character, mean) for character in characters])
+    x = np.array([sensitivity[character] for character in characters])
     y = np.array([gains[character] for character in characters])
     design = np.stack([np.ones_like(x), x], axis=1)
     coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)

@@ -41,10 +41,10 @@ def test_a_style_leaves_no_residual_and_a_character_on_top_of_it_leaves_its_own(
     assert max(left, key=left.get) == "c" and left["c"] > 0.25
 
 
-def test_a_character_registered_since_the_calibration_is_fitted_as_the_mean_one():
-    gains = _style(1.0) | {"new": -0.2 + 0.5}
+def test_a_character_without_a_sensitivity_is_left_out_of_the_fit():
+    gains = _style(1.0) | {"new": 0.3}  # registered since the calibration: nothing says how a style moves it
     left = residuals(gains, SENSITIVITY)
-    assert max(left, key=left.get) == "new"
+    assert set(left) == set(SENSITIVITY) and max(abs(v) for v in left.values()) < 1e-9
     assert residuals({"a": 0.1, "b": 0.2}, SENSITIVITY) == {}  # too few to fit a line through
     assert residuals({"x": 0.1, "y": 0.2, "z": 0.0, "a": 0.1}, SENSITIVITY) == {}  # too few known
 
