@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from fixtures.lora_transforms import Factors, Lora, merge, read_lora, write_lora
+from fixtures.lora_transforms import Lora, merge, read_lora, scaled, write_lora
 from gate.config import load_settings
 from gate.detection.scanner import Scanner
 from gate.record.db import open_db
@@ -38,11 +38,6 @@ from probes.probe_set import load_probe_set
 
 CLEAN = ("original", "style", "concept")
 FLAGGED = ("block", "quarantine")
-
-
-def scaled(lora: Lora, strength: float) -> Lora:
-    return Lora(lora.format, {name: Factors(f.down, f.up * strength, f.alpha) for name, f in lora.modules.items()},
-                dict(lora.metadata), lora.dtype)
 
 
 def cases(world: World, strengths: list[float]) -> list[dict]:
