@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 
 from probes.likelihood import CharacterGain, LikelihoodSpec, ReferenceSet
 from probes.probe_set import ProbeSetError
+from probes.recovery import TriggerRecovery
 
 # Reference latents kept on the device: every reference of a few hundred characters (an SD 1.5 latent is 32 KB
 # in half precision), not all of a 10,000-character registry's.
@@ -32,6 +33,7 @@ class LikelihoodProbe:
         self._noising = DDPMScheduler.from_config(renderer.pipe.scheduler.config)
         self._latents: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
         self._base_errors: dict[tuple[str, str], float] = {}  # (prompt, reference path): the base never changes
+        self.recovery = TriggerRecovery(self, spec.recovery) if spec.recovery and spec.recovery.characters else None
 
     @property
     def _pipe(self):
@@ -109,12 +111,12 @@ class LikelihoodProbe:
         return {pair: store[pair] for pair in wanted}
 
     def gains(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
-              base_model: Callable[[], AbstractContextManager]) -> list[CharacterGain]:
+              base_model: Callable[[], AbstractContextManager], recover: bool = False) -> list[CharacterGain]:
         """Call it with the LoRA applied; `base_model()` switches the LoRA off for a block (the base errors,
         cached). Per character, the best prompt's mean relative error cut; strongest first. With a shortlist, a
         registry larger than it is screened on each character's first references, and only the strongest and
         those the LoRA names are measured on all of theirs (the screen's errors reused); the rest keep their
-        screened gains."""
+        screened gains. With `recover`, the strongest are measured under a recovered trigger too."""
         with_lora: dict[tuple[str, str], float] = {}
 
         def measure(subset: Sequence[ReferenceSet]) -> list[CharacterGain]:
@@ -128,11 +130,33 @@ class LikelihoodProbe:
 
         shortlist = self.spec.shortlist
         if not shortlist or len(references) <= shortlist:
-            return strongest(measure(references))
+            return strongest(self._recovered(measure(references), references, base_model, recover))
         screen = strongest(measure([r.first(self.spec.screen_references) for r in references]))
         kept = {g.character_id for g in screen[:shortlist]} | {r.character_id for r in references if r.named}
-        full = measure([r for r in references if r.character_id in kept])
+        full = self._recovered(measure([r for r in references if r.character_id in kept]), references, base_model,
+                               recover)
         return strongest(full + [replace(g, screened=True) for g in screen if g.character_id not in kept])
+
+    def _recovered(self, gains: list[CharacterGain], references: Sequence[ReferenceSet],
+                   base_model: Callable[[], AbstractContextManager], recover: bool) -> list[CharacterGain]:
+        """With `recover` (a LoRA that adapts the text encoder or brings its own tokens: one that can hide a
+        trigger), the strongest characters and those the LoRA names measured again under a recovered trigger; a
+        character keeps whichever gain is higher."""
+        if self.recovery is None or not recover:
+            return gains
+        by_id = {r.character_id: r for r in references}
+        searched = {g.character_id for g in sorted(gains, key=lambda g: -g.gain)[: self.spec.recovery.characters]}
+        searched |= {g.character_id for g in gains if by_id[g.character_id].named}
+        out = []
+        for gain in gains:
+            paths = by_id[gain.character_id].paths[: self.spec.references]
+            if gain.character_id in searched and len(paths) >= 2:
+                per_reference, nearest = self.recovery.gains(paths, base_model)
+                mean = round(float(np.mean(per_reference)), 5)
+                if mean > gain.gain:
+                    gain = CharacterGain(gain.character_id, mean, nearest, per_reference, recovered=True)
+            out.append(gain)
+        return out
 
     def _gain(self, reference: ReferenceSet, triggers: Sequence[str], lora: dict, base: dict) -> CharacterGain:
         paths = reference.paths[: self.spec.references]

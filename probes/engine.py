@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
 
+from probes.blocks import only, rank_blocks
 from probes.contract import ProbeOutcome, UnsupportedLora, embedder_id
 from probes.denoise import LikelihoodProbe
 from probes.embed import ImageEmbedder
-from probes.likelihood import CharacterGain, ReferenceSet
+from probes.likelihood import CharacterGain, ReferenceSet, strongest_of
 from probes.probe_set import Probe, ProbeSet
 from probes.quiet import quiet_libraries
 from probes.render import UNSUPPORTED_FORMATS, Renderer
@@ -92,8 +94,25 @@ class ProbeEngine:
         readable = self._readable(references)
         if not readable:
             return []
-        with self.renderer.lora(load_file(str(lora_path)), modules):  # validated by intake, never unpickled
-            return self.likelihood.gains(readable, triggers, self.renderer.without_lora)
+        with self.renderer.lora(load_file(str(lora_path)), modules) as adapter:  # validated, never unpickled
+            return self._gains(adapter, readable, triggers)
+
+    def _gains(self, adapter: str, references: list[ReferenceSet], triggers: list[str]) -> list[CharacterGain]:
+        """The likelihood probe on the applied LoRA: the whole, under a recovered trigger where it adapts the
+        text encoder; and, where the probe set asks, each group of its rank components alone (a merge's parts,
+        probes/blocks.py). Per character, the strongest."""
+        whole = self.likelihood.gains(references, triggers, self.renderer.without_lora,
+                                      recover=self.renderer.adapts_text_encoder(adapter))
+        if not self.likelihood.spec.blocks:
+            return whole
+        groups = rank_blocks(self.renderer.pipe, adapter)
+        measured = [whole]
+        for number, components in enumerate(groups, 1):
+            with only(self.renderer.pipe, adapter, components):
+                part = f"part {number} of {len(groups)}: rank components {_spans(components)}"
+                measured.append([replace(g, part=part) for g in self.likelihood.gains(
+                    references, triggers, self.renderer.without_lora)])
+        return strongest_of(measured)
 
     def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
               terms: dict[str, list[str]], progress: Progress | None = None,
@@ -134,7 +153,7 @@ class ProbeEngine:
             if readable:
                 progress(f"measuring {len(readable)} characters' references with and without the LoRA")
                 mark = time.perf_counter()
-                gains = self.likelihood.gains(readable, terms.get("trigger", []), self.renderer.without_lora)
+                gains = self._gains(adapter, readable, terms.get("trigger", []))
                 timings["likelihood"] = time.perf_counter() - mark
         mark = time.perf_counter()
         if steered:  # the base with the same steered text states: what the direction alone draws
@@ -146,3 +165,14 @@ class ProbeEngine:
         scope["measured"] = [gain.character_id for gain in gains if not gain.screened]
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings,
                             gains, scope)
+
+
+def _spans(components) -> str:
+    """Component indices as 1-based runs: "1-8", "1-7, 9"."""
+    runs: list[list[int]] = []
+    for index in (int(i) + 1 for i in components):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)

@@ -8,7 +8,8 @@ comparison is paired, and no render or embedder stands between the LoRA and the 
 
 Per reference image and prompt: gain = (base error - LoRA error) / base error, averaged over the probe
 set's timesteps. Per character: the mean gain over its references under its best prompt (the generic
-prompts, the LoRA's trigger phrases, the character's own name).
+prompts, the LoRA's trigger phrases, the character's own name), or under a recovered trigger where that is
+better (probes/recovery.py: a soft prompt fitted to half the references, scored on the other half).
 
 The cost grows with the registry, so a large one is screened first: every character on its first few
 references, then only the strongest `shortlist` in full, with any character the LoRA's metadata names. A
@@ -20,6 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RecoverySpec:
+    """The probe set's [likelihood.recovery] table: a trigger nobody declared, searched as a soft prompt
+    (probes/recovery.py) for the characters measured in full."""
+
+    characters: int = 3  # the strongest this many by their prompt gains (and any the LoRA names); 0: off
+    tokens: int = 4  # soft tokens where a trigger stands
+    steps: int = 10
+    learning_rate: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,8 @@ class LikelihoodSpec:
     shortlist: int = 0  # characters measured on all their references after the screen; 0: every one
     screen_references: int = 2  # references per character in the screen (the first ones; reused in full)
     index_shortlist: int = 0  # a registry snapshot is cut to this many characters by the renders first; 0: none
+    recovery: RecoverySpec | None = None  # None: prompts only
+    blocks: bool = False  # also measure the LoRA's two groups of rank components alone (probes/blocks.py)
 
 
 @dataclass(frozen=True)
@@ -66,12 +80,40 @@ class CharacterGain:
     prompt: str
     reference_gains: tuple[float, ...]  # per reference, under that prompt
     screened: bool = False  # measured in the screen only, on fewer references: not left on the shortlist
+    recovered: bool = False  # measured under a recovered trigger (a soft prompt); `prompt` names its nearest pieces
+    part: str = ""  # measured on one group of the LoRA's rank components alone (a merge's part); "": the whole
+    whole_gain: float | None = None  # where parts were measured: the whole LoRA's gain (the whole's thresholds)
+
+    @property
+    def of_whole(self) -> float:
+        """The whole LoRA's gain on this character (what the calibration's whole-LoRA thresholds are for)."""
+        return self.whole_gain if self.part and self.whole_gain is not None else self.gain
 
     def to_dict(self) -> dict:
         return {"character_id": self.character_id, "gain": self.gain, "prompt": self.prompt,
-                "reference_gains": list(self.reference_gains), "screened": self.screened}
+                "reference_gains": list(self.reference_gains), "screened": self.screened,
+                "recovered": self.recovered, "part": self.part, "whole_gain": self.whole_gain}
 
     @classmethod
     def from_dict(cls, data: dict) -> CharacterGain:
         return cls(str(data["character_id"]), float(data["gain"]), str(data["prompt"]),
-                   tuple(float(g) for g in data.get("reference_gains", ())), bool(data.get("screened", False)))
+                   tuple(float(g) for g in data.get("reference_gains", ())), bool(data.get("screened", False)),
+                   bool(data.get("recovered", False)), str(data.get("part") or ""),
+                   None if data.get("whole_gain") is None else float(data["whole_gain"]))
+
+
+def strongest_of(measurements: list[list[CharacterGain]]) -> list[CharacterGain]:
+    """Per character, the highest gain any measurement (the whole LoRA first, then each of its parts) found,
+    preferring one measured on all references to a screened one; strongest first."""
+    whole = {gain.character_id: gain for gain in measurements[0]} if measurements else {}
+    best: dict[str, CharacterGain] = {}
+    for gains in measurements:
+        for gain in gains:
+            held = best.get(gain.character_id)
+            if held is None or (held.screened, -held.gain) > (gain.screened, -gain.gain):
+                best[gain.character_id] = gain
+    # Where parts were measured, every gain keeps the whole's beside it: a part's and the whole's are judged by
+    # thresholds of their own, and the record shows that the parts were looked at.
+    if len(measurements) > 1:
+        best = {cid: replace(g, whole_gain=whole[cid].gain) if cid in whole else g for cid, g in best.items()}
+    return sorted(best.values(), key=lambda g: -g.gain)

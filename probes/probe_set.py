@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from probes.likelihood import LikelihoodSpec
+from probes.likelihood import LikelihoodSpec, RecoverySpec
 
 SETS_DIR = Path(__file__).resolve().parent / "sets"
 TEMPLATE_SOURCES = ("trigger", "tag", "output_name", "registry")
@@ -127,6 +127,27 @@ def _positive(value: object, key: str) -> int | None:
     return value
 
 
+def _flag(entry: dict, key: str) -> bool:
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise ProbeSetError(f"likelihood {key} must be true or false, not {value!r}")
+    return value
+
+
+def _recovery(entry: object) -> RecoverySpec | None:
+    """The [likelihood.recovery] table (probes/recovery.py), absent: no recovery."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ProbeSetError("likelihood recovery must be a table")
+    rate = entry.get("learning_rate", RecoverySpec.learning_rate)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate <= 10:
+        raise ProbeSetError(f"likelihood recovery learning_rate must be a number in (0, 10], not {rate!r}")
+    return RecoverySpec(_count(entry, "characters", RecoverySpec.characters),
+                        _positive(entry.get("tokens", RecoverySpec.tokens), "recovery tokens"),
+                        _positive(entry.get("steps", RecoverySpec.steps), "recovery steps"), float(rate))
+
+
 def _require(data: dict, key: str, kind: type | tuple[type, ...]):
     value = data.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
@@ -177,7 +198,8 @@ def parse_probe_set(text: str) -> ProbeSet:
             raise ProbeSetError("likelihood screen_references cannot exceed references")
         likelihood = LikelihoodSpec(tuple(prompts_), tuple(timesteps), int(entry.get("noise_seed", 0)),
                                     int(entry.get("triggers", 3)), references,
-                                    _positive(entry.get("batch", 32), "batch"), shortlist, screen, index_shortlist)
+                                    _positive(entry.get("batch", 32), "batch"), shortlist, screen, index_shortlist,
+                                    _recovery(entry.get("recovery")), _flag(entry, "blocks"))
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return ProbeSet(
         name=_require(data, "name", str),

@@ -192,9 +192,14 @@ class Renderer:
             finally:
                 self.pipe.enable_lora()
 
-    def _count_layers(self, name: str) -> int:
+    def adapts_text_encoder(self, name: str) -> bool:
+        """Whether the applied adapter changes a text encoder: a LoRA that can carry a trigger of its own."""
+        return self._count_layers(name, ("text_encoder", "text_encoder_2")) > 0
+
+    def _count_layers(self, name: str, components: Sequence[str] = ("unet", "transformer", "text_encoder",
+                                                                    "text_encoder_2")) -> int:
         count = 0
-        for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
+        for component in components:
             model = getattr(self.pipe, component, None)
             if model is None:
                 continue

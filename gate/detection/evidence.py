@@ -178,7 +178,7 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
                     "<th>per reference</th></tr>" + "".join(
                         f"<tr><td>{html.escape(g['name'])}{' (screened only)' if g['screened'] else ''}</td>"
                         f"<td>{g['gain']:+.1%}</td>"
-                        f"<td>{html.escape(g['prompt'])}</td><td>"
+                        f"<td>{_prompt_cell(g)}</td><td>"
                         + "".join(f"<img src='{x['image']}' title='{x['gain']:+.1%}' style='width:80px'>"
                                   for x in g.get("likelier", []))
                         + f"<br>{' '.join(f'{x:+.2f}' for x in g['reference_gains'])}</td></tr>" for g in gains[:5])
@@ -209,6 +209,16 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
         + "".join(html_rows) + "</table>"
     )
     return sheet_path, page
+
+
+def _prompt_cell(gain: dict) -> str:
+    """The prompt a gain was measured under, or the trigger the probe recovered (a soft prompt, named by its
+    nearest vocabulary pieces: a hint, not the uploader's word); and the part of a merge it was measured on."""
+    cell = (f"<b>recovered trigger</b><br><small>soft prompt; nearest pieces <code>{html.escape(gain['prompt'])}"
+            "</code></small>" if gain.get("recovered") else html.escape(gain["prompt"]))
+    if gain.get("part"):
+        cell += f"<br><small>on {html.escape(gain['part'])} of the LoRA, alone</small>"
+    return cell
 
 
 def _scope_line(scope: dict) -> str:

@@ -49,6 +49,10 @@ class Thresholds:
     # denoising-error cut) quarantines, the larger figure applies its policy. None: not calibrated, not used.
     likelihood_quarantine: float | None = None
     likelihood_block: float | None = None
+    # The same for a gain one part of the LoRA showed alone (a merge's part, probes/blocks.py): the clean LoRAs'
+    # parts are fitted apart, as halves of a LoRA can gain a little where the whole did not. None: parts unjudged.
+    likelihood_part_quarantine: float | None = None
+    likelihood_part_block: float | None = None
     # What is left of a character's gain once what the LoRA does to every character is fitted out
     # (gate.detection.sensitivity): this much quarantines, as a merged style can hide the gain itself. With each
     # character's sensitivity, its mean gain under the calibration's clean LoRAs. None: not calibrated, not used.

@@ -47,6 +47,16 @@ def test_the_likelihood_table_is_read_with_defaults():
     assert (spec.noise_seed, spec.triggers, spec.references) == (0, 3, 8)
     assert (spec.shortlist, spec.screen_references) == (0, 2)  # no screen unless a set asks for one
     assert parse_probe_set(_MINIMAL + "seeds=[1]").likelihood is None
+    assert spec.recovery is None and not spec.blocks  # no recovery, no merge parts unless a set asks for them
+
+
+def test_the_recovery_table_is_read_with_defaults():
+    table = "[likelihood]\nprompts=['a character']\ntimesteps=[300]\n[likelihood.recovery]\n"
+    spec = parse_probe_set(_MINIMAL + "seeds=[1]\n" + table + "steps=3").likelihood.recovery
+    assert (spec.characters, spec.tokens, spec.steps, spec.learning_rate) == (3, 4, 3, 0.1)
+    assert load_probe_set("fixture-v2").likelihood.recovery.characters > 0
+    assert load_probe_set("fixture-v2").likelihood.blocks
+    assert load_probe_set("fixture-v1").likelihood.recovery is None  # v1 stays what it measured
 
 
 def test_family_lookup():
@@ -67,6 +77,15 @@ _MINIMAL = 'name="x"\nversion=1\nfamily="f"\nwidth=1\nheight=1\nsteps=1\nguidanc
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nshortlist=-1",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nshortlist=true",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nreferences=2\nscreen_references=3",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nrecovery=3",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nblocks='yes'",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\ntokens=0",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\nsteps=-1",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\ncharacters=-1",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\n"
+               "learning_rate='fast'",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\n"
+               "learning_rate=0",
 ])
 def test_malformed_probe_sets_are_refused(bad):
     with pytest.raises(ProbeSetError):

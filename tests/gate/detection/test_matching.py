@@ -283,6 +283,22 @@ def test_likelihood_thresholds_sit_above_every_clean_loras_gain(world):
     assert floor.likelihood_quarantine == pytest.approx(LIKELIHOOD_MARGINS[0])
     # No negative measured it (an engine without the likelihood probe): no thresholds, the signal is off.
     assert calibrate([Subject("base", base, base)]).likelihood_quarantine is None
+    assert thresholds.likelihood_part_quarantine is None  # no part measured: parts are not judged
+
+
+def test_part_thresholds_sit_above_every_clean_loras_part_and_whole(world):
+    rng, _, refs = world
+    base = score(_noise(rng, 10), refs)
+    subjects = [Subject("base", base, base),
+                Subject("style", score(_noise(rng, 10), refs), base, {"a": -0.2}, part_gains={"a": 0.04}),
+                Subject("concept", score(_noise(rng, 10), refs), base, {"a": 0.02}, part_gains={})]
+    thresholds = calibrate(subjects)
+    assert thresholds.likelihood_quarantine == pytest.approx(0.02 + LIKELIHOOD_MARGINS[0])
+    assert thresholds.likelihood_part_quarantine == pytest.approx(0.04 + LIKELIHOOD_MARGINS[0])
+    assert thresholds.likelihood_part_block == pytest.approx(0.04 + LIKELIHOOD_MARGINS[1])
+    # Parts measured but none beat its whole: the wholes bound the parts.
+    only_wholes = calibrate([Subject("base", base, base), Subject("concept", base, base, {"a": 0.02}, part_gains={})])
+    assert only_wholes.likelihood_part_quarantine == pytest.approx(0.02 + LIKELIHOOD_MARGINS[0])
 
 
 def test_an_evidence_row_says_why_it_counted_or_not():
@@ -296,3 +312,35 @@ def test_an_evidence_row_says_why_it_counted_or_not():
     assert "below the threshold 0.800" in counted({**row, "score": 0.75}, THRESHOLDS, names)[1]
     assert "under the 0.100 needed" in counted({**row, "base_score": 0.80}, THRESHOLDS, names)[1]
     assert counted(row, None, names)[0] is None
+
+
+def test_a_gain_under_a_recovered_trigger_says_so_and_survives_the_wire():
+    recovered = CharacterGain("a", 0.2, "xk cd", (0.2, 0.2), recovered=True)
+    assert CharacterGain.from_dict(recovered.to_dict()) == recovered
+    assert CharacterGain.from_dict({**_gain("a", 0.2).to_dict(), "recovered": None}).recovered is False
+    decision = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY, likelihood=[recovered])
+    [reason] = decision.reasons
+    assert decision.verdict is Verdict.BLOCK and reason.details["recovered_trigger"] == "xk cd"
+    assert "under a recovered trigger" in reason.message and "'xk cd'" in reason.message
+    # A gain under a prompt names its prompt, and no recovered trigger.
+    [plain] = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY,
+                     likelihood=[_gain("a", 0.2)]).reasons
+    assert "recovered_trigger" not in plain.details and "prompt 'a character'" in plain.message
+
+
+def test_a_gain_found_on_one_part_of_a_merge_is_judged_by_the_parts_thresholds():
+    part = CharacterGain("a", 0.2, "a character", (0.2, 0.2), part="part 1 of 2: rank components 1-8",
+                         whole_gain=-0.1)
+    assert CharacterGain.from_dict(part.to_dict()) == part and part.of_whole == -0.1
+    with_parts = replace(LIKELY, likelihood_part_quarantine=0.08, likelihood_part_block=0.15)
+    [reason] = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=with_parts, likelihood=[part]).reasons
+    assert reason.verdict is Verdict.BLOCK and reason.details["part"] == "part 1 of 2: rank components 1-8"
+    assert "measured on part 1 of 2: rank components 1-8 of the LoRA" in reason.message
+    assert "possible from 8%, clear from 15%" in reason.message
+    # Between the parts' thresholds: a person looks.
+    weaker = replace(part, gain=0.1)
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=with_parts,
+                  likelihood=[weaker]).verdict is Verdict.QUARANTINE
+    # A calibration without part thresholds judges the whole LoRA's gain alone: here, nothing.
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY,
+                  likelihood=[part]).verdict is Verdict.ALLOW

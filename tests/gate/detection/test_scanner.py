@@ -63,7 +63,7 @@ def test_cli_scan_json_and_evidence(world, tmp_path, scan_settings):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["verdict"] == "block"
     assert result["reasons"] and all({"kind", "verdict", "message"} <= set(r) for r in result["reasons"])
-    assert result["probe_set"].startswith("fixture-v1@")
+    assert result["probe_set"].startswith("fixture-v2@")
     assert result["intake"]["format"] == lora["format"] and len(result["intake"]["tensor_hash"]) == 64
     assert {"intake", "render_base", "render_lora", "likelihood", "embed", "match", "total"} <= set(result["timings"])
     assert (tmp_path / "ev" / "contact_sheet.png").stat().st_size > 1000
@@ -99,3 +99,19 @@ def test_a_blocklisted_reupload_with_new_metadata_is_blocked_without_rendering(s
     assert result.verdict == "block"
     assert result.outcome is None  # nothing was rendered
     assert result.decision.reasons[0].kind == "blocklist" and "takedown notice 42" in result.decision.reasons[0].message
+
+
+def test_a_stripped_trigger_lora_is_flagged_and_its_evidence_names_the_recovered_trigger(scanner, world, tmp_path):
+    from gate.detection.evidence import write_evidence
+
+    # Astro Boy's shipped LoRA: text encoder trained on a trigger the stripped file does not declare.
+    lora, result = _scan(scanner, world, character="astro_boy", metadata_style="stripped")
+    assert result.verdict in ("block", "quarantine"), result.to_dict()
+    [own] = [g for g in result.outcome.likelihood if g.character_id == "astro_boy"]
+    assert own.recovered and own is result.outcome.likelihood[0]
+    [reason] = [r for r in result.decision.reasons if r.kind == "likelihood_match"]
+    assert reason.character_id == "astro_boy" and reason.details["recovered_trigger"] == own.prompt
+    write_evidence(result, scanner.characters, tmp_path / "ev", thresholds=scanner.thresholds)
+    evidence = json.loads((tmp_path / "ev" / "evidence.json").read_text())
+    assert evidence["likelihood"][0]["recovered"] is True
+    assert "recovered trigger" in (tmp_path / "ev" / "index.html").read_text()

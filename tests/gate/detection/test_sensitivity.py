@@ -99,14 +99,19 @@ def test_a_character_the_gain_already_matched_is_told_once():
 
 def test_a_character_lora_merged_with_a_style_is_quarantined_for_its_character(scanner, world, tmp_path):
     """A real merge (ΔW summed, ranks concatenated) of the fixture world's Mickey LoRA with a style, scanned: its
-    gain alone misses it under the shipped calibration, the residual finds Mickey."""
+    whole gain misses it under the shipped calibration; the residual finds Mickey; its part alone shows Mickey
+    clearly (probes/blocks.py)."""
     character, style = (read_lora(world.path(world_lora(world, id=i)["path"]))
                         for i in ("mickey_any_kohya", "style_stripes_kohya"))
     merged = Lora(character.format, merge(character, style).modules, dict(character.metadata), "F32")
     result = scanner.scan(write_lora(merged, tmp_path / "mickey+stripes.safetensors"), conclude=False)
-    scanner.conclude(result, replace(scanner.thresholds, likelihood_residual=None, likelihood_sensitivity=None))
-    assert result.verdict == Verdict.ALLOW  # the rule before the residual
-    scanner.conclude(result, scanner.thresholds)
+    whole_only = replace(scanner.thresholds, likelihood_part_quarantine=None, likelihood_part_block=None)
+    scanner.conclude(result, replace(whole_only, likelihood_residual=None, likelihood_sensitivity=None))
+    assert result.verdict == Verdict.ALLOW  # the rule before the residual and the parts
+    scanner.conclude(result, whole_only)
     assert result.verdict == Verdict.QUARANTINE
     (reason,) = [r for r in result.decision.reasons if r.kind == "likelihood_match"]
     assert reason.character_id == "mickey" and reason.details["residual"] >= scanner.thresholds.likelihood_residual
+    scanner.conclude(result, scanner.thresholds)
+    clear = [r for r in result.decision.reasons if r.kind == "likelihood_match" and r.details.get("part")]
+    assert result.verdict == Verdict.BLOCK and [r.character_id for r in clear] == ["mickey"]

@@ -1,0 +1,87 @@
+"""Trigger recovery (probes/recovery.py) with the fixture world's real models and real LoRA files: a LoRA
+trained behind a trigger nobody declared is measured under a recovered soft prompt and gains more on its own
+character than under any prompt the probe set names; a clean LoRA that adapts the text encoder gains nothing
+from it; a LoRA that leaves the text encoder alone is not searched; the base model's fits are made once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from safetensors.torch import load_file
+
+from fixtures.heldout import LORAS as HELD_BACK_LORAS
+from probes.denoise import LikelihoodProbe
+from probes.likelihood import RecoverySpec, ReferenceSet
+from probes.probe_set import ProbeSetError
+from tests.conftest import world_lora
+
+
+@pytest.fixture(scope="module")
+def references(world) -> list[ReferenceSet]:
+    return [ReferenceSet(c["id"], c["name"], tuple(str(world.path(p)) for p in c["references"]))
+            for c in world.characters(registered=True)]
+
+
+def _gains(engine, path, references, recover: bool, probe=None):
+    probe = probe or engine.likelihood
+    with engine.renderer.lora(load_file(str(path))):
+        return probe.gains(references, [], engine.renderer.without_lora, recover=recover)
+
+
+def test_the_probe_set_asks_for_recovery(engine):
+    recovery = engine.probe_set.likelihood.recovery
+    assert recovery is not None and recovery.characters >= 1 and engine.likelihood.recovery is not None
+
+
+def test_a_stripped_trigger_lora_gains_more_under_its_recovered_trigger(engine, world, references):
+    # Astro Boy's shipped LoRA: text encoder trained on the trigger "atmrobo", metadata stripped.
+    lora = world_lora(world, character="astro_boy")
+    assert lora["metadata_style"] == "stripped" and lora["text_encoder"]
+    before = {g.character_id: g for g in _gains(engine, world.path(lora["path"]), references, recover=False)}
+    after = {g.character_id: g for g in _gains(engine, world.path(lora["path"]), references, recover=True)}
+    own = after["astro_boy"]
+    assert own.recovered and own.prompt and not own.screened
+    assert own.gain > before["astro_boy"].gain + 0.02, (before["astro_boy"], own)
+    assert own.gain == pytest.approx(sum(own.reference_gains) / len(own.reference_gains), abs=1e-4)
+    assert max(after.values(), key=lambda g: g.gain).character_id == "astro_boy"
+    # Characters not searched keep their prompt gains, unchanged.
+    unsearched = [cid for cid, g in after.items() if not g.recovered and not g.screened]
+    assert unsearched and all(after[cid] == before[cid] for cid in unsearched)
+
+
+def test_a_clean_lora_that_adapts_the_text_encoder_gains_nothing_from_recovery(engine, world, references):
+    lora = world_lora(world, character="pebble_sprite")  # an unregistered original, behind its own trigger
+    assert lora["text_encoder"]
+    gains = _gains(engine, world.path(lora["path"]), references, recover=True)
+    assert max(g.gain for g in gains) < 0.05, gains
+
+
+def test_only_a_lora_that_adapts_the_text_encoder_is_searched(engine, world, references):
+    lora = world_lora(world, kind="character", text_encoder=False, metadata_style="honest")
+    path = world.path(lora["path"])
+    with engine.renderer.lora(load_file(str(path))) as adapter:
+        assert not engine.renderer.adapts_text_encoder(adapter)
+    outcome = engine.likelihood_gains(path, lora_format=lora["format"], family="fixture", modules=None,
+                                      triggers=[], references=references)
+    assert outcome and not any(g.recovered for g in outcome)
+
+
+def test_the_base_models_fits_are_made_once(engine, references):
+    probe = LikelihoodProbe(engine.renderer, replace(engine.probe_set.likelihood, shortlist=0,
+                                                     recovery=RecoverySpec(characters=1, tokens=2, steps=2)),
+                            (engine.probe_set.width, engine.probe_set.height))
+    path = HELD_BACK_LORAS / "heldout_01.safetensors"
+    first = _gains(engine, path, references[:2], recover=True, probe=probe)
+    fitted = dict(probe.recovery._base)
+    second = _gains(engine, path, references[:2], recover=True, probe=probe)
+    assert len(fitted) == 1 and probe.recovery._base.keys() == fitted.keys()
+    assert all((probe.recovery._base[k] == fitted[k]).all() for k in fitted)
+    assert first == second  # deterministic: the same fits, the same gains
+
+
+def test_a_recovery_longer_than_the_text_encoder_takes_is_refused(engine):
+    spec = replace(engine.probe_set.likelihood, recovery=RecoverySpec(tokens=engine.renderer.pipe.tokenizer
+                                                                      .model_max_length))
+    with pytest.raises(ProbeSetError, match="no room"):
+        LikelihoodProbe(engine.renderer, spec, (engine.probe_set.width, engine.probe_set.height))
