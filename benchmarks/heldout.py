@@ -1,0 +1,190 @@
+"""Benchmark: the held-back set (fixtures/heldout: characters and LoRAs nothing is tuned on) and the shipped
+world, judged by the gate's probe set (fixture-v2: undeclared triggers recovered, a merge's parts measured
+alone) against the probe set before it (fixture-v1) as the baseline, both in the same run.
+
+The registry is the world's 11 registered characters and the 3 held-back ones. Cases:
+
+- each held-back LoRA as built: text encoder trained behind a trigger of several BPE pieces, metadata stripped,
+  a file name that names nothing;
+- each at half strength, and merged with every style LoRA of the world at --strengths (ranks concatenated);
+- the 20 shipped LoRAs as they are, against the larger registry.
+
+Each case is scanned once under each probe set and judged three ways: the baseline (fixture-v1) and the gate
+(fixture-v2), each calibrated in this run as `gate calibrate` fits after the held-back characters are registered
+(on the world's clean LoRAs alone, each clean LoRA judged by a fit without it); and the gate with the shipped
+calibration (fitted before they were registered). A character case counts as caught when the verdict is block
+or quarantine; an auto-block is correct when the LoRA is of the character it names. Cost: each case's probe
+time (renders, embedding, likelihood) under each probe set, and their ratio.
+
+    python -m benchmarks.heldout [--strengths 1.0,0.5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from fixtures.heldout import REFERENCES, characters, loras
+from fixtures.lora_transforms import Lora, merge, read_lora, scaled, write_lora
+from fixtures.worldgen.settings import REPO_ROOT
+from gate.config import load_settings
+from gate.detection.calibration import base_subject, calibrate, outcome_subject
+from gate.detection.scanner import Scanner
+from gate.record.db import open_db
+from gate.registry.characters import add_character
+from gate.registry.world import World, seed_registry
+from probes.engine import ProbeEngine
+from probes.probe_set import load_probe_set
+
+FLAGGED = ("block", "quarantine")
+CLEAN = ("original", "style", "concept")
+BASELINE, GATE = "fixture-v1", "fixture-v2"
+
+
+def cases(world: World, strengths: list[float]) -> list[dict]:
+    styles = [lora for lora in world.loras() if lora["kind"] == "style"]
+    found = []
+    for held in loras():
+        path = REPO_ROOT / held["path"]
+        found.append({"name": held["id"], "path": path, "set": "held back", "kind": "as built",
+                      "character": held["character"]})
+        found.append({"name": f"{held['id']}@0.5", "path": path, "scale": 0.5, "set": "held back",
+                      "kind": "half strength", "character": held["character"]})
+        for strength in strengths:
+            found += [{"name": f"{held['id']}+{style['id']}@{strength:g}", "path": path,
+                       "style": world.path(style["path"]), "strength": strength, "set": "held back",
+                       "kind": f"+ style @{strength:g}", "character": held["character"]} for style in styles]
+    for lora in world.loras():
+        clean = lora["kind"] in CLEAN
+        found.append({"name": lora["id"], "path": world.path(lora["path"]), "set": "shipped",
+                      "kind": "clean" if clean else "character", "character": None if clean else lora["character"]})
+    return found
+
+
+def build(case: dict, into: Path) -> Path:
+    if "scale" not in case and "style" not in case:
+        return case["path"]
+    first = read_lora(case["path"])
+    lora = scaled(first, case["scale"]) if "scale" in case else merge(
+        first, scaled(read_lora(case["style"]), case["strength"]))
+    # A neutral name, and the first file's metadata (none: the held-back files are stripped).
+    return write_lora(Lora(first.format, lora.modules, dict(first.metadata), "F32"),
+                      into / f"case_{abs(hash(case['name'])) % 10**8:08d}.safetensors")
+
+
+def register_held_back(db, store: Path) -> None:
+    for character in characters():
+        add_character(db, store, character_id=character.id, name=character.name, aliases=list(character.aliases),
+                      rights_holder=character.rights_holder, policy=character.policy,
+                      description=character.description,
+                      references=sorted((REFERENCES / character.id).glob("ref_*.png")))
+
+
+def _limits(thresholds) -> str:
+    return " / ".join(str(getattr(thresholds, f"likelihood_{k}")) for k in ("quarantine", "block", "residual"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strengths", default="1.0,0.5", help="the style's scale in each merge")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    strengths = [float(s) for s in args.strengths.split(",")]
+    if not loras():
+        raise SystemExit("no held-back LoRAs: build them with python -m fixtures.heldout.build")
+
+    work = Path(tempfile.mkdtemp(prefix="gate-heldout-"))
+    settings = load_settings({"data_dir": str(work / "data")})
+    world = World.load(settings.world_dir)
+    db = open_db(settings.db_path)
+    seed_registry(db, world, settings.references_dir)
+    register_held_back(db, settings.references_dir)
+    scanners = {name: Scanner(settings, db, ProbeEngine(settings.base_model, settings.embedder,
+                                                        load_probe_set(name), settings.device))
+                for name in (BASELINE, GATE)}
+    policies = {c["id"]: c["policy"] for c in world.characters(registered=True)} | {
+        c.id: c.policy for c in characters()}
+
+    for scanner in scanners.values():  # base renders and the base model's fits made once, before the timings
+        scanner.scan(REPO_ROOT / loras()[0]["path"], conclude=False)
+    results, started = [], time.perf_counter()
+    for case in cases(world, strengths):
+        path = build(case, work)
+        scanned = {}
+        for name, scanner in scanners.items():
+            mark = time.perf_counter()
+            scanned[name] = (scanner.scan(path, conclude=False), time.perf_counter() - mark)
+        results.append((case, scanned))
+        print(f"  {time.perf_counter() - started:6.0f} s  scanned {case['name']}", flush=True)
+
+    # Three judgements of the same scans. The shipped calibration was fitted before the held-back characters
+    # were registered (they have no likelihood sensitivity, so the residual rule passes them by); an operator
+    # who registers characters runs `gate calibrate` again, which fits on the clean LoRAs alone. Here each probe
+    # set is fitted that way on this run's scans of the world's clean LoRAs (each clean LoRA judged by a fit
+    # without it), so the baseline is calibrated as the gate is.
+    shipped = scanners[GATE].thresholds
+    references = scanners[GATE].references.without(world.held_back())
+
+    def refit(probe_set: str, exclude: str | None):
+        return calibrate([base_subject(scanners[probe_set], references)] + [
+            outcome_subject(case["name"], scanned[probe_set][0].outcome, references) for case, scanned in results
+            if case["set"] == "shipped" and case["kind"] == "clean" and case["name"] != exclude
+            and scanned[probe_set][0].outcome is not None])
+
+    fitted = {name: refit(name, None) for name in scanners}
+
+    def fit_for(probe_set: str):
+        return lambda case: refit(probe_set, case["name"]) if case["kind"] == "clean" else fitted[probe_set]
+
+    judgements = {"baseline": (BASELINE, fit_for(BASELINE)), "shipped": (GATE, lambda case: shipped),
+                  "gate": (GATE, fit_for(GATE))}
+    rows = []
+    for case, scanned in results:
+        row = {key: case[key] for key in ("name", "set", "kind", "character")}
+        row["seconds"] = {name: round(seconds, 2) for name, (_, seconds) in scanned.items()}
+        for label, (probe_set, thresholds) in judgements.items():
+            result = scanners[probe_set].conclude(scanned[probe_set][0], thresholds(case))
+            reasons = result.decision.reasons
+            top = result.outcome.likelihood[0] if result.outcome and result.outcome.likelihood else None
+            row[label] = {"verdict": str(result.verdict),
+                          "blocked": [r.character_id for r in reasons if r.verdict == "block" and r.character_id],
+                          "recovered": [r.character_id for r in reasons if r.details.get("recovered_trigger")],
+                          "residual": [r.character_id for r in reasons if "residual" in r.details],
+                          "part": [r.character_id for r in reasons if r.details.get("part")],
+                          "top": [top.character_id, top.gain, top.recovered] if top else None}
+        rows.append(row)
+
+    print(f"\nheld-back set and shipped world, {datetime.date.today()}, {os.cpu_count()} cores; registry "
+          f"{len(policies)} characters ({len(characters())} held back); likelihood thresholds (quarantine / block "
+          f"/ residual): shipped {_limits(shipped)}, " + ", ".join(f"{name} refitted {_limits(t)}"
+                                                           for name, t in fitted.items()) + "\n")
+    print(f"| set | cases | n | baseline ({BASELINE}) | the gate ({GATE}), shipped calibration | the gate "
+          "| by a recovered trigger | by a merge's part | by the residual | auto-blocks wrong |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for group in dict.fromkeys((row["set"], row["kind"]) for row in rows):
+        chosen = [row for row in rows if (row["set"], row["kind"]) == group]
+        n = len(chosen)
+        flagged = {label: sum(row[label]["verdict"] in FLAGGED for row in chosen) for label in judgements}
+        by_recovery = sum(bool(row["gate"]["recovered"]) for row in chosen)
+        by_residual = sum(bool(row["gate"]["residual"]) for row in chosen)
+        by_part = sum(bool(row["gate"]["part"]) for row in chosen)
+        wrong = sum(any(c != row["character"] for label in judgements for c in row[label]["blocked"])
+                    for row in chosen)
+        print(f"| {group[0]} | {group[1]} | {n} | {flagged['baseline']}/{n} | {flagged['shipped']}/{n} "
+              f"| {flagged['gate']}/{n} | {by_recovery} | {by_part} | {by_residual} | {wrong} |")
+    for label in ("held back", "shipped"):
+        chosen = [row for row in rows if row["set"] == label]
+        base_s, gate_s = (sum(row["seconds"][name] for row in chosen) for name in (BASELINE, GATE))
+        print(f"\nprobe time, {label}: {base_s / len(chosen):.2f} s a LoRA under {BASELINE}, "
+              f"{gate_s / len(chosen):.2f} s under {GATE} ({gate_s / base_s:.2f}x)")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
