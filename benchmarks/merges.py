@@ -1,5 +1,5 @@
-"""Benchmark: character + style merges (issue 23): the gate's likelihood rules against the rule before the
-residual, judged from the same probes.
+"""Benchmark: character + style merges (issue 23): the gate's likelihood rules against the whole LoRA's gain
+alone, judged from the same probes.
 
 Cases are built here from the fixture world's LoRAs with fixtures.lora_transforms.merge (ΔW summed, ranks
 concatenated, as kohya's merge does), the second LoRA scaled by each of --strengths:
@@ -9,10 +9,11 @@ concatenated, as kohya's merge does), the second LoRA scaled by each of --streng
 - and the 20 shipped LoRAs as they are.
 
 Each is scanned once by the gate's scanner (renders and the likelihood probe over the world's 11 characters)
-and judged twice with the shipped calibration: as the gate judges (the likelihood gain, and the residual once
-what the LoRA does to every character is fitted out: gate.detection.sensitivity), and without the residual
-(the baseline). A character case counts as caught when the verdict is block or quarantine; a negative as
-flagged likewise.
+and judged three ways with the shipped calibration: by the whole LoRA's gain alone (the baseline); with the
+parts too (each group of its rank components probed alone, probes/blocks.py, where the probe set measures
+them); and as the gate judges, with the residual once what the LoRA does to every character is fitted out
+(gate.detection.sensitivity). A character case counts as caught when the verdict is block or quarantine; a
+negative as flagged likewise.
 
     python -m benchmarks.merges [--strengths 1.0,0.5] [--json out.json]
 """
@@ -82,12 +83,13 @@ def main() -> None:
     engine = ProbeEngine(settings.base_model, settings.embedder, load_probe_set(settings.probe_set), settings.device)
     scanner = Scanner(settings, db, engine)
 
-    baseline = replace(scanner.thresholds, likelihood_residual=None, likelihood_sensitivity=None)
+    parts = replace(scanner.thresholds, likelihood_residual=None, likelihood_sensitivity=None)
+    baseline = replace(parts, likelihood_part_quarantine=None, likelihood_part_block=None)
     rows, started = [], time.perf_counter()
     for case in cases(world, strengths):
         result = scanner.scan(build(world, case, work), conclude=False)
         judged = {}
-        for name, thresholds in (("baseline", baseline), ("gate", scanner.thresholds)):
+        for name, thresholds in (("baseline", baseline), ("parts", parts), ("gate", scanner.thresholds)):
             scanner.conclude(result, thresholds)
             judged[name] = (result.verdict, sorted(r.kind for r in result.decision.reasons))
         residual = next(((r.character_id, r.details["residual"]) for r in result.decision.reasons
@@ -95,17 +97,20 @@ def main() -> None:
         rows.append({"first": case["first"]["id"], "second": case["second"]["id"] if case["second"] else None,
                      "strength": case["strength"], "kind": case["kind"], "character": case["first"].get("character"),
                      "verdict": judged["gate"][0], "reasons": judged["gate"][1], "baseline": judged["baseline"][0],
+                     "with_parts": judged["parts"][0],
                      "residual": residual, "probed": bool(result.outcome and result.outcome.likelihood),
-                     "gains": {g.character_id: g.gain for g in (result.outcome.likelihood if result.outcome else [])}})
+                     "gains": {g.character_id: g.gain for g in (result.outcome.likelihood if result.outcome else [])},
+                     "by_part": [r.character_id for r in result.decision.reasons if r.details.get("part")]})
         print(f"  {time.perf_counter() - started:6.0f} s  {rows[-1]['first']} + {rows[-1]['second']} "
               f"@{case['strength']}: {judged['gate'][0]} (baseline {judged['baseline'][0]})", flush=True)
 
     thresholds = scanner.thresholds
     print(f"\ncharacter + style merges, {datetime.date.today()}, {os.cpu_count()} cores, strengths {args.strengths}; "
-          f"likelihood thresholds: gain {thresholds.likelihood_quarantine}, "
-          f"residual {thresholds.likelihood_residual}\n")
-    print("| cases | style strength | n | not probed | baseline: flagged | the gate: flagged | by the residual |")
-    print("|---|---|---|---|---|---|---|")
+          f"probe set {scanner.engine.probe_set.id}; likelihood thresholds: gain {thresholds.likelihood_quarantine}, "
+          f"part {thresholds.likelihood_part_quarantine}, residual {thresholds.likelihood_residual}\n")
+    print("| cases | style strength | n | not probed | baseline (the whole's gain): flagged | with the parts "
+          "| the gate (+ the residual) | by a part | by the residual |")
+    print("|---|---|---|---|---|---|---|---|---|")
     groups = [("character (shipped)", None, "character"), *[(kind, s, kind) for s in strengths for kind in (
         "character + style", "clean + style", "style + style")], ("clean (shipped)", None, "clean")]
     for label, strength, kind in groups:
@@ -115,14 +120,18 @@ def main() -> None:
             continue
         n = len(chosen)
         before = sum(row["baseline"] in FLAGGED for row in chosen)
+        with_parts = sum(row["with_parts"] in FLAGGED for row in chosen)
         after = sum(row["verdict"] in FLAGGED for row in chosen)
+        by_part = sum(bool(row["by_part"]) for row in chosen)
         by_residual = sum(row["residual"] is not None for row in chosen)
         unprobed = sum(not row["probed"] for row in chosen)
         print(f"| {label} | {strength if strength is not None else '-'} | {n} | {unprobed} | {before}/{n} "
-              f"| {after}/{n} | {by_residual} |")
+              f"| {with_parts}/{n} | {after}/{n} | {by_part} | {by_residual} |")
     # A residual reason is right only when it names the LoRA's own character; on a negative it is a false positive.
     wrong = [row for row in rows if row["residual"] and row["residual"][0] != row["character"]]
     print(f"\nresidual reasons naming another character than the LoRA's: {len(wrong)}")
+    wrong = [row for row in rows if any(c != row["character"] for c in row["by_part"])]
+    print(f"part reasons naming another character than the LoRA's: {len(wrong)}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2))
 
