@@ -21,18 +21,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from probes.render import adapted_modules
+
 
 def _factors(pipe, adapter: str) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
     """(up weight, down weight) of every module the adapter changes, in every component."""
-    found = []
-    for component in ("unet", "transformer", "text_encoder", "text_encoder_2"):
-        model = getattr(pipe, component, None)
-        if model is None:
-            continue
-        for module in model.modules():
-            if adapter in getattr(module, "lora_A", {}):
-                found.append((module.lora_B[adapter].weight, module.lora_A[adapter].weight))
-    return found
+    return [(module.lora_B[adapter].weight, module.lora_A[adapter].weight)
+            for module in adapted_modules(pipe, adapter)]
 
 
 def rank_blocks(pipe, adapter: str) -> list[np.ndarray]:

@@ -78,17 +78,23 @@ class LikelihoodProbe:
         encoded = pipe.encode_prompt(prompts, device, 1, False)[0]
         states = encoded[[prompts.index(prompt) for prompt, _ in pairs]]
         latents = torch.stack([self._latent(path) for _, path in pairs])
-        generator = torch.Generator("cpu").manual_seed(self.spec.noise_seed)
         errors = np.zeros(len(pairs))
-        for step in self.spec.timesteps:
-            # The same noise for every reference and with or without the LoRA: a paired comparison.
-            noise = torch.randn(latents.shape[1:], generator=generator).to(device, latents.dtype)
-            noise = noise.expand_as(latents)
-            timestep = torch.full((len(pairs),), step, device=device, dtype=torch.long)
-            noisy = self._noising.add_noise(latents, noise, timestep)
+        for noisy, noise, timestep in self.noised(latents):
             predicted = pipe.unet(noisy, timestep, encoder_hidden_states=states).sample
             errors += ((predicted.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy()
         return errors / len(self.spec.timesteps)
+
+    def noised(self, latents: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(noisy latents, noise, timesteps) at each of the spec's timesteps, in its order. The same noise for
+        every reference and with or without the LoRA: a paired comparison (trigger recovery uses it too)."""
+        generator = torch.Generator("cpu").manual_seed(self.spec.noise_seed)
+        noised = []
+        for step in self.spec.timesteps:
+            noise = torch.randn(latents.shape[1:], generator=generator).to(latents.device, latents.dtype)
+            noise = noise.expand_as(latents)
+            timestep = torch.full((len(latents),), step, device=latents.device, dtype=torch.long)
+            noised.append((self._noising.add_noise(latents, noise, timestep), noise, timestep))
+        return noised
 
     def _prompts(self, triggers: Sequence[str], reference: ReferenceSet) -> list[str]:
         prompts = list(self.spec.prompts) + list(triggers[: self.spec.triggers]) + [reference.name]
@@ -139,8 +145,8 @@ class LikelihoodProbe:
 
     def _recovered(self, gains: list[CharacterGain], references: Sequence[ReferenceSet],
                    base_model: Callable[[], AbstractContextManager], recover: bool) -> list[CharacterGain]:
-        """With `recover` (a LoRA that adapts the text encoder or brings its own tokens: one that can hide a
-        trigger), the strongest characters and those the LoRA names measured again under a recovered trigger; a
+        """With `recover` (a LoRA that adapts the text encoder: one that can hide a trigger of its own), the
+        strongest characters and those the LoRA names measured again under a recovered trigger; a
         character keeps whichever gain is higher."""
         if self.recovery is None or not recover:
             return gains

@@ -59,7 +59,7 @@ class TriggerRecovery:
         with torch.inference_mode(False), torch.enable_grad():
             latents = torch.stack([self.probe._latent(p) for p in paths]).clone()  # out of inference mode
             halves = (list(range(0, len(paths), 2)), list(range(1, len(paths), 2)))
-            noised = self._noised(latents)
+            noised = self.probe.noised(latents)
             tokens = self._fit(noised, halves)
             with torch.no_grad():
                 crossed = (halves[1], halves[0])  # each half scored under the other half's tokens
@@ -69,26 +69,16 @@ class TriggerRecovery:
             out[half] = values.float().cpu().numpy()
         return out, tokens
 
-    def _noised(self, latents: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """The likelihood probe's paired noise at its timesteps: the same for both models."""
-        generator = torch.Generator("cpu").manual_seed(self.probe.spec.noise_seed)
-        noised = []
-        for step in sorted(self.probe.spec.timesteps):
-            noise = torch.randn(latents.shape[1:], generator=generator).to(latents.device, latents.dtype)
-            noise = noise.expand_as(latents)
-            timestep = torch.full((len(latents),), step, device=latents.device, dtype=torch.long)
-            noised.append((self.probe._noising.add_noise(latents, noise, timestep), noise, step))
-        return noised
-
     def _fit(self, noised, halves) -> torch.Tensor:
         """Two soft prompts (one per half), fitted together by Adam: (2, tokens, width)."""
         table = self._pipe.text_encoder.get_input_embeddings().weight
         start = table.detach().float().mean(0)  # the mean token: no word favoured at the start
         tokens = start.expand(2, self.spec.tokens, -1).clone().requires_grad_(True)
         optimizer = torch.optim.Adam([tokens], lr=self.spec.learning_rate)
+        # Fitted at the noisiest timestep alone (half the cost; where the prompt decides most), scored at all.
+        noisiest = [max(noised, key=lambda n: int(n[2][0]))]
         for _ in range(self.spec.steps):
-            # Fitted at the noisiest timestep alone (half the cost; where the prompt decides most), scored at all.
-            loss = sum(e.mean() for e in self._errors(tokens, noised[-1:], halves))
+            loss = sum(e.mean() for e in self._errors(tokens, noisiest, halves))
             (gradient,) = torch.autograd.grad(loss, [tokens])  # no weight gradients: the models stay frozen
             tokens.grad = gradient
             optimizer.step()
@@ -100,11 +90,10 @@ class TriggerRecovery:
         states = self._states(tokens)
         unet = self._pipe.unet
         totals = [0.0, 0.0]
-        for noisy, noise, step in noised:
-            rows = [i for half in halves for i in half]
-            context = torch.cat([states[h].expand(len(half), -1, -1) for h, half in enumerate(halves)])
-            timestep = torch.full((len(rows),), step, device=noisy.device, dtype=torch.long)
-            predicted = unet(noisy[rows], timestep, encoder_hidden_states=context.to(noisy.dtype)).sample
+        rows = [i for half in halves for i in half]
+        context = torch.cat([states[h].expand(len(half), -1, -1) for h, half in enumerate(halves)])
+        for noisy, noise, timestep in noised:
+            predicted = unet(noisy[rows], timestep[rows], encoder_hidden_states=context.to(noisy.dtype)).sample
             per_row = ((predicted.float() - noise[rows].float()) ** 2).mean(dim=(1, 2, 3))
             totals[0] = totals[0] + per_row[: len(halves[0])]
             totals[1] = totals[1] + per_row[len(halves[0]):]

@@ -31,6 +31,18 @@ UNSUPPORTED_FORMATS = {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr", "oft": "O
                        "glora": "LyCORIS GLoRA"}
 
 
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", *TEXT_ENCODERS)  # where a LoRA's layers can sit in a pipeline
+
+
+def adapted_modules(pipe, name: str, components: Sequence[str] = COMPONENTS) -> Iterator[torch.nn.Module]:
+    """The modules of the pipeline's `components` that adapter `name` changes."""
+    for component in components:
+        model = getattr(pipe, component, None)
+        if model is not None:
+            yield from (module for module in model.modules() if name in getattr(module, "lora_A", {}))
+
+
 def model_digest(model_dir: Path) -> str:
     """Identifies a model directory by its configs and weight file sizes (cheap even for multi-GB weights)."""
     digest = hashlib.sha256()
@@ -194,17 +206,10 @@ class Renderer:
 
     def adapts_text_encoder(self, name: str) -> bool:
         """Whether the applied adapter changes a text encoder: a LoRA that can carry a trigger of its own."""
-        return self._count_layers(name, ("text_encoder", "text_encoder_2")) > 0
+        return any(adapted_modules(self.pipe, name, TEXT_ENCODERS))
 
-    def _count_layers(self, name: str, components: Sequence[str] = ("unet", "transformer", "text_encoder",
-                                                                    "text_encoder_2")) -> int:
-        count = 0
-        for component in components:
-            model = getattr(self.pipe, component, None)
-            if model is None:
-                continue
-            count += sum(1 for module in model.modules() if name in getattr(module, "lora_A", {}))
-        return count
+    def _count_layers(self, name: str) -> int:
+        return sum(1 for _ in adapted_modules(self.pipe, name))
 
     def _remove(self, name: str) -> None:
         with contextlib.suppress(Exception):
