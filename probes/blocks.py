@@ -5,9 +5,9 @@ adds a style's on top; the style cuts the base model's likelihood of every refer
 too, so the merge's gain hides the character (benchmarks.merges). Its rank components still come from two
 trainings: each component's size in every module it touches (|up column| x |down row|) follows the training
 it came from, so two groups of components with unlike profiles across the modules are the merge's sources
-(measured on the fixture world: every character + style merge split at its seam, one component astray in 1 of
-8). Each group is switched on alone, the others' up columns zeroed in place and put back after, and measured by
-the likelihood probe like a LoRA of its own.
+(tried by hand on the fixture world: 8 character + style merges split at their seam, one component astray in
+1; tests/probes/test_blocks.py checks one). Each group is switched on alone, the others' up columns zeroed in
+place and put back after, and measured by the likelihood probe like a LoRA of its own.
 
 A LoRA that is not a merge splits too, into two arbitrary halves, each a weaker copy of the whole; the
 calibration's clean LoRAs are split the same way, so a half of a clean LoRA is judged by what clean LoRAs do.
