@@ -143,7 +143,7 @@ class Settings:
     # Models for the probe engine; required in production, the fixture world's in the demo profile.
     base_model_dir: Path | None = None
     embedder_dir: Path | None = None
-    probe_set: str = "fixture-v2"
+    probe_set: str = "fixture-v3"
     # What probes/render.py pick_device hands to torch.device; unset, CUDA where present, else CPU.
     device: str = pattern("", r"(cpu|cuda(:\d+)?|mps)?", "cpu, cuda, cuda:N, mps, or unset for automatic")
     # Thresholds written by `gate calibrate`; unset means data_dir's, else (demo profile only) the world's.

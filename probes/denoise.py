@@ -136,23 +136,26 @@ class LikelihoodProbe:
 
         shortlist = self.spec.shortlist
         if not shortlist or len(references) <= shortlist:
-            return strongest(self._recovered(measure(references), references, base_model, recover))
+            full = measure(references)
+            return strongest(self.recovered(full, references, base_model) if recover else full)
         screen = strongest(measure([r.first(self.spec.screen_references) for r in references]))
         kept = {g.character_id for g in screen[:shortlist]} | {r.character_id for r in references if r.named}
-        full = self._recovered(measure([r for r in references if r.character_id in kept]), references, base_model,
-                               recover)
+        full = measure([r for r in references if r.character_id in kept])
+        if recover:
+            full = self.recovered(full, references, base_model)
         return strongest(full + [replace(g, screened=True) for g in screen if g.character_id not in kept])
 
-    def _recovered(self, gains: list[CharacterGain], references: Sequence[ReferenceSet],
-                   base_model: Callable[[], AbstractContextManager], recover: bool) -> list[CharacterGain]:
-        """With `recover` (a LoRA that adapts the text encoder: one that can hide a trigger of its own), the
-        strongest characters and those the LoRA names measured again under a recovered trigger; a
-        character keeps whichever gain is higher."""
-        if self.recovery is None or not recover:
+    def recovered(self, gains: list[CharacterGain], references: Sequence[ReferenceSet],
+                  base_model: Callable[[], AbstractContextManager]) -> list[CharacterGain]:
+        """For a LoRA that adapts the text encoder (one that can hide a trigger of its own): the strongest of
+        `gains` measured in full, and those the LoRA names, measured again under a recovered trigger, with the
+        LoRA as it stands now; a character keeps whichever gain is higher (screened ones are passed through)."""
+        if self.recovery is None:
             return gains
         by_id = {r.character_id: r for r in references}
-        searched = {g.character_id for g in sorted(gains, key=lambda g: -g.gain)[: self.spec.recovery.characters]}
-        searched |= {g.character_id for g in gains if by_id[g.character_id].named}
+        full = sorted((g for g in gains if not g.screened), key=lambda g: -g.gain)
+        searched = {g.character_id for g in full[: self.spec.recovery.characters]}
+        searched |= {g.character_id for g in full if by_id[g.character_id].named}
         out = []
         for gain in gains:
             paths = by_id[gain.character_id].paths[: self.spec.references]
@@ -160,7 +163,7 @@ class LikelihoodProbe:
                 per_reference, nearest = self.recovery.gains(paths, base_model)
                 mean = round(float(np.mean(per_reference)), 5)
                 if mean > gain.gain:
-                    gain = CharacterGain(gain.character_id, mean, nearest, per_reference, recovered=True)
+                    gain = replace(gain, gain=mean, prompt=nearest, reference_gains=per_reference, recovered=True)
             out.append(gain)
         return out
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -98,20 +99,39 @@ class ProbeEngine:
             return self._gains(adapter, readable, triggers)
 
     def _gains(self, adapter: str, references: list[ReferenceSet], triggers: list[str]) -> list[CharacterGain]:
-        """The likelihood probe on the applied LoRA: the whole, under a recovered trigger where it adapts the
-        text encoder; and, where the probe set asks, each group of its rank components alone (a merge's parts,
-        probes/blocks.py). Per character, the strongest."""
-        whole = self.likelihood.gains(references, triggers, self.renderer.without_lora,
-                                      recover=self.renderer.adapts_text_encoder(adapter))
-        if not self.likelihood.spec.blocks:
-            return whole
-        groups = rank_blocks(self.renderer.pipe, adapter)
-        measured = [whole]
+        """The likelihood probe on the applied LoRA: the whole; where the probe set asks, the whole at other
+        strengths, and each group of its rank components alone (a merge's parts, probes/blocks.py); and where it
+        adapts the text encoder, a recovered trigger at the strength that showed most. Per character, the
+        strongest."""
+        spec, base_model = self.likelihood.spec, self.renderer.without_lora
+        measured = [self.likelihood.gains(references, triggers, base_model)]
+        for strength in spec.strengths:
+            with self.renderer.at_strength(adapter, strength):
+                measured.append([replace(g, strength=strength) for g in self.likelihood.gains(
+                    references, triggers, base_model)])
+        if self.renderer.adapts_text_encoder(adapter):
+            # The trigger is searched at the strength that showed most (a copy published at another weight hides
+            # it at 1), once: on a tie, as published.
+            shown = [max((g.gain for g in gains if not g.screened), default=float("-inf")) for gains in measured]
+            best = shown.index(max(shown))
+            strength = 1.0 if best == 0 else spec.strengths[best - 1]
+            with self.renderer.at_strength(adapter, strength) if best else contextlib.nullcontext():
+                measured[best] = self.likelihood.recovered(measured[best], references, base_model)
+        groups = rank_blocks(self.renderer.pipe, adapter) if spec.blocks else []
         for number, components in enumerate(groups, 1):
             with only(self.renderer.pipe, adapter, components):
                 part = f"part {number} of {len(groups)}: rank components {_spans(components)}"
-                measured.append([replace(g, part=part) for g in self.likelihood.gains(
-                    references, triggers, self.renderer.without_lora)])
+                measured.append([replace(g, part=part)
+                                 for g in self.likelihood.gains(references, triggers, base_model)])
+        # A character the whole screened (on its first references) but a part or a strength measured in full is
+        # measured in full as a whole too: the whole's gain beside it is what the whole's thresholds and the
+        # residual rule read, and a screened one rests on fewer references than their calibration.
+        full = {g.character_id for g in strongest_of(measured) if not g.screened}
+        again = [r for r in references if r.character_id in full
+                 and any(g.screened for g in measured[0] if g.character_id == r.character_id)]
+        if again and len(measured) > 1:
+            remeasured = self.likelihood.gains(again, triggers, base_model)
+            measured[0] = [g for g in measured[0] if g.character_id not in {r.character_id for r in again}] + remeasured
         return strongest_of(measured)
 
     def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
@@ -163,6 +183,8 @@ class ProbeEngine:
         timings["render_base"] += time.perf_counter() - mark
         probes = probes + steered
         scope["measured"] = [gain.character_id for gain in gains if not gain.screened]
+        if self.likelihood is not None:  # what else was measured: the calibration fits thresholds for each
+            scope.update(strengths=list(self.likelihood.spec.strengths), blocks=self.likelihood.spec.blocks)
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings,
                             gains, scope)
 

@@ -11,6 +11,12 @@ set's timesteps. Per character: the mean gain over its references under its best
 prompts, the LoRA's trigger phrases, the character's own name), or under a recovered trigger where that is
 better (probes/recovery.py: a soft prompt fitted to half the references, scored on the other half).
 
+A LoRA is measured as published and, where the probe set lists other `strengths`, applied at those too: an
+infringer can publish the weights scaled down (or up) and tell users which weight to load it at, and a LoRA's
+gain peaks near the strength it was trained at (at twice that, clean and character LoRAs alike make every
+reference far less likely). A gain at another strength is judged by thresholds fitted on the clean LoRAs at
+that strength (a weaker copy of a clean LoRA can gain a little where the LoRA did not).
+
 The cost grows with the registry, so a large one is screened first: every character on its first few
 references, then only the strongest `shortlist` in full, with any character the LoRA's metadata names. A
 screened gain rests on fewer references than the
@@ -49,6 +55,9 @@ class LikelihoodSpec:
     index_shortlist: int = 0  # a registry snapshot is cut to this many characters by the renders first; 0: none
     recovery: RecoverySpec | None = None  # None: prompts only
     blocks: bool = False  # also measure the LoRA's two groups of rank components alone (probes/blocks.py)
+    # Also measure the whole LoRA applied at these strengths (adapter weights): one published weaker or stronger
+    # than it was trained, for its users to load at another weight, shows its character there. () : only at 1.
+    strengths: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,28 +91,35 @@ class CharacterGain:
     screened: bool = False  # measured in the screen only, on fewer references: not left on the shortlist
     recovered: bool = False  # measured under a recovered trigger (a soft prompt); `prompt` names its nearest pieces
     part: str = ""  # measured on one group of the LoRA's rank components alone (a merge's part); "": the whole
-    whole_gain: float | None = None  # where parts were measured: the whole LoRA's gain (the whole's thresholds)
+    whole_gain: float | None = None  # where more was measured: the whole LoRA's gain at strength 1
+    strength: float = 1.0  # the adapter weight it was measured at (the probe set's `strengths`)
 
     @property
     def of_whole(self) -> float:
-        """The whole LoRA's gain on this character (what the calibration's whole-LoRA thresholds are for)."""
-        return self.whole_gain if self.part and self.whole_gain is not None else self.gain
+        """The whole LoRA's gain on this character as published, at strength 1 (what the residual rule's
+        sensitivities were fitted on)."""
+        if (self.part or self.strength != 1.0) and self.whole_gain is not None:
+            return self.whole_gain
+        return self.gain
 
     def to_dict(self) -> dict:
         return {"character_id": self.character_id, "gain": self.gain, "prompt": self.prompt,
                 "reference_gains": list(self.reference_gains), "screened": self.screened,
-                "recovered": self.recovered, "part": self.part, "whole_gain": self.whole_gain}
+                "recovered": self.recovered, "part": self.part, "whole_gain": self.whole_gain,
+                "strength": self.strength}
 
     @classmethod
     def from_dict(cls, data: dict) -> CharacterGain:
         return cls(str(data["character_id"]), float(data["gain"]), str(data["prompt"]),
                    tuple(float(g) for g in data.get("reference_gains", ())), bool(data.get("screened", False)),
                    bool(data.get("recovered", False)), str(data.get("part") or ""),
-                   None if data.get("whole_gain") is None else float(data["whole_gain"]))
+                   None if data.get("whole_gain") is None else float(data["whole_gain"]),
+                   float(data.get("strength", 1.0)))
 
 
 def strongest_of(measurements: list[list[CharacterGain]]) -> list[CharacterGain]:
-    """Per character, the highest gain any measurement (the whole LoRA first, then each of its parts) found,
+    """Per character, the highest gain any measurement (the whole LoRA at strength 1 first, then at other
+    strengths and each of its parts) found,
     preferring one measured on all references to a screened one; strongest first."""
     whole = {gain.character_id: gain for gain in measurements[0]} if measurements else {}
     best: dict[str, CharacterGain] = {}
@@ -112,8 +128,9 @@ def strongest_of(measurements: list[list[CharacterGain]]) -> list[CharacterGain]
             held = best.get(gain.character_id)
             if held is None or (held.screened, -held.gain) > (gain.screened, -gain.gain):
                 best[gain.character_id] = gain
-    # Where parts were measured, every gain keeps the whole's beside it: a part's and the whole's are judged by
-    # thresholds of their own, and the record shows that the parts were looked at.
+    # Where more was measured, every gain keeps the whole's beside it: a part's and the whole's are judged by
+    # thresholds of their own, the residual rule reads the whole as published, and the record shows what was
+    # looked at.
     if len(measurements) > 1:
         best = {cid: replace(g, whole_gain=whole[cid].gain) if cid in whole else g for cid, g in best.items()}
     return sorted(best.values(), key=lambda g: -g.gain)

@@ -148,6 +148,15 @@ def _recovery(entry: object) -> RecoverySpec | None:
                         _positive(entry.get("steps", RecoverySpec.steps), "recovery steps"), float(rate))
 
 
+def _strengths(entry: dict) -> tuple[float, ...]:
+    """[likelihood] strengths: the other adapter weights the whole LoRA is measured at (1 always is)."""
+    value = entry.get("strengths", [])
+    if not isinstance(value, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 4 and x != 1 for x in value):
+        raise ProbeSetError(f"likelihood strengths must be a list of numbers in (0, 4] other than 1, not {value!r}")
+    return tuple(sorted({float(x) for x in value}))
+
+
 def _require(data: dict, key: str, kind: type | tuple[type, ...]):
     value = data.get(key)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
@@ -199,7 +208,7 @@ def parse_probe_set(text: str) -> ProbeSet:
         likelihood = LikelihoodSpec(tuple(prompts_), tuple(timesteps), int(entry.get("noise_seed", 0)),
                                     int(entry.get("triggers", 3)), references,
                                     _positive(entry.get("batch", 32), "batch"), shortlist, screen, index_shortlist,
-                                    _recovery(entry.get("recovery")), _flag(entry, "blocks"))
+                                    _recovery(entry.get("recovery")), _flag(entry, "blocks"), _strengths(entry))
     canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return ProbeSet(
         name=_require(data, "name", str),

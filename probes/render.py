@@ -204,6 +204,15 @@ class Renderer:
             finally:
                 self.pipe.enable_lora()
 
+    @contextlib.contextmanager
+    def at_strength(self, name: str, strength: float) -> Iterator[None]:
+        """The applied adapter at another weight for the block (every component it adapts), then back at 1."""
+        self.pipe.set_adapters([name], adapter_weights=[strength])
+        try:
+            yield
+        finally:
+            self.pipe.set_adapters([name], adapter_weights=[1.0])
+
     def adapts_text_encoder(self, name: str) -> bool:
         """Whether the applied adapter changes a text encoder: a LoRA that can carry a trigger of its own."""
         return any(adapted_modules(self.pipe, name, TEXT_ENCODERS))

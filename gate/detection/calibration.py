@@ -37,7 +37,9 @@ class Subject:
     # Every character's gain the probe measured, screened on fewer references too: what the LoRA does to the
     # whole registry, which the sensitivities are fitted from (gate.detection.sensitivity).
     profile: dict[str, float] | None = None
-    part_gains: dict[str, float] | None = None  # the gains one part of the LoRA showed alone, where larger
+    # The gains a variant of the LoRA showed (a part alone, the whole at another strength), where larger than the
+    # whole's as published.
+    variant_gains: dict[str, float] | None = None
 
 
 def _nearest_scores(scores: Scores) -> np.ndarray:
@@ -77,12 +79,14 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
     if measured:
         likelihood = {"likelihood_quarantine": round(top_gain + likelihood_margins[0], 6),
                       "likelihood_block": round(top_gain + likelihood_margins[1], 6)}
-    # A part's gain shows only where it beat the whole's; the whole's bound the rest, so both count.
-    parts = {s.name: max(s.part_gains.values()) for s in subjects if s.part_gains}
-    if measured and any(s.part_gains is not None for s in subjects):
-        top_part = max([top_gain, *parts.values()])
-        likelihood.update(likelihood_part_quarantine=round(top_part + likelihood_margins[0], 6),
-                          likelihood_part_block=round(top_part + likelihood_margins[1], 6))
+    # A variant's gain shows only where it beat the whole's (the record keeps one gain per character, the
+    # strongest, with the whole's beside it); the wholes bound the rest, so both count. One pair for every kind of
+    # variant, so that no variant's gain is hidden from the fit behind another kind's.
+    variants = {s.name: max(s.variant_gains.values()) for s in subjects if s.variant_gains}
+    if measured and any(s.variant_gains is not None for s in subjects):
+        top_variant = max([top_gain, *variants.values()])
+        likelihood.update(likelihood_variant_quarantine=round(top_variant + likelihood_margins[0], 6),
+                          likelihood_variant_block=round(top_variant + likelihood_margins[1], 6))
     negative_gains = [s.profile for s in subjects if s.profile]
     floor = residual_floor(negative_gains)
     if floor is not None:  # the residual rule sits above every clean LoRA's largest residual, by the same margin
@@ -106,7 +110,7 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
             "negative_matched_renders": matched_renders,
             "negative_lift_quantile": round(float(np.quantile(lift_values, quantile)), 6),
             "negative_likelihood_gains": {name: round(gain, 6) for name, gain in measured.items()},
-            "negative_likelihood_part_gains": {name: round(gain, 6) for name, gain in parts.items()},
+            "negative_likelihood_variant_gains": {name: round(gain, 6) for name, gain in variants.items()},
             "negative_likelihood_residual": round(floor, 6) if floor is not None else None,
             "likelihood_margins": list(likelihood_margins) if measured else None,
         },
@@ -131,11 +135,13 @@ def outcome_subject(name: str, outcome, references) -> Subject:
     registered = [g for g in outcome.likelihood if g.character_id in references.character_ids]
     gains = {g.character_id: g.of_whole for g in registered if not g.screened} if outcome.likelihood else None
     profile = {g.character_id: g.of_whole for g in registered} if outcome.likelihood else None
-    # None where the probe set measures no parts; {} where it does and no part beat the whole.
-    parts = ({g.character_id: g.gain for g in registered if g.part and not g.screened}
-             if outcome.likelihood and any(g.whole_gain is not None for g in registered) else None)
+    # None where the probe set measures no variants (no parts, no other strengths); {} where it does and none
+    # beat the whole as published.
+    scope = getattr(outcome, "scope", None) or {}
+    variants = ({g.character_id: g.gain for g in registered if (g.part or g.strength != 1.0) and not g.screened}
+                if outcome.likelihood and (scope.get("blocks") or scope.get("strengths")) else None)
     return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references), gains,
-                   profile, parts)
+                   profile, variants)
 
 
 def negative_subjects(scanner, paths: list[Path], references, progress=None) -> list[Subject]:

@@ -181,15 +181,14 @@ def _likelihood_reasons(gains, characters: dict[str, CharacterPolicy], threshold
     """Characters whose references the LoRA made markedly likelier (probes/likelihood.py)."""
     if thresholds.likelihood_quarantine is None:
         return []
-    judged = [(g, *_judged_by(g, thresholds)) for g in gains if g.character_id in characters]
-    over = [(g, value, quarantine, block, on_part) for g, value, quarantine, block, on_part in judged
-            if value >= quarantine]
+    judged = [(g, *judged_by(g, thresholds)) for g in gains if g.character_id in characters]
+    over = [(g, value, quarantine, block, own) for g, value, quarantine, block, own in judged if value >= quarantine]
     # A LoRA that makes most characters likelier has learnt something they share (a drawing style), not one
     # of them: uncertain, so a person looks, and no policy applies automatically. Screened gains count here;
     # only those measured on all references (the calibration's footing) become reasons.
     broad = len(over) > max(2, len(characters) // 2)
     reasons = []
-    for gain, value, quarantine, block, on_part in (row for row in over if not row[0].screened):
+    for gain, value, quarantine, block, own in (row for row in over if not row[0].screened):
         character = characters[gain.character_id]
         clear = not broad and block is not None and value >= block
         verdict, certainty = (character.policy, "clear") if clear else (Verdict.QUARANTINE, "possible")
@@ -199,11 +198,11 @@ def _likelihood_reasons(gains, characters: dict[str, CharacterPolicy], threshold
         reasons.append(Reason(
             "likelihood_match", verdict,
             f"{certainty} match with {character.name}: with the LoRA the base model denoises its references "
-            f"{value:.0%} better ({_conditioning(gain, on_part)}; possible from {quarantine:.0%}, "
+            f"{value:.0%} better ({_conditioning(gain, own)}; possible from {quarantine:.0%}, "
             f"clear from {block or 0:.0%}){also}",
             gain.character_id,
             {"gain": round(value, 4), "prompt": gain.prompt, "reference_gains": list(gain.reference_gains),
-             "certainty": certainty, **_recovered(gain, on_part)},
+             "certainty": certainty, **_how_measured(gain, own)},
         ))
     residual = _residual_reason(gains, characters, thresholds, {r.character_id for r in reasons}, named)
     return reasons + ([residual] if residual else [])
@@ -229,41 +228,50 @@ def _residual_reason(gains, characters: dict[str, CharacterPolicy], thresholds: 
         "likelihood_match", Verdict.QUARANTINE,
         f"possible match with {characters[top].name}: the LoRA favours its references over the other characters' "
         f"by {left[top]:.0%} more than what it does to every character explains (its own gain {gain.of_whole:+.0%}, "
-        f"{_conditioning(gain, on_part=False)}; possible from {thresholds.likelihood_residual:.0%}), as when a style "
+        f"{_conditioning(gain, own=False)}; possible from {thresholds.likelihood_residual:.0%}), as when a style "
         f"is merged into a character LoRA{also}",
         top,
         {"gain": round(gain.of_whole, 4), "residual": round(left[top], 4), "prompt": gain.prompt,
-         "reference_gains": list(gain.reference_gains), "certainty": "possible", **_recovered(gain, on_part=False)},
+         "reference_gains": list(gain.reference_gains), "certainty": "possible",
+         **_how_measured(gain, own=False)},
     )
 
 
-def _judged_by(gain, thresholds: Thresholds) -> tuple[float, float, float | None, bool]:
-    """(gain, quarantine, block, on a part) a character's gain is judged by: a part's gain against the parts'
-    thresholds, the whole LoRA's against the whole's; where both were measured, whichever clears its own more."""
+def judged_by(gain, thresholds: Thresholds) -> tuple[float, float, float | None, bool]:
+    """(gain, quarantine, block, own) a character's gain is judged by: a variant's (a part alone, the whole at
+    another strength) against the variants' thresholds, the whole LoRA's as published against the whole's; where
+    both were measured, whichever clears its own more. `own`: the value judged is this measurement's (on its
+    part, at its strength), not the whole's beside it."""
     whole = (gain.of_whole, thresholds.likelihood_quarantine, thresholds.likelihood_block, False)
-    if not gain.part or thresholds.likelihood_part_quarantine is None:
+    if not (gain.part or gain.strength != 1.0) or thresholds.likelihood_variant_quarantine is None:
         return whole
-    part = (gain.gain, thresholds.likelihood_part_quarantine, thresholds.likelihood_part_block, True)
-    return max(whole, part, key=lambda row: row[0] - row[1])
+    variant = (gain.gain, thresholds.likelihood_variant_quarantine, thresholds.likelihood_variant_block, True)
+    return max(whole, variant, key=lambda row: row[0] - row[1])
 
 
-def _conditioning(gain, on_part: bool = True) -> str:
+def _conditioning(gain, own: bool = True) -> str:
     """What the gain was measured under: a prompt, or a trigger the probe recovered (probes/recovery.py); and
-    on which part of the LoRA, where one group of its rank components alone showed it (probes/blocks.py)."""
+    on which part of the LoRA, where one group of its rank components alone showed it (probes/blocks.py), or at
+    which strength, where the LoRA applied at another weight showed it. `own`: see judged_by."""
     if gain.recovered:
         said = (f"under a recovered trigger: a soft prompt fitted to half its references and scored on the rest, "
                 f"nearest vocabulary pieces {gain.prompt!r}")
     else:
         said = f"prompt {gain.prompt!r}"
-    if gain.part and on_part:
+    if gain.part and own:
         said += f"; measured on {gain.part} of the LoRA, switched on alone, as a merge's parts are"
+    elif gain.strength != 1.0 and own:
+        said += (f"; with the LoRA applied at strength {gain.strength:g}, as its users can load it (at 1: "
+                 f"{gain.of_whole:+.0%})")
     return said
 
 
-def _recovered(gain, on_part: bool = True) -> dict:
-    """The details a moderator's tools read: the recovered trigger and the part, where there is one."""
+def _how_measured(gain, own: bool = True) -> dict:
+    """The details a moderator's tools read: the recovered trigger, the part and the strength, where there is
+    one."""
     return ({"recovered_trigger": gain.prompt} if gain.recovered else {}) | (
-        {"part": gain.part} if gain.part and on_part else {})
+        {"part": gain.part} if gain.part and own else {}) | (
+        {"strength": gain.strength} if gain.strength != 1.0 and own and not gain.part else {})
 
 
 def _repeat_reasons(near_duplicates: Sequence, repeat_offender: dict | None) -> list[Reason]:

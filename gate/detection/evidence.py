@@ -213,11 +213,14 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
 
 def _prompt_cell(gain: dict) -> str:
     """The prompt a gain was measured under, or the trigger the probe recovered (a soft prompt, named by its
-    nearest vocabulary pieces: a hint, not the uploader's word); and the part of a merge it was measured on."""
+    nearest vocabulary pieces: a hint, not the uploader's word); and the part of a merge, or the strength, it was
+    measured at."""
     cell = (f"<b>recovered trigger</b><br><small>soft prompt; nearest pieces <code>{html.escape(gain['prompt'])}"
             "</code></small>" if gain.get("recovered") else html.escape(gain["prompt"]))
     if gain.get("part"):
         cell += f"<br><small>on {html.escape(gain['part'])} of the LoRA, alone</small>"
+    elif float(gain.get("strength", 1.0)) != 1.0:
+        cell += f"<br><small>the LoRA at strength {float(gain['strength']):g}</small>"
     return cell
 
 

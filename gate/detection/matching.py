@@ -49,10 +49,12 @@ class Thresholds:
     # denoising-error cut) quarantines, the larger figure applies its policy. None: not calibrated, not used.
     likelihood_quarantine: float | None = None
     likelihood_block: float | None = None
-    # The same for a gain one part of the LoRA showed alone (a merge's part, probes/blocks.py): the clean LoRAs'
-    # parts are fitted apart, as halves of a LoRA can gain a little where the whole did not. None: parts unjudged.
-    likelihood_part_quarantine: float | None = None
-    likelihood_part_block: float | None = None
+    # The same for a gain a variant of the LoRA showed: one part of it alone (a merge's part, probes/blocks.py)
+    # or the whole at another strength (the probe set's `strengths`). Fitted apart on the clean LoRAs' variants:
+    # a weaker copy of a clean LoRA, half its rank components or half its weight, can gain a little where the
+    # LoRA did not. None: variants unjudged (their whole's gain beside them is).
+    likelihood_variant_quarantine: float | None = None
+    likelihood_variant_block: float | None = None
     # What is left of a character's gain once what the LoRA does to every character is fitted out
     # (gate.detection.sensitivity): this much quarantines, as a merged style can hide the gain itself. With each
     # character's sensitivity, its mean gain under the calibration's clean LoRAs. None: not calibrated, not used.
@@ -76,6 +78,9 @@ class Thresholds:
 
     @classmethod
     def from_dict(cls, data: dict) -> Thresholds:
+        # Calibrations from before 2026-12-07 named the variants' thresholds for the parts, their only kind then.
+        data = {**{f"likelihood_variant_{k}": data.get(f"likelihood_part_{k}") for k in ("quarantine", "block")
+                   if f"likelihood_part_{k}" in data}, **data}
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from sqlite_utils import Database
 
 from gate import jsontext
+from gate.detection.decisions import judged_by
+from gate.detection.matching import Thresholds
 from gate.errors import GateError
 from gate.record import audit, outbox
 from gate.record.audit import Actor
@@ -26,6 +28,7 @@ from gate.record.uploads import get_upload, hub_message, journal, update_upload
 from gate.registry import blocklist
 from gate.review.accounts import Forbidden, allowed
 from gate.review.feedback import feed_back_allow, feed_back_block
+from probes.likelihood import CharacterGain
 
 PAGE_SIZE = 50
 BULK_LIMIT = 500
@@ -444,18 +447,21 @@ def _name_hits(described: dict, reasons: list[dict]) -> list[str]:
 
 def _likelihood(described: dict, shown: int = 8) -> list[dict]:
     """The likelihood probe's strongest characters, each with where its gain falls against the thresholds the
-    scan was judged by: below quarantine, quarantine, or block (the character's policy)."""
+    scan was judged by (a part's or another strength's where the scan had them, as the decision judged it):
+    below quarantine, quarantine, or block (the character's policy)."""
     limits = described.get("thresholds") or {}
-    quarantine, block = limits.get("likelihood_quarantine"), limits.get("likelihood_block")
+    thresholds = Thresholds.from_dict(limits) if "render_score" in limits else None
     gains = []
     for gain in (described.get("likelihood") or [])[:shown]:
+        value, quarantine, block, _ = (judged_by(CharacterGain.from_dict(gain), thresholds) if thresholds
+                                       else (gain["gain"], None, None, False))
         if quarantine is None:
             band = "not judged (no calibrated threshold)"
         elif gain["screened"]:
             band = "screened on its first references only: not grounds for a decision"
-        elif block is not None and gain["gain"] >= block:
+        elif block is not None and value >= block:
             band = "over the block threshold"
-        elif gain["gain"] >= quarantine:
+        elif value >= quarantine:
             band = "between quarantine and block"
         else:
             band = "below the quarantine threshold"

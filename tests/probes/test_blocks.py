@@ -56,6 +56,12 @@ def test_a_style_merged_over_a_character_does_not_hide_it(engine, world, tmp_pat
     with engine.renderer.lora(load_file(str(path))):
         whole = engine.likelihood.gains(references, [], engine.renderer.without_lora)
     assert next(g for g in whole if g.character_id == "ultraman").gain < 0, whole[:3]
+    # Beside the part's gain, the whole's on all of Ultraman's references (the whole only screened him).
+    ultraman = [r for r in references if r.character_id == "ultraman"]
+    with engine.renderer.lora(load_file(str(path))):
+        [full] = engine.likelihood.gains(ultraman, [], engine.renderer.without_lora)
+    assert next(g for g in whole if g.character_id == "ultraman").screened
+    assert top.whole_gain == full.gain and len(full.reference_gains) == len(ultraman[0].paths)
 
 
 def test_a_lora_of_one_training_split_in_halves_shows_no_character(engine, world, references):

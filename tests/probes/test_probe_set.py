@@ -48,6 +48,14 @@ def test_the_likelihood_table_is_read_with_defaults():
     assert (spec.shortlist, spec.screen_references) == (0, 2)  # no screen unless a set asks for one
     assert parse_probe_set(_MINIMAL + "seeds=[1]").likelihood is None
     assert spec.recovery is None and not spec.blocks  # no recovery, no merge parts unless a set asks for them
+    assert spec.strengths == ()  # measured as published only
+
+
+def test_other_strengths_are_read_sorted_and_deduplicated():
+    table = "[likelihood]\nprompts=['a character']\ntimesteps=[300]\nstrengths=[2, 0.5, 2.0]"
+    assert parse_probe_set(_MINIMAL + "seeds=[1]\n" + table).likelihood.strengths == (0.5, 2.0)
+    assert load_probe_set("fixture-v3").likelihood.strengths == (0.5, 2.0)
+    assert load_probe_set("fixture-v2").likelihood.strengths == ()  # v2 stays what it measured
 
 
 def test_the_recovery_table_is_read_with_defaults():
@@ -79,6 +87,12 @@ _MINIMAL = 'name="x"\nversion=1\nfamily="f"\nwidth=1\nheight=1\nsteps=1\nguidanc
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nreferences=2\nscreen_references=3",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nrecovery=3",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nblocks='yes'",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nstrengths=2",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nstrengths=[1.0]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nstrengths=[0]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nstrengths=[5]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nstrengths=[true]",
+    _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\nstrengths=['double']",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\ntokens=0",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\nsteps=-1",
     _MINIMAL + "seeds=[1]\n[likelihood]\nprompts=['a']\ntimesteps=[300]\n[likelihood.recovery]\ncharacters=-1",

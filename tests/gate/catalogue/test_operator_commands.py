@@ -180,7 +180,7 @@ def test_rescan_on_the_catalogue_queue_survives_a_killed_cli(decided_earlier, tm
                                      "and json_extract(detail, '$.run') = ? group by upload_id", [run_id])
         assert len(per_upload) == total and {count for _, count in per_upload} == {1}
         probe_sets = _query(db_path, "select distinct probe_set from uploads")
-        assert len(probe_sets) == 1 and probe_sets[0][0].startswith("fixture-v2@")
+        assert len(probe_sets) == 1 and probe_sets[0][0].startswith("fixture-v3@")
         assert "gate.catalogue.rescan.rescan_concluded" in (tmp_path / "worker.log").read_text()
         assert "probes.jobs.probe_upload" in (tmp_path / "probe-worker.log").read_text()
 

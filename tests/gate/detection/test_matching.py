@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -283,22 +284,23 @@ def test_likelihood_thresholds_sit_above_every_clean_loras_gain(world):
     assert floor.likelihood_quarantine == pytest.approx(LIKELIHOOD_MARGINS[0])
     # No negative measured it (an engine without the likelihood probe): no thresholds, the signal is off.
     assert calibrate([Subject("base", base, base)]).likelihood_quarantine is None
-    assert thresholds.likelihood_part_quarantine is None  # no part measured: parts are not judged
+    assert thresholds.likelihood_variant_quarantine is None  # no part measured: parts are not judged
 
 
-def test_part_thresholds_sit_above_every_clean_loras_part_and_whole(world):
+def test_variant_thresholds_sit_above_every_clean_loras_variant_and_whole(world):
     rng, _, refs = world
     base = score(_noise(rng, 10), refs)
     subjects = [Subject("base", base, base),
-                Subject("style", score(_noise(rng, 10), refs), base, {"a": -0.2}, part_gains={"a": 0.04}),
-                Subject("concept", score(_noise(rng, 10), refs), base, {"a": 0.02}, part_gains={})]
+                Subject("style", score(_noise(rng, 10), refs), base, {"a": -0.2}, variant_gains={"a": 0.04}),
+                Subject("concept", score(_noise(rng, 10), refs), base, {"a": 0.02}, variant_gains={})]
     thresholds = calibrate(subjects)
     assert thresholds.likelihood_quarantine == pytest.approx(0.02 + LIKELIHOOD_MARGINS[0])
-    assert thresholds.likelihood_part_quarantine == pytest.approx(0.04 + LIKELIHOOD_MARGINS[0])
-    assert thresholds.likelihood_part_block == pytest.approx(0.04 + LIKELIHOOD_MARGINS[1])
+    assert thresholds.likelihood_variant_quarantine == pytest.approx(0.04 + LIKELIHOOD_MARGINS[0])
+    assert thresholds.likelihood_variant_block == pytest.approx(0.04 + LIKELIHOOD_MARGINS[1])
     # Parts measured but none beat its whole: the wholes bound the parts.
-    only_wholes = calibrate([Subject("base", base, base), Subject("concept", base, base, {"a": 0.02}, part_gains={})])
-    assert only_wholes.likelihood_part_quarantine == pytest.approx(0.02 + LIKELIHOOD_MARGINS[0])
+    only_wholes = calibrate([Subject("base", base, base),
+                             Subject("concept", base, base, {"a": 0.02}, variant_gains={})])
+    assert only_wholes.likelihood_variant_quarantine == pytest.approx(0.02 + LIKELIHOOD_MARGINS[0])
 
 
 def test_an_evidence_row_says_why_it_counted_or_not():
@@ -328,11 +330,11 @@ def test_a_gain_under_a_recovered_trigger_says_so_and_survives_the_wire():
     assert "recovered_trigger" not in plain.details and "prompt 'a character'" in plain.message
 
 
-def test_a_gain_found_on_one_part_of_a_merge_is_judged_by_the_parts_thresholds():
+def test_a_gain_found_on_one_part_of_a_merge_is_judged_by_the_variants_thresholds():
     part = CharacterGain("a", 0.2, "a character", (0.2, 0.2), part="part 1 of 2: rank components 1-8",
                          whole_gain=-0.1)
     assert CharacterGain.from_dict(part.to_dict()) == part and part.of_whole == -0.1
-    with_parts = replace(LIKELY, likelihood_part_quarantine=0.08, likelihood_part_block=0.15)
+    with_parts = replace(LIKELY, likelihood_variant_quarantine=0.08, likelihood_variant_block=0.15)
     [reason] = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=with_parts, likelihood=[part]).reasons
     assert reason.verdict is Verdict.BLOCK and reason.details["part"] == "part 1 of 2: rank components 1-8"
     assert "measured on part 1 of 2: rank components 1-8 of the LoRA" in reason.message
@@ -344,3 +346,54 @@ def test_a_gain_found_on_one_part_of_a_merge_is_judged_by_the_parts_thresholds()
     # A calibration without part thresholds judges the whole LoRA's gain alone: here, nothing.
     assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY,
                   likelihood=[part]).verdict is Verdict.ALLOW
+
+
+def test_a_gain_at_another_strength_is_judged_by_the_variants_thresholds_and_says_so():
+    doubled = CharacterGain("a", 0.16, "a character", (0.16, 0.16), whole_gain=0.03, strength=2.0)
+    assert CharacterGain.from_dict(doubled.to_dict()) == doubled and doubled.of_whole == 0.03
+    assert CharacterGain.from_dict({k: v for k, v in _gain("a", 0.2).to_dict().items() if k != "strength"}
+                                   ).strength == 1.0  # results from before strengths read as published
+    fitted = replace(LIKELY, likelihood_variant_quarantine=0.08, likelihood_variant_block=0.15)
+    [reason] = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=fitted, likelihood=[doubled]).reasons
+    assert reason.verdict is Verdict.BLOCK and reason.details["strength"] == 2.0 and reason.details["gain"] == 0.16
+    assert "applied at strength 2, as its users can load it (at 1: +3%)" in reason.message
+    assert "possible from 8%, clear from 15%" in reason.message and "part" not in reason.details
+    # Between the variants' thresholds: a person looks.
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=fitted,
+                  likelihood=[replace(doubled, gain=0.1)]).verdict is Verdict.QUARANTINE
+    # A calibration that fitted no variants judges the whole as published: here, nothing.
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=LIKELY,
+                  likelihood=[doubled]).verdict is Verdict.ALLOW
+
+
+def test_variant_thresholds_cover_every_kind_of_variant_and_read_old_calibrations(world):
+    from gate.detection.calibration import outcome_subject
+
+    rng, _, refs = world
+    # One clean LoRA's strongest measurement of "a" was at half strength, another's of "b" on a part.
+    vectors = _noise(rng, 10)
+    base = score(vectors, refs)
+
+    def subject(name, gains, scope):
+        return outcome_subject(name, SimpleNamespace(likelihood=gains, lora_embeddings=vectors,
+                                                     base_embeddings=vectors, scope=scope), refs)
+
+    halved = subject("halved", [CharacterGain("a", 0.03, "a character", (0.03,), whole_gain=0.01, strength=0.5)],
+                     {"strengths": [0.5, 2.0], "blocks": True})
+    split = subject("split", [CharacterGain("b", 0.04, "a character", (0.04,), whole_gain=-0.1, part="part 1 of 2")],
+                    {"strengths": [0.5, 2.0], "blocks": True})
+    assert halved.gains == {"a": 0.01} and halved.profile == {"a": 0.01}  # the whole as published
+    assert halved.variant_gains == {"a": 0.03} and split.variant_gains == {"b": 0.04}
+    thresholds = calibrate([Subject("base", base, base), halved, split])
+    assert thresholds.likelihood_quarantine == pytest.approx(0.01 + LIKELIHOOD_MARGINS[0])
+    assert thresholds.likelihood_variant_quarantine == pytest.approx(0.04 + LIKELIHOOD_MARGINS[0])
+    assert thresholds.provenance["negative_likelihood_variant_gains"] == {"halved": 0.03, "split": 0.04}
+    # A probe set that measures no variants: none fitted.
+    plain = subject("plain", [_gain("a", 0.01)], {})
+    assert plain.variant_gains is None
+    assert calibrate([Subject("base", base, base), plain]).likelihood_variant_quarantine is None
+    # A calibration written before 2026-12-07 named them for the parts.
+    old = {k: v for k, v in thresholds.to_dict().items() if not k.startswith("likelihood_variant")}
+    old.update(likelihood_part_quarantine=0.09, likelihood_part_block=0.14)
+    read = Thresholds.from_dict(old)
+    assert (read.likelihood_variant_quarantine, read.likelihood_variant_block) == (0.09, 0.14)

@@ -63,7 +63,7 @@ def test_cli_scan_json_and_evidence(world, tmp_path, scan_settings):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["verdict"] == "block"
     assert result["reasons"] and all({"kind", "verdict", "message"} <= set(r) for r in result["reasons"])
-    assert result["probe_set"].startswith("fixture-v2@")
+    assert result["probe_set"].startswith("fixture-v3@")
     assert result["intake"]["format"] == lora["format"] and len(result["intake"]["tensor_hash"]) == 64
     assert {"intake", "render_base", "render_lora", "likelihood", "embed", "match", "total"} <= set(result["timings"])
     assert (tmp_path / "ev" / "contact_sheet.png").stat().st_size > 1000

@@ -105,7 +105,7 @@ def test_a_character_lora_merged_with_a_style_is_quarantined_for_its_character(s
                         for i in ("mickey_any_kohya", "style_stripes_kohya"))
     merged = Lora(character.format, merge(character, style).modules, dict(character.metadata), "F32")
     result = scanner.scan(write_lora(merged, tmp_path / "mickey+stripes.safetensors"), conclude=False)
-    whole_only = replace(scanner.thresholds, likelihood_part_quarantine=None, likelihood_part_block=None)
+    whole_only = replace(scanner.thresholds, likelihood_variant_quarantine=None, likelihood_variant_block=None)
     scanner.conclude(result, replace(whole_only, likelihood_residual=None, likelihood_sensitivity=None))
     assert result.verdict == Verdict.ALLOW  # the rule before the residual and the parts
     scanner.conclude(result, whole_only)

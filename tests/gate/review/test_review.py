@@ -454,3 +454,21 @@ def test_moderators_decide_a_quarantined_image_set_with_a_reason(gate):
     assert message[0] == "images.decided" and json.loads(message[1])["review"]["action"] == "block"
     assert "hero training set" not in moderator.get("/images").get_data(as_text=True)
     assert gate.client("rh").get("/images").status_code == 403
+
+
+def test_a_variants_gain_falls_in_the_band_the_decision_judged_it_by():
+    """A part's or another strength's gain is placed against the variants' thresholds, as the decision judged
+    it; the whole's as published against the whole's."""
+    limits = {"render_score": 0.8, "lift": 0.0, "quarantine_matches": 2, "block_matches": 3, "block_score": 0.9,
+              "likelihood_quarantine": 0.07, "likelihood_block": 0.12,
+              "likelihood_variant_quarantine": 0.09, "likelihood_variant_block": 0.14}
+
+    def gain(value, **how):
+        return {"character_id": "a", "gain": value, "prompt": "a character", "reference_gains": [value],
+                "screened": False, "whole_gain": 0.0, **how}
+
+    bands = [row["band"] for row in review._likelihood({"thresholds": limits, "likelihood": [
+        gain(0.08, strength=2.0), gain(0.13, part="part 1 of 2"), gain(0.15, strength=0.5),
+        {**gain(0.08), "whole_gain": None}]})]
+    assert bands == ["below the quarantine threshold", "between quarantine and block", "over the block threshold",
+                     "between quarantine and block"]
