@@ -1,16 +1,20 @@
 """Benchmark: the held-back set (fixtures/heldout: characters and LoRAs nothing is tuned on) and the shipped
-world, judged by the gate's probe set (fixture-v2: undeclared triggers recovered, a merge's parts measured
-alone) against the probe set before it (fixture-v1) as the baseline, both in the same run.
+world, judged by the gate's probe set (fixture-v3: undeclared triggers recovered, a merge's parts measured
+alone, the LoRA measured at other strengths too) against the probe set before those (fixture-v1) as the baseline,
+both in the same run.
 
-The registry is the world's 11 registered characters and the 3 held-back ones. Cases:
+The registry is the world's 11 registered characters and the 3 registered held-back ones. Cases:
 
-- each held-back LoRA as built: text encoder trained behind a trigger of several BPE pieces, metadata stripped,
-  a file name that names nothing;
-- each at half strength, and merged with every style LoRA of the world at --strengths (ranks concatenated);
-- the 20 shipped LoRAs as they are, against the larger registry.
+- each held-back character LoRA as built: text encoder trained behind a trigger of several BPE pieces, metadata
+  stripped, a file name that names nothing (one with a prior of generic figures alone);
+- the held-back clean LoRAs (an original nobody registered, a style the world has no LoRA of), as built;
+- each held-back LoRA at half and at double strength (weights scaled, as published for users to load at another
+  weight), and merged with every style LoRA of the world at --strengths (ranks concatenated);
+- the 20 shipped LoRAs as they are, against the larger registry, and the 11 character LoRAs at half and double
+  strength.
 
 Each case is scanned once under each probe set and judged three ways: the baseline (fixture-v1) and the gate
-(fixture-v2), each calibrated in this run as `gate calibrate` fits after the held-back characters are registered
+(fixture-v3), each calibrated in this run as `gate calibrate` fits after the held-back characters are registered
 (on the world's clean LoRAs alone, each clean LoRA judged by a fit without it); and the gate with the shipped
 calibration (fitted before they were registered). A character case counts as caught when the verdict is block
 or quarantine; an auto-block is correct when the LoRA is of the character it names. Cost: each case's probe
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import tempfile
@@ -43,7 +48,8 @@ from probes.probe_set import load_probe_set
 
 FLAGGED = ("block", "quarantine")
 CLEAN = ("original", "style", "concept")
-BASELINE, GATE = "fixture-v1", "fixture-v2"
+BASELINE, GATE = "fixture-v1", "fixture-v3"
+SCALES = (0.5, 2.0)  # a LoRA published weaker or stronger than it was trained
 
 
 def cases(world: World, strengths: list[float]) -> list[dict]:
@@ -51,18 +57,25 @@ def cases(world: World, strengths: list[float]) -> list[dict]:
     found = []
     for held in loras():
         path = REPO_ROOT / held["path"]
-        found.append({"name": held["id"], "path": path, "set": "held back", "kind": "as built",
-                      "character": held["character"]})
-        found.append({"name": f"{held['id']}@0.5", "path": path, "scale": 0.5, "set": "held back",
-                      "kind": "half strength", "character": held["character"]})
+        clean = held.get("kind", "character") != "character"
+        character = None if clean else held["character"]
+        group = "clean" if clean else "character"
+        found.append({"name": held["id"], "path": path, "set": "held back", "kind": f"{group}, as built",
+                      "character": character})
+        found += [{"name": f"{held['id']}@{scale:g}", "path": path, "scale": scale, "set": "held back",
+                   "kind": f"{group}, scaled x{scale:g}", "character": character} for scale in SCALES]
         for strength in strengths:
             found += [{"name": f"{held['id']}+{style['id']}@{strength:g}", "path": path,
                        "style": world.path(style["path"]), "strength": strength, "set": "held back",
-                       "kind": f"+ style @{strength:g}", "character": held["character"]} for style in styles]
+                       "kind": f"{group} + style @{strength:g}", "character": character} for style in styles]
     for lora in world.loras():
         clean = lora["kind"] in CLEAN
         found.append({"name": lora["id"], "path": world.path(lora["path"]), "set": "shipped",
                       "kind": "clean" if clean else "character", "character": None if clean else lora["character"]})
+    for scale in SCALES:
+        found += [{"name": f"{lora['id']}@{scale:g}", "path": world.path(lora["path"]), "scale": scale,
+                   "set": "shipped", "kind": f"character, scaled x{scale:g}", "character": lora["character"]}
+                  for lora in world.loras() if lora["kind"] not in CLEAN]
     return found
 
 
@@ -72,13 +85,14 @@ def build(case: dict, into: Path) -> Path:
     first = read_lora(case["path"])
     lora = scaled(first, case["scale"]) if "scale" in case else merge(
         first, scaled(read_lora(case["style"]), case["strength"]))
-    # A neutral name, and the first file's metadata (none: the held-back files are stripped).
+    # A neutral name (the same in every run), and the first file's metadata (none: the held-back files are
+    # stripped; the shipped ones keep theirs).
     return write_lora(Lora(first.format, lora.modules, dict(first.metadata), "F32"),
-                      into / f"case_{abs(hash(case['name'])) % 10**8:08d}.safetensors")
+                      into / f"case_{hashlib.sha256(case['name'].encode()).hexdigest()[:8]}.safetensors")
 
 
 def register_held_back(db, store: Path) -> None:
-    for character in characters():
+    for character in (c for c in characters() if c.registered):  # the held-back original stays unregistered
         add_character(db, store, character_id=character.id, name=character.name, aliases=list(character.aliases),
                       rights_holder=character.rights_holder, policy=character.policy,
                       description=character.description,
@@ -108,7 +122,7 @@ def main() -> None:
                                                         load_probe_set(name), settings.device))
                 for name in (BASELINE, GATE)}
     policies = {c["id"]: c["policy"] for c in world.characters(registered=True)} | {
-        c.id: c.policy for c in characters()}
+        c.id: c.policy for c in characters() if c.registered}
 
     for scanner in scanners.values():  # base renders and the base model's fits made once, before the timings
         scanner.scan(REPO_ROOT / loras()[0]["path"], conclude=False)
@@ -156,16 +170,17 @@ def main() -> None:
                           "recovered": [r.character_id for r in reasons if r.details.get("recovered_trigger")],
                           "residual": [r.character_id for r in reasons if "residual" in r.details],
                           "part": [r.character_id for r in reasons if r.details.get("part")],
+                          "strength": [r.character_id for r in reasons if r.details.get("strength")],
                           "top": [top.character_id, top.gain, top.recovered] if top else None}
         rows.append(row)
 
     print(f"\nheld-back set and shipped world, {datetime.date.today()}, {os.cpu_count()} cores; registry "
-          f"{len(policies)} characters ({len(characters())} held back); likelihood thresholds (quarantine / block "
-          f"/ residual): shipped {_limits(shipped)}, " + ", ".join(f"{name} refitted {_limits(t)}"
-                                                           for name, t in fitted.items()) + "\n")
+          f"{len(policies)} characters ({sum(c.registered for c in characters())} held back); likelihood "
+          f"thresholds (quarantine / block / residual): shipped {_limits(shipped)}, "
+          + ", ".join(f"{name} refitted {_limits(t)}" for name, t in fitted.items()) + "\n")
     print(f"| set | cases | n | baseline ({BASELINE}) | the gate ({GATE}), shipped calibration | the gate "
-          "| by a recovered trigger | by a merge's part | by the residual | auto-blocks wrong |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| by a recovered trigger | by a merge's part | at another strength | by the residual | auto-blocks wrong |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for group in dict.fromkeys((row["set"], row["kind"]) for row in rows):
         chosen = [row for row in rows if (row["set"], row["kind"]) == group]
         n = len(chosen)
@@ -173,10 +188,11 @@ def main() -> None:
         by_recovery = sum(bool(row["gate"]["recovered"]) for row in chosen)
         by_residual = sum(bool(row["gate"]["residual"]) for row in chosen)
         by_part = sum(bool(row["gate"]["part"]) for row in chosen)
+        by_strength = sum(bool(row["gate"]["strength"]) for row in chosen)
         wrong = sum(any(c != row["character"] for label in judgements for c in row[label]["blocked"])
                     for row in chosen)
         print(f"| {group[0]} | {group[1]} | {n} | {flagged['baseline']}/{n} | {flagged['shipped']}/{n} "
-              f"| {flagged['gate']}/{n} | {by_recovery} | {by_part} | {by_residual} | {wrong} |")
+              f"| {flagged['gate']}/{n} | {by_recovery} | {by_part} | {by_strength} | {by_residual} | {wrong} |")
     for label in ("held back", "shipped"):
         chosen = [row for row in rows if row["set"] == label]
         base_s, gate_s = (sum(row["seconds"][name] for row in chosen) for name in (BASELINE, GATE))

@@ -12,7 +12,8 @@ Each is scanned once by the gate's scanner (renders and the likelihood probe ove
 and judged three ways with the shipped calibration: by the whole LoRA's gain alone (the baseline); with the
 parts too (each group of its rank components probed alone, probes/blocks.py, where the probe set measures
 them); and as the gate judges, with the residual once what the LoRA does to every character is fitted out
-(gate.detection.sensitivity). A character case counts as caught when the verdict is block or quarantine; a
+(gate.detection.sensitivity). The parts are judged with the LoRA's other variants, its gains at other strengths
+where the probe set measures them. A character case counts as caught when the verdict is block or quarantine; a
 negative as flagged likewise.
 
     python -m benchmarks.merges [--strengths 1.0,0.5] [--json out.json]
@@ -84,7 +85,7 @@ def main() -> None:
     scanner = Scanner(settings, db, engine)
 
     parts = replace(scanner.thresholds, likelihood_residual=None, likelihood_sensitivity=None)
-    baseline = replace(parts, likelihood_part_quarantine=None, likelihood_part_block=None)
+    baseline = replace(parts, likelihood_variant_quarantine=None, likelihood_variant_block=None)
     rows, started = [], time.perf_counter()
     for case in cases(world, strengths):
         result = scanner.scan(build(world, case, work), conclude=False)
@@ -107,7 +108,7 @@ def main() -> None:
     thresholds = scanner.thresholds
     print(f"\ncharacter + style merges, {datetime.date.today()}, {os.cpu_count()} cores, strengths {args.strengths}; "
           f"probe set {scanner.engine.probe_set.id}; likelihood thresholds: gain {thresholds.likelihood_quarantine}, "
-          f"part {thresholds.likelihood_part_quarantine}, residual {thresholds.likelihood_residual}\n")
+          f"variant {thresholds.likelihood_variant_quarantine}, residual {thresholds.likelihood_residual}\n")
     print("| cases | style strength | n | not probed | baseline (the whole's gain): flagged | with the parts "
           "| the gate (+ the residual) | by a part | by the residual |")
     print("|---|---|---|---|---|---|---|---|---|")
