@@ -81,6 +81,13 @@ def sign_in(page, gate, username: str) -> None:
     page.click("button[type=submit]")
 
 
+def _loaded(page, selector: str) -> list[bool]:
+    """Whether each image the selector finds shows a picture. Attached is not loaded: this waits until every one
+    has finished loading, and a broken image finishes with no width."""
+    page.wait_for_function("s => [...document.querySelectorAll(s)].every(img => img.complete)", arg=selector)
+    return page.eval_on_selector_all(selector, "imgs => imgs.map(img => img.naturalWidth > 0)")
+
+
 def test_a_moderator_blocks_an_item_and_sees_the_audit_entry(served, page):
     gate = served
     sign_in(page, gate, "mod")
@@ -94,7 +101,7 @@ def test_a_moderator_blocks_an_item_and_sees_the_audit_entry(served, page):
     page.wait_for_selector("table.evidence img")
     images = page.locator("table.evidence img")
     assert images.count() >= 3
-    assert all(images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(3))
+    assert all(_loaded(page, "table.evidence img")[:3])
     page.screenshot(path=str(ARTIFACTS / "02-item-evidence.png"), full_page=True)
     item = page.url.split("/queue/")[1].split("?")[0]
 
@@ -144,8 +151,7 @@ def test_the_item_page_shows_the_evidence_behind_a_block_a_quarantine_and_an_all
         assert "quarantines" in page.locator("#likelihood").inner_text()
         likelier = page.locator("#likelihood figure.likelier img")  # the references it made likeliest
         assert likelier.count() >= 1
-        assert all(likelier.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
-                   for i in range(likelier.count()))
+        assert all(_loaded(page, "#likelihood figure.likelier img"))
         assert "A render counts towards a character when" in page.locator("body").inner_text()
         marks = page.locator("table.evidence tbody tr td:nth-child(4)").all_inner_texts()
         counted = [m for m in marks if "counted: a match for" in m]
@@ -157,5 +163,5 @@ def test_the_item_page_shows_the_evidence_behind_a_block_a_quarantine_and_an_all
             assert counted
         drawn = page.locator("#drawn img")
         assert drawn.count() == 6
-        assert all(drawn.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(6))
+        assert all(_loaded(page, "#drawn img"))
         page.screenshot(path=str(ARTIFACTS / f"{n:02d}-item-{verdict}.png"), full_page=True)
