@@ -117,12 +117,12 @@ class LikelihoodProbe:
         return {pair: store[pair] for pair in wanted}
 
     def gains(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
-              base_model: Callable[[], AbstractContextManager], recover: bool = False) -> list[CharacterGain]:
+              base_model: Callable[[], AbstractContextManager]) -> list[CharacterGain]:
         """Call it with the LoRA applied; `base_model()` switches the LoRA off for a block (the base errors,
         cached). Per character, the best prompt's mean relative error cut; strongest first. With a shortlist, a
         registry larger than it is screened on each character's first references, and only the strongest and
         those the LoRA names are measured on all of theirs (the screen's errors reused); the rest keep their
-        screened gains. With `recover`, the strongest are measured under a recovered trigger too."""
+        screened gains. A recovered trigger is searched apart (`recovered`), at the strength that showed most."""
         with_lora: dict[tuple[str, str], float] = {}
 
         def measure(subset: Sequence[ReferenceSet]) -> list[CharacterGain]:
@@ -136,13 +136,10 @@ class LikelihoodProbe:
 
         shortlist = self.spec.shortlist
         if not shortlist or len(references) <= shortlist:
-            full = measure(references)
-            return strongest(self.recovered(full, references, base_model) if recover else full)
+            return strongest(measure(references))
         screen = strongest(measure([r.first(self.spec.screen_references) for r in references]))
         kept = {g.character_id for g in screen[:shortlist]} | {r.character_id for r in references if r.named}
         full = measure([r for r in references if r.character_id in kept])
-        if recover:
-            full = self.recovered(full, references, base_model)
         return strongest(full + [replace(g, screened=True) for g in screen if g.character_id not in kept])
 
     def recovered(self, gains: list[CharacterGain], references: Sequence[ReferenceSet],

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -114,8 +113,7 @@ class ProbeEngine:
             # it at 1), once: on a tie, as published.
             shown = [max((g.gain for g in gains if not g.screened), default=float("-inf")) for gains in measured]
             best = shown.index(max(shown))
-            strength = 1.0 if best == 0 else spec.strengths[best - 1]
-            with self.renderer.at_strength(adapter, strength) if best else contextlib.nullcontext():
+            with self.renderer.at_strength(adapter, (1.0, *spec.strengths)[best]):
                 measured[best] = self.likelihood.recovered(measured[best], references, base_model)
         groups = rank_blocks(self.renderer.pipe, adapter) if spec.blocks else []
         for number, components in enumerate(groups, 1):
@@ -126,12 +124,12 @@ class ProbeEngine:
         # A character the whole screened (on its first references) but a part or a strength measured in full is
         # measured in full as a whole too: the whole's gain beside it is what the whole's thresholds and the
         # residual rule read, and a screened one rests on fewer references than their calibration.
-        full = {g.character_id for g in strongest_of(measured) if not g.screened}
-        again = [r for r in references if r.character_id in full
-                 and any(g.screened for g in measured[0] if g.character_id == r.character_id)]
-        if again and len(measured) > 1:
-            remeasured = self.likelihood.gains(again, triggers, base_model)
-            measured[0] = [g for g in measured[0] if g.character_id not in {r.character_id for r in again}] + remeasured
+        if len(measured) > 1:
+            full = {g.character_id for g in strongest_of(measured) if not g.screened}
+            again = {g.character_id for g in measured[0] if g.screened and g.character_id in full}
+            if again:
+                measured[0] = [g for g in measured[0] if g.character_id not in again] + self.likelihood.gains(
+                    [r for r in references if r.character_id in again], triggers, base_model)
         return strongest_of(measured)
 
     def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,

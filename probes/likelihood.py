@@ -14,8 +14,9 @@ better (probes/recovery.py: a soft prompt fitted to half the references, scored 
 A LoRA is measured as published and, where the probe set lists other `strengths`, applied at those too: an
 infringer can publish the weights scaled down (or up) and tell users which weight to load it at, and a LoRA's
 gain peaks near the strength it was trained at (at twice that, clean and character LoRAs alike make every
-reference far less likely). A gain at another strength is judged by thresholds fitted on the clean LoRAs at
-that strength (a weaker copy of a clean LoRA can gain a little where the LoRA did not).
+reference far less likely). A gain at another strength, like a merge's part's, is judged by the variants'
+thresholds, fitted on the clean LoRAs' variants (a weaker copy of a clean LoRA can gain a little where the LoRA
+did not).
 
 The cost grows with the registry, so a large one is screened first: every character on its first few
 references, then only the strongest `shortlist` in full, with any character the LoRA's metadata names. A
@@ -119,8 +120,8 @@ class CharacterGain:
 
 def strongest_of(measurements: list[list[CharacterGain]]) -> list[CharacterGain]:
     """Per character, the highest gain any measurement (the whole LoRA at strength 1 first, then at other
-    strengths and each of its parts) found,
-    preferring one measured on all references to a screened one; strongest first."""
+    strengths and each of its parts) found, preferring one measured on all references to a screened one;
+    strongest first."""
     whole = {gain.character_id: gain for gain in measurements[0]} if measurements else {}
     best: dict[str, CharacterGain] = {}
     for gains in measurements:
