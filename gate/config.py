@@ -143,6 +143,9 @@ class Settings:
     # Models for the probe engine; required in production, the fixture world's in the demo profile.
     base_model_dir: Path | None = None
     embedder_dir: Path | None = None
+    # The embedder that screens images (datasets, previews, galleries): drawings and photos rather than the base
+    # model's renders. Unset: the fixture world's image embedder in the demo profile, else embedder_dir's model.
+    image_embedder_dir: Path | None = None
     probe_set: str = "fixture-v3"
     # What probes/render.py pick_device hands to torch.device; unset, CUDA where present, else CPU.
     device: str = pattern("", r"(cpu|cuda(:\d+)?|mps)?", "cpu, cuda, cuda:N, mps, or unset for automatic")
@@ -213,6 +216,14 @@ class Settings:
     def embedder(self) -> Path:
         return self._model(self.embedder_dir, "embedder", "GATE_EMBEDDER_DIR", "its image embedder (a "
                            "transformers vision model directory)")
+
+    @property
+    def image_embedder(self) -> Path:
+        if self.image_embedder_dir:
+            return self.image_embedder_dir
+        if self.demo and not self.embedder_dir and (self.world_dir / "image_embedder").is_dir():
+            return self.world_dir / "image_embedder"
+        return self.embedder
 
     def _model(self, configured: Path | None, world_name: str, variable: str, what: str) -> Path:
         if configured:

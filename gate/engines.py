@@ -37,3 +37,32 @@ def lazy_embedder(settings: Settings) -> Callable[[list[np.ndarray]], np.ndarray
         return loaded[0].embed(images)
 
     return embed
+
+
+class LazyImageEmbedder:
+    """The image embedder (probes.embed.ImageScreeningEmbedder) for the operator's commands, loaded on first
+    use; its identities are known before (they hash its files, load nothing)."""
+
+    def __init__(self, settings: Settings):
+        from probes.contract import embedder_id
+        from probes.views import views_id
+
+        self.settings = settings
+        self.reference_id = embedder_id(settings.image_embedder)
+        self.vectors_id = views_id(self.reference_id)
+        self._loaded = None
+
+    def _embedder(self):
+        if self._loaded is None:
+            from probes.embed import ImageScreeningEmbedder
+            from probes.quiet import quiet_libraries
+
+            quiet_libraries()
+            self._loaded = ImageScreeningEmbedder(self.settings.image_embedder, self.settings.device or None)
+        return self._loaded
+
+    def references(self, images: list[np.ndarray]) -> np.ndarray:
+        return self._embedder().references(images)
+
+    def images(self, images: list[np.ndarray]) -> np.ndarray:
+        return self._embedder().images(images)

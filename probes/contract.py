@@ -44,12 +44,19 @@ class ProbeOutcome:
     scope: dict = field(default_factory=dict)  # what the likelihood probe covered: registry version, shortlist
 
 
+_digests: dict[tuple, str] = {}  # a model's files by name, size and mtime -> digest: each model read once
+
+
 def _directory_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:12]
+    files = sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors"))
+    key = (str(path), tuple((file.name, file.stat().st_size, file.stat().st_mtime_ns) for file in files))
+    if key not in _digests:  # jobs ask for it every time; a real CLIP's weights are hundreds of MB
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+        _digests[key] = digest.hexdigest()[:12]
+    return _digests[key]
 
 
 def embedder_id(embedder_dir: str | Path) -> str:

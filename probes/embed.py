@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from probes.contract import embedder_id
 from probes.render import pick_device
+from probes.views import image_views, views_id
 
 
 class ImageEmbedder:
@@ -49,3 +51,23 @@ class ImageEmbedder:
             if value is not None:
                 return value
         return output.last_hidden_state[:, 0]
+
+
+class ImageScreeningEmbedder:
+    """The image embedder as image screening uses it: references embedded whole, a screened image as its views
+    (probes/views.py), each image's view vectors stacked into one row."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        self.embedder = ImageEmbedder(model_dir, device)
+        self.reference_id = embedder_id(model_dir)
+        self.vectors_id = views_id(self.reference_id)
+
+    def references(self, images) -> np.ndarray:
+        return self.embedder.embed(images)
+
+    def images(self, images) -> np.ndarray:
+        """(n, VIEW_COUNT * d): every view of every image, embedded in the embedder's batches."""
+        if not len(images):
+            return np.zeros((0, 0), np.float32)
+        views = [view for image in images for view in image_views(image)]
+        return self.embedder.embed(views).reshape(len(images), -1)

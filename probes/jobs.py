@@ -66,6 +66,20 @@ def engine(settings: Settings):
         return _engines[key]
 
 
+def image_engine(settings: Settings):
+    """The resident image embedder that screens images (sets, previews): loaded once per process, on first use."""
+    key = f"image|{settings.image_embedder}|{settings.device}"
+    with _lock:
+        if key not in _engines:
+            from probes.embed import ImageScreeningEmbedder
+            from probes.quiet import quiet_libraries
+
+            quiet_libraries()
+            log.info("loading image embedder %s", settings.image_embedder)
+            _engines[key] = ImageScreeningEmbedder(settings.image_embedder, settings.device or None)
+        return _engines[key]
+
+
 _checked: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: each local file hashed once
 
 
@@ -242,8 +256,9 @@ def _encoded(vector) -> str:
     return base64.b64encode(np.asarray(vector, np.float32).tobytes()).decode("ascii")
 
 
-def _reference_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
-    """Embed reference images the gate has no vector for yet: {reference id: base64 float32 vector}."""
+def _reference_vectors(embed, wanted: list[dict]) -> dict[str, str]:
+    """Embed reference images the gate has no vector for yet, with `embed` (the probe engine's embedder or the
+    image embedder's references): {reference id: base64 float32 vector}."""
     if not wanted:
         return {}
     from PIL import Image
@@ -253,7 +268,7 @@ def _reference_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
         path = materialize(context().settings, ref["path"], ref["sha256"])
         with Image.open(path, formats=REFERENCE_FORMATS) as image:
             images.append(np.asarray(image.convert("RGB")))
-    vectors = probe_engine.embed(images)
+    vectors = embed(images)
     return {str(ref["id"]): _encoded(vector)
             for ref, vector in zip(wanted, vectors, strict=True)}
 
@@ -292,8 +307,13 @@ def probe_upload(request: dict) -> dict:
             probed = outcome_to_json(outcome, probe_engine.embedder_id)
             if picked is not None:  # checked against the snapshot it names, measured or not (no likelihood table)
                 probed["scope"] = {"registry": request["registry"], **probed["scope"]}
-    probed["reference_vectors"] = _reference_vectors(probe_engine, request.get("embed") or [])
-    probed["preview_vectors"] = _preview_vectors(probe_engine, request.get("previews") or [])
+    probed["reference_vectors"] = _reference_vectors(probe_engine.embed, request.get("embed") or [])
+    if request.get("previews") or request.get("image_references"):  # judged with the image embedder
+        images = image_engine(settings)
+        probed["image_embedder"] = images.vectors_id
+        probed["preview_vectors"] = _preview_vectors(images, request.get("previews") or [])
+        probed["image_reference_vectors"] = _reference_vectors(images.references,
+                                                               request.get("image_references") or [])
     probed["seconds"] = round(time.perf_counter() - started, 3)  # this worker's time on it: the gate's estimates
     _reply(request, probed, {"queue": INTAKE, "func": "gate.pipeline.jobs.conclude_upload",
                              "args": [upload_id, generation], "job_id": job_id(upload_id, generation, "conclude")})
@@ -338,7 +358,7 @@ def likelihood_upload(request: dict) -> dict:
 def embed_references(request: dict) -> dict:
     """Embed registered reference images and hand the vectors to the gate job the request names."""
     probe_engine = engine(context().settings)
-    vectors = _reference_vectors(probe_engine, request["references"])
+    vectors = _reference_vectors(probe_engine.embed, request["references"])
     _reply(request, {"embedder": probe_engine.embedder_id, "vectors": vectors}, {})
     return {"embedded": len(vectors)}
 
@@ -365,24 +385,26 @@ def _set_image(archive, path: Path, wanted: dict) -> np.ndarray | None:
         return None
 
 
-def _preview_vectors(probe_engine, wanted: list[dict]) -> dict[str, str]:
-    """The upload's preview images the gate has no vector for: {sha256: base64 float32 vector}. One that cannot
-    be read here (another machine, no shared disk) is left out; the gate judges the others."""
+def _preview_vectors(images_engine, wanted: list[dict]) -> dict[str, str]:
+    """The upload's preview images the gate has no vector for, as the image embedder's views: {sha256: base64
+    float32 vector}. One that cannot be read here (another machine, no shared disk) is left out; the gate judges
+    the others."""
     settings = context().settings
     images = [(w["sha256"], _set_image(None, materialize(settings, w["path"], w["sha256"]), w)) for w in wanted]
     images = [(digest, image) for digest, image in images if image is not None]
     if not images:
         return {}
-    vectors = probe_engine.embed([image for _, image in images])
+    vectors = images_engine.images([image for _, image in images])
     return {digest: _encoded(vector)
             for (digest, _), vector in zip(images, vectors, strict=True)}
 
 
 def embed_images(request: dict) -> dict:
     """Embed the images of a set the gate has no vectors for (names in its archive, checked by sha256), 64 at
-    a time, and hand the vectors to the gate job the request names; references without vectors too."""
+    a time, with the image embedder's views, and hand the vectors to the gate job the request names; references
+    without the image embedder's vectors too."""
     settings = context().settings
-    probe_engine = engine(settings)
+    images_engine = image_engine(settings)
     path = materialize(settings, request["path"], Path(request["path"]).stem)  # stored as <sha256>.<kind>
     vectors: dict[str, str] = {}
     archive = zipfile.ZipFile(path) if request.get("archive") else None
@@ -392,11 +414,13 @@ def embed_images(request: dict) -> dict:
             batch = [(w["sha256"], _set_image(archive, path, w)) for w in wanted[start:start + 64]]
             batch = [(digest, image) for digest, image in batch if image is not None]
             if batch:
-                for (digest, _), vector in zip(batch, probe_engine.embed([image for _, image in batch]), strict=True):
+                embedded = images_engine.images([image for _, image in batch])
+                for (digest, _), vector in zip(batch, embedded, strict=True):
                     vectors[digest] = _encoded(vector)
     finally:
         if archive is not None:
             archive.close()
-    _reply(request, {"embedder": probe_engine.embedder_id, "vectors": vectors,
-                     "reference_vectors": _reference_vectors(probe_engine, request.get("embed") or [])}, {})
+    _reply(request, {"embedder": images_engine.vectors_id, "vectors": vectors,
+                     "reference_vectors": _reference_vectors(images_engine.references, request.get("embed") or [])},
+           {})
     return {"set_id": request.get("set_id"), "embedded": len(vectors)}

@@ -35,6 +35,13 @@ def embed(config: Settings):
     return lazy_embedder(config)
 
 
+def image_embedder(config: Settings):
+    """The image embedder (for screening images), loaded on first use."""
+    from gate.engines import LazyImageEmbedder  # torch, only when an image needs embedding
+
+    return LazyImageEmbedder(config)
+
+
 def embedder_id(config: Settings) -> str:
     from probes.contract import embedder_id as identify
 

@@ -40,9 +40,9 @@ def screen_images(paths: tuple[str, ...], as_json: bool, evidence: str | None) -
         click.echo(json.dumps({"verdict": None, "error": error}) if as_json
                    else f"{click.style('REFUSED', fg='red', bold=True)}: {exc.code}: {exc.message}")
         sys.exit(EXIT_REFUSED)
-    embedder_id = common.embedder_id(settings)
-    thresholds = load_image_thresholds(settings.calibration_file, embedder_id)
-    screened = screen(bundle, common.embed(settings), common.record(settings), embedder_id, thresholds)
+    side = common.image_embedder(settings)
+    thresholds = load_image_thresholds(settings.calibration_file, side.vectors_id)
+    screened = screen(bundle, side, common.record(settings), thresholds)
     answer = screened.to_dict()
     if evidence:
         from gate.images.evidence import write_image_evidence

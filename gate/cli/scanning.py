@@ -182,10 +182,10 @@ def _calibrate_images(settings, db, paths: list, target) -> None:
 
     paths = paths or world_negatives(settings.world_dir)
     bundle = read_bundle(paths)
-    embed, embedder_id = common.embed(settings), common.embedder_id(settings)
-    embed_missing(db, embed, embedder_id)
+    side = common.image_embedder(settings)
+    embed_missing(db, side.references, side.reference_id)
     click.echo(f"embedding {len(bundle.items)} negative images ({len(bundle.refused)} refused)")
-    thresholds = fit_image_thresholds(embed_images(bundle, embed), load_references(db, embedder_id),
+    thresholds = fit_image_thresholds(embed_images(bundle, side.images), load_references(db, side.reference_id),
                                       sorted({str(p) for p in paths}) if len(paths) < 20 else [f"{len(paths)} files"])
-    write_image_calibration(target, thresholds, embedder_id)
+    write_image_calibration(target, thresholds, side.vectors_id)
     click.echo(json.dumps({"images": thresholds.to_dict()}, indent=2))

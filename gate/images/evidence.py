@@ -7,19 +7,26 @@ import html
 import io
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from gate.images.screen import Screened
+from gate.images.screen import Screened, matched_region
 from gate.registry.images import ImageError, check_image
 
 THUMB = 192
 
 
-def _thumb(data: bytes | None, target: Path) -> bool:
+def _thumb(data: bytes | None, target: Path, region: list[int] | None = None) -> bool:
+    """A thumbnail of the image, with the region that matched outlined (when a crop, not the whole, did)."""
     if data is None:
         return False
     with Image.open(io.BytesIO(data)) as image:
-        image.convert("RGB").resize((THUMB, THUMB), Image.NEAREST).save(target)
+        width, height = image.size
+        thumb = image.convert("RGB").resize((THUMB, THUMB), Image.NEAREST)
+    if region:
+        left, top, right, bottom = region
+        box = (left * THUMB // width, top * THUMB // height, right * THUMB // width - 1, bottom * THUMB // height - 1)
+        ImageDraw.Draw(thumb).rectangle(box, outline=(255, 0, 200), width=3)
+    thumb.save(target)
     return True
 
 
@@ -29,7 +36,8 @@ def write_image_evidence(screened: Screened, out_dir: str | Path, title: str) ->
     rows = []
     for match in screened.verdict.matches:  # files named by the image's position in the set
         n, item = match.index, screened.bundle.items[match.index]
-        _thumb(item.image.data, out_dir / f"image_{n:05d}.png")
+        region = matched_region(match.view, item.image.width, item.image.height)
+        _thumb(item.image.data, out_dir / f"image_{n:05d}.png", region)
         try:
             reference = check_image(screened.reference_paths[match.reference]).data
         except (ImageError, IndexError):
@@ -39,7 +47,8 @@ def write_image_evidence(screened: Screened, out_dir: str | Path, title: str) ->
         rows.append(f"<tr><td><img src='image_{n:05d}.png'></td><td>"
                     + (f"<img src='reference_{n:05d}.png'>" if has_reference else "no reference")
                     + f"</td><td>{html.escape(item.name)}<br><b>{html.escape(name)}</b><br>similarity "
-                      f"{match.score:.3f}{' (strong)' if match.strong else ''}</td></tr>")
+                      f"{match.score:.3f}{' (strong)' if match.strong else ''}"
+                    + ("<br>in the outlined part" if region else "") + "</td></tr>")
     reasons = "".join(f"<li>{html.escape(r['message'])}</li>" for r in screened.verdict.reasons)
     refused = "".join(f"<li>{html.escape(r['name'])}: {html.escape(r['code'])}</li>" for r in screened.bundle.refused)
     page = out_dir / "index.html"

@@ -18,7 +18,7 @@ from gate.hubs.fetch import FetchError, fetch_to_file
 from gate.images.bundle import BundleError, pack, read_bundle
 from gate.images.evidence import write_image_evidence
 from gate.images.record import LIVE, get_set, keep_vectors, known_vectors, set_status, update_set
-from gate.images.screen import judge_bundle, load_image_thresholds
+from gate.images.screen import image_ids, judge_bundle, load_image_thresholds
 from gate.pipeline.jobs import reply_to
 from gate.queues import INTAKE, PROBE, context
 from gate.record import outbox
@@ -27,7 +27,6 @@ from gate.record.uploads import store_file
 from gate.registry.characters import missing_references, store_vectors
 from gate.registry.images import MAX_BYTES
 from gate.runtime import thread_record
-from probes.contract import embedder_id
 
 
 def set_job(set_id: str, step: str) -> str:
@@ -53,12 +52,12 @@ def screen_set(set_id: str) -> str:
     except BundleError as exc:
         _finish(db, set_id, {"state": "refused", "error_code": exc.code, "error_message": exc.message})
         return "refused"
-    embedder = embedder_id(settings.embedder)
-    known = known_vectors(db, embedder, [item.image.sha256 for item in bundle.items])
+    ids = image_ids(settings)
+    known = known_vectors(db, ids.vectors, [item.image.sha256 for item in bundle.items])
     missing = {item.image.sha256: item.name for item in bundle.items if item.image.sha256 not in known}
-    references = missing_references(db, embedder)  # registered without vectors yet: the worker embeds them too
+    references = missing_references(db, ids.references)  # without the image embedder's vectors: embedded too
     if not missing and not references:  # every image seen before: no worker needed
-        return conclude_set(set_id, {"embedder": embedder, "vectors": {}})
+        return conclude_set(set_id, {"embedder": ids.vectors, "vectors": {}})
     request = {"set_id": set_id, "path": row["file_path"], "archive": zipfile.is_zipfile(row["file_path"]),
                "images": [{"name": name, "sha256": digest} for digest, name in missing.items()],
                "embed": references,
@@ -98,25 +97,25 @@ def conclude_set(set_id: str, embedded: dict) -> str:
     row = get_set(db, set_id)
     if row["state"] not in LIVE:
         return "skipped"
-    embedder = embedder_id(settings.embedder)
-    if embedded.get("embedder") != embedder:
-        raise RuntimeError(f"probe worker used embedder {embedded.get('embedder')}, the gate {embedder}")
+    ids = image_ids(settings)
+    if embedded.get("embedder") != ids.vectors:
+        raise RuntimeError(f"probe worker embedded images as {embedded.get('embedder')}, the gate as {ids.vectors}")
     fresh = {digest: np.frombuffer(base64.b64decode(text), np.float32)
              for digest, text in (embedded.get("vectors") or {}).items()}
-    keep_vectors(db, embedder, fresh)
+    keep_vectors(db, ids.vectors, fresh)
     if embedded.get("reference_vectors"):
-        store_vectors(db, embedder, embedded["reference_vectors"])
+        store_vectors(db, ids.references, embedded["reference_vectors"])
     bundle = read_bundle([row["file_path"]])
-    vectors = known_vectors(db, embedder, [item.image.sha256 for item in bundle.items])
+    vectors = known_vectors(db, ids.vectors, [item.image.sha256 for item in bundle.items])
     unreadable = [item for item in bundle.items if item.image.sha256 not in vectors]
     for item in unreadable:  # the worker could not decode it: refused alone, as intake would
         bundle.refused.append({"name": item.name, "code": "image_corrupt", "message": "the probe worker could not "
                                "decode it"})
     bundle.items = [item for item in bundle.items if item.image.sha256 in vectors]
-    thresholds = load_image_thresholds(settings.calibration_file, embedder)
+    thresholds = load_image_thresholds(settings.calibration_file, ids.vectors)
     matrix = (np.stack([vectors[item.image.sha256] for item in bundle.items]) if bundle.items
               else np.zeros((0, 1), np.float32))
-    screened = judge_bundle(bundle, matrix, db, embedder, thresholds)
+    screened = judge_bundle(bundle, matrix, db, ids.references, thresholds)
     title = row["title"] or row["filename"] or set_id
     write_image_evidence(screened, evidence_dir(settings, set_id), title)
     answer = screened.to_dict()
@@ -125,7 +124,8 @@ def conclude_set(set_id: str, embedded: dict) -> str:
         db["set_images"].insert_all([
             {"set_id": set_id, "position": n, "name": image["name"], "sha256": image["sha256"],
              "character_id": match.get("character"), "score": match.get("score"),
-             "strong": int(match.get("strong", False)), "reference": match.get("reference")}
+             "strong": int(match.get("strong", False)), "reference": match.get("reference"),
+             "region": json.dumps(match["region"]) if match.get("region") else None}
             for n, image in enumerate(answer["images"]) for match in [image["matched"] or {}]])
     _finish(db, set_id, {"state": "decided", "verdict": answer["verdict"],
                          "review_status": "quarantined" if answer["verdict"] == "quarantine" else None,

@@ -1,5 +1,9 @@
-"""Screening a set of images end to end, given an embed function: read, embed in batches, match, judge.
-The caller brings the embedder (a probe worker's, or the CLI's own), so nothing here imports torch."""
+"""Screening a set of images end to end, given an image embedder: read, embed in batches, match, judge.
+The caller brings the embedder (a probe worker's, or the CLI's own), so nothing here imports torch.
+
+Images are screened with the image embedder (settings.image_embedder), each as its views (probes/views.py);
+two identities follow: the references' vectors are the embedder's, the screened images' vectors and the image
+thresholds are the embedder's with the views (`ImageIds`)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from sqlite_utils import Database
@@ -17,6 +22,8 @@ from gate.errors import GateError
 from gate.images.bundle import Bundle
 from gate.images.screening import ImageThresholds, SetVerdict, judge_set
 from gate.registry.characters import embed_missing, list_characters, load_references
+from probes.contract import embedder_id
+from probes.views import view_boxes, views_id
 
 Embed = Callable[[list[np.ndarray]], np.ndarray]
 BATCH = 64  # images embedded at once: the embedder's batch, and what a worker holds decoded at a time
@@ -26,17 +33,41 @@ class ImageCalibrationMissing(GateError):
     code = "calibration_missing"
 
 
-def load_image_thresholds(path: Path, embedder_id: str) -> ImageThresholds:
-    """The image thresholds in a calibration file (its `images` section), which must be for this embedder."""
+@dataclass(frozen=True)
+class ImageIds:
+    references: str  # the image embedder's: registered references' vectors
+    vectors: str  # the embedder's with its views: screened images' vectors, and the image thresholds
+
+
+def image_ids(settings) -> ImageIds:
+    reference = embedder_id(settings.image_embedder)
+    return ImageIds(reference, views_id(reference))
+
+
+class ImageSide(Protocol):
+    """What screening needs of an image embedder (probes.embed.ImageScreeningEmbedder, or gate.engines' lazy
+    one): references embedded whole, images as their views, and the two identities."""
+
+    reference_id: str
+    vectors_id: str
+
+    def references(self, images: list[np.ndarray]) -> np.ndarray: ...
+
+    def images(self, images: list[np.ndarray]) -> np.ndarray: ...
+
+
+def load_image_thresholds(path: Path, vectors_id: str) -> ImageThresholds:
+    """The image thresholds in a calibration file (its `images` section), which must be for these image vectors
+    (`ImageIds.vectors`)."""
     try:
         section = json.loads(path.read_text())["images"]
         thresholds = ImageThresholds.from_dict(section["thresholds"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ImageCalibrationMissing(f"no image thresholds in {path} ({exc}); run `gate calibrate --images`") \
             from None
-    if section.get("embedder") != embedder_id:
+    if section.get("embedder") != vectors_id:
         raise ImageCalibrationMissing(f"{path}'s image thresholds are for embedder {section.get('embedder')}, "
-                                      f"not {embedder_id}; run `gate calibrate --images`", "calibration_stale")
+                                      f"not {vectors_id}; run `gate calibrate --images`", "calibration_stale")
     return thresholds
 
 
@@ -45,6 +76,12 @@ def embed_images(bundle: Bundle, embed: Embed) -> np.ndarray:
     vectors = [embed([item.image.rgb() for item in bundle.items[start:start + BATCH]])
                for start in range(0, len(bundle.items), BATCH)]
     return np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+
+
+def matched_region(view: int, width: int, height: int) -> list[int] | None:
+    """The part of an image that matched, as [left, top, right, bottom] pixels; None for the whole image."""
+    boxes = view_boxes(width, height)
+    return list(boxes[view]) if 0 < view < len(boxes) else None
 
 
 @dataclass
@@ -63,7 +100,8 @@ class Screened:
             if (m := by_index.get(i)) is not None:
                 entry["matched"] = {"character": m.character_id, "name": self.names.get(m.character_id),
                                     "score": round(m.score, 4), "strong": m.strong,
-                                    "reference": Path(self.reference_paths[m.reference]).name}
+                                    "reference": Path(self.reference_paths[m.reference]).name,
+                                    "region": matched_region(m.view, item.image.width, item.image.height)}
             images.append(entry)
         return {"verdict": self.verdict.verdict, "reasons": self.verdict.reasons, "images": images,
                 "refused": self.bundle.refused,
@@ -72,21 +110,21 @@ class Screened:
                 "seconds": {k: round(v, 4) for k, v in self.seconds.items()}}
 
 
-def screen_images(bundle: Bundle, embed: Embed, db: Database, embedder_id: str,
-                  thresholds: ImageThresholds) -> Screened:
+def screen_images(bundle: Bundle, side: ImageSide, db: Database, thresholds: ImageThresholds) -> Screened:
     """Judge a set of images against the registry, embedding here (references without vectors first)."""
     started = time.perf_counter()
-    embed_missing(db, embed, embedder_id)
-    vectors = embed_images(bundle, embed)
-    return judge_bundle(bundle, vectors, db, embedder_id, thresholds,
+    embed_missing(db, side.references, side.reference_id)
+    vectors = embed_images(bundle, side.images)
+    return judge_bundle(bundle, vectors, db, side.reference_id, thresholds,
                         {"embed": time.perf_counter() - started})
 
 
-def judge_bundle(bundle: Bundle, vectors: np.ndarray, db: Database, embedder_id: str, thresholds: ImageThresholds,
+def judge_bundle(bundle: Bundle, vectors: np.ndarray, db: Database, reference_id: str, thresholds: ImageThresholds,
                  seconds: dict[str, float] | None = None) -> Screened:
-    """Judge a set whose images are embedded already (`vectors`, in the order of bundle.items)."""
+    """Judge a set whose images are embedded already (`vectors`, in the order of bundle.items) against the
+    references' vectors of `reference_id`."""
     started = time.perf_counter()
-    references = load_references(db, embedder_id)
+    references = load_references(db, reference_id)
     characters = {c.id: c for c in list_characters(db)}
     names = {cid: c.name for cid, c in characters.items()}
     captions = [item.caption for item in bundle.items if item.caption]

@@ -53,6 +53,7 @@ class ImageMatch:
     score: float
     reference: int  # row into References.vectors: the most similar reference
     strong: bool
+    view: int = 0  # which of the image's views (probes/views.py view_boxes) came closest: 0 is the whole image
 
 
 @dataclass
@@ -64,19 +65,27 @@ class SetVerdict:
 
 def nearest(vectors: np.ndarray, references: References) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image: the nearest character (index into references.character_ids), its similarity, and the
-    reference row that gave it."""
+    reference row that gave it. An image's row may hold several views' vectors (probes/views.py): it is as
+    similar to a reference as its most similar view."""
     if not len(vectors) or not len(references.vectors):
         empty = np.zeros(len(vectors))
         return empty.astype(int) - 1, empty, empty.astype(int)
-    similarity = np.asarray(vectors, np.float32) @ references.vectors.T  # both L2-normalised
+    views = np.asarray(vectors, np.float32).reshape(len(vectors), -1, references.vectors.shape[1])
+    similarity = (views @ references.vectors.T).max(axis=1)  # all L2-normalised
     row = similarity.argmax(axis=1)
     return references.owners[row], similarity[np.arange(len(vectors)), row], row
+
+
+def closest_view(vector: np.ndarray, reference: np.ndarray) -> int:
+    """Which of an image's views (its row of stacked view vectors) is most similar to one reference."""
+    return int((np.asarray(vector, np.float32).reshape(-1, len(reference)) @ reference).argmax())
 
 
 def match_images(vectors: np.ndarray, references: References, thresholds: ImageThresholds) -> list[ImageMatch]:
     owner, score, row = nearest(vectors, references)
     matched = [ImageMatch(i, references.character_ids[owner[i]], float(score[i]), int(row[i]),
-                          bool(score[i] >= thresholds.block_score))
+                          bool(score[i] >= thresholds.block_score),
+                          closest_view(vectors[i], references.vectors[row[i]]))
                for i in np.flatnonzero(score >= thresholds.score)]
     return sorted(matched, key=lambda m: -m.score)
 

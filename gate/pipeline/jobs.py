@@ -20,12 +20,12 @@ from gate.config import Settings
 from gate.detection.scanner import Scanner, probe_spec
 from gate.images.previews import preview_reasons, preview_request, previews_of
 from gate.images.record import keep_vectors
-from gate.images.screen import ImageCalibrationMissing, load_image_thresholds
+from gate.images.screen import ImageCalibrationMissing, image_ids, load_image_thresholds
 from gate.pipeline.outcome import begin_scan, fail, record_decision, refuse
 from gate.queues import CATALOGUE, CATALOGUE_PROBE, INTAKE, PROBE, context, job_id, parse_job_id
 from gate.record.db import writing
 from gate.record.uploads import Stage, UploadState, enter_stage, get_upload, hub_meta
-from gate.registry.characters import missing_references, store_vectors
+from gate.registry.characters import load_references, missing_references, store_vectors
 from gate.runtime import thread_record
 from probes.contract import outcome_from_json
 
@@ -93,7 +93,10 @@ def request_probe(upload: dict, generation: int, lane: tuple[str, str]) -> str:
     request = upload_request(settings, upload, matcher.probe_request(result, hub_meta(upload)["trigger_words"]),
                              reply_to(conclude_queue, "gate.pipeline.jobs.conclude_upload", [upload_id, generation],
                                       job_id(upload_id, generation, "conclude")))
-    request["previews"] = preview_request(db, upload_id, matcher.engine.embedder_id)
+    ids = image_ids(settings)
+    request["previews"] = preview_request(db, upload_id, ids.vectors)
+    if request["previews"]:  # judged against the references as the image embedder sees them
+        request["image_references"] = missing_references(db, ids.references)
     with writing(db):  # the answer must come back for this version (conclude_upload checks it)
         db["uploads"].update(upload_id, {"registry_version": request["registry"]})
     # The stage before the job: a fast probe's conclusion must not be overtaken by it.
@@ -145,17 +148,25 @@ def conclude_upload(upload_id: str, generation: int, probed: dict) -> str:
 
 def attach_previews(settings: Settings, db, matcher: Scanner, result, upload_id: str, probed: dict) -> None:
     """Keep the previews' vectors the probe worker computed, and judge the previews into the result."""
-    embedder = matcher.engine.embedder_id
+    ids = image_ids(settings)
     if probed.get("preview_vectors"):
-        keep_vectors(db, embedder, {digest: np.frombuffer(base64.b64decode(text), np.float32)
-                                    for digest, text in probed["preview_vectors"].items()})
-    try:
-        thresholds = load_image_thresholds(settings.calibration_file, embedder)
-    except ImageCalibrationMissing as exc:
-        if previews_of(db, upload_id):
-            log.warning("upload %s: its previews are not judged (%s)", upload_id, exc.message)
+        if probed.get("image_embedder") != ids.vectors:
+            raise RuntimeError(f"probe worker embedded previews as {probed.get('image_embedder')}, the gate as "
+                               f"{ids.vectors}")
+        keep_vectors(db, ids.vectors, {digest: np.frombuffer(base64.b64decode(text), np.float32)
+                                       for digest, text in probed["preview_vectors"].items()})
+    if probed.get("image_reference_vectors"):
+        store_vectors(db, ids.references, probed["image_reference_vectors"])
+    if not previews_of(db, upload_id):
         return
-    result.preview_reasons = preview_reasons(db, upload_id, embedder, matcher.references, thresholds,
+    try:
+        thresholds = load_image_thresholds(settings.calibration_file, ids.vectors)
+    except ImageCalibrationMissing as exc:
+        log.warning("upload %s: its previews are not judged (%s)", upload_id, exc.message)
+        return
+    references = (matcher.references if ids.references == matcher.engine.embedder_id
+                  else load_references(db, ids.references))
+    result.preview_reasons = preview_reasons(db, upload_id, ids.vectors, references, thresholds,
                                              matcher.policies())
     shows = {name: reason.character_id for reason in result.preview_reasons
              for name in reason.details.get("previews", [])}

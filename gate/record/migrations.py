@@ -372,3 +372,10 @@ def m023_registry_versions(db: Database) -> None:
     # the answer comes back) and what the likelihood probe covered in it: the evidence a decision rests on.
     db["uploads"].add_column("registry_version", str)
     db["uploads"].add_column("likelihood_scope", str)
+
+
+@migrations()
+def m024_matched_regions(db: Database) -> None:
+    # Which part of an image matched ([left, top, right, bottom] as JSON; null for the whole image): images are
+    # matched by their views (probes/views.py), and the hub and the moderators see where the character was.
+    db["set_images"].add_column("region", str)

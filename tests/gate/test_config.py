@@ -112,6 +112,22 @@ def test_the_demo_profile_falls_back_to_the_world(tmp_path):
     settings = load_settings({"profile": "demo", "data_dir": str(tmp_path)})
     assert settings.require_models() == (settings.world_dir / "base", settings.world_dir / "embedder")
     assert settings.calibration_file == settings.world_dir / "calibration.json"
+    assert settings.image_embedder == settings.world_dir / "image_embedder"
+
+
+def test_the_image_embedder_is_the_embedder_unless_one_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("GATE_PROFILE", "production")
+    monkeypatch.setenv("GATE_EMBEDDER_DIR", str(tmp_path / "clip"))
+    assert load_settings().image_embedder == tmp_path / "clip"
+    monkeypatch.setenv("GATE_IMAGE_EMBEDDER_DIR", str(tmp_path / "dinov2"))
+    assert load_settings().image_embedder == tmp_path / "dinov2"
+    monkeypatch.delenv("GATE_EMBEDDER_DIR")
+    monkeypatch.delenv("GATE_IMAGE_EMBEDDER_DIR")
+    with pytest.raises(ConfigError, match="GATE_EMBEDDER_DIR is not set"):  # never the world's, in production
+        _ = load_settings().image_embedder
+    # The demo with its own embedder named screens images with it, not with the world's image embedder.
+    demo = load_settings({"profile": "demo", "embedder_dir": str(tmp_path / "clip")})
+    assert demo.image_embedder == tmp_path / "clip"
 
 
 @pytest.mark.parametrize("profile,seeded", [("production", False), ("demo", True)])

@@ -68,3 +68,19 @@ def test_calibrate_images_adds_its_section_and_keeps_the_lora_thresholds(tmp_pat
     fitted = after["images"]["thresholds"]
     assert 0 < fitted["score"] < fitted["block_score"] <= 1 and fitted["provenance"]["negatives"] >= 400
     assert fitted["score"] == before["images"]["thresholds"]["score"]  # the world's file is what this fits
+
+
+def test_a_character_small_in_a_corner_of_a_bigger_picture_is_found_and_shown_where_it_is(tmp_path):
+    from PIL import Image
+
+    scene = Image.open(_held_back("generic")[0]).convert("RGB").resize((64, 64), Image.Resampling.BICUBIC)
+    scene.paste(Image.open(REPO / "fixtures" / "world" / "characters" / "ultraman" / "ref_00.png").convert("RGB"),
+                (0, 32))  # the rights holder's own art, a quarter of the picture, bottom left
+    scene.save(tmp_path / "gallery.png")
+    done = run_gate("screen-images", str(tmp_path / "gallery.png"), "--json", "--evidence", str(tmp_path / "ev"),
+                    env={"GATE_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    [image] = json.loads(done.stdout)["images"]
+    assert image["matched"]["character"] == "ultraman" and image["matched"]["strong"]
+    assert image["matched"]["region"] == [0, 32, 32, 64]  # the crop that holds it, as the evidence outlines it
+    assert "in the outlined part" in (tmp_path / "ev" / "index.html").read_text()

@@ -80,3 +80,11 @@ def test_calibration_sets_the_score_at_the_negatives_quantile_and_strong_above_a
     assert fitted.false_rate == pytest.approx(0.01, abs=0.003)
     with pytest.raises(ValueError):
         fit_image_thresholds(negatives[:10], REFS, ["too few"])
+
+
+def test_an_image_matches_by_its_most_similar_view():
+    # Two views an image: its whole (generic) and a crop that shows Doraemon; rows hold the views stacked.
+    whole, crop = _images((2, 1.0), (1, 0.97))
+    judged = judge_set(np.concatenate([whole, crop])[None, :], REFS, TH, POLICIES, NAMES)
+    assert [(m.character_id, round(m.score, 2), m.view) for m in judged.matches] == [("doraemon", 0.97, 1)]
+    assert judge_set(np.concatenate([whole, whole])[None, :], REFS, TH, POLICIES, NAMES).matches == []

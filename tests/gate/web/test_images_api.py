@@ -64,6 +64,10 @@ def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(
     [reason] = [r for r in answer["reasons"] if r["kind"] == "image_match"]
     assert reason["character"] == "ultraman"
     assert {m["name"] for m in answer["matches"] if m["character"] == "ultraman"} <= {d.name for d in drawings}
+    # Where in each image it matched: the whole (null) or one of its crops, inside the 32 px drawing.
+    regions = [m["region"] for m in answer["matches"]]
+    assert all(r is None or (0 <= r[0] < r[2] <= 32 and 0 <= r[1] < r[3] <= 32) for r in regions), regions
+    assert any(r is not None for r in regions)  # some drawings are found by a crop (a small figure, a portrait)
     page = urllib.request.urlopen(answer["evidence_url"]).read().decode()
     assert "Ultraman" in page and "image_00000.png" in page
     assert json.loads(urllib.request.urlopen(answer["status_url"]).read())["verdict"] == answer["verdict"]

@@ -1,0 +1,47 @@
+"""The views an image is matched by: the whole image and overlapping crops, so that a character drawn small in
+a corner of a scene or gallery picture is seen at the size its references show it. Torch-free: the gate names
+the scheme in the vectors' identity, and a probe worker cuts the views.
+
+An image's vector is its views' vectors stacked (VIEW_COUNT x d, whole image first); it matches a character by
+its best view. References are embedded whole: they show the character framed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+VIEWS = "views-v1"  # part of the vectors' identity: another scheme is another embedding
+CROPS = (0.5, 0.75)  # crop sides, as a share of the image's shorter side
+GRID = 3  # crop positions along each axis: the edges and the middle
+VIEW_COUNT = 1 + len(CROPS) * GRID * GRID
+
+
+def view_boxes(width: int, height: int, crops: tuple[float, ...] = CROPS,
+               grid: int = GRID) -> list[tuple[int, int, int, int]]:
+    """Each view's (left, top, right, bottom) in an image of this size, the whole image first (other `crops`
+    and `grid` are for benchmarks.image_screening's comparison; the gate uses VIEWS' own)."""
+    side = min(height, width)
+    boxes = [(0, 0, width, height)]
+    for share in crops:
+        size = max(1, round(side * share))
+        for top in np.linspace(0, height - size, grid).round().astype(int):
+            for left in np.linspace(0, width - size, grid).round().astype(int):
+                boxes.append((int(left), int(top), int(left) + size, int(top) + size))
+    return boxes
+
+
+def image_views(image: np.ndarray, crops: tuple[float, ...] = CROPS, grid: int = GRID) -> list[np.ndarray]:
+    """The whole image, then each crop resized to the shorter side (the embedder's processor resizes either
+    way; at that size a crop keeps the detail the whole image had)."""
+    height, width = image.shape[:2]
+    side = min(height, width)
+    whole = Image.fromarray(image)
+    return [image] + [np.asarray(whole.crop(box).resize((side, side), Image.Resampling.BICUBIC))
+                      for box in view_boxes(width, height, crops, grid)[1:]]
+
+
+def views_id(reference_id: str) -> str:
+    """The identity of image vectors made of VIEWS with the embedder whose reference vectors are
+    `reference_id`: thresholds and stored vectors are for one such pair."""
+    return f"{reference_id}+{VIEWS}"

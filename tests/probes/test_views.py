@@ -1,0 +1,62 @@
+"""An image's views: the whole image first, then crops at two sizes on a 3 x 3 grid, each back at full size."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probes.views import VIEW_COUNT, image_views, view_boxes, views_id
+
+
+def test_the_whole_image_comes_first_and_every_view_is_full_size():
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    views = image_views(image)
+    assert len(views) == VIEW_COUNT == 19
+    assert np.array_equal(views[0], image)
+    assert {v.shape for v in views[1:]} == {(48, 48, 3)}  # crops are squares of the shorter side
+
+
+def test_a_figure_small_in_a_corner_fills_one_of_the_crops():
+    image = np.full((64, 64, 3), 255, np.uint8)
+    image[40:64, 0:24] = (200, 0, 0)  # a red figure, 24 px, in the bottom-left corner
+    red = [float((v[..., 1] < 50).mean()) for v in image_views(image)]
+    assert red[0] < 0.15  # in the whole image it is a small part
+    assert max(red) > 0.5  # the bottom-left half-size crop is mostly the figure
+    assert int(np.argmax(red)) == 1 + 6  # CROPS[0], GRID row 2 (bottom), column 0 (left)
+    assert view_boxes(64, 64)[7] == (0, 32, 32, 64)  # the box a match in that view is shown with
+
+
+def test_each_view_is_its_box_of_the_image():
+    from PIL import Image
+
+    coarse = np.random.default_rng(1).integers(0, 256, (5, 5, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((40, 40), Image.Resampling.BILINEAR))  # smooth: resamples well
+    boxes = view_boxes(40, 40)
+    assert boxes[0] == (0, 0, 40, 40) and len(boxes) == VIEW_COUNT
+    views = image_views(image)
+    for n in range(13, VIEW_COUNT):  # the 3/4 crops, 30 px, back at 40
+        assert boxes[n][2] - boxes[n][0] == boxes[n][3] - boxes[n][1] == 30
+        small = np.asarray(Image.fromarray(views[n]).resize((30, 30), Image.Resampling.BILINEAR)).astype(float)
+        error = [np.abs(small - image[top:bottom, left:right]).mean() for left, top, right, bottom in boxes[13:]]
+        assert int(np.argmin(error)) == n - 13 and error[n - 13] < 10  # its own box, and no other
+
+
+def test_the_views_are_part_of_the_vectors_identity():
+    assert views_id("clip@abc") == "clip@abc+views-v1" != views_id("clip@abd")
+
+
+def test_the_image_embedder_stacks_each_images_views_whole_first():
+    from PIL import Image
+
+    from gate.config import load_settings
+    from probes.embed import ImageScreeningEmbedder
+
+    settings = load_settings()
+    side = ImageScreeningEmbedder(settings.image_embedder)
+    reference = np.asarray(Image.open(settings.world_dir / "characters" / "ultraman" / "ref_00.png").convert("RGB"))
+    whole = side.references([reference])
+    rows = side.images([reference, reference[::-1]])
+    assert rows.shape == (2, VIEW_COUNT * whole.shape[1])
+    assert np.allclose(rows[0, : whole.shape[1]], whole[0], atol=1e-5)  # the first view is the whole image
+    views = rows[0].reshape(VIEW_COUNT, -1)
+    assert np.allclose(np.linalg.norm(views, axis=1), 1, atol=1e-4)  # each view normalised on its own
+    assert side.vectors_id == views_id(side.reference_id)
