@@ -1,6 +1,9 @@
 """Screening images on the fixture world's held-back drawings (never tuned on): per image and per training set,
-with the image calibration against a baseline in the same run (the LoRA renders' threshold reused for images),
 and the embedding throughput batched against one image at a time.
+
+Four ways of embedding, each calibrated in this run the way `gate calibrate --images` does (on the tuning split's
+negatives), so they compare on equal terms. The baseline is how images were screened until 2026-12-07: the
+render embedder, each image whole. The shipped way is the image embedder with each image's views.
 
     GATE_PROFILE=demo python -m benchmarks.image_screening [--trials 500] [--throughput 256]
 """
@@ -15,16 +18,16 @@ import numpy as np
 
 from fixtures import image_truth
 from gate.config import load_settings
-from gate.detection.scanner import load_thresholds
-from gate.engines import lazy_embedder
+from gate.engines import LazyImageEmbedder, lazy_embedder
 from gate.images.bundle import read_bundle
+from gate.images.calibration import fit_image_thresholds, world_negatives
 from gate.images.screen import embed_images, load_image_thresholds
 from gate.images.screening import ImageThresholds, judge_set, nearest
 from gate.record.db import open_db
 from gate.registry.characters import embed_missing, list_characters, load_references
 from gate.registry.world import World, seed_registry
 from probes.contract import embedder_id as identify
-from probes.probe_set import load_probe_set
+from probes.views import image_views
 
 
 def _per_image(vectors, labels, references, thresholds: ImageThresholds) -> tuple[float, float, float]:
@@ -60,6 +63,53 @@ def _sets(vectors, labels, references, thresholds, policies, names, trials: int,
     return caught / trials, flagged / trials
 
 
+def _ways(settings, db) -> list[tuple[str, object, object]]:
+    """(label, embed function, references) for each way, the baseline first."""
+    render_embed, render_id = lazy_embedder(settings), identify(settings.embedder)
+    embed_missing(db, render_embed, render_id)
+    side = LazyImageEmbedder(settings)
+    embed_missing(db, side.references, side.reference_id)
+    render_refs, image_refs = load_references(db, render_id), load_references(db, side.reference_id)
+
+    def render_views(images):
+        return render_embed([v for image in images for v in image_views(image)]).reshape(len(images), -1)
+
+    return [("baseline: render embedder, whole image", render_embed, render_refs),
+            ("render embedder, views", render_views, render_refs),
+            ("image embedder, whole image", side.references, image_refs),
+            ("image embedder, views (shipped)", side.images, image_refs)]
+
+
+SCHEMES = (((), 1), ((0.5,), 2), ((0.5,), 3), ((0.6,), 3), ((0.5, 0.75), 2), ((0.5, 0.75), 3))
+
+
+def _views_table(settings, db, held_labels, held) -> None:
+    """Per-image recall by the views an image is cut into (the image embedder), on the tuning split, where the
+    shipped scheme was chosen; the held-back split beside it."""
+    side = LazyImageEmbedder(settings)
+    references = load_references(db, side.reference_id)
+    tuning = image_truth.load(split="tuning")
+    splits = {"tuning": (read_bundle([e["path"] for e in tuning]),
+                         [e["character"] if e["kind"] == "character" else None for e in tuning]),
+              "held back": (held, held_labels)}
+    print("\n| views (image embedder) | count | tuning recall | (held back) | per-image false positives |\n"
+          "| --- | --- | --- | --- | --- |")
+    for crops, grid in SCHEMES:
+        def embed(images, crops=crops, grid=grid):
+            views = [v for image in images for v in image_views(image, crops, grid)]
+            return side.references(views).reshape(len(images), -1)
+
+        vectors = {name: embed_images(bundle, embed) for name, (bundle, _) in splits.items()}
+        tuning_labels = splits["tuning"][1]
+        negatives = vectors["tuning"][[label is None for label in tuning_labels]]
+        thresholds = fit_image_thresholds(negatives, references, ["tuning negatives"])
+        recall = {name: _per_image(vectors[name], labels, references, thresholds)
+                  for name, (_, labels) in splits.items()}
+        label = "the whole image" + "".join(f" + {grid}x{grid} crops of {c}" for c in crops)
+        print(f"| {label} | {1 + len(crops) * grid * grid} | {recall['tuning'][0]:.3f} | "
+              f"({recall['held back'][0]:.3f}) | {recall['held back'][2]:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=500)
@@ -69,50 +119,50 @@ def main() -> None:
     settings = load_settings({"data_dir": tempfile.mkdtemp(prefix="image-bench-")})
     db = open_db(settings.db_path)
     seed_registry(db, World.load(settings.world_dir), settings.references_dir)
-    embed, embedder = lazy_embedder(settings), identify(settings.embedder)
-    embed_missing(db, embed, embedder)
-    references = load_references(db, embedder)
     characters = {c.id: c for c in list_characters(db)}
     policies, names = {k: c.policy for k, c in characters.items()}, {k: c.name for k, c in characters.items()}
 
     entries = image_truth.load(split="held_back")
     bundle = read_bundle([e["path"] for e in entries])
-    assert not bundle.refused, bundle.refused
-    vectors = embed_images(bundle, embed)
+    negatives = read_bundle(world_negatives(settings.world_dir))
+    assert not bundle.refused and not negatives.refused, (bundle.refused, negatives.refused)
     labels = [e["character"] if e["kind"] == "character" else None for e in entries]
-    image = load_image_thresholds(settings.calibration_file, embedder)
-    lora = load_thresholds(settings.calibration_file, load_probe_set(settings.probe_set).id, embedder)
-    # The baseline: the LoRA renders' threshold, read as an image threshold (what reusing it would give).
-    baseline = ImageThresholds(lora.render_score, max(lora.block_score, lora.render_score),
-                               image.false_rate, image.false_positive_target)
+    shipped = load_image_thresholds(settings.calibration_file, LazyImageEmbedder(settings).vectors_id)
 
     print(f"held-back images: {sum(label is not None for label in labels)} drawings of "
           f"{len(set(filter(None, labels)))} registered characters, {labels.count(None)} negatives "
-          f"(generic scenes, unregistered originals)\n")
-    print("| thresholds | per-image recall | strong | per-image false positives | sets caught "
+          f"(generic scenes, unregistered originals); thresholds fitted on {len(negatives.items)} tuning negatives\n")
+    print("| embedding | per-image recall | strong | per-image false positives | sets caught "
           f"({args.set_size} images, 5% one character) | clean sets flagged |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for label, thresholds in (("image calibration", image), ("baseline: the LoRA render threshold", baseline)):
+    ways = _ways(settings, db)
+    for label, embed, references in ways:
+        thresholds = fit_image_thresholds(embed_images(negatives, embed), references, ["tuning negatives"])
+        vectors = embed_images(bundle, embed)
         recall, strong, false = _per_image(vectors, labels, references, thresholds)
         caught, flagged = _sets(vectors, labels, references, thresholds, policies, names, args.trials,
                                 args.set_size, 0.05, np.random.default_rng(0))
         print(f"| {label} (score {thresholds.score:.3f}, strong {thresholds.block_score:.3f}) | {recall:.3f} | "
               f"{strong:.3f} | {false:.3f} | {caught:.3f} | {flagged:.3f} |")
+    print(f"\nThe shipped calibration (fixtures/world/calibration.json): score {shipped.score:.3f}, strong "
+          f"{shipped.block_score:.3f}.")
+    _views_table(settings, db, labels, bundle)
 
     images = [item.image.rgb() for item in (bundle.items * (1 + args.throughput // len(bundle.items)))][
         : args.throughput]
-    embed(images[:8])  # loaded and warm before either is timed
-    mark = time.perf_counter()
-    for one in images:
-        embed([one])
-    single = time.perf_counter() - mark
-    mark = time.perf_counter()
-    for start in range(0, len(images), 64):
-        embed(images[start:start + 64])
-    batched = time.perf_counter() - mark
-    print(f"\n| embedding {len(images)} images | images/s | ratio |\n| --- | --- | --- |")
-    print(f"| baseline: one at a time | {len(images) / single:.0f} | 1.0x |")
-    print(f"| batched, 64 at a time | {len(images) / batched:.0f} | {single / batched:.1f}x |")
+    print(f"\n| embedding {len(images)} images | images/s | ratio to one at a time |\n| --- | --- | --- |")
+    for label, embed, _ in (ways[0], ways[-1]):
+        embed(images[:8])  # loaded and warm before either is timed
+        mark = time.perf_counter()
+        for one in images:
+            embed([one])
+        single = time.perf_counter() - mark
+        mark = time.perf_counter()
+        for start in range(0, len(images), 64):
+            embed(images[start:start + 64])
+        batched = time.perf_counter() - mark
+        print(f"| {label}: one at a time | {len(images) / single:.0f} | 1.0x |")
+        print(f"| {label}: batched, 64 at a time | {len(images) / batched:.0f} | {single / batched:.1f}x |")
 
 
 if __name__ == "__main__":
