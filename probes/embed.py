@@ -57,8 +57,8 @@ class ImageScreeningEmbedder:
     """The image embedder as image screening uses it: references embedded whole, a screened image as its views
     (probes/views.py), each image's view vectors stacked into one row."""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None):
-        self.embedder = ImageEmbedder(model_dir, device)
+    def __init__(self, model_dir: str | Path, device: str | None = None, loaded: ImageEmbedder | None = None):
+        self.embedder = loaded or ImageEmbedder(model_dir, device)  # `loaded`: the same model, already resident
         self.reference_id = embedder_id(model_dir)
         self.vectors_id = views_id(self.reference_id)
 

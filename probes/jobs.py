@@ -54,7 +54,7 @@ class ProbeRequestError(Exception):
 
 def engine(settings: Settings):
     """The resident probe engine: the base pipeline and embedder, loaded once per process."""
-    key = f"{settings.base_model}|{settings.embedder}|{settings.probe_set}|{settings.device}"
+    key = _engine_key(settings)
     with _lock:
         if key not in _engines:
             from probes.engine import ProbeEngine
@@ -66,8 +66,13 @@ def engine(settings: Settings):
         return _engines[key]
 
 
+def _engine_key(settings: Settings) -> str:
+    return f"{settings.base_model}|{settings.embedder}|{settings.probe_set}|{settings.device}"
+
+
 def image_engine(settings: Settings):
-    """The resident image embedder that screens images (sets, previews): loaded once per process, on first use."""
+    """The resident image embedder that screens images (sets, previews): loaded once per process, on first use;
+    the probe engine's own when it is the same model and loaded already (one copy of a CLIP on the GPU)."""
     key = f"image|{settings.image_embedder}|{settings.device}"
     with _lock:
         if key not in _engines:
@@ -75,8 +80,11 @@ def image_engine(settings: Settings):
             from probes.quiet import quiet_libraries
 
             quiet_libraries()
+            render = _engines.get(_engine_key(settings))
+            same = render is not None and Path(settings.image_embedder) == Path(settings.embedder)
             log.info("loading image embedder %s", settings.image_embedder)
-            _engines[key] = ImageScreeningEmbedder(settings.image_embedder, settings.device or None)
+            _engines[key] = ImageScreeningEmbedder(settings.image_embedder, settings.device or None,
+                                                   render.embedder if same else None)
         return _engines[key]
 
 

@@ -95,7 +95,7 @@ def request_probe(upload: dict, generation: int, lane: tuple[str, str]) -> str:
                                       job_id(upload_id, generation, "conclude")))
     ids = image_ids(settings)
     request["previews"] = preview_request(db, upload_id, ids.vectors)
-    if request["previews"]:  # judged against the references as the image embedder sees them
+    if previews_of(db, upload_id):  # judged against every reference as the image embedder sees it
         request["image_references"] = missing_references(db, ids.references)
     with writing(db):  # the answer must come back for this version (conclude_upload checks it)
         db["uploads"].update(upload_id, {"registry_version": request["registry"]})

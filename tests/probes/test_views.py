@@ -60,3 +60,18 @@ def test_the_image_embedder_stacks_each_images_views_whole_first():
     views = rows[0].reshape(VIEW_COUNT, -1)
     assert np.allclose(np.linalg.norm(views, axis=1), 1, atol=1e-4)  # each view normalised on its own
     assert side.vectors_id == views_id(side.reference_id)
+
+
+def test_a_worker_screens_images_with_its_probe_engines_embedder_when_they_are_one_model(engine, monkeypatch):
+    from gate.config import load_settings
+    from probes import jobs
+
+    world = load_settings().world_dir
+    same = load_settings({"embedder_dir": str(world / "embedder")})  # no image embedder named: the same model
+    monkeypatch.setattr(jobs, "_engines", {jobs._engine_key(same): engine})
+    assert jobs.image_engine(same).embedder is engine.embedder  # one copy resident, not two
+    other = load_settings({"embedder_dir": str(world / "embedder"),
+                           "image_embedder_dir": str(world / "image_embedder")})
+    monkeypatch.setattr(jobs, "_engines", {jobs._engine_key(other): engine})
+    assert jobs.image_engine(other).embedder is not engine.embedder
+    assert jobs.image_engine(other).reference_id.startswith("image_embedder@")
