@@ -53,6 +53,9 @@ class ImageEmbedder:
         return output.last_hidden_state[:, 0]
 
 
+IMAGES_AT_ONCE = 4  # 76 views: one batch of the embedder's, with room
+
+
 class ImageScreeningEmbedder:
     """The image embedder as image screening uses it: references embedded whole, a screened image as its views
     (probes/views.py), each image's view vectors stacked into one row."""
@@ -66,8 +69,13 @@ class ImageScreeningEmbedder:
         return self.embedder.embed(images)
 
     def images(self, images) -> np.ndarray:
-        """(n, VIEW_COUNT * d): every view of every image, embedded in the embedder's batches."""
+        """(n, VIEW_COUNT * d): every view of every image, IMAGES_AT_ONCE images' views embedded at a time (their
+        views are a batch already; more would only hold more pixels)."""
         if not len(images):
             return np.zeros((0, 0), np.float32)
-        views = [view for image in images for view in image_views(image)]
-        return self.embedder.embed(views).reshape(len(images), -1)
+        rows = []
+        for start in range(0, len(images), IMAGES_AT_ONCE):
+            chunk = images[start:start + IMAGES_AT_ONCE]
+            views = [view for image in chunk for view in image_views(image)]
+            rows.append(self.embedder.embed(views).reshape(len(chunk), -1))
+        return np.concatenate(rows)

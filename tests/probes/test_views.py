@@ -75,3 +75,13 @@ def test_a_worker_screens_images_with_its_probe_engines_embedder_when_they_are_o
     monkeypatch.setattr(jobs, "_engines", {jobs._engine_key(other): engine})
     assert jobs.image_engine(other).embedder is not engine.embedder
     assert jobs.image_engine(other).reference_id.startswith("image_embedder@")
+
+
+def test_a_big_images_crops_are_bounded_and_its_whole_is_left_as_it_is():
+    from probes.views import MAX_VIEW_SIDE
+
+    image = np.zeros((2000, 3000, 3), np.uint8)
+    views = image_views(image)
+    assert views[0] is image
+    assert {v.shape for v in views[1:]} == {(MAX_VIEW_SIDE, MAX_VIEW_SIDE, 3)}
+    assert sum(v.nbytes for v in views[1:]) < 12 * 2**20  # not 18 crops of 2000 x 2000
