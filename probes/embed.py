@@ -10,7 +10,7 @@ import torch
 
 from probes.contract import embedder_id
 from probes.render import pick_device
-from probes.views import image_views, views_id
+from probes.views import VIEW_COUNT, image_views, views_id
 
 
 class ImageEmbedder:
@@ -53,7 +53,7 @@ class ImageEmbedder:
         return output.last_hidden_state[:, 0]
 
 
-IMAGES_AT_ONCE = 4  # 76 views: one batch of the embedder's, with room
+VIEW_BYTES = 64 * 2**20  # the views held before they are embedded: 64 fixture images' 1,216, or 5 big ones'
 
 
 class ImageScreeningEmbedder:
@@ -69,13 +69,15 @@ class ImageScreeningEmbedder:
         return self.embedder.embed(images)
 
     def images(self, images) -> np.ndarray:
-        """(n, VIEW_COUNT * d): every view of every image, IMAGES_AT_ONCE images' views embedded at a time (their
-        views are a batch already; more would only hold more pixels)."""
+        """(n, VIEW_COUNT * d): every view of every image, embedded as views pile up to VIEW_BYTES (many small
+        images' views at once, a few big ones')."""
         if not len(images):
             return np.zeros((0, 0), np.float32)
-        rows = []
-        for start in range(0, len(images), IMAGES_AT_ONCE):
-            chunk = images[start:start + IMAGES_AT_ONCE]
-            views = [view for image in chunk for view in image_views(image)]
-            rows.append(self.embedder.embed(views).reshape(len(chunk), -1))
+        rows, views, held = [], [], 0
+        for number, image in enumerate(images):
+            views += image_views(image)
+            held += sum(view.nbytes for view in views[-VIEW_COUNT:])
+            if held >= VIEW_BYTES or number == len(images) - 1:
+                rows.append(self.embedder.embed(views).reshape(len(views) // VIEW_COUNT, -1))
+                views, held = [], 0
         return np.concatenate(rows)

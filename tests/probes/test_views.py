@@ -85,3 +85,17 @@ def test_a_big_images_crops_are_bounded_and_its_whole_is_left_as_it_is():
     assert views[0] is image
     assert {v.shape for v in views[1:]} == {(MAX_VIEW_SIDE, MAX_VIEW_SIDE, 3)}
     assert sum(v.nbytes for v in views[1:]) < 12 * 2**20  # not 18 crops of 2000 x 2000
+
+
+def test_views_embedded_in_any_grouping_give_the_same_rows(monkeypatch):
+    from gate.config import load_settings
+    from probes import embed
+    from probes.embed import ImageScreeningEmbedder
+
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)] + \
+        [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)]
+    side = ImageScreeningEmbedder(load_settings().image_embedder)
+    together = side.images(images)
+    monkeypatch.setattr(embed, "VIEW_BYTES", 1)  # every image's views embedded on their own
+    assert np.allclose(side.images(images), together, atol=1e-5) and together.shape[0] == 4
