@@ -96,10 +96,16 @@ class CharacterGain:
     strength: float = 1.0  # the adapter weight it was measured at (the probe set's `strengths`)
 
     @property
+    def variant(self) -> bool:
+        """Measured on a variant of the LoRA (one part alone, or the whole at another strength), not as published:
+        judged by the variants' thresholds."""
+        return bool(self.part) or self.strength != 1.0
+
+    @property
     def of_whole(self) -> float:
         """The whole LoRA's gain on this character as published, at strength 1 (what the residual rule's
         sensitivities were fitted on)."""
-        if (self.part or self.strength != 1.0) and self.whole_gain is not None:
+        if self.variant and self.whole_gain is not None:
             return self.whole_gain
         return self.gain
 

@@ -138,7 +138,7 @@ def outcome_subject(name: str, outcome, references) -> Subject:
     # None where the probe set measures no variants (no parts, no other strengths); {} where it does and none
     # beat the whole as published.
     scope = getattr(outcome, "scope", None) or {}
-    variants = ({g.character_id: g.gain for g in registered if (g.part or g.strength != 1.0) and not g.screened}
+    variants = ({g.character_id: g.gain for g in registered if g.variant and not g.screened}
                 if outcome.likelihood and (scope.get("blocks") or scope.get("strengths")) else None)
     return Subject(name, score(outcome.lora_embeddings, references), score(outcome.base_embeddings, references), gains,
                    profile, variants)

@@ -243,7 +243,7 @@ def judged_by(gain, thresholds: Thresholds) -> tuple[float, float, float | None,
     both were measured, whichever clears its own more. `own`: the value judged is this measurement's (on its
     part, at its strength), not the whole's beside it."""
     whole = (gain.of_whole, thresholds.likelihood_quarantine, thresholds.likelihood_block, False)
-    if not (gain.part or gain.strength != 1.0) or thresholds.likelihood_variant_quarantine is None:
+    if not gain.variant or thresholds.likelihood_variant_quarantine is None:
         return whole
     variant = (gain.gain, thresholds.likelihood_variant_quarantine, thresholds.likelihood_variant_block, True)
     return max(whole, variant, key=lambda row: row[0] - row[1])
