@@ -161,6 +161,9 @@ def main() -> None:
     for case, scanned in results:
         row = {key: case[key] for key in ("name", "set", "kind", "character")}
         row["seconds"] = {name: round(seconds, 2) for name, (_, seconds) in scanned.items()}
+        measured = scanned[GATE][0].outcome.likelihood if scanned[GATE][0].outcome else []
+        row["whole_gains"] = {g.character_id: g.of_whole for g in measured}  # for judging other rules from the JSON
+        row["screened"] = [g.character_id for g in measured if g.screened]
         for label, (probe_set, thresholds) in judgements.items():
             result = scanners[probe_set].conclude(scanned[probe_set][0], thresholds(case))
             reasons = result.decision.reasons

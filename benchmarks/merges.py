@@ -101,6 +101,10 @@ def main() -> None:
                      "with_parts": judged["parts"][0],
                      "residual": residual, "probed": bool(result.outcome and result.outcome.likelihood),
                      "gains": {g.character_id: g.gain for g in (result.outcome.likelihood if result.outcome else [])},
+                     "whole_gains": {g.character_id: g.of_whole
+                                     for g in (result.outcome.likelihood if result.outcome else [])},
+                     "screened": [g.character_id for g in (result.outcome.likelihood if result.outcome else [])
+                                  if g.screened],
                      "by_part": [r.character_id for r in result.decision.reasons if r.details.get("part")]})
         print(f"  {time.perf_counter() - started:6.0f} s  {rows[-1]['first']} + {rows[-1]['second']} "
               f"@{case['strength']}: {judged['gate'][0]} (baseline {judged['baseline'][0]})", flush=True)

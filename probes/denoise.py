@@ -123,24 +123,34 @@ class LikelihoodProbe:
         registry larger than it is screened on each character's first references, and only the strongest and
         those the LoRA names are measured on all of theirs (the screen's errors reused); the rest keep their
         screened gains. A recovered trigger is searched apart (`recovered`), at the strength that showed most."""
-        with_lora: dict[tuple[str, str], float] = {}
+        errors: dict[tuple[str, str], float] = {}
+        if not self.screens(references):
+            return self.measured(references, triggers, base_model, errors)
+        screen = self.screened(references, triggers, base_model, errors)
+        kept = {g.character_id for g in screen[: self.spec.shortlist]} | {r.character_id for r in references if r.named}
+        full = self.measured([r for r in references if r.character_id in kept], triggers, base_model, errors)
+        return _strongest(full + [g for g in screen if g.character_id not in kept])
 
-        def measure(subset: Sequence[ReferenceSet]) -> list[CharacterGain]:
-            lora = self._measure(subset, triggers, with_lora)
-            with base_model():
-                base = self.base_errors(subset, triggers)
-            return [self._gain(reference, triggers, lora, base) for reference in subset if reference.paths]
+    def screens(self, references: Sequence[ReferenceSet]) -> bool:
+        """Whether a registry this large is screened before the shortlist is measured in full."""
+        return 0 < self.spec.shortlist < len(references)
 
-        def strongest(gains: list[CharacterGain]) -> list[CharacterGain]:
-            return sorted(gains, key=lambda g: -g.gain)
+    def screened(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
+                 base_model: Callable[[], AbstractContextManager], errors: dict) -> list[CharacterGain]:
+        """Every character on its first `screen_references`, marked screened, strongest first; the LoRA's errors
+        go into `errors`, where a later full measurement of the same LoRA (as it stands then) reuses them."""
+        first = [r.first(self.spec.screen_references) for r in references]
+        return [replace(g, screened=True) for g in self.measured(first, triggers, base_model, errors)]
 
-        shortlist = self.spec.shortlist
-        if not shortlist or len(references) <= shortlist:
-            return strongest(measure(references))
-        screen = strongest(measure([r.first(self.spec.screen_references) for r in references]))
-        kept = {g.character_id for g in screen[:shortlist]} | {r.character_id for r in references if r.named}
-        full = measure([r for r in references if r.character_id in kept])
-        return strongest(full + [replace(g, screened=True) for g in screen if g.character_id not in kept])
+    def measured(self, references: Sequence[ReferenceSet], triggers: Sequence[str],
+                 base_model: Callable[[], AbstractContextManager], errors: dict) -> list[CharacterGain]:
+        """Each character on its references (up to the spec's `references`), strongest first; the LoRA's errors
+        are read from and added to `errors`."""
+        lora = self._measure(references, triggers, errors)
+        with base_model():
+            base = self.base_errors(references, triggers)
+        return _strongest([self._gain(reference, triggers, lora, base) for reference in references
+                           if reference.paths])
 
     def recovered(self, gains: list[CharacterGain], references: Sequence[ReferenceSet],
                   base_model: Callable[[], AbstractContextManager]) -> list[CharacterGain]:
@@ -174,3 +184,7 @@ class LikelihoodProbe:
             if best is None or mean > best.gain:
                 best = CharacterGain(reference.character_id, round(mean, 5), prompt, per_reference)
         return best
+
+
+def _strongest(gains: list[CharacterGain]) -> list[CharacterGain]:
+    return sorted(gains, key=lambda g: -g.gain)

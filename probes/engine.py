@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -98,39 +99,79 @@ class ProbeEngine:
             return self._gains(adapter, readable, triggers)
 
     def _gains(self, adapter: str, references: list[ReferenceSet], triggers: list[str]) -> list[CharacterGain]:
-        """The likelihood probe on the applied LoRA: the whole; where the probe set asks, the whole at other
-        strengths, and each group of its rank components alone (a merge's parts, probes/blocks.py); and where it
+        """The likelihood probe on the applied LoRA: the whole; where the probe set asks, its variants (the whole at
+        other strengths, each group of its rank components alone: a merge's parts, probes/blocks.py); and where it
         adapts the text encoder, a recovered trigger at the strength that showed most. Per character, the
         strongest."""
         spec, base_model = self.likelihood.spec, self.renderer.without_lora
         measured = [self.likelihood.gains(references, triggers, base_model)]
-        for strength in spec.strengths:
-            with self.renderer.at_strength(adapter, strength):
-                measured.append([replace(g, strength=strength) for g in self.likelihood.gains(
-                    references, triggers, base_model)])
+        variants = [(partial(self.renderer.at_strength, adapter, strength), {"strength": strength})
+                    for strength in spec.strengths]
+        groups = rank_blocks(self.renderer.pipe, adapter) if spec.blocks else []
+        variants += [(partial(only, self.renderer.pipe, adapter, components),
+                      {"part": f"part {number} of {len(groups)}: rank components {_spans(components)}"})
+                     for number, components in enumerate(groups, 1)]
+        variant_gains, variants_strongest = self._variant_gains(variants, references, triggers)
+        measured += variant_gains
         if self.renderer.adapts_text_encoder(adapter):
             # The trigger is searched at the strength that showed most (a copy published at another weight hides
             # it at 1), once: on a tie, as published.
-            shown = [max((g.gain for g in gains if not g.screened), default=float("-inf")) for gains in measured]
+            shown = [max((g.gain for g in gains if not g.screened), default=float("-inf"))
+                     for gains in measured[: 1 + len(spec.strengths)]]
             best = shown.index(max(shown))
             with self.renderer.at_strength(adapter, (1.0, *spec.strengths)[best]):
                 measured[best] = self.likelihood.recovered(measured[best], references, base_model)
-        groups = rank_blocks(self.renderer.pipe, adapter) if spec.blocks else []
-        for number, components in enumerate(groups, 1):
-            with only(self.renderer.pipe, adapter, components):
-                part = f"part {number} of {len(groups)}: rank components {_spans(components)}"
-                measured.append([replace(g, part=part)
-                                 for g in self.likelihood.gains(references, triggers, base_model)])
-        # A character the whole screened (on its first references) but a part or a strength measured in full is
-        # measured in full as a whole too: the whole's gain beside it is what the whole's thresholds and the
-        # residual rule read, and a screened one rests on fewer references than their calibration.
+        # A character the whole screened (on its first references) but a variant measured in full, or screened
+        # among its strongest, is measured in full as a whole too: the whole's gain beside it is what the whole's
+        # thresholds and the residual rule read, and a screened one rests on fewer references than their
+        # calibration (the residual rule's fit is only as steady as the gains it is fitted to).
         if len(measured) > 1:
-            full = {g.character_id for g in strongest_of(measured) if not g.screened}
+            full = {g.character_id for g in strongest_of(measured) if not g.screened} | variants_strongest
             again = {g.character_id for g in measured[0] if g.screened and g.character_id in full}
             if again:
                 measured[0] = [g for g in measured[0] if g.character_id not in again] + self.likelihood.gains(
                     [r for r in references if r.character_id in again], triggers, base_model)
         return strongest_of(measured)
+
+    def _variant_gains(self, variants: list[tuple[Callable, dict]], references: list[ReferenceSet],
+                       triggers: list[str]) -> tuple[list[list[CharacterGain]], set[str]]:
+        """Each variant's gains (`variants`: a context that makes it, and the fields that label its gains), and
+        the characters any variant screened among its strongest. A registry the probe screens is screened under
+        every variant, and one shortlist is drawn over them all: the characters with the strongest screened gains
+        under any variant, and those the LoRA names, each measured in full under the variant that screened it
+        strongest. Only the strongest gain of all is read, so a shortlist per variant would measure in full what
+        can only lose to another variant (the whole, measured apart, keeps a shortlist of its own)."""
+        probe, base_model = self.likelihood, self.renderer.without_lora
+        if not probe.screens(references):
+            measurements = []
+            for enter, fields in variants:
+                with enter():
+                    measurements.append(_labelled(probe.measured(references, triggers, base_model, {}), fields))
+            return measurements, set()
+        errors: list[dict] = [{} for _ in variants]
+        screens = []
+        for (enter, _), kept in zip(variants, errors, strict=True):
+            with enter():
+                screens.append(probe.screened(references, triggers, base_model, kept))
+        strongest_in: dict[str, tuple[float, int]] = {}  # character: its strongest screened gain, under which variant
+        for index, screen in enumerate(screens):
+            for gain in screen:
+                if gain.character_id not in strongest_in or gain.gain > strongest_in[gain.character_id][0]:
+                    strongest_in[gain.character_id] = (gain.gain, index)
+        count = probe.spec.shortlist
+        shortlisted = set(sorted(strongest_in, key=lambda cid: -strongest_in[cid][0])[:count])
+        shortlisted |= {r.character_id for r in references if r.named}
+        measurements = []
+        for index, ((enter, fields), screen) in enumerate(zip(variants, screens, strict=True)):
+            chosen = [r for r in references
+                      if r.character_id in shortlisted and strongest_in[r.character_id][1] == index]
+            full = []
+            if chosen:
+                with enter():
+                    full = probe.measured(chosen, triggers, base_model, errors[index])
+            done = {g.character_id for g in full}
+            measurements.append(_labelled(full + [g for g in screen if g.character_id not in done], fields))
+        return measurements, {g.character_id for screen in screens for g in screen[:count]}
 
     def probe(self, lora_path: str | Path, *, lora_format: str, family: str, modules: int | None,
               terms: dict[str, list[str]], progress: Progress | None = None,
@@ -185,6 +226,10 @@ class ProbeEngine:
             scope.update(strengths=list(self.likelihood.spec.strengths), blocks=self.likelihood.spec.blocks)
         return ProbeOutcome(self.probe_set.id, probes, lora_images, base_images, lora_vectors, base_vectors, timings,
                             gains, scope)
+
+
+def _labelled(gains: list[CharacterGain], fields: dict) -> list[CharacterGain]:
+    return [replace(g, **fields) for g in gains]
 
 
 def _spans(components) -> str:

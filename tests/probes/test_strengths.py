@@ -5,6 +5,8 @@ back after."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,28 @@ def test_the_weight_is_put_back_after_another_strength(engine, world, references
             doubled = engine.likelihood.gains(references, [], engine.renderer.without_lora)
         after = engine.likelihood.gains(references, [], engine.renderer.without_lora)
     assert after == before and doubled != before
+
+
+def test_one_shortlist_is_drawn_over_the_variants(engine, world, references, tmp_path):
+    # Every variant screens every character; only the strongest screened gains of all, and a character the LoRA
+    # names, are measured in full, each under the variant that screened it strongest.
+    spec = engine.probe_set.likelihood
+    assert 0 < spec.shortlist < len(references)
+    lora = world_lora(world, character="ultraman")
+    halved = write_lora(scaled(read_lora(world.path(lora["path"])), 0.5), tmp_path / "halved.safetensors")
+
+    def full(asked):
+        with engine.renderer.lora(load_file(str(halved))) as adapter:
+            variants = [(partial(engine.renderer.at_strength, adapter, s), {"strength": s}) for s in spec.strengths]
+            measured, _ = engine._variant_gains(variants, asked, [])
+        assert [len(gains) for gains in measured] == [len(references)] * len(variants)
+        assert {len(g.reference_gains) for gains in measured for g in gains if g.screened} == {spec.screen_references}
+        return [(g.character_id, g.strength) for gains in measured for g in gains if not g.screened]
+
+    shortlisted = full(references)
+    assert len(shortlisted) == len({cid for cid, _ in shortlisted}) == spec.shortlist
+    assert ("ultraman", 2.0) in shortlisted  # the strength that undoes the halving showed him strongest
+    named = next(r.character_id for r in references if r.character_id not in dict(shortlisted))
+    again = full([replace(r, named=r.character_id == named) for r in references])
+    assert len([s for cid, s in again if cid == named]) == 1
+    assert [pair for pair in again if pair[0] != named] == shortlisted
