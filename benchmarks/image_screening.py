@@ -1,9 +1,10 @@
 """Screening images on the fixture world's held-back drawings (never tuned on): per image and per training set,
 and the embedding throughput batched against one image at a time.
 
-Four ways of embedding, each calibrated in this run the way `gate calibrate --images` does (on the tuning split's
+Five ways of embedding, each calibrated in this run the way `gate calibrate --images` does (on the tuning split's
 negatives), so they compare on equal terms. The baseline is how images were screened until 2026-12-07: the
-render embedder, each image whole. The shipped way is the image embedder with each image's views.
+render embedder, each image whole. The shipped way is the image embedder, each image's views against each
+reference's views (probes/views.py). Two tables then show how the view schemes were chosen, on the tuning split.
 
     GATE_PROFILE=demo python -m benchmarks.image_screening [--trials 500] [--throughput 256]
 """
@@ -18,15 +19,18 @@ import numpy as np
 
 from fixtures import image_truth
 from gate.config import load_settings
+from gate.detection.matching import References
 from gate.engines import LazyImageEmbedder, lazy_embedder
 from gate.images.bundle import read_bundle
 from gate.images.calibration import fit_image_thresholds, world_negatives
-from gate.images.screen import embed_images, load_image_thresholds
+from gate.images.screen import embed_images, image_references, load_image_thresholds
 from gate.images.screening import ImageThresholds, judge_set, nearest
 from gate.record.db import open_db
-from gate.registry.characters import embed_missing, list_characters, load_references
+from gate.registry.characters import embed_missing, list_characters, load_references, reference_files
+from gate.registry.images import check_image
 from gate.registry.world import World, seed_registry
 from probes.contract import embedder_id as identify
+from probes.embed import ImageEmbedder
 from probes.views import image_views
 
 
@@ -69,45 +73,74 @@ def _ways(settings, db) -> list[tuple[str, object, object]]:
     embed_missing(db, render_embed, render_id)
     side = LazyImageEmbedder(settings)
     embed_missing(db, side.references, side.reference_id)
-    render_refs, image_refs = load_references(db, render_id), load_references(db, side.reference_id)
+    whole_embed, whole_id = _whole_embedder(settings), identify(settings.image_embedder)
+    embed_missing(db, whole_embed, whole_id)
+    render_refs, whole_refs = load_references(db, render_id), load_references(db, whole_id)
 
     def render_views(images):
         return render_embed([v for image in images for v in image_views(image)]).reshape(len(images), -1)
 
     return [("baseline: render embedder, whole image", render_embed, render_refs),
             ("render embedder, views", render_views, render_refs),
-            ("image embedder, whole image", side.references, image_refs),
-            ("image embedder, views (shipped)", side.images, image_refs)]
+            ("image embedder, whole image", whole_embed, whole_refs),
+            ("image embedder, views, whole references", side.images, whole_refs),
+            ("image embedder, views, reference views (shipped)", side.images,
+             image_references(db, side.reference_id))]
+
+
+def _whole_embedder(settings):
+    """The image embedder on whole images, one vector each."""
+    return ImageEmbedder(settings.image_embedder, settings.device or None).embed
+
+
+def _tuning_split():
+    tuning = image_truth.load(split="tuning")
+    return (read_bundle([e["path"] for e in tuning]),
+            [e["character"] if e["kind"] == "character" else None for e in tuning])
+
+
+def _scheme_recall(embed, references, splits: dict) -> dict:
+    """Per-image (recall, strong, false positives) on each split, the thresholds fitted on the tuning negatives."""
+    vectors = {name: embed_images(bundle, embed) for name, (bundle, _) in splits.items()}
+    negatives = vectors["tuning"][[label is None for label in splits["tuning"][1]]]
+    thresholds = fit_image_thresholds(negatives, references, ["tuning negatives"])
+    return {name: _per_image(vectors[name], labels, references, thresholds) for name, (_, labels) in splits.items()}
 
 
 SCHEMES = (((), 1), ((0.5,), 2), ((0.5,), 3), ((0.6,), 3), ((0.5, 0.75), 2), ((0.5, 0.75), 3))
+REFERENCE_SCHEMES = (((), 1), ((0.75,), 2), ((0.75,), 3), ((0.75,), 4), ((0.6,), 3), ((0.85,), 3))
+
+
+def _scheme_label(crops, grid) -> str:
+    return "the whole" + "".join(f" + {grid}x{grid} crops of {c}" for c in crops)
 
 
 def _views_table(settings, db, held_labels, held) -> None:
-    """Per-image recall by the views an image is cut into (the image embedder), on the tuning split, where the
-    shipped scheme was chosen; the held-back split beside it."""
+    """Per-image recall by the views an image is cut into (the image embedder, references whole), and then by
+    the views a reference is cut into (images as shipped), on the tuning split, where the shipped schemes were
+    chosen; the held-back split beside it."""
     side = LazyImageEmbedder(settings)
-    references = load_references(db, side.reference_id)
-    tuning = image_truth.load(split="tuning")
-    splits = {"tuning": (read_bundle([e["path"] for e in tuning]),
-                         [e["character"] if e["kind"] == "character" else None for e in tuning]),
-              "held back": (held, held_labels)}
-    print("\n| views (image embedder) | count | tuning recall | (held back) | per-image false positives |\n"
-          "| --- | --- | --- | --- | --- |")
+    whole = _whole_embedder(settings)
+    whole_refs = load_references(db, identify(settings.image_embedder))
+    splits = {"tuning": _tuning_split(), "held back": (held, held_labels)}
+    print("\n| views of an image (references whole) | count | tuning recall | (held back) | per-image false positives |"
+          "\n| --- | --- | --- | --- | --- |")
     for crops, grid in SCHEMES:
         def embed(images, crops=crops, grid=grid):
-            views = [v for image in images for v in image_views(image, crops, grid)]
-            return side.references(views).reshape(len(images), -1)
+            return whole([v for image in images for v in image_views(image, crops, grid)]).reshape(len(images), -1)
 
-        vectors = {name: embed_images(bundle, embed) for name, (bundle, _) in splits.items()}
-        tuning_labels = splits["tuning"][1]
-        negatives = vectors["tuning"][[label is None for label in tuning_labels]]
-        thresholds = fit_image_thresholds(negatives, references, ["tuning negatives"])
-        recall = {name: _per_image(vectors[name], labels, references, thresholds)
-                  for name, (_, labels) in splits.items()}
-        label = "the whole image" + "".join(f" + {grid}x{grid} crops of {c}" for c in crops)
-        print(f"| {label} | {1 + len(crops) * grid * grid} | {recall['tuning'][0]:.3f} | "
+        recall = _scheme_recall(embed, whole_refs, splits)
+        print(f"| {_scheme_label(crops, grid)} | {1 + len(crops) * grid * grid} | {recall['tuning'][0]:.3f} | "
               f"({recall['held back'][0]:.3f}) | {recall['held back'][2]:.3f} |")
+    print("\n| views of a reference (images' views as shipped) | count | tuning recall | (held back) | strong "
+          "(held back) | per-image false positives |\n| --- | --- | --- | --- | --- | --- |")
+    references = [(cid, [check_image(path).rgb() for path, _ in files]) for cid, files in reference_files(db).items()]
+    for crops, grid in REFERENCE_SCHEMES:
+        stacked = {cid: whole([v for image in images for v in image_views(image, crops, grid)])
+                   for cid, images in references}
+        recall = _scheme_recall(side.images, References.stack(stacked), splits)
+        print(f"| {_scheme_label(crops, grid)} | {1 + len(crops) * grid * grid} | {recall['tuning'][0]:.3f} | "
+              f"({recall['held back'][0]:.3f}) | {recall['held back'][1]:.3f} | {recall['held back'][2]:.3f} |")
 
 
 def main() -> None:

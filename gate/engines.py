@@ -44,12 +44,11 @@ class LazyImageEmbedder:
     use; its identities are known before (they hash its files, load nothing)."""
 
     def __init__(self, settings: Settings):
-        from probes.contract import embedder_id
-        from probes.views import views_id
+        from gate.images.screen import image_ids
 
         self.settings = settings
-        self.reference_id = embedder_id(settings.image_embedder)
-        self.vectors_id = views_id(self.reference_id)
+        ids = image_ids(settings)
+        self.reference_id, self.vectors_id = ids.references, ids.vectors
         self._loaded = None
 
     def _embedder(self):

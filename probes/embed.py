@@ -10,7 +10,14 @@ import torch
 
 from probes.contract import embedder_id
 from probes.render import pick_device
-from probes.views import VIEW_COUNT, image_views, views_id
+from probes.views import (
+    REFERENCE_VIEW_COUNT,
+    VIEW_COUNT,
+    image_views,
+    reference_views,
+    reference_views_id,
+    views_id,
+)
 
 
 class ImageEmbedder:
@@ -57,27 +64,32 @@ VIEW_BYTES = 64 * 2**20  # the views held before they are embedded: 64 fixture i
 
 
 class ImageScreeningEmbedder:
-    """The image embedder as image screening uses it: references embedded whole, a screened image as its views
-    (probes/views.py), each image's view vectors stacked into one row."""
+    """The image embedder as image screening uses it: a reference as its reference views, a screened image as its
+    views (probes/views.py), each image's view vectors stacked into one row."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None, loaded: ImageEmbedder | None = None):
         self.embedder = loaded or ImageEmbedder(model_dir, device)  # `loaded`: the same model, already resident
-        self.reference_id = embedder_id(model_dir)
+        self.reference_id = reference_views_id(embedder_id(model_dir))
         self.vectors_id = views_id(self.reference_id)
 
     def references(self, images) -> np.ndarray:
-        return self.embedder.embed(images)
+        """(n, REFERENCE_VIEW_COUNT * d): every reference view of every image."""
+        return self._stacked(images, reference_views, REFERENCE_VIEW_COUNT)
 
     def images(self, images) -> np.ndarray:
-        """(n, VIEW_COUNT * d): every view of every image, embedded as views pile up to VIEW_BYTES (many small
-        images' views at once, a few big ones')."""
+        """(n, VIEW_COUNT * d): every view of every image."""
+        return self._stacked(images, image_views, VIEW_COUNT)
+
+    def _stacked(self, images, views_of, count: int) -> np.ndarray:
+        """Each image's views' vectors in one row, embedded as views pile up to VIEW_BYTES (many small images'
+        views at once, a few big ones')."""
         if not len(images):
             return np.zeros((0, 0), np.float32)
         rows, views, held = [], [], 0
         for number, image in enumerate(images):
-            views += image_views(image)
-            held += sum(view.nbytes for view in views[-VIEW_COUNT:])
+            views += views_of(image)
+            held += sum(view.nbytes for view in views[-count:])
             if held >= VIEW_BYTES or number == len(images) - 1:
-                rows.append(self.embedder.embed(views).reshape(len(views) // VIEW_COUNT, -1))
+                rows.append(self.embedder.embed(views).reshape(len(views) // count, -1))
                 views, held = [], 0
         return np.concatenate(rows)

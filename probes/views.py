@@ -2,8 +2,10 @@
 a corner of a scene or gallery picture is seen at the size its references show it. Torch-free: the gate names
 the scheme in the vectors' identity, and a probe worker cuts the views.
 
-An image's vector is its views' vectors stacked (VIEW_COUNT x d, whole image first); it matches a character by
-its best view. References are embedded whole: they show the character framed.
+An image's vector is its views' vectors stacked (VIEW_COUNT x d, whole image first). A reference is embedded as
+views too, but only as large crops (REFERENCE_VIEW_COUNT x d): a portrait or a close-up shows part of what a
+reference sheet frames, while a small crop of a reference is a patch of flat colour that generic pictures match
+as well. An image matches a character by its most similar pair of views.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ VIEWS = "views-v1"  # part of the vectors' identity: another scheme is another e
 CROPS = (0.5, 0.75)  # crop sides, as a share of the image's shorter side
 GRID = 3  # crop positions along each axis: the edges and the middle
 VIEW_COUNT = 1 + len(CROPS) * GRID * GRID
+REFERENCE_VIEWS = "reference-views-v1"
+REFERENCE_CROPS = (0.75,)  # a reference's crops: three quarters of its shorter side, on the same grid
+REFERENCE_VIEW_COUNT = 1 + len(REFERENCE_CROPS) * GRID * GRID
 MAX_VIEW_SIDE = 448  # a crop is resized to at most this: above any embedder's input, and a 4096-pixel image's
 #                      18 crops stay 11 MB, not 900 MB
 
@@ -41,6 +46,16 @@ def image_views(image: np.ndarray, crops: tuple[float, ...] = CROPS, grid: int =
     whole = Image.fromarray(image)
     return [image] + [np.asarray(whole.crop(box).resize((side, side), Image.Resampling.BICUBIC))
                       for box in view_boxes(width, height, crops, grid)[1:]]
+
+
+def reference_views(image: np.ndarray) -> list[np.ndarray]:
+    """A reference's views: the whole, then its REFERENCE_CROPS."""
+    return image_views(image, REFERENCE_CROPS, GRID)
+
+
+def reference_views_id(embedder_id: str) -> str:
+    """The identity of reference vectors made of REFERENCE_VIEWS with this embedder."""
+    return f"{embedder_id}+{REFERENCE_VIEWS}"
 
 
 def views_id(reference_id: str) -> str:

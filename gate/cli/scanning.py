@@ -177,15 +177,15 @@ def _calibrate_loras(settings, db, paths: list, target) -> None:
 def _calibrate_images(settings, db, paths: list, target) -> None:
     from gate.images.bundle import read_bundle
     from gate.images.calibration import fit_image_thresholds, world_negatives, write_image_calibration
-    from gate.images.screen import embed_images
-    from gate.registry.characters import embed_missing, load_references
+    from gate.images.screen import embed_images, image_references
+    from gate.registry.characters import embed_missing
 
     paths = paths or world_negatives(settings.world_dir)
     bundle = read_bundle(paths)
     side = common.image_embedder(settings)
     embed_missing(db, side.references, side.reference_id)
     click.echo(f"embedding {len(bundle.items)} negative images ({len(bundle.refused)} refused)")
-    thresholds = fit_image_thresholds(embed_images(bundle, side.images), load_references(db, side.reference_id),
+    thresholds = fit_image_thresholds(embed_images(bundle, side.images), image_references(db, side.reference_id),
                                       sorted({str(p) for p in paths}) if len(paths) < 20 else [f"{len(paths)} files"])
     write_image_calibration(target, thresholds, side.vectors_id)
     click.echo(json.dumps({"images": thresholds.to_dict()}, indent=2))

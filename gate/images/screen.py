@@ -17,13 +17,14 @@ from typing import Protocol
 import numpy as np
 from sqlite_utils import Database
 
+from gate.detection.matching import References
 from gate.detection.screening import find_names
 from gate.errors import GateError
 from gate.images.bundle import Bundle
 from gate.images.screening import ImageThresholds, SetVerdict, judge_set
 from gate.registry.characters import embed_missing, list_characters, load_references
 from probes.contract import embedder_id
-from probes.views import view_boxes, views_id
+from probes.views import REFERENCE_VIEW_COUNT, reference_views_id, view_boxes, views_id
 
 Embed = Callable[[list[np.ndarray]], np.ndarray]
 BATCH = 64  # images embedded at once: the embedder's batch, and what a worker holds decoded at a time
@@ -35,18 +36,23 @@ class ImageCalibrationMissing(GateError):
 
 @dataclass(frozen=True)
 class ImageIds:
-    references: str  # the image embedder's: registered references' vectors
-    vectors: str  # the embedder's with its views: screened images' vectors, and the image thresholds
+    references: str  # the image embedder's with the reference views: registered references' vectors
+    vectors: str  # ... and with the images' views: screened images' vectors, and the image thresholds
 
 
 def image_ids(settings) -> ImageIds:
-    reference = embedder_id(settings.image_embedder)
+    reference = reference_views_id(embedder_id(settings.image_embedder))
     return ImageIds(reference, views_id(reference))
+
+
+def image_references(db: Database, reference_id: str) -> References:
+    """The registered references' image vectors: each reference's views, one row each (with its path)."""
+    return load_references(db, reference_id, views=REFERENCE_VIEW_COUNT)
 
 
 class ImageSide(Protocol):
     """What screening needs of an image embedder (probes.embed.ImageScreeningEmbedder, or gate.engines' lazy
-    one): references embedded whole, images as their views, and the two identities."""
+    one): references and images each as their views (probes/views.py), and the two identities."""
 
     reference_id: str
     vectors_id: str
@@ -124,7 +130,7 @@ def judge_bundle(bundle: Bundle, vectors: np.ndarray, db: Database, reference_id
     """Judge a set whose images are embedded already (`vectors`, in the order of bundle.items) against the
     references' vectors of `reference_id`."""
     started = time.perf_counter()
-    references = load_references(db, reference_id)
+    references = image_references(db, reference_id)
     characters = {c.id: c for c in list_characters(db)}
     names = {cid: c.name for cid, c in characters.items()}
     captions = [item.caption for item in bundle.items if item.caption]

@@ -20,12 +20,12 @@ from gate.config import Settings
 from gate.detection.scanner import Scanner, probe_spec
 from gate.images.previews import preview_reasons, preview_request, previews_of
 from gate.images.record import keep_vectors
-from gate.images.screen import ImageCalibrationMissing, image_ids, load_image_thresholds
+from gate.images.screen import ImageCalibrationMissing, image_ids, image_references, load_image_thresholds
 from gate.pipeline.outcome import begin_scan, fail, record_decision, refuse
 from gate.queues import CATALOGUE, CATALOGUE_PROBE, INTAKE, PROBE, context, job_id, parse_job_id
 from gate.record.db import writing
 from gate.record.uploads import Stage, UploadState, enter_stage, get_upload, hub_meta
-from gate.registry.characters import load_references, missing_references, store_vectors
+from gate.registry.characters import missing_references, store_vectors
 from gate.runtime import thread_record
 from probes.contract import outcome_from_json
 
@@ -164,10 +164,8 @@ def attach_previews(settings: Settings, db, matcher: Scanner, result, upload_id:
     except ImageCalibrationMissing as exc:
         log.warning("upload %s: its previews are not judged (%s)", upload_id, exc.message)
         return
-    references = (matcher.references if ids.references == matcher.engine.embedder_id
-                  else load_references(db, ids.references))
-    result.preview_reasons = preview_reasons(db, upload_id, ids.vectors, references, thresholds,
-                                             matcher.policies())
+    result.preview_reasons = preview_reasons(db, upload_id, ids.vectors, image_references(db, ids.references),
+                                             thresholds, matcher.policies())
     shows = {name: reason.character_id for reason in result.preview_reasons
              for name in reason.details.get("previews", [])}
     result.previews = [{"name": row["name"], "path": row["path"], "shows": shows.get(row["name"])}

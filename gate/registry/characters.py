@@ -186,16 +186,19 @@ def reference_files(db: Database) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
-def load_references(db: Database, embedder_id: str) -> References:
-    """Active characters' reference vectors for this embedder, stacked, with each row's image path."""
+def load_references(db: Database, embedder_id: str, views: int = 1) -> References:
+    """Active characters' reference vectors for this embedder, stacked, with each row's image path. A reference
+    embedded as `views` views (its vector their vectors in a row: probes/views.py) gives one row a view."""
     vectors, owners, paths, ids = [], [], [], {}
     for row in db.query(
         "select r.character_id, r.path, e.vector from reference_embeddings e "
         "join character_references r on r.id = e.reference_id join characters c on c.id = r.character_id "
         "where e.embedder = ? and c.status = 'active' order by r.character_id, r.id", [embedder_id]):
-        owners.append(ids.setdefault(row["character_id"], len(ids)))
-        vectors.append(np.frombuffer(row["vector"], np.float32))
-        paths.append(row["path"])
+        owner = ids.setdefault(row["character_id"], len(ids))
+        for vector in np.frombuffer(row["vector"], np.float32).reshape(views, -1):
+            owners.append(owner)
+            vectors.append(vector)
+            paths.append(row["path"])
     if not vectors:
         return References((), np.zeros((0, 1), np.float32), np.zeros(0, int))
     return References(tuple(ids), np.stack(vectors), np.array(owners), tuple(paths))

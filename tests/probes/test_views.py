@@ -1,10 +1,19 @@
-"""An image's views: the whole image first, then crops at two sizes on a 3 x 3 grid, each back at full size."""
+"""An image's views: the whole image first, then crops at two sizes on a 3 x 3 grid, each back at full size; a
+reference's views: the whole, then three-quarter crops on the same grid."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from probes.views import VIEW_COUNT, image_views, view_boxes, views_id
+from probes.views import (
+    REFERENCE_VIEW_COUNT,
+    VIEW_COUNT,
+    image_views,
+    reference_views,
+    reference_views_id,
+    view_boxes,
+    views_id,
+)
 
 
 def test_the_whole_image_comes_first_and_every_view_is_full_size():
@@ -42,24 +51,40 @@ def test_each_view_is_its_box_of_the_image():
 
 def test_the_views_are_part_of_the_vectors_identity():
     assert views_id("clip@abc") == "clip@abc+views-v1" != views_id("clip@abd")
+    assert reference_views_id("clip@abc") == "clip@abc+reference-views-v1"
+
+
+def test_a_references_views_are_the_whole_and_its_three_quarter_crops():
+    image = np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    views = reference_views(image)
+    assert len(views) == REFERENCE_VIEW_COUNT == 10
+    assert np.array_equal(views[0], image)
+    # the same boxes as an image's three-quarter crops, so a close-up of the figure is compared with one
+    assert all(np.array_equal(a, b) for a, b in zip(views[1:], image_views(image)[10:], strict=True))
 
 
 def test_the_image_embedder_stacks_each_images_views_whole_first():
     from PIL import Image
 
     from gate.config import load_settings
-    from probes.embed import ImageScreeningEmbedder
+    from probes.embed import ImageEmbedder, ImageScreeningEmbedder
 
     settings = load_settings()
     side = ImageScreeningEmbedder(settings.image_embedder)
     reference = np.asarray(Image.open(settings.world_dir / "characters" / "ultraman" / "ref_00.png").convert("RGB"))
-    whole = side.references([reference])
+    whole = ImageEmbedder(settings.image_embedder).embed([reference])
+    d = whole.shape[1]
     rows = side.images([reference, reference[::-1]])
-    assert rows.shape == (2, VIEW_COUNT * whole.shape[1])
-    assert np.allclose(rows[0, : whole.shape[1]], whole[0], atol=1e-5)  # the first view is the whole image
+    assert rows.shape == (2, VIEW_COUNT * d)
+    assert np.allclose(rows[0, :d], whole[0], atol=1e-5)  # the first view is the whole image
     views = rows[0].reshape(VIEW_COUNT, -1)
     assert np.allclose(np.linalg.norm(views, axis=1), 1, atol=1e-4)  # each view normalised on its own
+    references = side.references([reference])
+    assert references.shape == (1, REFERENCE_VIEW_COUNT * d)
+    # a reference's views are an image's whole and three-quarter views
+    assert np.allclose(references[0].reshape(REFERENCE_VIEW_COUNT, d), views[[0, *range(10, VIEW_COUNT)]], atol=1e-5)
     assert side.vectors_id == views_id(side.reference_id)
+    assert side.reference_id.endswith("+reference-views-v1")
 
 
 def test_a_worker_screens_images_with_its_probe_engines_embedder_when_they_are_one_model(engine, monkeypatch):

@@ -118,3 +118,20 @@ def test_updating_an_unknown_character_says_so(registry):
     with pytest.raises(RegistryError) as caught:
         update_character(db, store, "nobody", policy="block")
     assert caught.value.code == "character_not_found"
+
+
+def test_a_reference_embedded_as_views_gives_a_row_a_view_with_its_path(registry):
+    from gate.registry.characters import embed_missing, load_references
+
+    db, _ = registry
+
+    def embed(images):  # three 4-dimensional views a reference, each its mean colour and a marker
+        return np.stack([np.concatenate([[*np.asarray(image, float).mean(axis=(0, 1)) / 255, view]
+                                         for view in range(3)]) for image in images])
+
+    assert embed_missing(db, embed, "views@1") == 2
+    references = load_references(db, "views@1", views=3)
+    assert references.vectors.shape == (6, 4) and references.character_ids == ("comet_cat",)
+    assert references.vectors[:, 3].tolist() == [0, 1, 2, 0, 1, 2]  # each reference's views in order
+    assert len(set(references.paths)) == 2 and references.paths[0] == references.paths[2] != references.paths[3]
+    assert load_references(db, "views@1").vectors.shape == (2, 12)  # read whole, a row is the stack
