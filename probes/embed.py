@@ -12,6 +12,7 @@ from probes.contract import embedder_id
 from probes.render import pick_device
 from probes.views import (
     REFERENCE_VIEW_COUNT,
+    REFERENCE_VIEW_FLOOR,
     VIEW_COUNT,
     image_views,
     reference_views,
@@ -73,8 +74,15 @@ class ImageScreeningEmbedder:
         self.vectors_id = views_id(self.reference_id)
 
     def references(self, images) -> np.ndarray:
-        """(n, REFERENCE_VIEW_COUNT * d): every reference view of every image."""
-        return self._stacked(images, reference_views, REFERENCE_VIEW_COUNT)
+        """(n, REFERENCE_VIEW_COUNT * d): every reference view of every image; a crop less similar than
+        REFERENCE_VIEW_FLOOR to its whole is the whole again (the row keeps its shape)."""
+        rows = self._stacked(images, reference_views, REFERENCE_VIEW_COUNT)
+        if not len(rows):
+            return rows
+        views = rows.reshape(len(rows), REFERENCE_VIEW_COUNT, -1)
+        unlike = np.einsum("nvd,nd->nv", views, views[:, 0]) < REFERENCE_VIEW_FLOOR
+        views[unlike] = np.broadcast_to(views[:, :1], views.shape)[unlike]
+        return views.reshape(len(rows), -1)
 
     def images(self, images) -> np.ndarray:
         """(n, VIEW_COUNT * d): every view of every image."""

@@ -5,7 +5,8 @@ the scheme in the vectors' identity, and a probe worker cuts the views.
 An image's vector is its views' vectors stacked (VIEW_COUNT x d, whole image first). A reference is embedded as
 views too, but only as large crops (REFERENCE_VIEW_COUNT x d): a portrait or a close-up shows part of what a
 reference sheet frames, while a small crop of a reference is a patch of flat colour that generic pictures match
-as well. An image matches a character by its most similar pair of views.
+as well, and so is a crop that no longer resembles its sheet (REFERENCE_VIEW_FLOOR). An image matches a
+character by its most similar pair of views.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ VIEW_COUNT = 1 + len(CROPS) * GRID * GRID
 REFERENCE_VIEWS = "reference-views-v1"
 REFERENCE_CROPS = (0.75,)  # a reference's crops: three quarters of its shorter side, on the same grid
 REFERENCE_VIEW_COUNT = 1 + len(REFERENCE_CROPS) * GRID * GRID
+# A reference's crop whose vector is less similar than this to its whole sheet's no longer shows the character
+# (mostly background, a flat patch) and would match generic pictures: its whole stands in for it.
+REFERENCE_VIEW_FLOOR = 0.5
 MAX_VIEW_SIDE = 448  # a crop is resized to at most this: above any embedder's input, and a 4096-pixel image's
 #                      18 crops stay 11 MB, not 900 MB
 

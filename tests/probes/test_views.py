@@ -81,8 +81,10 @@ def test_the_image_embedder_stacks_each_images_views_whole_first():
     assert np.allclose(np.linalg.norm(views, axis=1), 1, atol=1e-4)  # each view normalised on its own
     references = side.references([reference])
     assert references.shape == (1, REFERENCE_VIEW_COUNT * d)
-    # a reference's views are an image's whole and three-quarter views
-    assert np.allclose(references[0].reshape(REFERENCE_VIEW_COUNT, d), views[[0, *range(10, VIEW_COUNT)]], atol=1e-5)
+    # a reference's views are an image's whole and three-quarter views (a crop unlike its sheet: the whole again)
+    for view, expected in zip(references[0].reshape(REFERENCE_VIEW_COUNT, d), views[[0, *range(10, VIEW_COUNT)]],
+                              strict=True):
+        assert np.allclose(view, expected, atol=1e-5) or np.allclose(view, views[0], atol=1e-5)
     assert side.vectors_id == views_id(side.reference_id)
     assert side.reference_id.endswith("+reference-views-v1")
 
@@ -124,3 +126,24 @@ def test_views_embedded_in_any_grouping_give_the_same_rows(monkeypatch):
     together = side.images(images)
     monkeypatch.setattr(embed, "VIEW_BYTES", 1)  # every image's views embedded on their own
     assert np.allclose(side.images(images), together, atol=1e-5) and together.shape[0] == 4
+
+
+def test_a_reference_crop_that_no_longer_shows_the_character_is_its_whole_again():
+    from PIL import Image
+
+    from gate.config import load_settings
+    from probes.embed import ImageEmbedder, ImageScreeningEmbedder
+    from probes.views import REFERENCE_VIEW_FLOOR
+
+    settings = load_settings()
+    figure = Image.open(settings.world_dir / "characters" / "ultraman" / "ref_00.png").convert("RGB")
+    sheet = Image.new("RGB", (figure.width * 4, figure.height * 4), (255, 255, 255))
+    sheet.paste(figure, (0, 0))  # the figure in the top-left corner of a wide empty sheet
+    sheet = np.asarray(sheet)
+    plain = ImageEmbedder(settings.image_embedder).embed(reference_views(sheet))
+    unlike = plain @ plain[0] < REFERENCE_VIEW_FLOOR
+    assert unlike.any() and not unlike[0]  # the empty crops are unlike the sheet
+    views = ImageScreeningEmbedder(settings.image_embedder).references([sheet])[0].reshape(REFERENCE_VIEW_COUNT, -1)
+    assert np.allclose(views[unlike], plain[0], atol=1e-5)  # stood in for by the whole
+    assert np.allclose(views[~unlike], plain[~unlike], atol=1e-5)  # the rest as they are
+    assert ImageScreeningEmbedder(settings.image_embedder).references([]).shape[0] == 0
