@@ -31,7 +31,7 @@ from gate.registry.images import check_image
 from gate.registry.world import World, seed_registry
 from probes.contract import embedder_id as identify
 from probes.embed import ImageEmbedder
-from probes.views import REFERENCE_VIEW_FLOOR, image_views
+from probes.views import floored, image_views
 
 
 def _per_image(vectors, labels, references, thresholds: ImageThresholds) -> tuple[float, float, float]:
@@ -111,11 +111,6 @@ SCHEMES = (((), 1), ((0.5,), 2), ((0.5,), 3), ((0.6,), 3), ((0.5, 0.75), 2), ((0
 REFERENCE_SCHEMES = (((), 1), ((0.75,), 2), ((0.75,), 3), ((0.75,), 4), ((0.6,), 3), ((0.7,), 3), ((0.85,), 3))
 
 
-def _kept(views: np.ndarray) -> np.ndarray:
-    """One reference's view vectors, a crop unlike its whole (REFERENCE_VIEW_FLOOR) left out, as the gate does."""
-    return views[views @ views[0] >= REFERENCE_VIEW_FLOOR]
-
-
 def _scheme_label(crops, grid) -> str:
     return "the whole" + "".join(f" + {grid}x{grid} crops of {c}" for c in crops)
 
@@ -141,7 +136,7 @@ def _views_table(settings, db, held_labels, held) -> None:
           "(held back) | per-image false positives |\n| --- | --- | --- | --- | --- | --- |")
     references = [(cid, [check_image(path).rgb() for path, _ in files]) for cid, files in reference_files(db).items()]
     for crops, grid in REFERENCE_SCHEMES:
-        stacked = {cid: np.concatenate([_kept(whole(image_views(image, crops, grid))) for image in images])
+        stacked = {cid: np.concatenate([floored(whole(image_views(image, crops, grid))) for image in images])
                    for cid, images in references}
         recall = _scheme_recall(side.images, References.stack(stacked), splits)
         print(f"| {_scheme_label(crops, grid)} | {1 + len(crops) * grid * grid} | {recall['tuning'][0]:.3f} | "

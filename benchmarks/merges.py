@@ -93,6 +93,7 @@ def main() -> None:
         for name, thresholds in (("baseline", baseline), ("parts", parts), ("gate", scanner.thresholds)):
             scanner.conclude(result, thresholds)
             judged[name] = (result.verdict, sorted(r.kind for r in result.decision.reasons))
+        measured = result.outcome.likelihood if result.outcome else []
         residual = next(((r.character_id, r.details["residual"]) for r in result.decision.reasons
                          if "residual" in r.details), None)
         rows.append({"first": case["first"]["id"], "second": case["second"]["id"] if case["second"] else None,
@@ -100,11 +101,9 @@ def main() -> None:
                      "verdict": judged["gate"][0], "reasons": judged["gate"][1], "baseline": judged["baseline"][0],
                      "with_parts": judged["parts"][0],
                      "residual": residual, "probed": bool(result.outcome and result.outcome.likelihood),
-                     "gains": {g.character_id: g.gain for g in (result.outcome.likelihood if result.outcome else [])},
-                     "whole_gains": {g.character_id: g.of_whole
-                                     for g in (result.outcome.likelihood if result.outcome else [])},
-                     "screened": [g.character_id for g in (result.outcome.likelihood if result.outcome else [])
-                                  if g.screened],
+                     "gains": {g.character_id: g.gain for g in measured},
+                     "whole_gains": {g.character_id: g.of_whole for g in measured},
+                     "screened": [g.character_id for g in measured if g.screened],
                      "by_part": [r.character_id for r in result.decision.reasons if r.details.get("part")]})
         print(f"  {time.perf_counter() - started:6.0f} s  {rows[-1]['first']} + {rows[-1]['second']} "
               f"@{case['strength']}: {judged['gate'][0]} (baseline {judged['baseline'][0]})", flush=True)

@@ -12,8 +12,8 @@ from probes.contract import embedder_id
 from probes.render import pick_device
 from probes.views import (
     REFERENCE_VIEW_COUNT,
-    REFERENCE_VIEW_FLOOR,
     VIEW_COUNT,
+    floored,
     image_views,
     reference_views,
     reference_views_id,
@@ -79,10 +79,7 @@ class ImageScreeningEmbedder:
         rows = self._stacked(images, reference_views, REFERENCE_VIEW_COUNT)
         if not len(rows):
             return rows
-        views = rows.reshape(len(rows), REFERENCE_VIEW_COUNT, -1)
-        unlike = np.einsum("nvd,nd->nv", views, views[:, 0]) < REFERENCE_VIEW_FLOOR
-        views[unlike] = np.broadcast_to(views[:, :1], views.shape)[unlike]
-        return views.reshape(len(rows), -1)
+        return floored(rows.reshape(len(rows), REFERENCE_VIEW_COUNT, -1)).reshape(len(rows), -1)
 
     def images(self, images) -> np.ndarray:
         """(n, VIEW_COUNT * d): every view of every image."""

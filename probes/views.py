@@ -57,6 +57,15 @@ def reference_views(image: np.ndarray) -> list[np.ndarray]:
     return image_views(image, REFERENCE_CROPS, GRID)
 
 
+def floored(views: np.ndarray) -> np.ndarray:
+    """References' view vectors, (..., REFERENCE_VIEW_COUNT or any count, d) with the whole first, where a crop
+    less similar than REFERENCE_VIEW_FLOOR to its whole is the whole again (the shape kept)."""
+    views = np.array(views, np.float32)
+    unlike = np.einsum("...vd,...d->...v", views, views[..., 0, :]) < REFERENCE_VIEW_FLOOR
+    views[unlike] = np.broadcast_to(views[..., :1, :], views.shape)[unlike]
+    return views
+
+
 def reference_views_id(embedder_id: str) -> str:
     """The identity of reference vectors made of REFERENCE_VIEWS with this embedder."""
     return f"{embedder_id}+{REFERENCE_VIEWS}"
