@@ -163,11 +163,13 @@ class LikelihoodProbe:
         full = sorted((g for g in gains if not g.screened), key=lambda g: -g.gain)
         searched = {g.character_id for g in full[: self.spec.recovery.characters]}
         searched |= {g.character_id for g in full if by_id[g.character_id].named}
+        paths = {g.character_id: by_id[g.character_id].paths[: self.spec.references] for g in gains
+                 if g.character_id in searched and len(by_id[g.character_id].paths[: self.spec.references]) >= 2}
+        found = dict(zip(paths, self.recovery.gains(list(paths.values()), base_model), strict=True)) if paths else {}
         out = []
         for gain in gains:
-            paths = by_id[gain.character_id].paths[: self.spec.references]
-            if gain.character_id in searched and len(paths) >= 2:
-                per_reference, nearest = self.recovery.gains(paths, base_model)
+            if gain.character_id in found:
+                per_reference, nearest = found[gain.character_id]
                 mean = round(float(np.mean(per_reference)), 5)
                 if mean > gain.gain:
                     gain = replace(gain, gain=mean, prompt=nearest, reference_gains=per_reference, recovered=True)

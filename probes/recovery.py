@@ -41,63 +41,83 @@ class TriggerRecovery:
     def _pipe(self):
         return self.probe.renderer.pipe
 
-    def gains(self, paths: Sequence[str],
-              base_model: Callable[[], AbstractContextManager]) -> tuple[tuple[float, ...], str]:
-        """Per reference, the relative error cut under the LoRA's recovered trigger against the base's; and the
-        vocabulary pieces nearest the LoRA's fitted tokens. Call with the LoRA applied."""
-        paths = tuple(paths)
-        with base_model():
-            if paths not in self._base:
-                self._base[paths], _ = self._cross_fitted(paths)
-        lora, tokens = self._cross_fitted(paths)
-        base = self._base[paths]
-        return tuple(round(float(g), 5) for g in (base - lora) / np.maximum(base, 1e-8)), self._nearest(tokens)
+    def gains(self, characters: Sequence[Sequence[str]],
+              base_model: Callable[[], AbstractContextManager]) -> list[tuple[tuple[float, ...], str]]:
+        """Per character (its reference paths, at least 2): per reference, the relative error cut under the LoRA's
+        recovered trigger against the base's; and the vocabulary pieces nearest the LoRA's fitted tokens. Call
+        with the LoRA applied. The characters are fitted together, each on its own soft prompts: one batch of
+        UNet calls instead of one per character, the same fits (the noise is shared, the losses add)."""
+        keys = [tuple(paths) for paths in characters]
+        missing = [key for key in dict.fromkeys(keys) if key not in self._base]
+        if missing:
+            with base_model():
+                self._base.update(zip(missing, self._cross_fitted(missing)[0], strict=True))
+        errors, tokens = self._cross_fitted(keys)
+        return [(tuple(round(float(g), 5) for g in (self._base[key] - lora) / np.maximum(self._base[key], 1e-8)),
+                 self._nearest(fitted)) for key, lora, fitted in zip(keys, errors, tokens, strict=True)]
 
-    def _cross_fitted(self, paths: tuple[str, ...]) -> tuple[np.ndarray, torch.Tensor]:
-        """Fit one soft prompt on the even references and one on the odd, each scored on the other half: errors
-        out of sample, in the order of `paths`."""
+    def _cross_fitted(self, characters: list[tuple[str, ...]]) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+        """Per character, one soft prompt fitted on its even references and one on its odd, each scored on the
+        other half: errors out of sample in the order of its paths, and its two fits. As many characters are
+        fitted in one batch as the likelihood probe's batch holds references."""
+        errors, tokens, batch = [], [], []
+        for number, paths in enumerate(characters):
+            batch.append(paths)
+            rows = sum(map(len, batch))
+            if number == len(characters) - 1 or rows + len(characters[number + 1]) > self.probe.spec.batch:
+                batch_errors, batch_tokens = self._cross_fitted_batch(batch)
+                errors += batch_errors
+                tokens += batch_tokens
+                batch = []
+        return errors, tokens
+
+    def _cross_fitted_batch(self, characters: list[tuple[str, ...]]) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+        paths = [path for group in characters for path in group]
+        starts = np.cumsum([0] + [len(group) for group in characters])
+        # Two groups of rows a character, its even references and its odd: group k is fitted by soft prompt k.
+        groups = [rows for start, end in zip(starts, starts[1:], strict=False)
+                  for rows in (list(range(start, end, 2)), list(range(start + 1, end, 2)))]
         with torch.inference_mode(False), torch.enable_grad():
             latents = torch.stack([self.probe._latent(p) for p in paths]).clone()  # out of inference mode
-            halves = (list(range(0, len(paths), 2)), list(range(1, len(paths), 2)))
             noised = self.probe.noised(latents)
-            tokens = self._fit(noised, halves)
+            tokens = self._fit(noised, groups)
             with torch.no_grad():
-                crossed = (halves[1], halves[0])  # each half scored under the other half's tokens
+                crossed = [groups[k ^ 1] for k in range(len(groups))]  # each half scored under the other's tokens
                 errors = self._errors(tokens, noised, crossed)
         out = np.zeros(len(paths))
-        for half, values in zip(crossed, errors, strict=True):
-            out[half] = values.float().cpu().numpy()
-        return out, tokens
+        for rows, values in zip(crossed, errors, strict=True):
+            out[rows] = values.float().cpu().numpy()
+        return ([out[start:end] for start, end in zip(starts, starts[1:], strict=False)],
+                [tokens[2 * k: 2 * k + 2] for k in range(len(characters))])
 
-    def _fit(self, noised, halves) -> torch.Tensor:
-        """Two soft prompts (one per half), fitted together by Adam: (2, tokens, width)."""
+    def _fit(self, noised, groups) -> torch.Tensor:
+        """One soft prompt a group of rows, fitted together by Adam: (groups, tokens, width). Each prompt's
+        gradient is its own group's loss alone (the losses add)."""
         table = self._pipe.text_encoder.get_input_embeddings().weight
         start = table.detach().float().mean(0)  # the mean token: no word favoured at the start
-        tokens = start.expand(2, self.spec.tokens, -1).clone().requires_grad_(True)
+        tokens = start.expand(len(groups), self.spec.tokens, -1).clone().requires_grad_(True)
         optimizer = torch.optim.Adam([tokens], lr=self.spec.learning_rate)
         # Fitted at the noisiest timestep alone (half the cost; where the prompt decides most), scored at all.
         noisiest = [max(noised, key=lambda n: int(n[2][0]))]
         for _ in range(self.spec.steps):
-            loss = sum(e.mean() for e in self._errors(tokens, noisiest, halves))
+            loss = sum(e.mean() for e in self._errors(tokens, noisiest, groups))
             (gradient,) = torch.autograd.grad(loss, [tokens])  # no weight gradients: the models stay frozen
             tokens.grad = gradient
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return tokens.detach()
 
-    def _errors(self, tokens: torch.Tensor, noised, halves) -> list[torch.Tensor]:
-        """Mean denoising error of each half's references under its own soft prompt, over the timesteps."""
+    def _errors(self, tokens: torch.Tensor, noised, groups) -> list[torch.Tensor]:
+        """Mean denoising error of each group's rows under its own soft prompt, over the timesteps."""
         states = self._states(tokens)
         unet = self._pipe.unet
-        totals = [0.0, 0.0]
-        rows = [i for half in halves for i in half]
-        context = torch.cat([states[h].expand(len(half), -1, -1) for h, half in enumerate(halves)])
+        rows = [i for group in groups for i in group]
+        context = torch.cat([states[k].expand(len(group), -1, -1) for k, group in enumerate(groups)])
+        total = 0.0
         for noisy, noise, timestep in noised:
             predicted = unet(noisy[rows], timestep[rows], encoder_hidden_states=context.to(noisy.dtype)).sample
-            per_row = ((predicted.float() - noise[rows].float()) ** 2).mean(dim=(1, 2, 3))
-            totals[0] = totals[0] + per_row[: len(halves[0])]
-            totals[1] = totals[1] + per_row[len(halves[0]):]
-        return [total / len(noised) for total in totals]
+            total = total + ((predicted.float() - noise[rows].float()) ** 2).mean(dim=(1, 2, 3))
+        return list((total / len(noised)).split([len(group) for group in groups]))
 
     def _states(self, tokens: torch.Tensor) -> torch.Tensor:
         """The text encoder's states for "<start> soft tokens <end>", the soft tokens where a trigger stands."""

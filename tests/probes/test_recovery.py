@@ -87,3 +87,40 @@ def test_a_recovery_longer_than_the_text_encoder_takes_is_refused(engine):
                                                                       .model_max_length))
     with pytest.raises(ProbeSetError, match="no room"):
         LikelihoodProbe(engine.renderer, spec, (engine.probe_set.width, engine.probe_set.height))
+
+
+def test_characters_fitted_together_are_fitted_as_if_alone(engine, references):
+    # One batch of UNet calls for every searched character: each keeps its own soft prompts and its own loss,
+    # so the gains are the ones a fit of that character alone gives.
+    probe = LikelihoodProbe(engine.renderer, replace(engine.probe_set.likelihood, shortlist=0,
+                                                     recovery=RecoverySpec(characters=2, tokens=2, steps=3)),
+                            (engine.probe_set.width, engine.probe_set.height))
+    characters = [r.paths[: probe.spec.references] for r in references[:3]]
+    with engine.renderer.lora(load_file(str(HELD_BACK_LORAS / "heldout_01.safetensors"))):
+        together = probe.recovery.gains(characters, engine.renderer.without_lora)
+        alone = [probe.recovery.gains([paths], engine.renderer.without_lora)[0] for paths in characters]
+    assert len(together) == 3
+    for (gains, nearest), (gains_alone, nearest_alone) in zip(together, alone, strict=True):
+        assert gains == pytest.approx(gains_alone, abs=2e-4) and nearest == nearest_alone
+    assert len({gains for gains, _ in together}) == 3  # three characters, three different fits
+
+
+def test_a_fit_larger_than_the_probes_batch_is_split(engine, references):
+    probe = LikelihoodProbe(engine.renderer, replace(engine.probe_set.likelihood, shortlist=0, batch=5,
+                                                     recovery=RecoverySpec(characters=2, tokens=2, steps=2)),
+                            (engine.probe_set.width, engine.probe_set.height))
+    characters = [r.paths[:4] for r in references[:2]]  # 8 references, batches of at most 5: one character each
+    rows = []
+    hook = engine.renderer.pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    try:
+        with engine.renderer.lora(load_file(str(HELD_BACK_LORAS / "heldout_01.safetensors"))):
+            split = probe.recovery.gains(characters, engine.renderer.without_lora)
+    finally:
+        hook.remove()
+    assert rows and max(rows) <= 5  # no fit holds more references than the probe's batch
+    whole = LikelihoodProbe(engine.renderer, replace(probe.spec, batch=64), probe.size)
+    with engine.renderer.lora(load_file(str(HELD_BACK_LORAS / "heldout_01.safetensors"))):
+        together = whole.recovery.gains(characters, engine.renderer.without_lora)
+    assert [len(g) for g, _ in split] == [4, 4]
+    for (gains, _), (gains_together, _) in zip(split, together, strict=True):
+        assert gains == pytest.approx(gains_together, abs=2e-4)
