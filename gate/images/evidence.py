@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from gate.images.screen import Screened, matched_region
+from gate.images.screen import Screened, matched_region, reference_region
 from gate.registry.images import ImageError, check_image
 
 THUMB = 192
@@ -42,13 +42,15 @@ def write_image_evidence(screened: Screened, out_dir: str | Path, title: str) ->
             reference = check_image(screened.reference_paths[match.reference]).data
         except (ImageError, IndexError):
             reference = None
-        has_reference = _thumb(reference, out_dir / f"reference_{n:05d}.png")
+        part = reference_region(screened.references, match.reference) if reference else None
+        has_reference = _thumb(reference, out_dir / f"reference_{n:05d}.png", part)
         name = screened.names.get(match.character_id, match.character_id)
         rows.append(f"<tr><td><img src='image_{n:05d}.png'></td><td>"
                     + (f"<img src='reference_{n:05d}.png'>" if has_reference else "no reference")
                     + f"</td><td>{html.escape(item.name)}<br><b>{html.escape(name)}</b><br>similarity "
                       f"{match.score:.3f}{' (strong)' if match.strong else ''}"
-                    + ("<br>in the outlined part" if region else "") + "</td></tr>")
+                    + ("<br>in the outlined part" if region else "")
+                    + ("<br>like the outlined part of the reference" if part else "") + "</td></tr>")
     reasons = "".join(f"<li>{html.escape(r['message'])}</li>" for r in screened.verdict.reasons)
     refused = "".join(f"<li>{html.escape(r['name'])}: {html.escape(r['code'])}</li>" for r in screened.bundle.refused)
     page = out_dir / "index.html"

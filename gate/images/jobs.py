@@ -125,7 +125,8 @@ def conclude_set(set_id: str, embedded: dict) -> str:
             {"set_id": set_id, "position": n, "name": image["name"], "sha256": image["sha256"],
              "character_id": match.get("character"), "score": match.get("score"),
              "strong": int(match.get("strong", False)), "reference": match.get("reference"),
-             "region": json.dumps(match["region"]) if match.get("region") else None}
+             "region": json.dumps(match["region"]) if match.get("region") else None,
+             "reference_region": json.dumps(match["reference_region"]) if match.get("reference_region") else None}
             for n, image in enumerate(answer["images"]) for match in [image["matched"] or {}]])
     _finish(db, set_id, {"state": "decided", "verdict": answer["verdict"],
                          "review_status": "quarantined" if answer["verdict"] == "quarantine" else None,

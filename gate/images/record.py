@@ -90,7 +90,8 @@ def set_status(db: Database, row: dict) -> dict:
             {"position": r["position"], "name": r["name"], "sha256": r["sha256"], "character": r["character_id"],
              "score": r["score"],
              "strong": bool(r["strong"]), "reference": r["reference"],
-             "region": json.loads(r["region"]) if r.get("region") else None}
+             "region": json.loads(r["region"]) if r.get("region") else None,
+             "reference_region": json.loads(r["reference_region"]) if r.get("reference_region") else None}
             for r in db["set_images"].rows_where("set_id = ? and character_id is not null", [row["id"]],
                                                  order_by="score desc", limit=200)]
     if row["error_code"]:

@@ -8,13 +8,16 @@ thresholds are the embedder's with the views (`ImageIds`)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 from sqlite_utils import Database
 
 from gate.detection.matching import References
@@ -22,9 +25,9 @@ from gate.detection.screening import find_names
 from gate.errors import GateError
 from gate.images.bundle import Bundle
 from gate.images.screening import ImageThresholds, SetVerdict, judge_set
-from gate.registry.characters import embed_missing, list_characters, load_references
+from gate.registry.characters import embed_missing, list_characters, load_references, registry_fingerprint
 from probes.contract import embedder_id
-from probes.views import REFERENCE_VIEW_COUNT, reference_views_id, view_boxes, views_id
+from probes.views import REFERENCE_CROPS, REFERENCE_VIEW_COUNT, reference_views_id, view_boxes, views_id
 
 Embed = Callable[[list[np.ndarray]], np.ndarray]
 BATCH = 64  # images embedded at once: the embedder's batch, and what a worker holds decoded at a time
@@ -45,9 +48,32 @@ def image_ids(settings) -> ImageIds:
     return ImageIds(reference, views_id(reference))
 
 
+_loaded: OrderedDict[tuple, References] = OrderedDict()  # (database file, registry fingerprint): the latest few
+_lock = threading.Lock()
+KEEP_LOADED = 2  # two record files in one process (tests, a migration) without reloading each time
+
+
 def image_references(db: Database, reference_id: str) -> References:
-    """The registered references' image vectors: each reference's views, one row each (with its path)."""
-    return load_references(db, reference_id, views=REFERENCE_VIEW_COUNT)
+    """The registered references' image vectors: each reference's views, one row each (with its path). Kept
+    in this process while the registry's fingerprint stands: a worker screening set after set reads a registry
+    of thousands of characters (hundreds of thousands of view rows) once, not once a set."""
+    file = next((row[2] for row in db.execute("pragma database_list") if row[1] == "main"), "")
+    if not file:  # an in-memory database has no name to key it by
+        return load_references(db, reference_id, views=REFERENCE_VIEW_COUNT)
+    key = (file, *registry_fingerprint(db, reference_id))
+    with _lock:
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+    references = load_references(db, reference_id, views=REFERENCE_VIEW_COUNT)
+    references.vectors.flags.writeable = False  # shared by every set screened while it stands
+    with _lock:
+        _loaded[key] = references
+        for stale in [k for k in _loaded if k[0] == file and k != key]:  # an older state of the same registry
+            del _loaded[stale]
+        while len(_loaded) > KEEP_LOADED:
+            _loaded.popitem(last=False)
+    return references
 
 
 class ImageSide(Protocol):
@@ -90,13 +116,32 @@ def matched_region(view: int, width: int, height: int) -> list[int] | None:
     return list(boxes[view]) if 0 < view < len(boxes) else None
 
 
+def reference_region(references: References, row: int) -> list[int] | None:
+    """The part of a reference sheet that an image matched (its row in `image_references`' vectors, where each
+    reference holds REFERENCE_VIEW_COUNT rows, the whole first), as [left, top, right, bottom] pixels; None for
+    the whole sheet, for a crop that stood in for it (probes.views.floored), or a sheet no longer readable."""
+    view = row % REFERENCE_VIEW_COUNT
+    if view == 0 or np.array_equal(references.vectors[row], references.vectors[row - view]):
+        return None
+    try:
+        with Image.open(references.paths[row]) as sheet:  # the header alone: its size
+            width, height = sheet.size
+    except (OSError, ValueError, IndexError, Image.DecompressionBombError):
+        return None
+    return list(view_boxes(width, height, REFERENCE_CROPS)[view])
+
+
 @dataclass
 class Screened:
     bundle: Bundle
     verdict: SetVerdict
-    reference_paths: tuple[str, ...]
+    references: References  # what the set was matched against (image_references)
     names: dict[str, str]
     seconds: dict[str, float]
+
+    @property
+    def reference_paths(self) -> tuple[str, ...]:
+        return self.references.paths
 
     def to_dict(self) -> dict:
         by_index = {m.index: m for m in self.verdict.matches}
@@ -107,7 +152,8 @@ class Screened:
                 entry["matched"] = {"character": m.character_id, "name": self.names.get(m.character_id),
                                     "score": round(m.score, 4), "strong": m.strong,
                                     "reference": Path(self.reference_paths[m.reference]).name,
-                                    "region": matched_region(m.view, item.image.width, item.image.height)}
+                                    "region": matched_region(m.view, item.image.width, item.image.height),
+                                    "reference_region": reference_region(self.references, m.reference)}
             images.append(entry)
         return {"verdict": self.verdict.verdict, "reasons": self.verdict.reasons, "images": images,
                 "refused": self.bundle.refused,
@@ -137,5 +183,5 @@ def judge_bundle(bundle: Bundle, vectors: np.ndarray, db: Database, reference_id
     hits = find_names({"caption": captions}, {c.id: c.names for c in characters.values()}) if captions else []
     verdict = judge_set(vectors, references, thresholds, {cid: c.policy for cid, c in characters.items()}, names,
                         hits)
-    return Screened(bundle, verdict, references.paths, names,
+    return Screened(bundle, verdict, references, names,
                     {**(seconds or {}), "judge": time.perf_counter() - started})

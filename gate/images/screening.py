@@ -63,17 +63,30 @@ class SetVerdict:
     matches: list[ImageMatch] = field(default_factory=list)  # every image that matched, strongest first
 
 
+SIMILARITY_BYTES = 32 << 20  # the (views x references) similarities held at once: a registry of thousands of
+#                              characters has hundreds of thousands of reference views
+
+
 def nearest(vectors: np.ndarray, references: References) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image: the nearest character (index into references.character_ids), its similarity, and the
     reference row that gave it. An image's row may hold several views' vectors (probes/views.py): it is as
-    similar to a reference as its most similar view."""
+    similar to a reference as its most similar view. Computed a block of references at a time, so memory is
+    bounded by SIMILARITY_BYTES, not by the registry's size times the set's."""
     if not len(vectors) or not len(references.vectors):
         empty = np.zeros(len(vectors))
         return empty.astype(int) - 1, empty, empty.astype(int)
-    views = np.asarray(vectors, np.float32).reshape(len(vectors), -1, references.vectors.shape[1])
-    similarity = (views @ references.vectors.T).max(axis=1)  # all L2-normalised
-    row = similarity.argmax(axis=1)
-    return references.owners[row], similarity[np.arange(len(vectors)), row], row
+    dimension = references.vectors.shape[1]
+    views = np.asarray(vectors, np.float32).reshape(-1, dimension)  # every view of every image
+    count = views.shape[0] // len(vectors)
+    best, row = np.full(len(vectors), -np.inf, np.float32), np.zeros(len(vectors), int)
+    block = max(1, SIMILARITY_BYTES // (4 * len(views)))
+    for start in range(0, len(references.vectors), block):
+        similarity = (views @ references.vectors[start:start + block].T).reshape(len(vectors), count, -1).max(axis=1)
+        top = similarity.argmax(axis=1)  # all L2-normalised
+        value = similarity[np.arange(len(vectors)), top]
+        better = value > best
+        best[better], row[better] = value[better], start + top[better]
+    return references.owners[row], best.astype(np.float64), row
 
 
 def closest_view(vector: np.ndarray, reference: np.ndarray) -> int:

@@ -379,3 +379,10 @@ def m024_matched_regions(db: Database) -> None:
     # Which part of an image matched ([left, top, right, bottom] as JSON; null for the whole image): images are
     # matched by their views (probes/views.py), and the hub and the moderators see where the character was.
     db["set_images"].add_column("region", str)
+
+
+@migrations()
+def m025_reference_regions(db: Database) -> None:
+    # Which part of the reference sheet an image matched (references are matched by their views too): the
+    # moderator sees the head on the sheet that a portrait matched, not just the sheet.
+    db["set_images"].add_column("reference_region", str)

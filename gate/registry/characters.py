@@ -186,22 +186,42 @@ def reference_files(db: Database) -> dict[str, list[tuple[str, str]]]:
     return found
 
 
+_ACTIVE_REFERENCES = ("from reference_embeddings e join character_references r on r.id = e.reference_id "
+                      "join characters c on c.id = r.character_id where e.embedder = ? and c.status = 'active'")
+
+
 def load_references(db: Database, embedder_id: str, views: int = 1) -> References:
     """Active characters' reference vectors for this embedder, stacked, with each row's image path. A reference
-    embedded as `views` views (its vector their vectors in a row: probes/views.py) gives one row a view."""
-    vectors, owners, paths, ids = [], [], [], {}
-    for row in db.query(
-        "select r.character_id, r.path, e.vector from reference_embeddings e "
-        "join character_references r on r.id = e.reference_id join characters c on c.id = r.character_id "
-        "where e.embedder = ? and c.status = 'active' order by r.character_id, r.id", [embedder_id]):
-        owner = ids.setdefault(row["character_id"], len(ids))
-        for vector in np.frombuffer(row["vector"], np.float32).reshape(views, -1):
-            owners.append(owner)
-            vectors.append(vector)
-            paths.append(row["path"])
-    if not vectors:
+    embedded as `views` views (its vector their vectors in a row: probes/views.py) gives one row a view. Filled
+    into one array as the rows arrive: a registry of thousands holds its vectors once, not twice."""
+    count = db.execute(f"select count(*) {_ACTIVE_REFERENCES}", [embedder_id]).fetchone()[0]
+    cursor = db.execute(f"select r.character_id, r.path, e.vector {_ACTIVE_REFERENCES} "
+                        "order by r.character_id, r.id", [embedder_id])
+    vectors, owners, paths, ids, read = None, np.zeros(count * views, int), [], {}, 0
+    for character_id, path, blob in cursor:
+        if read == count:  # the registry grew between the count and the rows: read it again
+            return load_references(db, embedder_id, views)
+        row = np.frombuffer(blob, np.float32).reshape(views, -1)
+        if vectors is None:
+            vectors = np.empty((count * views, row.shape[1]), np.float32)
+        vectors[read * views:(read + 1) * views] = row  # a row of another width fails here, as it should
+        owners[read * views:(read + 1) * views] = ids.setdefault(character_id, len(ids))
+        paths += [path] * views
+        read += 1
+    if read < count:  # ... or shrank
+        return load_references(db, embedder_id, views)
+    if vectors is None:
         return References((), np.zeros((0, 1), np.float32), np.zeros(0, int))
-    return References(tuple(ids), np.stack(vectors), np.array(owners), tuple(paths))
+    return References(tuple(ids), vectors, owners, tuple(paths))
+
+
+def registry_fingerprint(db: Database, embedder_id: str) -> tuple:
+    """Changes whenever the active references' vectors for this embedder could: characters added, changed or
+    retired, references added or removed, references embedded."""
+    return (embedder_id,
+            *db.execute("select count(*), max(updated_at), sum(status = 'active') from characters").fetchone(),
+            *db.execute("select count(*), max(id) from character_references").fetchone(),
+            db.execute("select count(*) from reference_embeddings where embedder = ?", [embedder_id]).fetchone()[0])
 
 
 def update_character(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from sqlite_utils import Database
 
+from gate.registry.characters import registry_fingerprint
 from probes.snapshot import reference_rows, write_snapshot
 
 KEEP = 8  # versions kept on the gate's disk: a probe in flight names one of the last few
@@ -26,18 +27,9 @@ def snapshot_root(data_dir: Path) -> Path:
     return data_dir / "registry"
 
 
-def _fingerprint(db: Database, embedder_id: str) -> tuple:
-    """Changes whenever the snapshot would: characters added, changed or retired, references added or removed,
-    references embedded."""
-    return (embedder_id,
-            *db.execute("select count(*), max(updated_at), sum(status = 'active') from characters").fetchone(),
-            *db.execute("select count(*), max(id) from character_references").fetchone(),
-            db.execute("select count(*) from reference_embeddings where embedder = ?", [embedder_id]).fetchone()[0])
-
-
 def current_version(db: Database, data_dir: Path, embedder_id: str) -> str:
     """The registry's snapshot version now, written to disk if it is new."""
-    key = (str(data_dir), *_fingerprint(db, embedder_id))
+    key = (str(data_dir), *registry_fingerprint(db, embedder_id))
     with _lock:
         version = _known.get(key)
         if version and (snapshot_root(data_dir) / version).is_dir():

@@ -95,8 +95,12 @@ def test_a_close_up_of_a_character_is_found_by_its_references_views(tmp_path):
     width, height = sheet.size
     sheet.crop((int(width * 0.15), 0, int(width * 0.85), int(height * 0.7))).resize(
         (64, 64), Image.Resampling.BICUBIC).save(tmp_path / "portrait.png")
-    done = run_gate("screen-images", str(tmp_path / "portrait.png"), "--json",
+    done = run_gate("screen-images", str(tmp_path / "portrait.png"), "--json", "--evidence", str(tmp_path / "ev"),
                     env={"GATE_DATA_DIR": str(tmp_path / "data")})
     assert done.returncode == 0, done.stderr[-2000:]
     [image] = json.loads(done.stdout)["images"]
     assert image["matched"]["character"] == "totoro" and image["matched"]["strong"]
+    # Shown beside the part of a sheet it resembled: a three-quarter crop at the top, where the head is.
+    left, top, right, bottom = image["matched"]["reference_region"]
+    assert top == 0 and right - left == bottom - top == round(0.75 * min(width, height)), (left, top, right, bottom)
+    assert "like the outlined part of the reference" in (tmp_path / "ev" / "index.html").read_text()

@@ -88,3 +88,25 @@ def test_an_image_matches_by_its_most_similar_view():
     judged = judge_set(np.concatenate([whole, crop])[None, :], REFS, TH, POLICIES, NAMES)
     assert [(m.character_id, round(m.score, 2), m.view) for m in judged.matches] == [("doraemon", 0.97, 1)]
     assert judge_set(np.concatenate([whole, whole])[None, :], REFS, TH, POLICIES, NAMES).matches == []
+
+
+def test_nearest_a_block_of_references_at_a_time_is_nearest_over_them_all(monkeypatch):
+    # A registry of thousands holds hundreds of thousands of reference views: the similarities are taken a block
+    # at a time. Blocks of one reference or of all of them give the same nearest character, score and row.
+    from gate.images import screening
+
+    rng = np.random.default_rng(3)
+    unit = lambda a: (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    references = References(tuple(f"c{i}" for i in range(40)), unit(rng.normal(size=(200, 16))),
+                            np.repeat(np.arange(40), 5))
+    images = unit(rng.normal(size=(30, 3, 16))).reshape(30, -1)  # three views an image
+    whole = screening.nearest(images, references)
+    for budget in (4, 4 * 90 * 7, 10**9):  # one reference a block, seven, all
+        monkeypatch.setattr(screening, "SIMILARITY_BYTES", budget)
+        owner, score, row = screening.nearest(images, references)
+        np.testing.assert_array_equal(owner, whole[0])
+        np.testing.assert_array_equal(row, whole[2])
+        np.testing.assert_allclose(score, whole[1], rtol=1e-6)  # the same sums, in other BLAS blocks
+    expected = (images.reshape(30, 3, 16) @ references.vectors.T).max(axis=1)
+    np.testing.assert_allclose(whole[1], expected.max(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(whole[2], expected.argmax(axis=1))

@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from gate.record.db import open_db
-from gate.registry.characters import RegistryError, add_character, get_character, reference_rows, update_character
+from gate.registry.characters import (
+    RegistryError,
+    add_character,
+    get_character,
+    reference_rows,
+    retire_character,
+    update_character,
+)
 from gate.registry.images import ImageError, check_image
 
 
@@ -135,3 +142,28 @@ def test_a_reference_embedded_as_views_gives_a_row_a_view_with_its_path(registry
     assert references.vectors[:, 3].tolist() == [0, 1, 2, 0, 1, 2]  # each reference's views in order
     assert len(set(references.paths)) == 2 and references.paths[0] == references.paths[2] != references.paths[3]
     assert load_references(db, "views@1").vectors.shape == (2, 12)  # read whole, a row is the stack
+
+
+def test_image_references_are_read_once_while_the_registry_stands(registry, tmp_path):
+    from gate.images.screen import image_references
+    from gate.registry.characters import embed_missing
+    from probes.views import REFERENCE_VIEW_COUNT
+
+    db, store = registry
+
+    def embed(images):  # REFERENCE_VIEW_COUNT 4-dimensional views a reference, from its mean colour
+        return np.stack([np.tile([*np.asarray(image, float).mean(axis=(0, 1)) / 255, 1.0], REFERENCE_VIEW_COUNT)
+                         for image in images]).astype(np.float32)
+
+    embed_missing(db, embed, "views@2")
+    first = image_references(db, "views@2")
+    assert first.vectors.shape == (2 * REFERENCE_VIEW_COUNT, 4) and image_references(db, "views@2") is first
+    with pytest.raises(ValueError):  # shared by every screening: nobody may change it in place
+        first.vectors[0, 0] = 1
+    add_character(db, store, name="Moon Dog", rights_holder="Studio", policy="block",
+                  references=[_png(tmp_path / "m.png", colour=(200, 200, 0))])
+    embed_missing(db, embed, "views@2")
+    second = image_references(db, "views@2")  # a character registered: read again, and seen
+    assert second is not first and second.character_ids == ("comet_cat", "moon_dog")
+    retire_character(db, "moon_dog")  # retired: read again too
+    assert image_references(db, "views@2").character_ids == ("comet_cat",)

@@ -68,6 +68,9 @@ def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(
     regions = [m["region"] for m in answer["matches"]]
     assert all(r is None or (0 <= r[0] < r[2] <= 32 and 0 <= r[1] < r[3] <= 32) for r in regions), regions
     assert any(r is not None for r in regions)  # some drawings are found by a crop (a small figure, a portrait)
+    # ... and the part of the reference sheet each resembled, in the sheet's pixels (null: the whole sheet).
+    sheets = [m["reference_region"] for m in answer["matches"]]
+    assert all(r is None or (0 <= r[0] < r[2] and 0 <= r[1] < r[3]) for r in sheets), sheets
     page = urllib.request.urlopen(answer["evidence_url"]).read().decode()
     assert "Ultraman" in page and "image_00000.png" in page
     assert json.loads(urllib.request.urlopen(answer["status_url"]).read())["verdict"] == answer["verdict"]
