@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -90,8 +91,9 @@ class References:
 
     character_ids: tuple[str, ...]
     vectors: np.ndarray  # (r, d), L2-normalised
-    owners: np.ndarray  # (r,) index into character_ids
+    owners: np.ndarray  # (r,) index into character_ids, in order (a character's rows together)
     paths: tuple[str, ...] = ()  # (r,) the reference images, where known
+    views: int = 1  # rows a reference: its views, the whole first (probes/views.py)
 
     @classmethod
     def stack(cls, by_character: dict[str, np.ndarray]) -> References:
@@ -102,13 +104,19 @@ class References:
         owners = np.concatenate([np.full(len(by_character[cid]), i) for i, cid in enumerate(ids)])
         return cls(ids, vectors, owners)
 
+    @cached_property
+    def sheets(self) -> np.ndarray:
+        """Each reference's whole sheet (its first view), contiguous, computed once: what a registry of thousands
+        is shortlisted by (gate.images.screening.nearest)."""
+        return np.ascontiguousarray(self.vectors[:: self.views])
+
     def without(self, excluded: set[str]) -> References:
         keep = [i for i, cid in enumerate(self.character_ids) if cid not in excluded]
         rows = np.isin(self.owners, keep)
         remap = {old: new for new, old in enumerate(keep)}
         return References(tuple(self.character_ids[i] for i in keep), self.vectors[rows],
                           np.array([remap[o] for o in self.owners[rows]], dtype=int),
-                          tuple(p for p, keep_row in zip(self.paths, rows, strict=False) if keep_row))
+                          tuple(p for p, keep_row in zip(self.paths, rows, strict=False) if keep_row), self.views)
 
 
 @dataclass(frozen=True)

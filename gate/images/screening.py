@@ -65,28 +65,70 @@ class SetVerdict:
 
 SIMILARITY_BYTES = 32 << 20  # the (views x references) similarities held at once: a registry of thousands of
 #                              characters has hundreds of thousands of reference views
+# Characters an image is compared with view by view: those nearest by their sheets whole. Every view of every
+# sheet of a registry of 10,000 characters is 400,000 rows, ten times the sheets alone (benchmarks.
+# image_registry_scaling measures what the shortlist changes).
+SHORTLIST = 64
 
 
-def nearest(vectors: np.ndarray, references: References) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nearest(vectors: np.ndarray, references: References,
+            shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image: the nearest character (index into references.character_ids), its similarity, and the
     reference row that gave it. An image's row may hold several views' vectors (probes/views.py): it is as
-    similar to a reference as its most similar view. Computed a block of references at a time, so memory is
-    bounded by SIMILARITY_BYTES, not by the registry's size times the set's."""
+    similar to a reference as its most similar (view, reference view) pair. With more than 4 x `shortlist`
+    characters (fewer cost more to shortlist than to compare) and references held as views, each image is
+    compared view by view with the `shortlist` characters nearest by their sheets whole alone (0: with all).
+    Memory is bounded by SIMILARITY_BYTES, not by the registry's size times the set's."""
     if not len(vectors) or not len(references.vectors):
         empty = np.zeros(len(vectors))
         return empty.astype(int) - 1, empty, empty.astype(int)
-    dimension = references.vectors.shape[1]
-    views = np.asarray(vectors, np.float32).reshape(-1, dimension)  # every view of every image
-    count = views.shape[0] // len(vectors)
-    best, row = np.full(len(vectors), -np.inf, np.float32), np.zeros(len(vectors), int)
-    block = max(1, SIMILARITY_BYTES // (4 * len(views)))
-    for start in range(0, len(references.vectors), block):
-        similarity = (views @ references.vectors[start:start + block].T).reshape(len(vectors), count, -1).max(axis=1)
+    views = np.asarray(vectors, np.float32).reshape(len(vectors), -1, references.vectors.shape[1])
+    if (references.views > 1 and 0 < 4 * shortlist < len(references.character_ids)
+            and bool(np.all(np.diff(references.owners) >= 0))):
+        return _nearest_shortlisted(views, references, shortlist)
+    return _nearest_all(views, references.vectors, references.owners)
+
+
+def _blocks(views: np.ndarray, rows: np.ndarray):
+    """(start, each image's similarity to rows[start:start + block] by its most similar view), a block of rows
+    at a time."""
+    flat = views.reshape(-1, views.shape[2])
+    block = max(1, SIMILARITY_BYTES // (4 * len(flat)))
+    for start in range(0, len(rows), block):
+        yield start, (flat @ rows[start:start + block].T).reshape(len(views), views.shape[1], -1).max(axis=1)
+
+
+def _nearest_all(views: np.ndarray, rows: np.ndarray, owners: np.ndarray):
+    best, row = np.full(len(views), -np.inf, np.float32), np.zeros(len(views), int)
+    for start, similarity in _blocks(views, rows):
         top = similarity.argmax(axis=1)  # all L2-normalised
-        value = similarity[np.arange(len(vectors)), top]
+        value = similarity[np.arange(len(views)), top]
         better = value > best
         best[better], row[better] = value[better], start + top[better]
-    return references.owners[row], best.astype(np.float64), row
+    return owners[row], best.astype(np.float64), row
+
+
+def _nearest_shortlisted(views: np.ndarray, references: References, shortlist: int):
+    count, per = len(references.character_ids), references.views
+    sheets, sheet_owners = references.sheets, references.owners[::per]
+    by_character = np.full((len(views), count), -np.inf, np.float32)  # each character's best sheet, whole
+    for start, similarity in _blocks(views, sheets):
+        owners = sheet_owners[start:start + similarity.shape[1]]
+        bounds = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])  # a character's sheets are together
+        characters = owners[bounds]
+        by_character[:, characters] = np.maximum(by_character[:, characters],
+                                                 np.maximum.reduceat(similarity, bounds, axis=1))
+    chosen = np.sort(np.argpartition(-by_character, shortlist - 1, axis=1)[:, :shortlist], axis=1)
+    first = np.searchsorted(references.owners, np.arange(count))
+    last = np.searchsorted(references.owners, np.arange(count), side="right")
+    owner, best, row = np.zeros(len(views), int), np.zeros(len(views)), np.zeros(len(views), int)
+    for image, characters in enumerate(chosen):
+        rows = np.concatenate([np.arange(first[c], last[c]) for c in characters])
+        similarity = (views[image] @ references.vectors[rows].T).max(axis=0)
+        top = int(similarity.argmax())
+        row[image], best[image] = rows[top], similarity[top]
+        owner[image] = references.owners[row[image]]
+    return owner, best, row
 
 
 def closest_view(vector: np.ndarray, reference: np.ndarray) -> int:

@@ -212,7 +212,7 @@ def load_references(db: Database, embedder_id: str, views: int = 1) -> Reference
         return load_references(db, embedder_id, views)
     if vectors is None:
         return References((), np.zeros((0, 1), np.float32), np.zeros(0, int))
-    return References(tuple(ids), vectors, owners, tuple(paths))
+    return References(tuple(ids), vectors, owners, tuple(paths), views)
 
 
 def registry_fingerprint(db: Database, embedder_id: str) -> tuple:

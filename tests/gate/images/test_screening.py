@@ -110,3 +110,48 @@ def test_nearest_a_block_of_references_at_a_time_is_nearest_over_them_all(monkey
     expected = (images.reshape(30, 3, 16) @ references.vectors.T).max(axis=1)
     np.testing.assert_allclose(whole[1], expected.max(axis=1), rtol=1e-6)
     np.testing.assert_array_equal(whole[2], expected.argmax(axis=1))
+
+
+def _registry(rng, characters: int, sheets: int, views: int, dimension: int) -> References:
+    vectors = rng.normal(size=(characters * sheets, views, dimension))
+    vectors[:, 1:] = vectors[:, :1] + 0.6 * vectors[:, 1:]  # a crop resembles its sheet
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return References(tuple(f"c{i}" for i in range(characters)), vectors.reshape(-1, dimension).astype(np.float32),
+                      np.repeat(np.arange(characters), sheets * views), views=views)
+
+
+def test_a_large_registry_is_matched_view_by_view_only_on_the_characters_nearest_by_their_sheets():
+    from gate.images import screening
+
+    rng = np.random.default_rng(5)
+    references = _registry(rng, 300, 2, 4, 32)
+    # Pictures close to one crop of one sheet each (a portrait of a character): found, shortlist or not.
+    rows = rng.choice(len(references.vectors), 40)
+    images = references.vectors[rows] + 0.05 * rng.normal(size=(40, 32)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    exact = screening.nearest(images, references, shortlist=0)
+    short = screening.nearest(images, references, shortlist=8)
+    np.testing.assert_array_equal(short[0], references.owners[rows])
+    np.testing.assert_array_equal(short[0], exact[0])
+    np.testing.assert_array_equal(short[2], exact[2])
+    np.testing.assert_allclose(short[1], exact[1], rtol=1e-5)
+
+
+def test_the_shortlist_is_drawn_by_the_sheets_whole():
+    from gate.images import screening
+
+    # Character 0's sheet is the nearest whole; character 1's crop is nearer still, but its sheet is far. With a
+    # shortlist of one, the picture is compared view by view with character 0 alone.
+    axes = np.eye(8, dtype=np.float32)
+    sheet0, crop0 = 0.8 * axes[0] + 0.6 * axes[1], axes[0]
+    sheet1, crop1 = axes[2], 0.99 * axes[3] + np.sqrt(1 - 0.99**2) * axes[2]
+    others = [v for k in range(4, 8) for v in (axes[k], axes[k])]  # four characters orthogonal to the picture
+    references = References(("c0", "c1", "c2", "c3", "c4", "c5"),
+                            np.stack([sheet0, crop0, sheet1, crop1, *others]).astype(np.float32),
+                            np.repeat(np.arange(6), 2), views=2)
+    picture = (0.7 * axes[0] + 0.714 * axes[3])[None, :]
+    picture /= np.linalg.norm(picture)
+    assert screening.nearest(picture, references, shortlist=0)[0].tolist() == [1]  # its crop, over every view
+    owner, score, row = screening.nearest(picture, references, shortlist=1)
+    assert owner.tolist() == [0] and row.tolist() == [1]  # the sheet's own crop, the best of character 0
+    assert score[0] == pytest.approx(float(picture[0] @ crop0))
