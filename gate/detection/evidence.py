@@ -191,7 +191,16 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
             continue
         shows = names.get(preview["shows"], preview["shows"]) if preview["shows"] else None
         caption = html.escape(preview["name"]) + (f"<br><b>shows {html.escape(shows)}</b>" if shows else "")
-        shown_previews.append(f"<figure style='display:inline-block'><img src='preview_{n:02d}.png'>"
+        beside = ""
+        if shows and preview.get("reference_path"):  # the reference it came closest to, beside it
+            try:
+                _cell(check_image(preview["reference_path"]).rgb()).save(out_dir / f"preview_{n:02d}_reference.png")
+                beside = f"<img src='preview_{n:02d}_reference.png' title='the closest reference'>"
+                caption += (f" (similarity {preview['score']:.3f} to the reference beside it, "
+                            f"{html.escape(Path(preview['reference_path']).name)})")
+            except (ImageError, OSError):
+                pass
+        shown_previews.append(f"<figure style='display:inline-block'><img src='preview_{n:02d}.png'>{beside}"
                               f"<figcaption>{caption}</figcaption></figure>")
     page = out_dir / "index.html"
     heading = title or Path(result.path).name

@@ -75,5 +75,20 @@ def preview_reasons(db: Database, upload_id: str, embedder: str, references: Ref
     return [Reason("preview_match", Verdict(r["verdict"]), f"preview images: {r['message']}", r["character"],
                    {"images": r["images"], "strong": r["strong"], "needed": r["needed"],
                     "previews": [present[m.index]["name"] for m in judged.matches
-                                 if m.character_id == r["character"]]})
+                                 if m.character_id == r["character"]],
+                    # each preview beside the reference it came closest to (its file name: the record keeps
+                    # where it is), for the evidence page and the moderator
+                    "matched": [{"preview": present[m.index]["name"], "score": round(m.score, 4), "strong": m.strong,
+                                 "reference": Path(references.paths[m.reference]).name
+                                 if m.reference < len(references.paths) else None}
+                                for m in judged.matches if m.character_id == r["character"]]})
             for r in judged.reasons if r["kind"] == "image_match"]
+
+
+def matched_previews(reasons: list[Reason], references: References) -> dict[str, dict]:
+    """Per preview name, what a preview_match reason saw in it: the character, the similarity, and the path
+    of the reference it came closest to."""
+    paths = {Path(path).name: path for path in references.paths}
+    return {m["preview"]: {"shows": reason.character_id, "score": m["score"], "reference_path":
+                           paths.get(m["reference"] or "")}
+            for reason in reasons for m in reason.details.get("matched", [])}

@@ -18,7 +18,7 @@ import numpy as np
 
 from gate.config import Settings
 from gate.detection.scanner import Scanner, probe_spec
-from gate.images.previews import preview_reasons, preview_request, previews_of
+from gate.images.previews import matched_previews, preview_reasons, preview_request, previews_of
 from gate.images.record import keep_vectors
 from gate.images.screen import ImageCalibrationMissing, image_ids, image_references, load_image_thresholds
 from gate.pipeline.outcome import begin_scan, fail, record_decision, refuse
@@ -164,12 +164,11 @@ def attach_previews(settings: Settings, db, matcher: Scanner, result, upload_id:
     except ImageCalibrationMissing as exc:
         log.warning("upload %s: its previews are not judged (%s)", upload_id, exc.message)
         return
-    result.preview_reasons = preview_reasons(db, upload_id, ids.vectors, image_references(db, ids.references),
-                                             thresholds, matcher.policies())
-    shows = {name: reason.character_id for reason in result.preview_reasons
-             for name in reason.details.get("previews", [])}
-    result.previews = [{"name": row["name"], "path": row["path"], "shows": shows.get(row["name"])}
-                       for row in previews_of(db, upload_id)]
+    references = image_references(db, ids.references)
+    result.preview_reasons = preview_reasons(db, upload_id, ids.vectors, references, thresholds, matcher.policies())
+    seen = matched_previews(result.preview_reasons, references)
+    result.previews = [{"name": row["name"], "path": row["path"], "shows": None,
+                        **seen.get(row["name"], {})} for row in previews_of(db, upload_id)]
 
 
 def probe_answered(db, upload: dict, probed: dict) -> None:

@@ -269,7 +269,8 @@ def _previews(db: Database, upload_id: str, reasons: list[dict]) -> list[dict]:
     """The hub's preview images of the upload, each with the character a preview_match reason saw in it."""
     seen = {name: r.get("character") for r in reasons if r.get("kind") == "preview_match"
             for name in r.get("previews", [])}
-    return [{**row, "shows": seen.get(row["name"])}
+    matched = {m["preview"]: m for r in reasons if r.get("kind") == "preview_match" for m in r.get("matched", [])}
+    return [{**row, "shows": seen.get(row["name"]), "matched": matched.get(row["name"])}
             for row in db["upload_previews"].rows_where("upload_id = ?", [upload_id], order_by="position")]
 
 
