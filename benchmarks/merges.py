@@ -6,7 +6,12 @@ concatenated, as kohya's merge does), the second LoRA scaled by each of --streng
 
 - every character LoRA with every style LoRA, keeping the character LoRA's metadata (its triggers);
 - negatives: every original-character and concept LoRA with every style, and the styles pairwise;
+- both again at the first strength, factorised again by SVD as kohya's svd_merge_lora does (a rank component
+  is then a mix of both LoRAs', which the parts cannot split);
 - and the 20 shipped LoRAs as they are.
+
+A merge's file name names nothing (a hash of the case): the name screening would otherwise read the character
+LoRA's id in it.
 
 Each is scanned once by the gate's scanner (renders and the likelihood probe over the world's 11 characters)
 and judged three ways with the shipped calibration: by the whole LoRA's gain alone (the baseline); with the
@@ -16,13 +21,14 @@ them); and as the gate judges, with the residual once what the LoRA does to ever
 where the probe set measures them. A character case counts as caught when the verdict is block or quarantine; a
 negative as flagged likewise.
 
-    python -m benchmarks.merges [--strengths 1.0,0.5] [--json out.json]
+    python -m benchmarks.merges [--strengths 1.0,0.5] [--json out.json] [--kinds 'character + style, SVD;...']
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import tempfile
@@ -30,7 +36,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from fixtures.lora_transforms import Lora, merge, read_lora, scaled, write_lora
+from fixtures.lora_transforms import Lora, merge, read_lora, scaled, transform, write_lora
 from gate.config import load_settings
 from gate.detection.scanner import Scanner
 from gate.record.db import open_db
@@ -56,6 +62,12 @@ def cases(world: World, strengths: list[float]) -> list[dict]:
         styles = by_kind["style"]
         found += [{"first": a, "second": b, "strength": strength, "kind": "style + style"}
                   for i, a in enumerate(styles) for b in styles[i + 1:]]
+    # kohya's svd_merge_lora: the summed weight change factorised again by SVD, so a rank component no longer
+    # comes from one of the two LoRAs (at the first strength only: the rank blocks cannot split it at any)
+    for kind, firsts in (("character + style, SVD", by_kind["character"]),
+                         ("clean + style, SVD", by_kind["original"] + by_kind["concept"])):
+        found += [{"first": first, "second": style, "strength": strengths[0], "kind": kind}
+                  for first in firsts for style in by_kind["style"]]
     return found
 
 
@@ -65,7 +77,12 @@ def build(world: World, case: dict, into: Path) -> Path:
         return path
     first, second = read_lora(path), read_lora(world.path(case["second"]["path"]))
     merged = merge(first, scaled(second, case["strength"]))
-    name = f"{case['first']['id']}+{case['second']['id']}@{case['strength']:g}.safetensors"
+    if case["kind"].endswith(", SVD"):
+        merged = transform(merged, "svd_refactorised")
+    # A file name that names nothing: the character LoRA's own name would be screened as a name (and its
+    # metadata, kept, is what a merge published as the character's would carry).
+    key = f"{case['first']['id']}+{case['second']['id']}@{case['strength']:g}/{case['kind']}"
+    name = f"merge_{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors"
     return write_lora(Lora(first.format, merged.modules, dict(first.metadata), "F32"), into / name)
 
 
@@ -73,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--strengths", default="1.0,0.5", help="the second LoRA's scale in each merge")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--kinds", help="only these kinds of case, separated by ; (e.g. 'character + style, SVD')")
     args = parser.parse_args()
     strengths = [float(s) for s in args.strengths.split(",")]
 
@@ -87,7 +105,10 @@ def main() -> None:
     parts = replace(scanner.thresholds, likelihood_residual=None, likelihood_sensitivity=None)
     baseline = replace(parts, likelihood_variant_quarantine=None, likelihood_variant_block=None)
     rows, started = [], time.perf_counter()
+    chosen_kinds = {k.strip() for k in args.kinds.split(";")} if args.kinds else None
     for case in cases(world, strengths):
+        if chosen_kinds and case["kind"] not in chosen_kinds:
+            continue
         result = scanner.scan(build(world, case, work), conclude=False)
         judged = {}
         for name, thresholds in (("baseline", baseline), ("parts", parts), ("gate", scanner.thresholds)):
@@ -116,7 +137,8 @@ def main() -> None:
           "| the gate (+ the residual) | by a part | by the residual |")
     print("|---|---|---|---|---|---|---|---|---|")
     groups = [("character (shipped)", None, "character"), *[(kind, s, kind) for s in strengths for kind in (
-        "character + style", "clean + style", "style + style")], ("clean (shipped)", None, "clean")]
+        "character + style", "clean + style", "style + style")], ("clean (shipped)", None, "clean"),
+        *[(kind, strengths[0], kind) for kind in ("character + style, SVD", "clean + style, SVD")]]
     for label, strength, kind in groups:
         chosen = [row for row in rows if row["strength"] == strength and (
             row["kind"] == kind or (kind == "clean" and row["kind"] in CLEAN and row["second"] is None))]

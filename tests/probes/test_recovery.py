@@ -124,3 +124,20 @@ def test_a_fit_larger_than_the_probes_batch_is_split(engine, references):
     assert [len(g) for g, _ in split] == [4, 4]
     for (gains, _), (gains_together, _) in zip(split, together, strict=True):
         assert gains == pytest.approx(gains_together, abs=2e-4)
+
+
+def test_a_stripped_trigger_merged_with_a_style_is_recovered_under_its_part(engine, world, references, tmp_path):
+    # The style cuts every reference's likelihood in the whole; the part that is Astro Boy's LoRA alone (its
+    # text encoder whole) shows most, and the trigger is searched there.
+    from fixtures.lora_transforms import Lora, merge, read_lora, write_lora
+
+    astro = world_lora(world, character="astro_boy")
+    style = next(lo for lo in world.loras() if lo["kind"] == "style" and lo["id"] == "style_sepia_peft")
+    first = read_lora(world.path(astro["path"]))
+    merged = merge(first, read_lora(world.path(style["path"])))
+    path = write_lora(Lora(first.format, merged.modules, {}, "F32"), tmp_path / "merge.safetensors")
+    gains = engine.likelihood_gains(path, lora_format=first.format, family="fixture", modules=None, triggers=[],
+                                    references=references)
+    own = max(gains, key=lambda g: g.gain)
+    assert own.character_id == "astro_boy" and own.recovered and own.part, own
+    assert own.gain > 0.1, own  # its prompts alone gave 0.075 (the stripped LoRA unmerged)
