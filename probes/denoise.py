@@ -164,7 +164,8 @@ class LikelihoodProbe:
         searched = {g.character_id for g in full[: self.spec.recovery.characters]}
         searched |= {g.character_id for g in full if by_id[g.character_id].named}
         paths = {g.character_id: by_id[g.character_id].paths[: self.spec.references] for g in gains
-                 if g.character_id in searched and len(by_id[g.character_id].paths[: self.spec.references]) >= 2}
+                 if g.character_id in searched}  # in the gains' order: the batches do not depend on a set's
+        paths = {cid: own for cid, own in paths.items() if len(own) >= 2}
         found = dict(zip(paths, self.recovery.gains(list(paths.values()), base_model), strict=True)) if paths else {}
         out = []
         for gain in gains:

@@ -117,10 +117,10 @@ def matched_region(view: int, width: int, height: int) -> list[int] | None:
 
 
 def reference_region(references: References, row: int) -> list[int] | None:
-    """The part of a reference sheet that an image matched (its row in `image_references`' vectors, where each
-    reference holds REFERENCE_VIEW_COUNT rows, the whole first), as [left, top, right, bottom] pixels; None for
+    """The part of a reference sheet that an image matched (its row in the references' vectors, where each
+    reference holds `references.views` rows, the whole first), as [left, top, right, bottom] pixels; None for
     the whole sheet, for a crop that stood in for it (probes.views.floored), or a sheet no longer readable."""
-    view = row % REFERENCE_VIEW_COUNT
+    view = row % references.views
     if view == 0 or np.array_equal(references.vectors[row], references.vectors[row - view]):
         return None
     try:
