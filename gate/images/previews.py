@@ -71,7 +71,8 @@ def preview_reasons(db: Database, upload_id: str, embedder: str, references: Ref
         return []
     judged = judge_set(np.stack([vectors[row["sha256"]] for row in present]), references, thresholds,
                        {cid: str(policy.policy) for cid, policy in characters.items()},
-                       {cid: policy.name for cid, policy in characters.items()})
+                       {cid: policy.name for cid, policy in characters.items()},
+                       keys=[row["sha256"] for row in present])
     return [Reason("preview_match", Verdict(r["verdict"]), f"preview images: {r['message']}", r["character"],
                    {"images": r["images"], "strong": r["strong"], "needed": r["needed"],
                     "previews": [present[m.index]["name"] for m in judged.matches

@@ -182,6 +182,6 @@ def judge_bundle(bundle: Bundle, vectors: np.ndarray, db: Database, reference_id
     captions = [item.caption for item in bundle.items if item.caption]
     hits = find_names({"caption": captions}, {c.id: c.names for c in characters.values()}) if captions else []
     verdict = judge_set(vectors, references, thresholds, {cid: c.policy for cid, c in characters.items()}, names,
-                        hits)
+                        hits, [item.image.sha256 for item in bundle.items])
     return Screened(bundle, verdict, references, names,
                     {**(seconds or {}), "judge": time.perf_counter() - started})

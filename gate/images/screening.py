@@ -3,8 +3,14 @@
 Each image matches its nearest character (by its most similar reference) when that similarity reaches the
 calibrated `score`; at `block_score`, above every negative image calibration saw, the match is strong. A set
 is judged per character:
-- quarantine when the images matching it are more than a clean set of this size reaches by chance (at most
-  `false_positive_target`, each image matching with the calibrated `false_rate`), or when one match is strong;
+- quarantine when the distinct images matching it are more than a clean set of this size reaches by chance (at
+  most `false_positive_target` over all characters), or when one match is strong. A negative image matches
+  some character with the calibrated `false_rate`; which one follows the calibration's near misses (the quarter
+  of negatives most like some character): a character they came near often gets a larger share of the rate and
+  of the target, one they never came near a small one. Chance spreads a clean set's matches over the
+  characters, and a set that shows one character piles them on it: counting one character's matches against
+  its own share is what lets a few drawings in a large set stand out (benchmarks.image_screening). Without
+  near misses (a calibration from before 2026-12-07) every character is held to the whole rate and target.
 - the character's policy (block or quarantine) when both hold: a strong match, and more than chance.
 One image alone is therefore at most quarantined: a person decides on one picture. The captions' words are
 screened for registered names too, which quarantines a set (a name is a hint, not a likeness).
@@ -12,6 +18,7 @@ screened for registered names too, which quarantines a set (a name is a hint, no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,10 +38,25 @@ class ImageThresholds:
     false_rate: float  # how often a negative image matched some character at `score`
     false_positive_target: float = 1e-3  # chance a clean set may be quarantined by its count
     provenance: dict | None = None
+    # Per character id, how many of the calibration's near misses (the negatives most like some character) came
+    # nearest it; None: every character is held to the whole rate.
+    near_misses: dict[str, int] | None = None
 
-    def needed(self, images: int) -> int:
-        """Images matching one character that a clean set of `images` reaches by chance at most rarely."""
-        return max(1, chance_count(images, self.false_rate, self.false_positive_target))
+    def shares(self, character_ids) -> dict[str, float] | None:
+        """Each registered character's share of the false rate and of the target (summing to 1 over the
+        registry), from its near misses plus one; a character registered since calibration counts as the most
+        missed one did (a new design may look generic). None without near misses."""
+        if self.near_misses is None or not character_ids:
+            return None
+        unseen = max(self.near_misses.values(), default=0)
+        weights = {cid: self.near_misses.get(cid, unseen) + 1 for cid in character_ids}
+        total = sum(weights.values())
+        return {cid: weight / total for cid, weight in weights.items()}
+
+    def needed(self, images: int, share: float = 1.0) -> int:
+        """Distinct images matching one character that a clean set of `images` reaches by chance at most rarely,
+        for a character with `share` of the false rate and of the target (1: any character's)."""
+        return max(1, chance_count(images, self.false_rate * share, self.false_positive_target * share))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,33 +168,39 @@ def match_images(vectors: np.ndarray, references: References, thresholds: ImageT
 
 
 def judge_set(vectors: np.ndarray, references: References, thresholds: ImageThresholds, policies: dict[str, str],
-              names: dict[str, str], name_hits: list[NameHit] = ()) -> SetVerdict:
-    """The set's verdict under each character's policy (`policies`: id -> block / quarantine), with reasons."""
-    total = len(vectors)
+              names: dict[str, str], name_hits: list[NameHit] = (), keys: Sequence[str] | None = None) -> SetVerdict:
+    """The set's verdict under each character's policy (`policies`: id -> block / quarantine), with reasons.
+    `keys` (an image's sha256, per row) name the same image sent twice: a count is of distinct images, since
+    chance's bound takes them as independent (a clean set that repeats one near miss is not two of them)."""
+    keys = list(range(len(vectors))) if keys is None else list(keys)
+    total = len(set(keys))
     matches = match_images(vectors, references, thresholds)
-    needed = thresholds.needed(total) if total else 1
+    shares = thresholds.shares(references.character_ids) or {}
     result = SetVerdict("allow", matches=matches)
     for character_id in dict.fromkeys(m.character_id for m in matches):
         own = [m for m in matches if m.character_id == character_id]
+        distinct = len({keys[m.index] for m in own})
         strong = sum(m.strong for m in own)
-        over_chance = len(own) >= needed
+        needed = thresholds.needed(total, shares.get(character_id, 1.0))
+        over_chance = distinct >= needed
         if not (over_chance or strong):
             continue
         verdict = policies.get(character_id, "quarantine") if (over_chance and strong) else "quarantine"
         name = names.get(character_id, character_id)
-        why = (f"{len(own)} of {total} images show {name} (best similarity {own[0].score:.3f}); a clean set of "
-               f"{total} reaches {needed} by chance at most once in {1 / thresholds.false_positive_target:.0f}; "
+        why = (f"{distinct} of {total} images show {name} (best similarity {own[0].score:.3f}); a clean set of "
+               f"{total} reaches {needed} for {name} by chance at most once in "
+               f"{1 / thresholds.false_positive_target:.0f} over all characters; "
                f"{strong} {'is a strong match' if strong == 1 else 'are strong matches'} "
                f"({thresholds.block_score:.3f} or more)")
         result.reasons.append({"kind": "image_match", "verdict": verdict, "character": character_id,
-                               "message": why, "images": len(own), "strong": strong, "needed": needed})
+                               "message": why, "images": distinct, "strong": strong, "needed": needed})
     for hit in {h.character_id: h for h in name_hits}.values():
         result.reasons.append({"kind": "caption_name", "verdict": "quarantine", "character": hit.character_id,
                                "message": f"a caption names {names.get(hit.character_id, hit.character_id)}: "
                                           f"{hit.text!r}"})
     if not result.reasons:
-        seen = (f"{len(matches)} of {total} images resemble a registered character, fewer for any one than the "
-                f"{needed} chance would not explain, and none reaches a strong match ({thresholds.block_score:.3f})"
+        seen = (f"{len(matches)} of {total} images resemble a registered character, fewer for any one than "
+                f"chance would not explain, and none reaches a strong match ({thresholds.block_score:.3f})"
                 if matches else f"none of {total} images resembles a registered character (similarity "
                                 f"{thresholds.score:.3f} or more)")
         result.reasons.append({"kind": "nothing_shown", "verdict": "allow", "character": None, "message": seen})

@@ -65,6 +65,35 @@ def test_matches_spread_over_characters_are_not_added_up():
     assert judged.verdict == "allow" and len(judged.matches) == 2
 
 
+def test_a_character_chance_rarely_comes_near_needs_fewer_matches_than_one_it_often_does():
+    # Calibration's near misses all came nearest Doraemon: chance's matches go there, so Ultraman's few matches
+    # stand out (2 of 40) where Doraemon needs as many as any character would (4). Without near misses (an older
+    # calibration) both need 4.
+    shared = ImageThresholds(0.8, 0.95, 0.01, 1e-3, near_misses={"ultraman": 0, "doraemon": 100})
+    assert shared.shares(REFS.character_ids) == pytest.approx({"ultraman": 1 / 102, "doraemon": 101 / 102})
+    assert (shared.needed(40, 1 / 102), shared.needed(40, 101 / 102), TH.needed(40)) == (2, 4, 4)
+    two = _images((0, 0.9), (0, 0.85), *_generic(38))
+    judged = judge_set(two, REFS, shared, POLICIES, NAMES)
+    assert judged.verdict == "quarantine" and (judged.reasons[0]["images"], judged.reasons[0]["needed"]) == (2, 2)
+    assert judge_set(two, REFS, TH, POLICIES, NAMES).verdict == "allow"
+    assert judge_set(_images((1, 0.9), (1, 0.85), (1, 0.82), *_generic(37)), REFS, shared, POLICIES,
+                     NAMES).verdict == "allow"  # 3 of Doraemon: what chance gives him
+
+
+def test_a_character_registered_since_calibration_counts_as_the_most_missed_one():
+    shared = ImageThresholds(0.8, 0.95, 0.01, 1e-3, near_misses={"doraemon": 9})
+    assert shared.shares(("ultraman", "doraemon")) == pytest.approx({"ultraman": 0.5, "doraemon": 0.5})
+
+
+def test_the_same_image_sent_twice_counts_once():
+    shared = ImageThresholds(0.8, 0.95, 0.01, 1e-3, near_misses={"ultraman": 0, "doraemon": 100})
+    twice = _images((0, 0.9), (0, 0.9), *_generic(38))
+    keys = ["same", "same", *[f"g{n}" for n in range(38)]]
+    judged = judge_set(twice, REFS, shared, POLICIES, NAMES, keys=keys)
+    assert judged.verdict == "allow" and len(judged.matches) == 2  # one image, matched twice: not over chance
+    assert judge_set(twice, REFS, shared, POLICIES, NAMES).verdict == "quarantine"  # as two images
+
+
 def test_a_caption_naming_a_character_quarantines_the_set():
     hit = NameHit("doraemon", "Doraemon", "caption", "a doraemon drawing")
     judged = judge_set(_images(*_generic(5)), REFS, TH, POLICIES, NAMES, [hit])
@@ -78,6 +107,9 @@ def test_calibration_sets_the_score_at_the_negatives_quantile_and_strong_above_a
     fitted = fit_image_thresholds(negatives, REFS, ["synthetic"])
     assert 0.88 < fitted.score < 0.9 and fitted.block_score > 0.9
     assert fitted.false_rate == pytest.approx(0.01, abs=0.003)
+    # The quarter of negatives nearest some character, counted by which: here half lean to each axis.
+    assert sum(fitted.near_misses.values()) == pytest.approx(125, abs=2)
+    assert set(fitted.near_misses) == {"ultraman", "doraemon"} and min(fitted.near_misses.values()) > 40
     with pytest.raises(ValueError):
         fit_image_thresholds(negatives[:10], REFS, ["too few"])
 
