@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from gate.hubs import signatures
 from gate.hubs.client import deliver, multipart
@@ -25,6 +26,43 @@ from gate.hubs.signatures import sign
 UPLOAD_SECRET = "test-upload-secret"  # the apps conftest's make_app builds
 SECRET = "rq-e2e-secret"  # the service fixture's gate and hub
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+
+
+ANSWERS = Path(__file__).resolve().parent.parent / "docs" / "reference" / "schemas" / "answers.schema.json"
+
+
+def schema_errors(answer, name: str) -> list[str]:
+    """Where `answer` departs from the documented answer `name` (a definition of answers.schema.json)."""
+    definitions = json.loads(ANSWERS.read_text())["$defs"]
+    validator = Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": definitions})
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(answer)]
+
+
+def documented(answer, name: str):
+    """`answer`, asserted to be what docs/reference/schemas/answers.schema.json says answer `name` is."""
+    errors = schema_errors(answer, name)
+    assert not errors, f"the {name} answer departs from {ANSWERS.name}: {errors[:5]}"
+    return answer
+
+
+def _answer_name(url: str, status: int, method: str) -> str:
+    if status >= 400:
+        return "error_answer"
+    if "/v1/uploads" in url:
+        return "upload_received" if method == "POST" else "upload"
+    return "image_set"
+
+
+def checked_deliver(url: str, *args, **kwargs) -> tuple[int, dict]:
+    """A signed delivery (gate.hubs.client.deliver), its answer checked against the documented schema."""
+    status, answer = deliver(url, *args, **kwargs)
+    return status, documented(answer, _answer_name(url, status, "POST"))
+
+
+def checked_get(url: str) -> dict:
+    """GET a status URL; its answer checked against the documented schema."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return documented(json.loads(response.read()), _answer_name(url, response.status, "GET"))
 
 
 def free_port() -> int:
@@ -72,6 +110,7 @@ class Hub(ThreadingHTTPServer):
 
     def __init__(self):
         self.received: list[dict] = []
+        self.undocumented: list[str] = []  # callbacks that departed from the documented schema (checked at teardown)
         self.refuse = False
         self.delay, self.requests = 0.0, 0  # seconds before answering; requests seen
         hub = self
@@ -85,7 +124,9 @@ class Hub(ThreadingHTTPServer):
                 if hub.refuse:
                     self.send_response(503)
                 else:
-                    hub.received.append(json.loads(body))
+                    message = json.loads(body)
+                    hub.undocumented += schema_errors(message, "callback")
+                    hub.received.append(message)
                     self.send_response(204)
                 self.end_headers()
 
@@ -162,7 +203,7 @@ def post_upload(client, data: bytes, meta: dict | None = None, secret: str = UPL
 def wait_for(client, upload_id: str, states=("decided", "refused", "failed"), timeout: float = 240) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        answer = client.get(f"/v1/uploads/{upload_id}").get_json()
+        answer = documented(client.get(f"/v1/uploads/{upload_id}").get_json(), "upload")
         if answer["state"] in states:
             return answer
         time.sleep(0.2)

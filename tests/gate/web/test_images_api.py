@@ -17,9 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from fixtures import image_truth
-from gate.hubs.client import deliver
 from tests.conftest import REPO, run_gate
-from tests.support import free_port, wait
+from tests.support import checked_deliver, checked_get, documented, free_port, wait
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +56,7 @@ def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(
     drawings = _held_back("character", "ultraman")[:8]
     archive = _zip(tmp_path / "set.zip", drawings + _held_back("generic")[:32],
                    {"captions.jsonl": json.dumps({"file": drawings[0].name, "caption": "a hero"}) + "\n"})
-    status, answer = deliver(f"{gate_url.url}/v1/datasets", archive, "img-secret",
+    status, answer = checked_deliver(f"{gate_url.url}/v1/datasets", archive, "img-secret",
                              {"hub": "civitai-test", "model_id": "train-1", "uploader": "someone"})
     assert status == 200, answer
     assert answer["state"] == "decided" and answer["verdict"] in ("quarantine", "block") and not answer["duplicate"]
@@ -74,15 +73,15 @@ def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(
     assert all(r is None or (0 <= r[0] < r[2] and 0 <= r[1] < r[3]) for r in sheets), sheets
     page = urllib.request.urlopen(answer["evidence_url"]).read().decode()
     assert "Ultraman" in page and "image_00000.png" in page
-    assert json.loads(urllib.request.urlopen(answer["status_url"]).read())["verdict"] == answer["verdict"]
+    assert checked_get(answer["status_url"])["verdict"] == answer["verdict"]
 
-    again_status, again = deliver(f"{gate_url.url}/v1/datasets", archive, "img-secret",
+    again_status, again = checked_deliver(f"{gate_url.url}/v1/datasets", archive, "img-secret",
                                   {"hub": "civitai-test", "model_id": "train-1", "uploader": "someone"})
     assert again_status == 200 and again["id"] == answer["id"] and again["duplicate"]
 
     # Some of the same drawings in a new set: answered from the record's vectors, nothing embedded again.
     known = _zip(tmp_path / "known.zip", drawings[:4] + _held_back("generic")[:4])
-    status, repeat = deliver(f"{gate_url.url}/v1/images", known, "img-secret",
+    status, repeat = checked_deliver(f"{gate_url.url}/v1/images", known, "img-secret",
                              {"hub": "civitai-test", "model_id": "gen"})
     assert status == 200 and repeat["id"] != answer["id"] and repeat["counts"]["embedded"] == 0
     assert repeat["state"] == "decided"
@@ -97,14 +96,15 @@ def test_a_training_set_with_a_characters_drawings_is_answered_with_its_verdict(
 
 
 def test_one_generated_image_and_a_hostile_archive(gate_url, tmp_path):
-    status, one = deliver(f"{gate_url.url}/v1/images", _held_back("generic")[100], "img-secret", {"model_id": "m-7"})
+    status, one = checked_deliver(f"{gate_url.url}/v1/images", _held_back("generic")[100], "img-secret",
+                                  {"model_id": "m-7"})
     assert status == 200 and one["state"] == "decided" and one["counts"]["images"] == 1
     assert one["verdict"] == "allow" and one["reasons"][0]["kind"] == "nothing_shown"
 
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as archive:
         archive.writestr("../../escape.png", b"x")
-    status, refused = deliver(f"{gate_url.url}/v1/datasets", evil, "img-secret", {"model_id": "evil"})
+    status, refused = checked_deliver(f"{gate_url.url}/v1/datasets", evil, "img-secret", {"model_id": "evil"})
     assert status == 200 and refused["state"] == "refused"
     assert refused["error"]["code"] == "bundle_path_unsafe"
 
@@ -126,11 +126,11 @@ def test_preview_images_with_an_upload_are_evidence_in_its_decision(gate_url, tm
     junk = tmp_path / "not-an-image.png"
     junk.write_bytes(b"GIF89a but not really")
     lora = REPO / "fixtures" / "world" / "loras" / "style_sepia_peft.safetensors"
-    status, answer = deliver(f"{gate_url.url}/v1/uploads", lora, "img-secret", {"model_id": "sepia-previews"},
+    status, answer = checked_deliver(f"{gate_url.url}/v1/uploads", lora, "img-secret", {"model_id": "sepia-previews"},
                              previews=[*previews, junk])
     assert status == 202, answer
     deadline = time.time() + 300
-    while (final := json.loads(urllib.request.urlopen(answer["status_url"]).read()))["state"] != "decided":
+    while (final := checked_get(answer["status_url"]))["state"] != "decided":
         assert time.time() < deadline, final
         time.sleep(0.5)
     [reason] = [r for r in final["reasons"] if r["kind"] == "preview_match"]
@@ -153,14 +153,14 @@ def test_preview_images_with_an_upload_are_evidence_in_its_decision(gate_url, tm
 def test_a_list_of_image_parts_is_one_set_and_sent_again_is_the_same_set(gate_url):
     drawings = [e["path"] for e in image_truth.load(split="held_back") if e["character"] == "totoro"][:6]
     files = drawings + _held_back("generic")[40:50]
-    status, answer = deliver(f"{gate_url.url}/v1/images", None, "img-secret", {"model_id": "gallery-1"},
+    status, answer = checked_deliver(f"{gate_url.url}/v1/images", None, "img-secret", {"model_id": "gallery-1"},
                              images=files)
     assert status == 200 and answer["counts"]["images"] == 16, answer
     assert any(r.get("character") == "totoro" for r in answer["reasons"]), answer["reasons"]
-    again_status, again = deliver(f"{gate_url.url}/v1/images", None, "img-secret", {"model_id": "gallery-1"},
+    again_status, again = checked_deliver(f"{gate_url.url}/v1/images", None, "img-secret", {"model_id": "gallery-1"},
                                   images=files)
     assert again_status == 200 and again["id"] == answer["id"] and again["duplicate"]
-    both = deliver(f"{gate_url.url}/v1/images", files[0], "img-secret", {"model_id": "both"}, images=files[:2])
+    both = checked_deliver(f"{gate_url.url}/v1/images", files[0], "img-secret", {"model_id": "both"}, images=files[:2])
     assert both[0] == 400 and both[1]["error"]["code"] == "multipart_invalid"
 
 
@@ -175,9 +175,9 @@ def _signed_json(url: str, body: dict) -> tuple[int, dict]:
                                                 DIGEST_HEADER: hashlib.sha256(raw).hexdigest()})
     try:
         with urllib.request.urlopen(request, timeout=300) as answer:
-            return answer.status, json.loads(answer.read())
+            return answer.status, documented(json.loads(answer.read()), "image_set")
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        return error.code, documented(json.loads(error.read()), "error_answer")
 
 
 def test_a_list_of_image_urls_is_fetched_under_the_url_rules_and_screened(gate_url):

@@ -7,13 +7,13 @@ import pytest
 
 from gate.hubs.signatures import sign
 from tests.support import UPLOAD_SECRET as SECRET
-from tests.support import post_upload, wait_for
+from tests.support import documented, post_upload, wait_for
 
 
 def test_a_pickle_is_accepted_for_the_record_then_refused_with_its_code(client, corpus_dir):
     response = post_upload(client, (corpus_dir / "pickle_disguised.safetensors").read_bytes(), {"model_id": "m1"})
     assert response.status_code == 202
-    answer = response.get_json()
+    answer = documented(response.get_json(), "upload_received")
     assert answer["status_url"].endswith(f"/v1/uploads/{answer['id']}")
     final = wait_for(client, answer["id"])
     assert final["state"] == "refused" and final["verdict"] is None
@@ -36,7 +36,7 @@ def test_a_retried_delivery_is_one_upload(client, corpus_dir):
 def test_bad_signatures_are_refused(client, change, status, code):
     response = post_upload(client, b"data", **change)
     assert response.status_code == status
-    assert response.get_json()["error"]["code"] == code
+    assert documented(response.get_json(), "error_answer")["error"]["code"] == code
 
 
 def test_malformed_requests_get_clear_json_errors(client):
@@ -53,7 +53,10 @@ def test_malformed_requests_get_clear_json_errors(client):
     assert missing.status_code == 400 and missing.get_json()["error"]["code"] == "file_missing"
     bad_meta = post_upload(client, b"x", {"tags": "not-a-list"})
     assert bad_meta.status_code == 400 and bad_meta.get_json()["error"]["code"] == "meta_invalid"
-    assert client.get("/v1/uploads/up_nothing").status_code == 404
+    unknown = client.get("/v1/uploads/up_nothing")
+    assert unknown.status_code == 404 and documented(unknown.get_json(), "error_answer")["error"]["code"]
+    for answer in (no_url, no_header, missing, bad_meta):
+        documented(answer.get_json(), "error_answer")
 
 
 def test_unconfigured_secret_answers_503(make_app):
