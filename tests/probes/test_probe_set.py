@@ -67,6 +67,15 @@ def test_the_recovery_table_is_read_with_defaults():
     assert load_probe_set("fixture-v1").likelihood.recovery is None  # v1 stays what it measured
 
 
+def test_sd15_v3_renders_and_measures_as_v2_and_adds_what_finds_hidden_characters():
+    v2, v3 = load_probe_set("sd15-v2"), load_probe_set("sd15-v3")
+    assert v3.id != v2.id and v3.version == 3
+    assert [(p.prompt, p.seed) for p in v3.probes({})] == [(p.prompt, p.seed) for p in v2.probes({})]
+    assert (v3.likelihood.timesteps, v3.likelihood.references) == (v2.likelihood.timesteps, v2.likelihood.references)
+    assert v2.likelihood.strengths == () and not v2.likelihood.blocks and v2.likelihood.recovery is None
+    assert v3.likelihood.strengths == (0.5, 2.0) and v3.likelihood.blocks and v3.likelihood.recovery.characters == 2
+
+
 def test_family_lookup():
     assert probe_set_for_family("fixture").name == "fixture"
     assert probe_set_for_family("sd15").family == "sd15"
