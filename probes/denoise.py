@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 from probes.likelihood import CharacterGain, LikelihoodSpec, ReferenceSet
+from probes.pixels import as_shown
 from probes.probe_set import ProbeSetError
 from probes.recovery import TriggerRecovery
 
@@ -57,7 +58,7 @@ class LikelihoodProbe:
             if len(self._latents) >= LATENT_CACHE:  # a large registry's references pass through, not pile up
                 self._latents.popitem(last=False)
             with Image.open(path) as image:  # cropped to the probe set's aspect, then sized to it
-                fitted = ImageOps.fit(image.convert("RGB"), self.size, Image.Resampling.BICUBIC)
+                fitted = ImageOps.fit(as_shown(image), self.size, Image.Resampling.BICUBIC)
                 pixels = np.asarray(fitted, np.float32)
             tensor = torch.from_numpy(pixels / 127.5 - 1).permute(2, 0, 1)[None]
             vae = self._pipe.vae

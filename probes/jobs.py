@@ -33,6 +33,7 @@ from gate.config import Settings
 from gate.intake import inspect_file
 from gate.queues import INTAKE, context, job_id
 from probes.contract import UnsupportedLora
+from probes.pixels import shown_rgb
 from probes.snapshot import file_sha256
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def _reference_vectors(embed, wanted: list[dict]) -> dict[str, str]:
     for ref in wanted:
         path = materialize(context().settings, ref["path"], ref["sha256"])
         with Image.open(path, formats=REFERENCE_FORMATS) as image:
-            images.append(np.asarray(image.convert("RGB")))
+            images.append(shown_rgb(image))
     vectors = embed(images)
     return {str(ref["id"]): _encoded(vector)
             for ref, vector in zip(wanted, vectors, strict=True)}
@@ -388,7 +389,7 @@ def _set_image(archive, path: Path, wanted: dict) -> np.ndarray | None:
         if len(data) > MAX_IMAGE_BYTES or hashlib.sha256(data).hexdigest() != wanted["sha256"]:
             return None
         with Image.open(io.BytesIO(data), formats=REFERENCE_FORMATS) as image:
-            return np.asarray(image.convert("RGB"))
+            return shown_rgb(image)
     except (KeyError, OSError, ValueError, SyntaxError, zipfile.BadZipFile, Image.DecompressionBombError):
         return None
 

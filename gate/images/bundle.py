@@ -86,16 +86,22 @@ def read_bundle(paths: list[str | Path], limits: BundleLimits = BundleLimits()) 
 
 
 def _read_folder(folder: Path, bundle: Bundle, captions: dict[str, str], limits: BundleLimits) -> None:
-    files = [p for p in sorted(folder.rglob("*")) if not p.is_symlink() and p.is_file()]
-    if len(files) > limits.max_files:
-        raise BundleError(f"{folder.name}: {len(files)} files; a set may hold {limits.max_files}",
+    """Walked without following links (a folder linked inside is not entered); what is not screened is said, as
+    an archive's members are: a link (never followed out of the folder) and a file that is not an image."""
+    entries = [p for p in sorted(folder.rglob("*")) if p.is_symlink() or p.is_file()]
+    if len(entries) > limits.max_files:
+        raise BundleError(f"{folder.name}: {len(entries)} files; a set may hold {limits.max_files}",
                           "bundle_too_many_files")
-    for path in files:
+    for path in entries:
         name = path.relative_to(folder).as_posix()
-        if path.name == CAPTIONS_FILE or path.suffix.lower() == ".txt":
+        if path.is_symlink():
+            bundle.refuse(name, BundleError(f"{name}: a symbolic link; not followed", "bundle_symlink"))
+        elif path.name == CAPTIONS_FILE or path.suffix.lower() == ".txt":
             _caption(name, path.read_bytes()[:MAX_CAPTION_BYTES], captions)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             _add(bundle, name, path.read_bytes, path.stat().st_size, captions)
+        else:
+            bundle.refuse(name, ImageError(f"{name}: not a PNG, JPEG or WebP image", "image_format"))
 
 
 def read_zip(source: Path | IO[bytes], name: str, bundle: Bundle, captions: dict[str, str],

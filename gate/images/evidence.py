@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from gate.images.screen import Screened, matched_region, reference_region
 from gate.registry.images import ImageError, check_image
+from probes.pixels import as_shown
 
 THUMB = 192
 
@@ -20,8 +21,9 @@ def _thumb(data: bytes | None, target: Path, region: list[int] | None = None) ->
     if data is None:
         return False
     with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        thumb = image.convert("RGB").resize((THUMB, THUMB), Image.NEAREST)
+        shown = as_shown(image)  # turned and flattened as it was matched: the region is in its pixels
+    width, height = shown.size
+    thumb = shown.resize((THUMB, THUMB), Image.NEAREST)
     if region:
         left, top, right, bottom = region
         box = (left * THUMB // width, top * THUMB // height, right * THUMB // width - 1, bottom * THUMB // height - 1)

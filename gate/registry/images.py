@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gate.errors import GateError
+from probes.pixels import shown_rgb
 
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP"}
 MAX_BYTES = 20 * 1024 * 1024
@@ -31,8 +32,9 @@ class CheckedImage:
     height: int
 
     def rgb(self) -> np.ndarray:
+        """The picture as a viewer shows it, 8-bit RGB (probes/pixels.py)."""
         with Image.open(io.BytesIO(self.data)) as image:
-            return np.asarray(image.convert("RGB"))
+            return shown_rgb(image)
 
 
 MAX_PIXELS = MAX_SIDE * MAX_SIDE

@@ -112,8 +112,13 @@ def test_folders_are_walked_without_following_links(tmp_path):
     outside = tmp_path / "secret.png"
     outside.write_bytes(_png(9))
     (folder / "link.png").symlink_to(outside)
+    (folder / "linked").symlink_to(tmp_path, target_is_directory=True)  # would reach secret.png if entered
+    (folder / "notes.gif").write_bytes(b"GIF89a")
     bundle = read_bundle([str(folder)])
     assert sorted(i.name for i in bundle.items) == ["a.png", "deep/b.webp"]
+    # what was not screened is said, as an archive's members are
+    assert {r["name"]: r["code"] for r in bundle.refused} == {
+        "link.png": "bundle_symlink", "linked": "bundle_symlink", "notes.gif": "image_format"}
     refused = read_bundle([str(folder / "link.png")]).refused
     assert [r["code"] for r in refused] == ["bundle_symlink"]
 
