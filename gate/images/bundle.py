@@ -29,7 +29,9 @@ from gate.registry.images import MAX_BYTES, CheckedImage, ImageError, check_imag
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 CAPTIONS_FILE = "captions.jsonl"
-MAX_CAPTION_BYTES = 64 * 1024
+MAX_CAPTION_BYTES = 64 * 1024  # one image's .txt caption
+# A set's captions.jsonl: a line an image, up to 10,000 of them (a 1,000-image set of plain captions is ~100 KB).
+MAX_CAPTIONS_FILE_BYTES = 32 * 1024 * 1024
 CHUNK = 1024 * 1024
 
 
@@ -97,7 +99,11 @@ def _read_folder(folder: Path, bundle: Bundle, captions: dict[str, str], limits:
         if path.is_symlink():
             bundle.refuse(name, BundleError(f"{name}: a symbolic link; not followed", "bundle_symlink"))
         elif path.name == CAPTIONS_FILE or path.suffix.lower() == ".txt":
-            _caption(name, path.read_bytes()[:MAX_CAPTION_BYTES], captions)
+            cap = _caption_cap(name)
+            if path.stat().st_size > cap:
+                bundle.refuse(name, _captions_too_large(name, cap))
+            else:
+                _caption(name, path.read_bytes(), captions)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             _add(bundle, name, path.read_bytes, path.stat().st_size, captions)
         else:
@@ -129,7 +135,11 @@ def read_zip(source: Path | IO[bytes], name: str, bundle: Bundle, captions: dict
             inner = member.filename
             suffix = PurePosixPath(inner).suffix.lower()
             if PurePosixPath(inner).name == CAPTIONS_FILE or suffix == ".txt":
-                _caption(inner, _read_member(archive, member, MAX_CAPTION_BYTES), captions)
+                cap = _caption_cap(inner)
+                if member.file_size > cap:
+                    bundle.refuse(inner, _captions_too_large(inner, cap))
+                else:
+                    _caption(inner, _read_member(archive, member, cap), captions)
             elif suffix in IMAGE_SUFFIXES:
                 _add(bundle, inner, lambda m=member: _read_member(archive, m, MAX_BYTES), member.file_size,
                      captions)
@@ -175,6 +185,16 @@ def _add(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -
         bundle.refuse(name, exc)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         bundle.refuse(name, ImageError(f"{name}: cannot be read from its archive ({exc})", "image_corrupt"))
+
+
+def _caption_cap(name: str) -> int:
+    return MAX_CAPTIONS_FILE_BYTES if PurePosixPath(name).name == CAPTIONS_FILE else MAX_CAPTION_BYTES
+
+
+def _captions_too_large(name: str, cap: int) -> ImageError:
+    """Refused alone: the images are screened without these captions, and the answer says so."""
+    return ImageError(f"{name}: {cap} bytes of captions at most; the images are screened without them",
+                      "captions_too_large")
 
 
 def _caption(name: str, data: bytes, captions: dict[str, str]) -> None:

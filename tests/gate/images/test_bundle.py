@@ -4,6 +4,7 @@ means harm is refused whole with a code; a bad image alone is refused alone; not
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import struct
@@ -122,3 +123,27 @@ def test_folders_are_walked_without_following_links(tmp_path):
     refused = read_bundle([str(folder / "link.png")]).refused
     assert [r["code"] for r in refused] == ["bundle_symlink"]
 
+
+
+def test_a_large_sets_captions_are_read_and_captions_past_the_cap_are_refused_alone(tmp_path, monkeypatch):
+    # 1,000 captions of ~120 bytes (a real set's captions.jsonl is over 100 KB): read, not refused
+    lines = [json.dumps({"file": f"{n}.png", "caption": f"a drawing, number {n}, " + "detail " * 12})
+             for n in range(1000)]
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("0.png", _png(1))
+        out.writestr("captions.jsonl", "\n".join(lines))
+    bundle = read_bundle([archive])
+    assert bundle.refused == [] and bundle.items[0].caption.startswith("a drawing, number 0")
+    # past the cap, the captions file is refused with its code and the images are screened without it
+    from gate.images import bundle as module
+
+    monkeypatch.setattr(module, "MAX_CAPTIONS_FILE_BYTES", 1024)
+    capped = read_bundle([archive])
+    assert [i.name for i in capped.items] == ["0.png"] and capped.items[0].caption in (None, "")
+    assert [(r["name"], r["code"]) for r in capped.refused] == [("captions.jsonl", "captions_too_large")]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "0.png").write_bytes(_png(1))
+    (folder / "0.txt").write_text("x" * (module.MAX_CAPTION_BYTES + 1))
+    assert [r["code"] for r in read_bundle([folder]).refused] == ["captions_too_large"]
