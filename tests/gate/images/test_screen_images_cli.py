@@ -9,7 +9,7 @@ import zipfile
 
 from fixtures import image_truth
 from tests.conftest import REPO, run_gate
-from tests.support import without_torch
+from tests.support import documented, without_torch
 
 
 def _held_back(kind: str, character: str | None = None) -> list:
@@ -30,7 +30,7 @@ def test_a_training_set_with_a_characters_drawings_is_flagged_with_evidence(tmp_
     done = run_gate("screen-images", archive, "--json", "--evidence", str(tmp_path / "ev"),
                     env={"GATE_DATA_DIR": str(tmp_path / "data")})
     assert done.returncode == 0, done.stderr[-2000:]
-    answer = json.loads(done.stdout)
+    answer = documented(json.loads(done.stdout), "screened_images")
     assert answer["verdict"] in ("quarantine", "block") and answer["counts"]["images"] == 40
     [reason] = [r for r in answer["reasons"] if r["kind"] == "image_match"]
     assert reason["character"] == "ultraman" and (reason["images"] >= reason["needed"] or reason["strong"])
@@ -54,7 +54,7 @@ def test_a_hostile_archive_is_refused_before_any_model_loads(tmp_path):
     env = {"GATE_DATA_DIR": str(tmp_path / "data"), **without_torch(tmp_path)}
     done = run_gate("screen-images", str(path), "--json", env=env)
     assert done.returncode == 3 and "Traceback" not in done.stderr
-    assert json.loads(done.stdout)["error"]["code"] == "bundle_path_unsafe"
+    assert documented(json.loads(done.stdout), "error_answer")["error"]["code"] == "bundle_path_unsafe"
 
 
 def test_calibrate_images_adds_its_section_and_keeps_the_lora_thresholds(tmp_path):
@@ -80,7 +80,7 @@ def test_a_character_small_in_a_corner_of_a_bigger_picture_is_found_and_shown_wh
     done = run_gate("screen-images", str(tmp_path / "gallery.png"), "--json", "--evidence", str(tmp_path / "ev"),
                     env={"GATE_DATA_DIR": str(tmp_path / "data")})
     assert done.returncode == 0, done.stderr[-2000:]
-    [image] = json.loads(done.stdout)["images"]
+    [image] = documented(json.loads(done.stdout), "screened_images")["images"]
     assert image["matched"]["character"] == "ultraman" and image["matched"]["strong"]
     assert image["matched"]["region"] == [0, 32, 32, 64]  # the crop that holds it, as the evidence outlines it
     assert "in the outlined part" in (tmp_path / "ev" / "index.html").read_text()
@@ -98,7 +98,7 @@ def test_a_close_up_of_a_character_is_found_by_its_references_views(tmp_path):
     done = run_gate("screen-images", str(tmp_path / "portrait.png"), "--json", "--evidence", str(tmp_path / "ev"),
                     env={"GATE_DATA_DIR": str(tmp_path / "data")})
     assert done.returncode == 0, done.stderr[-2000:]
-    [image] = json.loads(done.stdout)["images"]
+    [image] = documented(json.loads(done.stdout), "screened_images")["images"]
     assert image["matched"]["character"] == "totoro" and image["matched"]["strong"]
     # Shown beside the part of a sheet it resembled: a three-quarter crop at the top, where the head is.
     left, top, right, bottom = image["matched"]["reference_region"]
