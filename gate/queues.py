@@ -140,6 +140,15 @@ class RedisQueues(Queues):
             return None, None
         return job.get_status(refresh=False), job.worker_name
 
+    def taken(self) -> set[str]:
+        """Jobs a worker took from a queue and has not started: RQ moves a job from its queue to an intermediate
+        list when a worker takes it, and it stays there, still "queued", until the worker starts it, or, if the
+        worker died in between, until RQ's maintenance some minutes later. The lists are short (a job a worker)."""
+        pipeline = self.connection.pipeline()
+        for name in QUEUES:
+            pipeline.lrange(self.queue(name).intermediate_queue_key, 0, -1)
+        return {job.decode() if isinstance(job, bytes) else job for jobs in pipeline.execute() for job in jobs}
+
     def result(self, job_id: str):
         from rq.job import Job
         from rq.serializers import JSONSerializer

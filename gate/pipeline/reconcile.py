@@ -9,6 +9,7 @@ generation, so jobs left over from the lost run do nothing. After MAX_GENERATION
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -24,17 +25,41 @@ MAX_GENERATIONS = 5
 STEPS = ("intake", "probe", "conclude", "failure")
 WAITING = {"queued", "deferred", "scheduled"}
 ALIVE_KEY = "gate:alive:{}"
+# A worker starts a job it took within milliseconds; one still unstarted this long after the reconciler first saw
+# it taken is lost (a few housekeeping rounds, and longer than a worker's liveness key lives).
+TAKEN_SECONDS = 15
+_taken: dict[str, float] = {}  # job id -> when the reconciler first saw it taken and not started (monotonic)
 
 
-def worker_alive(queues: RedisQueues) -> Callable[[str | None], bool]:
-    """Whether a worker is alive: `gate worker` keeps a short-lived key fresh while its process runs."""
-    return lambda name: bool(name) and bool(queues.connection.exists(ALIVE_KEY.format(name)))
+class Liveness:
+    """Whether a worker is alive (`gate worker` keeps a short-lived key fresh while its process runs), called
+    with its name; and the jobs workers have taken but not started, as Redis had them when this was made (one
+    look a reconcile round)."""
+
+    def __init__(self, queues: RedisQueues):
+        self.queues = queues
+        self.taken = queues.taken() if hasattr(queues, "taken") else set()  # in-process queues take nothing
+
+    def __call__(self, name: str | None) -> bool:
+        return bool(name) and bool(self.queues.connection.exists(ALIVE_KEY.format(name)))
+
+
+def worker_alive(queues: RedisQueues) -> Liveness:
+    return Liveness(queues)
 
 
 def job_alive(queues: RedisQueues, job_id: str, alive: Callable[[str | None], bool]) -> bool:
-    """Whether a job will still run: waiting in Redis, or started by a worker that is alive."""
+    """Whether a job will still run: waiting in Redis, or started by a worker that is alive. A job "queued" that
+    a worker took and has not started (`alive.taken`) is alive for TAKEN_SECONDS, then lost: the worker died
+    between taking and starting it, and RQ would put it back only at its next maintenance, minutes later."""
     status, worker = queues.job_status(job_id)
     status = str(status.value if hasattr(status, "value") else status) if status else None
+    if status == "queued" and job_id in getattr(alive, "taken", ()):
+        now = time.monotonic()
+        for stale in [j for j, seen in _taken.items() if now - seen > 10 * TAKEN_SECONDS]:
+            del _taken[stale]  # jobs restarted long ago under a new generation
+        return now - _taken.setdefault(job_id, now) < TAKEN_SECONDS
+    _taken.pop(job_id, None)
     return status in WAITING or (status == "started" and alive(worker))
 
 

@@ -181,12 +181,17 @@ def test_the_compact_search_misses_no_render_the_exact_rule_would_match():
         assert len(found) < loras  # and it still filters
 
 
-def test_update_and_reports_from_the_command_line(scanned):
+def test_update_and_reports_from_the_command_line(scanned, tmp_path):
     from click.testing import CliRunner
 
     from gate.cli import main
 
-    settings, db, _, character_upload, _, _ = scanned
+    settings, db, scanner, character_upload, result, _ = scanned
+    if not db["characters"].count_where("id = ?", ["pebble_sprite"]):  # the test that registers it ran elsewhere
+        add_character(db, settings.references_dir, name="Pebble Sprite", rights_holder="Pebble Works",
+                      policy="quarantine", references=_references_from(result, tmp_path), character_id="pebble_sprite",
+                      embed=scanner.engine.embed, embedder_id=scanner.engine.embedder_id)
+        registry_changed(db, "pebble_sprite", settings, cause="registered")
     runner = CliRunner(env={"GATE_DATA_DIR": str(settings.data_dir), "REDIS_URL": "", "GATE_REDIS_URL": ""})
     result = runner.invoke(main, ["characters", "update", "pebble_sprite", "--add-alias", "pbbl sprite", "--json"])
     assert result.exit_code == 0, result.output
