@@ -71,7 +71,8 @@ def _sets(vectors, labels, originals, references, thresholds, policies, names, t
         caught += any(r.get("character") == character and r["kind"] == "image_match" for r in judged(picks).reasons)
         flagged += judged(list(rng.choice(negative, size, replace=False))).verdict != "allow"
         own = originals[designs[int(rng.integers(len(designs)))]]
-        rest = [i for i in negative if i not in set(own)]
+        excluded = set(own)
+        rest = [i for i in negative if i not in excluded]
         alike += judged(own + list(rng.choice(rest, size - len(own), replace=False))).verdict != "allow"
     return caught / trials, flagged / trials, alike / trials
 

@@ -4,6 +4,7 @@ torch."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -31,11 +32,16 @@ needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="n
 ANSWERS = Path(__file__).resolve().parent.parent / "docs" / "reference" / "schemas" / "answers.schema.json"
 
 
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    """The documented answer `name` (a definition of answers.schema.json), read once."""
+    return Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": json.loads(ANSWERS.read_text())["$defs"]})
+
+
 def schema_errors(answer, name: str) -> list[str]:
-    """Where `answer` departs from the documented answer `name` (a definition of answers.schema.json)."""
-    definitions = json.loads(ANSWERS.read_text())["$defs"]
-    validator = Draft202012Validator({"$ref": f"#/$defs/{name}", "$defs": definitions})
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(answer)]
+    """Where `answer` departs from the documented answer `name`."""
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+            for e in _validator(name).iter_errors(answer)]
 
 
 def documented(answer, name: str):

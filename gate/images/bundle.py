@@ -99,11 +99,7 @@ def _read_folder(folder: Path, bundle: Bundle, captions: dict[str, str], limits:
         if path.is_symlink():
             bundle.refuse(name, BundleError(f"{name}: a symbolic link; not followed", "bundle_symlink"))
         elif path.name == CAPTIONS_FILE or path.suffix.lower() == ".txt":
-            cap = _caption_cap(name)
-            if path.stat().st_size > cap:
-                bundle.refuse(name, _captions_too_large(name, cap))
-            else:
-                _caption(name, path.read_bytes(), captions)
+            _add_caption(bundle, name, lambda cap, p=path: p.read_bytes(), path.stat().st_size, captions)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             _add(bundle, name, path.read_bytes, path.stat().st_size, captions)
         else:
@@ -135,11 +131,8 @@ def read_zip(source: Path | IO[bytes], name: str, bundle: Bundle, captions: dict
             inner = member.filename
             suffix = PurePosixPath(inner).suffix.lower()
             if PurePosixPath(inner).name == CAPTIONS_FILE or suffix == ".txt":
-                cap = _caption_cap(inner)
-                if member.file_size > cap:
-                    bundle.refuse(inner, _captions_too_large(inner, cap))
-                else:
-                    _caption(inner, _read_member(archive, member, cap), captions)
+                _add_caption(bundle, inner, lambda cap, m=member: _read_member(archive, m, cap), member.file_size,
+                             captions)
             elif suffix in IMAGE_SUFFIXES:
                 _add(bundle, inner, lambda m=member: _read_member(archive, m, MAX_BYTES), member.file_size,
                      captions)
@@ -187,14 +180,15 @@ def _add(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -
         bundle.refuse(name, ImageError(f"{name}: cannot be read from its archive ({exc})", "image_corrupt"))
 
 
-def _caption_cap(name: str) -> int:
-    return MAX_CAPTIONS_FILE_BYTES if PurePosixPath(name).name == CAPTIONS_FILE else MAX_CAPTION_BYTES
-
-
-def _captions_too_large(name: str, cap: int) -> ImageError:
-    """Refused alone: the images are screened without these captions, and the answer says so."""
-    return ImageError(f"{name}: {cap} bytes of captions at most; the images are screened without them",
-                      "captions_too_large")
+def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -> None:
+    """A captions.jsonl or an image's .txt, as _add takes an image: `read(cap)` gives its bytes. Past its cap it is
+    refused alone: the images are screened without these captions, and the answer says so."""
+    cap = MAX_CAPTIONS_FILE_BYTES if PurePosixPath(name).name == CAPTIONS_FILE else MAX_CAPTION_BYTES
+    if size > cap:
+        bundle.refuse(name, ImageError(f"{name}: {cap} bytes of captions at most; the images are screened without "
+                                       f"them", "captions_too_large"))
+        return
+    _caption(name, read(cap), captions)
 
 
 def _caption(name: str, data: bytes, captions: dict[str, str]) -> None:

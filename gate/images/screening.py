@@ -176,12 +176,16 @@ def judge_set(vectors: np.ndarray, references: References, thresholds: ImageThre
     total = len(set(keys))
     matches = match_images(vectors, references, thresholds)
     shares = thresholds.shares(references.character_ids) or {}
+    needed_at: dict[float, int] = {}  # a binomial tail over up to `total` counts: once a share, not a character
     result = SetVerdict("allow", matches=matches)
     for character_id in dict.fromkeys(m.character_id for m in matches):
         own = [m for m in matches if m.character_id == character_id]
         distinct = len({keys[m.index] for m in own})
         strong = sum(m.strong for m in own)
-        needed = thresholds.needed(total, shares.get(character_id, 1.0))
+        share = shares.get(character_id, 1.0)
+        if share not in needed_at:
+            needed_at[share] = thresholds.needed(total, share)
+        needed = needed_at[share]
         over_chance = distinct >= needed
         if not (over_chance or strong):
             continue
