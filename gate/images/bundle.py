@@ -6,7 +6,8 @@ chose. Before any member is read, the archive as a whole is refused (BundleError
 members, a declared total beyond the limit, a compression ratio that only a bomb has, an unsafe member name
 (absolute, `..`, a drive, a backslash) or a symlink. Each member is read with a bound at its declared size,
 so a lying header cannot inflate it. A member that is not a good image (a zip inside the zip, a truncated
-JPEG, a PNG that declares a billion pixels) is refused alone, with its code; the rest of the set goes on.
+JPEG, a PNG that declares a billion pixels) or cannot be read from the archive (corrupt data, a bad CRC, a
+compression method zipfile lacks, a password) is refused alone, with its code; the rest of the set goes on.
 
 Captions, as kohya's trainers take them: a `captions.jsonl` (lines of {"file": ..., "caption": ...}) or a
 sidecar `<image stem>.txt`.
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -155,11 +158,24 @@ def _check_member(archive: str, member: zipfile.ZipInfo, limits: BundleLimits) -
                           f"{member.compress_size} (a zip bomb's ratio)", "bundle_bomb")
 
 
+# What zipfile raises for a member it cannot give back: a bad CRC or header, corrupt deflate / LZMA / bzip2 data
+# (zlib.error, LZMAError, OSError), a truncated stream, an unknown compression method.
+UNREADABLE = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError)
+
+
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, cap: int) -> bytes:
-    """A member's bytes, at most its declared size and `cap`; more than declared is a lie (a bomb)."""
+    """A member's bytes, at most its declared size and `cap`; more than declared is a lie (a bomb). A member that
+    cannot be read is an ImageError, refused alone: the archive's other members may be fine."""
     limit = min(member.file_size, cap)
-    with archive.open(member) as stream:
-        data = stream.read(limit + 1)
+    if member.flag_bits & 0x1:  # zipfile would ask for a password (RuntimeError)
+        raise ImageError(f"{member.filename}: encrypted in its archive; the gate reads no password-protected member",
+                         "bundle_member_encrypted")
+    try:
+        with archive.open(member) as stream:
+            data = stream.read(limit + 1)
+    except UNREADABLE as exc:
+        raise ImageError(f"{member.filename}: cannot be read from its archive ({exc})",
+                         "bundle_member_unreadable") from None
     if len(data) > limit:
         if len(data) > member.file_size:
             raise BundleError(f"member {member.filename!r} unpacks past its declared size", "bundle_bomb")
@@ -176,8 +192,8 @@ def _add(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -
         bundle.items.append(ImageItem(name, check_image_bytes(read(), name)))
     except ImageError as exc:
         bundle.refuse(name, exc)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        bundle.refuse(name, ImageError(f"{name}: cannot be read from its archive ({exc})", "image_corrupt"))
+    except OSError as exc:  # a folder's file that went away or cannot be opened
+        bundle.refuse(name, ImageError(f"{name}: cannot be read ({exc})", "image_corrupt"))
 
 
 def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -> None:
@@ -188,7 +204,12 @@ def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str,
         bundle.refuse(name, ImageError(f"{name}: {cap} bytes of captions at most; the images are screened without "
                                        f"them", "captions_too_large"))
         return
-    _caption(name, read(cap), captions)
+    try:
+        _caption(name, read(cap), captions)
+    except ImageError as exc:
+        bundle.refuse(name, exc)
+    except OSError as exc:
+        bundle.refuse(name, ImageError(f"{name}: cannot be read ({exc})", "bundle_member_unreadable"))
 
 
 def _caption(name: str, data: bytes, captions: dict[str, str]) -> None:

@@ -147,3 +147,60 @@ def test_a_large_sets_captions_are_read_and_captions_past_the_cap_are_refused_al
     (folder / "0.png").write_bytes(_png(1))
     (folder / "0.txt").write_text("x" * (module.MAX_CAPTION_BYTES + 1))
     assert [r["code"] for r in read_bundle([folder]).refused] == ["captions_too_large"]
+
+
+def _edited(path, member: str, edit) -> str:
+    """The archive at `path` with one member's local and central headers (or its data) edited in place, at the
+    offsets zipfile itself reports: `edit(raw, local_header_offset, central_header_offset, data_offset)`."""
+    raw = bytearray(open(path, "rb").read())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+        local = info.header_offset
+        name_len, extra_len = struct.unpack_from("<HH", raw, local + 26)
+        central = raw.find(b"PK\x01\x02")
+        while central >= 0:
+            length = struct.unpack_from("<H", raw, central + 28)[0]
+            if raw[central + 46:central + 46 + length] == member.encode():
+                break
+            central = raw.find(b"PK\x01\x02", central + 4)
+    edit(raw, local, central, local + 30 + name_len + extra_len)
+    open(path, "wb").write(bytes(raw))
+    return str(path)
+
+
+def _method(method: int):
+    def edit(raw, local, central, _data):
+        struct.pack_into("<H", raw, local + 8, method)
+        struct.pack_into("<H", raw, central + 10, method)
+    return edit
+
+
+def _encrypted(raw, local, central, _data):
+    struct.pack_into("<H", raw, local + 6, struct.unpack_from("<H", raw, local + 6)[0] | 1)
+    struct.pack_into("<H", raw, central + 8, struct.unpack_from("<H", raw, central + 8)[0] | 1)
+
+
+def _scrambled(raw, _local, _central, data):
+    for k in range(data + 4, data + 24):
+        raw[k] ^= 0x5A
+
+
+@pytest.mark.parametrize(("edit", "code"), [
+    (_scrambled, "bundle_member_unreadable"),  # corrupt deflate data, or a bad CRC
+    (_method(99), "bundle_member_unreadable"),  # a method zipfile lacks (99: WinZip AES)
+    (_method(14), "bundle_member_unreadable"),  # deflate bytes declared LZMA
+    (_method(12), "bundle_member_unreadable"),  # declared bzip2
+    (_encrypted, "bundle_member_encrypted"),
+])
+@pytest.mark.parametrize("member", ["a.png", "captions.jsonl"])
+def test_a_member_the_archive_cannot_give_back_is_refused_alone(tmp_path, member, edit, code):
+    captions = b"".join(json.dumps({"file": f"{n}.png", "caption": "a ninja frog " * 4}).encode() + b"\n"
+                        for n in "ab")
+    archive = _edited(_zip(tmp_path / "set.zip", {"captions.jsonl": captions, "a.png": _png(1, 96),
+                                                  "b.png": _png(2)}), member, edit)
+    bundle = read_bundle([archive])
+    assert [(r["name"], r["code"]) for r in bundle.refused] == [(member, code)]
+    assert all(member in r["message"] for r in bundle.refused)
+    expected = ["b.png"] if member == "a.png" else ["a.png", "b.png"]
+    assert [i.name for i in bundle.items] == expected
+    assert all(i.caption is None for i in bundle.items) == (member == "captions.jsonl")
