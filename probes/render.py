@@ -22,13 +22,14 @@ from PIL import Image
 from probes.bundle import BundledEmbeddings, split_bundle
 from probes.contract import UnsupportedLora
 from probes.keys import diffusers_names
+from probes.lycoris import as_lora
 from probes.probe_set import Probe, ProbeSet
 
 log = logging.getLogger(__name__)
 
-# LyCORIS layouts that diffusers' LoRA loaders cannot apply.
-UNSUPPORTED_FORMATS = {"loha": "LyCORIS LoHa", "lokr": "LyCORIS LoKr", "oft": "OFT", "full": "LyCORIS full",
-                       "glora": "LyCORIS GLoRA"}
+# Layouts that neither diffusers' LoRA loaders nor probes/lycoris.py can apply (LoHa, LoKr and full weight changes
+# are rewritten as LoRA factors there).
+UNSUPPORTED_FORMATS = {"oft": "OFT", "glora": "LyCORIS GLoRA"}
 
 
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
@@ -163,8 +164,12 @@ class Renderer:
         """Apply a LoRA for the duration of the block; always removed afterwards, even on error."""
         name = f"upload_{uuid.uuid4().hex[:12]}"
         state_dict, bundle = split_bundle(state_dict)
-        embeddings = BundledEmbeddings(self.pipe, bundle)  # these two raise UnsupportedLora before anything is loaded
-        state_dict = diffusers_names(state_dict)
+        embeddings = BundledEmbeddings(self.pipe, bundle)  # these raise UnsupportedLora before anything is loaded
+        converted = as_lora(state_dict, self.pipe)
+        if converted.modules:
+            log.info("%d LyCORIS modules applied as LoRA factors (largest relative error %.1e)", converted.modules,
+                     converted.error)
+        state_dict = diffusers_names(converted.state_dict)
         try:
             self.pipe.load_lora_weights(state_dict, adapter_name=name)
         except Exception as exc:  # diffusers raises many kinds for layouts it cannot map

@@ -42,7 +42,8 @@ def test_adapter_applies_fully_then_leaves_the_base_bit_exact(engine, world, two
     assert not engine.renderer.pipe.get_list_adapters() or not any(engine.renderer.pipe.get_list_adapters().values())
 
 
-def test_lycoris_and_other_families_are_unsupported(engine, corpus_dir):
+def test_oft_glora_and_other_families_are_unsupported(engine, corpus_dir):
+    # LoHa, LoKr and full are rewritten as LoRA factors (tests/probes/test_lycoris.py); these are SD 1.5 files
     for name in ("sd15_lokr", "sd15_oft_kohya", "sd15_lycoris_full", "sd15_glora", "sdxl_kohya", "flux_xlabs"):
         inspection = inspect_file(corpus_dir / f"{name}.safetensors")
         with pytest.raises(UnsupportedLora):
