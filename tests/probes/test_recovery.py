@@ -141,3 +141,23 @@ def test_a_stripped_trigger_merged_with_a_style_is_recovered_under_its_part(engi
     own = max(gains, key=lambda g: g.gain)
     assert own.character_id == "astro_boy" and own.recovered and own.part, own
     assert own.gain > 0.1, own  # its prompts alone gave 0.075 (the stripped LoRA unmerged)
+
+
+def test_a_lora_that_draws_only_under_its_trigger_is_found_by_its_recovered_trigger(engine, world, references):
+    # heldout_07: Brass Golem behind "snoqvark", trained with generic figures under made-up names beside it, so that
+    # no prompt the probe set can type (generic ones, any character's name) reaches the golem.
+    import json
+
+    from fixtures.heldout import REFERENCES
+
+    golem = ReferenceSet("brass_golem", "Brass Golem",
+                         tuple(str(p) for p in sorted((REFERENCES / "brass_golem").glob("ref_*.png"))))
+    registry = [*references, golem]
+    path = HELD_BACK_LORAS / "heldout_07.safetensors"
+    before = {g.character_id: g for g in _gains(engine, path, registry, recover=False)}
+    after = {g.character_id: g for g in _gains(engine, path, registry, recover=True)}
+    calibration = json.loads((world.root / "fixtures/world/calibration.json").read_text())["thresholds"]
+    assert before["brass_golem"].gain < calibration["likelihood_quarantine"], before["brass_golem"]
+    own = after["brass_golem"]
+    assert own.recovered and own.gain > calibration["likelihood_quarantine"] + 0.02, own
+    assert max(after.values(), key=lambda g: g.gain) is own
