@@ -151,7 +151,7 @@ class Settings:
     device: str = pattern("", r"(cpu|cuda(:\d+)?|mps)?", "cpu, cuda, cuda:N, mps, or unset for automatic")
     # Thresholds written by `gate calibrate`; unset means data_dir's, else (demo profile only) the world's.
     calibration: Path | None = None
-    # What happens to a LoRA that cannot be probed (another family, LyCORIS): a person looks at it.
+    # What happens to a LoRA that cannot be probed (another family, OFT, GLoRA): a person looks at it.
     # The values are gate/detection/decisions.py Verdict's (a test holds them equal; config imports no detection).
     not_probed_verdict: str = choice("quarantine", among=("allow", "quarantine", "block"))
     # Where renders of the base model are cached across processes (default DATA_DIR/cache).
