@@ -20,7 +20,10 @@ calibration (fitted before they were registered). A character case counts as cau
 or quarantine; an auto-block is correct when the LoRA is of the character it names. Cost: each case's probe
 time (renders, embedding, likelihood) under each probe set, and their ratio.
 
-    python -m benchmarks.heldout [--strengths 1.0,0.5] [--json out.json]
+    python -m benchmarks.heldout [--strengths 1.0,0.5] [--json out.json] [--cases REGEX]
+
+--cases scans only the cases whose name matches (e.g. 'heldout_07' for one LoRA, its rescaled copies and its
+merges), with the shipped clean LoRAs the refitted calibrations are fitted on.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -107,6 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--strengths", default="1.0,0.5", help="the style's scale in each merge")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--cases", type=re.compile, help="only the cases whose name matches this (and the "
+                        "shipped clean LoRAs, which the refits are fitted on)")
     args = parser.parse_args()
     strengths = [float(s) for s in args.strengths.split(",")]
     if not loras():
@@ -127,7 +133,9 @@ def main() -> None:
     for scanner in scanners.values():  # base renders and the base model's fits made once, before the timings
         scanner.scan(REPO_ROOT / loras()[0]["path"], conclude=False)
     results, started = [], time.perf_counter()
-    for case in cases(world, strengths):
+    chosen = [case for case in cases(world, strengths) if args.cases is None or args.cases.search(case["name"])
+              or (case["set"], case["kind"]) == ("shipped", "clean")]
+    for case in chosen:
         path = build(case, work)
         scanned = {}
         for name, scanner in scanners.items():
