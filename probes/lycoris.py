@@ -18,12 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from gate.intake.layout import KOHYA_PREFIXES
 from probes.contract import UnsupportedLora
 
 ENERGY_LEFT = 1e-6  # the share of a change's squared norm the SVD may drop: a relative error of 0.1%
-# kohya's module-name prefixes for each pipeline component (what a LyCORIS file names its modules by)
-PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
-            "lora_te2_": "text_encoder_2"}
 ROLES = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w1_a",
          "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "diff"}
 REFUSED = {"dora_scale": "weight-decomposed (DoRA) LyCORIS modules", "diff_b": "LyCORIS bias changes (diff_b)"}
@@ -131,7 +129,7 @@ def _factors(delta: torch.Tensor, shape: torch.Size | None) -> tuple[torch.Tenso
 def _layer_shapes(pipe) -> dict[str, torch.Size]:
     """kohya's name for every weighted layer of the pipeline (the module path with '_' for '.'), to its shape."""
     shapes = {}
-    for prefix, component in PREFIXES.items():
+    for prefix, component in KOHYA_PREFIXES.items():  # the names intake reads a LyCORIS file's modules by
         model = getattr(pipe, component, None)
         if model is None:
             continue

@@ -11,7 +11,7 @@ from gate.errors import IntakeError, Refusal
 from gate.intake.header import FLOAT_DTYPES, Header, TensorInfo
 
 # kohya sd-scripts and LyCORIS name modules with underscores under a prefix naming the component.
-_KOHYA_PREFIXES = {
+KOHYA_PREFIXES = {
     "lora_unet_": "unet",
     "lora_te_": "text_encoder",
     "lora_te1_": "text_encoder",
@@ -122,7 +122,7 @@ class Layout:
 
 
 def _split_kohya(name: str) -> tuple[str, str, str] | None:
-    for prefix, component in _KOHYA_PREFIXES.items():
+    for prefix, component in KOHYA_PREFIXES.items():
         if name.startswith(prefix):
             module, _, suffix = name[len(prefix):].partition(".")
             role = _KOHYA_ROLES.get(suffix)
