@@ -192,8 +192,8 @@ def _add(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -
         bundle.items.append(ImageItem(name, check_image_bytes(read(), name)))
     except ImageError as exc:
         bundle.refuse(name, exc)
-    except OSError as exc:  # a folder's file that went away or cannot be opened
-        bundle.refuse(name, ImageError(f"{name}: cannot be read ({exc})", "image_corrupt"))
+    except OSError as exc:
+        bundle.refuse(name, _unreadable(name, exc))
 
 
 def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -> None:
@@ -209,7 +209,13 @@ def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str,
     except ImageError as exc:
         bundle.refuse(name, exc)
     except OSError as exc:
-        bundle.refuse(name, ImageError(f"{name}: cannot be read ({exc})", "bundle_member_unreadable"))
+        bundle.refuse(name, _unreadable(name, exc))
+
+
+def _unreadable(name: str, exc: OSError) -> ImageError:
+    """A folder's file that went away or cannot be opened (an archive's member raises its own code in
+    _read_member): the code the registry gives a reference it cannot read, for an image and a caption alike."""
+    return ImageError(f"{name}: cannot be read ({exc.strerror or exc})", "image_unreadable")
 
 
 def _caption(name: str, data: bytes, captions: dict[str, str]) -> None:

@@ -124,6 +124,29 @@ def test_folders_are_walked_without_following_links(tmp_path):
     assert [r["code"] for r in refused] == ["bundle_symlink"]
 
 
+def test_a_folders_file_that_cannot_be_read_is_refused_alone(tmp_path, monkeypatch):
+    # A file removed between the walk and its read (a race no test can time): the file is really gone when read.
+    from pathlib import Path
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for name, data in {"a.png": _png(1), "b.png": _png(2), "b.txt": b"a ninja frog", "c.png": _png(3)}.items():
+        (folder / name).write_bytes(data)
+    read = Path.read_bytes
+
+    def vanishing(path):
+        if path.name in {"a.png", "b.txt"}:
+            path.unlink()
+        return read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", vanishing)
+    bundle = read_bundle([str(folder)])
+    # The code the registry gives a reference it cannot read, for an image and a caption alike; the rest screened.
+    assert {r["name"]: r["code"] for r in bundle.refused} == {"a.png": "image_unreadable", "b.txt": "image_unreadable"}
+    assert all("cannot be read" in r["message"] for r in bundle.refused)
+    assert [(i.name, i.caption) for i in bundle.items] == [("b.png", None), ("c.png", None)]
+
+
 
 def test_a_large_sets_captions_are_read_and_captions_past_the_cap_are_refused_alone(tmp_path, monkeypatch):
     # 1,000 captions of ~120 bytes (a real set's captions.jsonl is over 100 KB): read, not refused
