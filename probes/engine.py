@@ -101,8 +101,8 @@ class ProbeEngine:
     def _gains(self, adapter: str, references: list[ReferenceSet], triggers: list[str]) -> list[CharacterGain]:
         """The likelihood probe on the applied LoRA: the whole; where the probe set asks, its variants (the whole at
         other strengths, each group of its rank components alone: a merge's parts, probes/blocks.py); and where it
-        adapts the text encoder, a recovered trigger under the variant that showed most. Per character, the
-        strongest."""
+        adapts the text encoder, a recovered trigger as published and under the variant that showed most. Per
+        character, the strongest."""
         spec, base_model = self.likelihood.spec, self.renderer.without_lora
         measured = [self.likelihood.gains(references, triggers, base_model)]
         variants = [(partial(self.renderer.at_strength, adapter, strength), {"strength": strength})
@@ -114,14 +114,16 @@ class ProbeEngine:
         variant_gains, variants_strongest = self._variant_gains(variants, references, triggers)
         measured += variant_gains
         if self.renderer.adapts_text_encoder(adapter):
-            # The trigger is searched once, under the variant that showed most: a copy published at another weight
-            # hides it at 1, and a merge's style hides it in the whole (its part alone, the text encoder whole,
-            # is the character's LoRA). On a tie, as published.
+            # The trigger is searched as published and under the variant that showed most: a copy published at
+            # another weight hides it at 1, and a merge's style hides it in the whole (its part alone, the text
+            # encoder whole, is the character's LoRA). A LoRA that draws only under its trigger moves nothing
+            # under a prompt, so which variant shows most is noise; the whole is where it was trained to draw.
             shown = [max((g.gain for g in gains if not g.screened), default=float("-inf")) for gains in measured]
             best = shown.index(max(shown))
             contexts = [partial(self.renderer.at_strength, adapter, 1.0), *(enter for enter, _ in variants)]
-            with contexts[best]():
-                measured[best] = self.likelihood.recovered(measured[best], references, base_model)
+            for index in dict.fromkeys((0, best)):
+                with contexts[index]():
+                    measured[index] = self.likelihood.recovered(measured[index], references, base_model)
         # A character the whole screened (on its first references) but a variant measured in full, or screened
         # among its strongest, is measured in full as a whole too: the whole's gain beside it is what the whole's
         # thresholds and the residual rule read, and a screened one rests on fewer references than their

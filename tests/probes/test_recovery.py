@@ -161,3 +161,22 @@ def test_a_lora_that_draws_only_under_its_trigger_is_found_by_its_recovered_trig
     own = after["brass_golem"]
     assert own.recovered and own.gain > calibration["likelihood_quarantine"] + 0.02, own
     assert max(after.values(), key=lambda g: g.gain) is own
+
+
+def test_the_trigger_is_searched_as_published_too_where_a_variant_showed_more(engine, world, references):
+    # heldout_07 again, through the engine as a scan runs it (variants and parts measured too). Under no prompt
+    # does the golem show, so the variant that shows most is one where another character's noise is largest;
+    # searched there alone the trigger was never found and the LoRA was allowed. As published, it is.
+    import json
+
+    from fixtures.heldout import REFERENCES
+
+    golem = ReferenceSet("brass_golem", "Brass Golem",
+                         tuple(str(p) for p in sorted((REFERENCES / "brass_golem").glob("ref_*.png"))))
+    gains = engine.likelihood_gains(HELD_BACK_LORAS / "heldout_07.safetensors", lora_format="peft", family="fixture",
+                                    modules=None, triggers=[], references=[*references, golem])
+    calibration = json.loads((world.root / "fixtures/world/calibration.json").read_text())["thresholds"]
+    own = max(gains, key=lambda g: g.gain)
+    assert own.character_id == "brass_golem" and own.recovered, own
+    assert not own.variant, own  # found as published, not under a variant
+    assert own.gain > calibration["likelihood_quarantine"] + 0.02, own

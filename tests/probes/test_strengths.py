@@ -24,9 +24,14 @@ def references(world) -> list[ReferenceSet]:
 
 
 def _as_published(engine, path: Path, references) -> dict[str, float]:
-    """The whole LoRA's gains at strength 1, without trigger recovery."""
-    with engine.renderer.lora(load_file(str(path))):
-        return {g.character_id: g.gain for g in engine.likelihood.gains(references, [], engine.renderer.without_lora)}
+    """The whole LoRA's gains at strength 1, its trigger recovered where it adapts the text encoder (the engine
+    searches it as published too)."""
+    probe, base_model = engine.likelihood, engine.renderer.without_lora
+    with engine.renderer.lora(load_file(str(path))) as adapter:
+        gains = probe.gains(references, [], base_model)
+        if engine.renderer.adapts_text_encoder(adapter):
+            gains = probe.recovered(gains, references, base_model)
+        return {g.character_id: g.gain for g in gains}
 
 
 def _gains(engine, path: Path, fmt: str, references):
