@@ -81,8 +81,8 @@ def read_bundle(paths: list[str | Path], limits: BundleLimits = BundleLimits()) 
             _read_folder(given, bundle, captions, limits)
         elif given.suffix.lower() == ".zip":
             read_zip(given, given.name, bundle, captions, limits)
-        else:
-            _add(bundle, given.name, given.read_bytes, given.stat().st_size, captions)
+        elif (size := _size(bundle, given.name, given)) is not None:
+            _add(bundle, given.name, given.read_bytes, size, captions)
         if len(bundle.items) + len(bundle.refused) > limits.max_files:
             raise BundleError(f"more than {limits.max_files} files in the set", "bundle_too_many_files")
     for item in bundle.items:
@@ -101,10 +101,12 @@ def _read_folder(folder: Path, bundle: Bundle, captions: dict[str, str], limits:
         name = path.relative_to(folder).as_posix()
         if path.is_symlink():
             bundle.refuse(name, BundleError(f"{name}: a symbolic link; not followed", "bundle_symlink"))
+        elif (size := _size(bundle, name, path)) is None:
+            continue
         elif path.name == CAPTIONS_FILE or path.suffix.lower() == ".txt":
-            _add_caption(bundle, name, lambda cap, p=path: p.read_bytes(), path.stat().st_size, captions)
+            _add_caption(bundle, name, lambda cap, p=path: p.read_bytes(), size, captions)
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            _add(bundle, name, path.read_bytes, path.stat().st_size, captions)
+            _add(bundle, name, path.read_bytes, size, captions)
         else:
             bundle.refuse(name, ImageError(f"{name}: not a PNG, JPEG or WebP image", "image_format"))
 
@@ -212,10 +214,19 @@ def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str,
         bundle.refuse(name, _unreadable(name, exc))
 
 
+def _size(bundle: Bundle, name: str, path: Path) -> int | None:
+    """A file's size, or None where it went away after the walk (refused alone, as a failed read is)."""
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        bundle.refuse(name, _unreadable(name, exc))
+        return None
+
+
 def _unreadable(name: str, exc: OSError) -> ImageError:
     """A folder's file that went away or cannot be opened (an archive's member raises its own code in
-    _read_member): the code the registry gives a reference it cannot read, for an image and a caption alike."""
-    return ImageError(f"{name}: cannot be read ({exc.strerror or exc})", "image_unreadable")
+    _read_member): the registry's code and words for a reference it cannot read, for an image and a caption."""
+    return ImageError(f"{name}: cannot read ({exc.strerror or exc})", "image_unreadable")
 
 
 def _caption(name: str, data: bytes, captions: dict[str, str]) -> None:
