@@ -123,7 +123,7 @@ class LikelihoodProbe:
         cached). Per character, the best prompt's mean relative error cut; strongest first. With a shortlist, a
         registry larger than it is screened on each character's first references, and only the strongest and
         those the LoRA names are measured on all of theirs (the screen's errors reused); the rest keep their
-        screened gains. A recovered trigger is searched apart (`recovered`), at the strength that showed most."""
+        screened gains. A recovered trigger is searched apart (`recovered`)."""
         errors: dict[tuple[str, str], float] = {}
         if not self.screens(references):
             return self.measured(references, triggers, base_model, errors)

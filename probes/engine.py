@@ -113,6 +113,17 @@ class ProbeEngine:
                      for number, components in enumerate(groups, 1)]
         variant_gains, variants_strongest = self._variant_gains(variants, references, triggers)
         measured += variant_gains
+        # A character the whole screened (on its first references) but a variant measured in full, or screened
+        # among its strongest, is measured in full as a whole too: the whole's gain beside it is what the whole's
+        # thresholds and the residual rule read, and a screened one rests on fewer references than their
+        # calibration (the residual rule's fit is only as steady as the gains it is fitted to). Before the trigger
+        # search, so that the whole's gain beside a variant's can be a recovered one.
+        if len(measured) > 1:
+            full = {g.character_id for g in strongest_of(measured) if not g.screened} | variants_strongest
+            again = {g.character_id for g in measured[0] if g.screened and g.character_id in full}
+            if again:  # measured, not screened again (more of them than the shortlist would be)
+                measured[0] = [g for g in measured[0] if g.character_id not in again] + self.likelihood.measured(
+                    [r for r in references if r.character_id in again], triggers, base_model, {})
         if self.renderer.adapts_text_encoder(adapter):
             # The trigger is searched as published and under the variant that showed most: a copy published at
             # another weight hides it at 1, and a merge's style hides it in the whole (its part alone, the text
@@ -124,16 +135,6 @@ class ProbeEngine:
             for index in dict.fromkeys((0, best)):
                 with contexts[index]():
                     measured[index] = self.likelihood.recovered(measured[index], references, base_model)
-        # A character the whole screened (on its first references) but a variant measured in full, or screened
-        # among its strongest, is measured in full as a whole too: the whole's gain beside it is what the whole's
-        # thresholds and the residual rule read, and a screened one rests on fewer references than their
-        # calibration (the residual rule's fit is only as steady as the gains it is fitted to).
-        if len(measured) > 1:
-            full = {g.character_id for g in strongest_of(measured) if not g.screened} | variants_strongest
-            again = {g.character_id for g in measured[0] if g.screened and g.character_id in full}
-            if again:
-                measured[0] = [g for g in measured[0] if g.character_id not in again] + self.likelihood.gains(
-                    [r for r in references if r.character_id in again], triggers, base_model)
         return strongest_of(measured)
 
     def _variant_gains(self, variants: list[tuple[Callable, dict]], references: list[ReferenceSet],

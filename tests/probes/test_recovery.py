@@ -5,6 +5,7 @@ from it; a LoRA that leaves the text encoder alone is not searched; the base mod
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -143,40 +144,39 @@ def test_a_stripped_trigger_merged_with_a_style_is_recovered_under_its_part(engi
     assert own.gain > 0.1, own  # its prompts alone gave 0.075 (the stripped LoRA unmerged)
 
 
-def test_a_lora_that_draws_only_under_its_trigger_is_found_by_its_recovered_trigger(engine, world, references):
-    # heldout_07: Brass Golem behind "snoqvark", trained with generic figures under made-up names beside it, so that
-    # no prompt the probe set can type (generic ones, any character's name) reaches the golem.
-    import json
-
+@pytest.fixture(scope="module")
+def with_golem(references) -> list[ReferenceSet]:
+    """The world's registered characters and the held-back Brass Golem (heldout_07's)."""
     from fixtures.heldout import REFERENCES
 
-    golem = ReferenceSet("brass_golem", "Brass Golem",
-                         tuple(str(p) for p in sorted((REFERENCES / "brass_golem").glob("ref_*.png"))))
-    registry = [*references, golem]
+    return [*references, ReferenceSet("brass_golem", "Brass Golem", tuple(
+        str(p) for p in sorted((REFERENCES / "brass_golem").glob("ref_*.png"))))]
+
+
+@pytest.fixture(scope="module")
+def thresholds(world) -> dict:
+    return json.loads((world.root / "fixtures/world/calibration.json").read_text())["thresholds"]
+
+
+def test_a_lora_that_draws_only_under_its_trigger_is_found_by_its_recovered_trigger(engine, with_golem, thresholds):
+    # heldout_07: Brass Golem behind "snoqvark", trained with generic figures under made-up names beside it, so that
+    # no prompt the probe set can type (generic ones, any character's name) reaches the golem.
     path = HELD_BACK_LORAS / "heldout_07.safetensors"
-    before = {g.character_id: g for g in _gains(engine, path, registry, recover=False)}
-    after = {g.character_id: g for g in _gains(engine, path, registry, recover=True)}
-    calibration = json.loads((world.root / "fixtures/world/calibration.json").read_text())["thresholds"]
-    assert before["brass_golem"].gain < calibration["likelihood_quarantine"], before["brass_golem"]
+    before = {g.character_id: g for g in _gains(engine, path, with_golem, recover=False)}
+    after = {g.character_id: g for g in _gains(engine, path, with_golem, recover=True)}
+    assert before["brass_golem"].gain < thresholds["likelihood_quarantine"], before["brass_golem"]
     own = after["brass_golem"]
-    assert own.recovered and own.gain > calibration["likelihood_quarantine"] + 0.02, own
+    assert own.recovered and own.gain > thresholds["likelihood_quarantine"] + 0.02, own
     assert max(after.values(), key=lambda g: g.gain) is own
 
 
-def test_the_trigger_is_searched_as_published_too_where_a_variant_showed_more(engine, world, references):
+def test_the_trigger_is_searched_as_published_too_where_a_variant_showed_more(engine, with_golem, thresholds):
     # heldout_07 again, through the engine as a scan runs it (variants and parts measured too). Under no prompt
     # does the golem show, so the variant that shows most is one where another character's noise is largest;
     # searched there alone the trigger was never found and the LoRA was allowed. As published, it is.
-    import json
-
-    from fixtures.heldout import REFERENCES
-
-    golem = ReferenceSet("brass_golem", "Brass Golem",
-                         tuple(str(p) for p in sorted((REFERENCES / "brass_golem").glob("ref_*.png"))))
     gains = engine.likelihood_gains(HELD_BACK_LORAS / "heldout_07.safetensors", lora_format="peft", family="fixture",
-                                    modules=None, triggers=[], references=[*references, golem])
-    calibration = json.loads((world.root / "fixtures/world/calibration.json").read_text())["thresholds"]
+                                    modules=None, triggers=[], references=with_golem)
     own = max(gains, key=lambda g: g.gain)
     assert own.character_id == "brass_golem" and own.recovered, own
     assert not own.variant, own  # found as published, not under a variant
-    assert own.gain > calibration["likelihood_quarantine"] + 0.02, own
+    assert own.gain > thresholds["likelihood_quarantine"] + 0.02, own

@@ -24,8 +24,8 @@ def references(world) -> list[ReferenceSet]:
 
 
 def _as_published(engine, path: Path, references) -> dict[str, float]:
-    """The whole LoRA's gains at strength 1, its trigger recovered where it adapts the text encoder (the engine
-    searches it as published too)."""
+    """The whole LoRA's gains at strength 1, its trigger recovered where it adapts the text encoder: as the engine
+    measures a character among the strongest it searches as published (the one character here always is)."""
     probe, base_model = engine.likelihood, engine.renderer.without_lora
     with engine.renderer.lora(load_file(str(path))) as adapter:
         gains = probe.gains(references, [], base_model)
