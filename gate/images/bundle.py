@@ -23,6 +23,8 @@ import stat
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -190,12 +192,8 @@ def _add(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -
         bundle.refuse(name, ImageError(f"{name}: {size} bytes; an image may be at most {MAX_BYTES}",
                                        "image_too_large"))
         return
-    try:
+    with _refused_alone(bundle, name):
         bundle.items.append(ImageItem(name, check_image_bytes(read(), name)))
-    except ImageError as exc:
-        bundle.refuse(name, exc)
-    except OSError as exc:
-        bundle.refuse(name, _unreadable(name, exc))
 
 
 def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str, str]) -> None:
@@ -206,27 +204,28 @@ def _add_caption(bundle: Bundle, name: str, read, size: int, captions: dict[str,
         bundle.refuse(name, ImageError(f"{name}: {cap} bytes of captions at most; the images are screened without "
                                        f"them", "captions_too_large"))
         return
-    try:
+    with _refused_alone(bundle, name):
         _caption(name, read(cap), captions)
-    except ImageError as exc:
-        bundle.refuse(name, exc)
-    except OSError as exc:
-        bundle.refuse(name, _unreadable(name, exc))
 
 
 def _size(bundle: Bundle, name: str, path: Path) -> int | None:
     """A file's size, or None where it went away after the walk (refused alone, as a failed read is)."""
-    try:
+    with _refused_alone(bundle, name):
         return path.stat().st_size
+    return None
+
+
+@contextmanager
+def _refused_alone(bundle: Bundle, name: str) -> Iterator[None]:
+    """A file the checks refuse, or one that cannot be read, is refused alone and the set goes on. A folder's file
+    that went away or cannot be opened gets the registry's code and words for a reference it cannot read (an
+    archive's member raises its own in _read_member)."""
+    try:
+        yield
+    except ImageError as exc:
+        bundle.refuse(name, exc)
     except OSError as exc:
-        bundle.refuse(name, _unreadable(name, exc))
-        return None
-
-
-def _unreadable(name: str, exc: OSError) -> ImageError:
-    """A folder's file that went away or cannot be opened (an archive's member raises its own code in
-    _read_member): the registry's code and words for a reference it cannot read, for an image and a caption."""
-    return ImageError(f"{name}: cannot read ({exc.strerror or exc})", "image_unreadable")
+        bundle.refuse(name, ImageError(f"{name}: cannot read ({exc.strerror or exc})", "image_unreadable"))
 
 
 def _caption(name: str, data: bytes, captions: dict[str, str]) -> None:

@@ -152,7 +152,6 @@ def test_a_folders_file_that_cannot_be_read_is_refused_alone(tmp_path, monkeypat
     assert [(i.name, i.caption) for i in bundle.items] == [("b.png", None), ("c.png", None)]
 
 
-
 def test_a_large_sets_captions_are_read_and_captions_past_the_cap_are_refused_alone(tmp_path, monkeypatch):
     # 1,000 captions of ~120 bytes (a real set's captions.jsonl is over 100 KB): read, not refused
     lines = [json.dumps({"file": f"{n}.png", "caption": f"a drawing, number {n}, " + "detail " * 12})
