@@ -196,8 +196,8 @@ def write_evidence(result, characters: dict, out_dir: str | Path, title: str | N
             try:
                 _cell(check_image(preview["reference_path"]).rgb()).save(out_dir / f"preview_{n:02d}_reference.png")
                 beside = f"<img src='preview_{n:02d}_reference.png' title='the closest reference'>"
-                caption += (f" (similarity {preview['score']:.3f} to the reference beside it, "
-                            f"{html.escape(Path(preview['reference_path']).name)})")
+                caption += (f" (score {preview['score']:.3f} over its closest reference views; the closest is "
+                            f"beside it, {html.escape(Path(preview['reference_path']).name)})")
             except (ImageError, OSError):
                 pass
         shown_previews.append(f"<figure style='display:inline-block'><img src='preview_{n:02d}.png'>{beside}"

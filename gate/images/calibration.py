@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from gate.detection.matching import References
+from gate.images.consensus import CONSENSUS
 from gate.images.screening import ImageThresholds, nearest
 
 IMAGE_FALSE_RATE = 0.01  # the share of negative images that may match some character
@@ -18,18 +19,21 @@ NEAR_MISS_SHARE = 0.25  # the negatives most like some character, whose nearest 
 
 
 def fit_image_thresholds(negatives: np.ndarray, references: References, sources: list[str],
-                         false_rate: float = IMAGE_FALSE_RATE, target: float = 1e-3) -> ImageThresholds:
-    """`score` at the (1 - false_rate) quantile of the negatives' nearest similarities, `block_score` just above
-    their maximum; the measured rate at `score` is what a set's count is judged against, shared out over the
-    characters by which one each near miss (the top `NEAR_MISS_SHARE` of negatives) came nearest. The near
-    misses stand in for the false matches, which are too few to count per character (a 1% rate of 400
-    negatives is 4)."""
+                         false_rate: float = IMAGE_FALSE_RATE, target: float = 1e-3,
+                         consensus: int = CONSENSUS) -> ImageThresholds:
+    """`score` at the (1 - false_rate) quantile of the negatives' scores (each its nearest character's, averaging
+    `consensus` reference views: gate.images.consensus), `block_score` just above their maximum, and
+    `pair_block_score` just above their most similar single pair. The measured rate at `score` is what a set's
+    count is judged against, shared out over the characters by which one each near miss (the top
+    `NEAR_MISS_SHARE` of negatives) came nearest. The near misses stand in for the false matches, which are too
+    few to count per character (a 1% rate of 400 negatives is 4)."""
     if len(negatives) < 50:
         raise ValueError(f"{len(negatives)} negative images; calibration needs at least 50 (hundreds are better)")
-    owner, best, _ = nearest(negatives, references)
+    owner, best, _ = nearest(negatives, references, consensus=consensus)
     score = float(np.quantile(best, 1.0 - false_rate))
     measured = float(np.mean(best >= score))
     block = min(1.0, float(best.max()) + STRONG_MARGIN)
+    pair = None if consensus <= 1 else min(1.0, float(nearest(negatives, references)[1].max()) + STRONG_MARGIN)
     near = owner[best >= np.quantile(best, 1.0 - NEAR_MISS_SHARE)]
     near_misses = {cid: int(n) for cid, n in zip(references.character_ids,
                                                  np.bincount(near, minlength=len(references.character_ids)),
@@ -39,7 +43,8 @@ def fit_image_thresholds(negatives: np.ndarray, references: References, sources:
                                        "quantile": 1.0 - false_rate, "negative_max": round(float(best.max()), 4),
                                        "near_miss_share": NEAR_MISS_SHARE,
                                        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds")},
-                           near_misses=near_misses)
+                           near_misses=near_misses, consensus=consensus,
+                           pair_block_score=None if pair is None else round(pair, 4))
 
 
 def world_negatives(world_dir: Path) -> list[Path]:

@@ -49,7 +49,7 @@ def write_image_evidence(screened: Screened, out_dir: str | Path, title: str) ->
         name = screened.names.get(match.character_id, match.character_id)
         rows.append(f"<tr><td><img src='image_{n:05d}.png'></td><td>"
                     + (f"<img src='reference_{n:05d}.png'>" if has_reference else "no reference")
-                    + f"</td><td>{html.escape(item.name)}<br><b>{html.escape(name)}</b><br>similarity "
+                    + f"</td><td>{html.escape(item.name)}<br><b>{html.escape(name)}</b><br>score "
                       f"{match.score:.3f}{' (strong)' if match.strong else ''}"
                     + ("<br>in the outlined part" if region else "")
                     + ("<br>like the outlined part of the reference" if part else "") + "</td></tr>")

@@ -24,6 +24,7 @@ from gate.detection.matching import References
 from gate.detection.screening import find_names
 from gate.errors import GateError
 from gate.images.bundle import Bundle
+from gate.images.consensus import CONSENSUS
 from gate.images.screening import ImageThresholds, SetVerdict, judge_set
 from gate.registry.characters import embed_missing, list_characters, load_references, registry_fingerprint
 from probes.contract import embedder_id
@@ -100,6 +101,10 @@ def load_image_thresholds(path: Path, vectors_id: str) -> ImageThresholds:
     if section.get("embedder") != vectors_id:
         raise ImageCalibrationMissing(f"{path}'s image thresholds are for embedder {section.get('embedder')}, "
                                       f"not {vectors_id}; run `gate calibrate --images`", "calibration_stale")
+    if thresholds.consensus != CONSENSUS:  # fitted on scores of another kind: the threshold means another thing
+        raise ImageCalibrationMissing(f"{path}'s image thresholds were fitted on scores averaging "
+                                      f"{thresholds.consensus} reference view(s), not up to {CONSENSUS}; run "
+                                      "`gate calibrate --images`", "calibration_stale")
     return thresholds
 
 

@@ -1,7 +1,9 @@
 """Matching images against the registry and judging a set of them (torch-free: vectors in, verdict out).
 
-Each image matches its nearest character (by its most similar reference) when that similarity reaches the
-calibrated `score`; at `block_score`, above every negative image calibration saw, the match is strong. A set
+Each image matches its nearest character when its score for it reaches the calibrated `score`: the mean of its
+few most similar reference views of that character (gate.images.consensus), or one pair above every negative's
+best pair (`pair_block_score`). At `block_score`, above every negative image calibration saw, the match is
+strong. A set
 is judged per character:
 - quarantine when the distinct images matching it are more than a clean set of this size reaches by chance (at
   most `false_positive_target` over all characters), or when one match is strong. A negative image matches
@@ -25,6 +27,7 @@ import numpy as np
 
 from gate.detection.matching import References, chance_count
 from gate.detection.screening import NameHit
+from gate.images.consensus import consensus_counts, owner_means, top_per_owner
 
 VERDICT_ORDER = {"allow": 0, "quarantine": 1, "block": 2}
 
@@ -41,6 +44,12 @@ class ImageThresholds:
     # Per character id, how many of the calibration's near misses (the negatives most like some character) came
     # nearest it; None: every character is held to the whole rate.
     near_misses: dict[str, int] | None = None
+    # The reference views an image's score for a character averaged when these were fitted (gate.images.
+    # consensus); 1, the single most similar, for thresholds fitted before the consensus (2026-12-07).
+    consensus: int = 1
+    # With a consensus, one (view, reference view) pair at this similarity, above every negative's best pair,
+    # scores the image on its own: a copy of a reference is the strongest evidence there is.
+    pair_block_score: float | None = None
 
     def shares(self, character_ids) -> dict[str, float] | None:
         """Each registered character's share of the false rate and of the target (summing to 1 over the
@@ -93,22 +102,29 @@ SIMILARITY_BYTES = 32 << 20  # the (views x references) similarities held at onc
 SHORTLIST = 64
 
 
-def nearest(vectors: np.ndarray, references: References,
-            shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image: the nearest character (index into references.character_ids), its similarity, and the
-    reference row that gave it. An image's row may hold several views' vectors (probes/views.py): it is as
-    similar to a reference as its most similar (view, reference view) pair. With more than 4 x `shortlist`
-    characters (fewer cost more to shortlist than to compare) and references held as views, each image is
-    compared view by view with the `shortlist` characters nearest by their sheets whole alone (0: with all).
-    Memory is bounded by SIMILARITY_BYTES, not by the registry's size times the set's."""
+def nearest(vectors: np.ndarray, references: References, shortlist: int = SHORTLIST,
+            consensus: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: the nearest character (index into references.character_ids), its score, and the reference
+    row most similar to it. An image's row may hold several views' vectors (probes/views.py): it is as similar to
+    a reference view as its most similar view; its score for a character averages its `consensus` most similar
+    reference views of that character (gate.images.consensus; 1: the single most similar). With more than 4 x
+    `shortlist` characters (fewer cost more to shortlist than to compare) and references held as views, each
+    image is compared view by view with the `shortlist` characters nearest by their sheets whole alone (0: with
+    all). Memory is bounded by SIMILARITY_BYTES, not by the registry's size times the set's."""
+    return _nearest(vectors, references, shortlist, consensus)[:3]
+
+
+def _nearest(vectors: np.ndarray, references: References, shortlist: int, consensus: int):
+    """nearest()'s three answers, then the same three for the single most similar pair (for `scores`)."""
     if not len(vectors) or not len(references.vectors):
         empty = np.zeros(len(vectors))
-        return empty.astype(int) - 1, empty, empty.astype(int)
+        return (empty.astype(int) - 1, empty, empty.astype(int)) * 2
     views = np.asarray(vectors, np.float32).reshape(len(vectors), -1, references.vectors.shape[1])
+    counts = consensus_counts(references.owners, len(references.character_ids), references.views, consensus)
     if (references.views > 1 and 0 < 4 * shortlist < len(references.character_ids)
             and bool(np.all(np.diff(references.owners) >= 0))):
-        return _nearest_shortlisted(views, references, shortlist)
-    return _nearest_all(views, references.vectors, references.owners)
+        return _nearest_shortlisted(views, references, shortlist, counts)
+    return _nearest_all(views, references.vectors, references.owners, counts)
 
 
 def _blocks(views: np.ndarray, rows: np.ndarray):
@@ -120,17 +136,30 @@ def _blocks(views: np.ndarray, rows: np.ndarray):
         yield start, (flat @ rows[start:start + block].T).reshape(len(views), views.shape[1], -1).max(axis=1)
 
 
-def _nearest_all(views: np.ndarray, rows: np.ndarray, owners: np.ndarray):
-    best, row = np.full(len(views), -np.inf, np.float32), np.zeros(len(views), int)
+def _scored(values: np.ndarray, rows: np.ndarray, owners: np.ndarray, counts: np.ndarray):
+    """From each image's largest similarities per owner (top_per_owner's values, with the reference rows they
+    are of): the owner with the highest score, the score, and that owner's most similar row; then the owner of
+    the most similar single row, its similarity, and the row."""
+    present, means, starts = owner_means(values, owners, counts)
+    best, single = means.argmax(axis=1), values[:, starts].argmax(axis=1)
+    every = np.arange(len(values))
+    return (present[best], means[every, best], rows[every, starts[best]],
+            present[single], values[every, starts[single]], rows[every, starts[single]])
+
+
+def _nearest_all(views: np.ndarray, rows: np.ndarray, owners: np.ndarray, counts: np.ndarray):
+    limit = int(counts.max())
+    values, found, kept = [], [], []  # each block's largest similarities per owner (a character may span two)
     for start, similarity in _blocks(views, rows):
-        top = similarity.argmax(axis=1)  # all L2-normalised
-        value = similarity[np.arange(len(views)), top]
-        better = value > best
-        best[better], row[better] = value[better], start + top[better]
-    return owners[row], best.astype(np.float64), row
+        top, columns, block_owners = top_per_owner(similarity, owners[start:start + similarity.shape[1]], limit)
+        values.append(top), found.append(start + columns), kept.append(block_owners)
+    if len(values) > 1:  # merged, each owner's largest first again
+        values, picked, kept = top_per_owner(np.concatenate(values, axis=1), np.concatenate(kept), limit)
+        return _scored(values, np.take_along_axis(np.concatenate(found, axis=1), picked, axis=1), kept, counts)
+    return _scored(values[0], found[0], kept[0], counts)
 
 
-def _nearest_shortlisted(views: np.ndarray, references: References, shortlist: int):
+def _nearest_shortlisted(views: np.ndarray, references: References, shortlist: int, counts: np.ndarray):
     count, per = len(references.character_ids), references.views
     sheets, sheet_owners = references.sheets, references.owners[::per]
     by_character = np.full((len(views), count), -np.inf, np.float32)  # each character's best sheet, whole
@@ -143,14 +172,15 @@ def _nearest_shortlisted(views: np.ndarray, references: References, shortlist: i
     chosen = np.sort(np.argpartition(-by_character, shortlist - 1, axis=1)[:, :shortlist], axis=1)
     first = np.searchsorted(references.owners, np.arange(count))
     last = np.searchsorted(references.owners, np.arange(count), side="right")
-    owner, best, row = np.zeros(len(views), int), np.zeros(len(views)), np.zeros(len(views), int)
+    limit = int(counts.max())
+    answers = [np.zeros(len(views), kind) for kind in (int, float, int) * 2]
     for image, characters in enumerate(chosen):
         rows = np.concatenate([np.arange(first[c], last[c]) for c in characters])
         similarity = (views[image] @ references.vectors[rows].T).max(axis=0)
-        top = int(similarity.argmax())
-        row[image], best[image] = rows[top], similarity[top]
-        owner[image] = references.owners[row[image]]
-    return owner, best, row
+        values, columns, owners = top_per_owner(similarity[None, :], references.owners[rows], limit)
+        for answer, value in zip(answers, _scored(values, rows[columns], owners, counts), strict=True):
+            answer[image] = value[0]
+    return tuple(answers)
 
 
 def closest_view(vector: np.ndarray, reference: np.ndarray) -> int:
@@ -158,8 +188,20 @@ def closest_view(vector: np.ndarray, reference: np.ndarray) -> int:
     return int((np.asarray(vector, np.float32).reshape(-1, len(reference)) @ reference).argmax())
 
 
+def scores(vectors: np.ndarray, references: References, thresholds: ImageThresholds,
+           shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nearest() under the thresholds' rule: the consensus they were fitted on, and where one pair reaches
+    `pair_block_score`, that pair's character, reference and similarity instead."""
+    owner, score, row, pair_owner, pair, pair_row = _nearest(vectors, references, shortlist, thresholds.consensus)
+    if thresholds.consensus > 1 and thresholds.pair_block_score is not None:
+        copied = pair >= thresholds.pair_block_score
+        owner, score, row = (np.where(copied, pair_owner, owner), np.where(copied, pair, score),
+                             np.where(copied, pair_row, row))
+    return owner, score, row
+
+
 def match_images(vectors: np.ndarray, references: References, thresholds: ImageThresholds) -> list[ImageMatch]:
-    owner, score, row = nearest(vectors, references)
+    owner, score, row = scores(vectors, references, thresholds)
     matched = [ImageMatch(i, references.character_ids[owner[i]], float(score[i]), int(row[i]),
                           bool(score[i] >= thresholds.block_score),
                           closest_view(vectors[i], references.vectors[row[i]]))
@@ -191,7 +233,7 @@ def judge_set(vectors: np.ndarray, references: References, thresholds: ImageThre
             continue
         verdict = policies.get(character_id, "quarantine") if (over_chance and strong) else "quarantine"
         name = names.get(character_id, character_id)
-        why = (f"{distinct} of {total} images show {name} (best similarity {own[0].score:.3f}); a clean set of "
+        why = (f"{distinct} of {total} images show {name} (best score {own[0].score:.3f}); a clean set of "
                f"{total} reaches {needed} for {name} by chance at most once in "
                f"{1 / thresholds.false_positive_target:.0f} over all characters; "
                f"{strong} {'is a strong match' if strong == 1 else 'are strong matches'} "

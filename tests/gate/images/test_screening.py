@@ -38,7 +38,7 @@ def test_a_set_with_more_matches_than_chance_and_a_strong_one_gets_the_policy():
     assert judged.verdict == "block" and [r["kind"] for r in judged.reasons] == ["image_match"]
     reason = judged.reasons[0]
     assert (reason["character"], reason["images"], reason["strong"], reason["needed"]) == ("ultraman", 4, 1, 4)
-    assert reason["message"].startswith("4 of 40 images show Ultraman (best similarity 0.970)")
+    assert reason["message"].startswith("4 of 40 images show Ultraman (best score 0.970)")
     assert [m.index for m in judged.matches] == [0, 1, 2, 3]
     three = judge_set(_images((0, 0.9), (0, 0.85), (0, 0.81), *_generic(37)), REFS, TH, POLICIES, NAMES)
     assert three.verdict == "allow"  # one fewer, none strong: what chance gives

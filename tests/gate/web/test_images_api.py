@@ -137,14 +137,14 @@ def test_preview_images_with_an_upload_are_evidence_in_its_decision(gate_url, tm
     assert reason["character"] == "ultraman" and final["verdict"] in ("quarantine", "block")
     assert reason["message"].startswith("preview images: ") and set(reason["previews"]) <= {p.name for p in previews}
     assert not any(r["kind"] in ("visual_match", "likelihood_match") for r in final["reasons"])  # the probes missed
-    # Each preview that shows him, beside the reference it came closest to, with the similarity.
+    # Each preview that shows him, beside the reference it came closest to, with its score.
     assert {m["preview"] for m in reason["matched"]} == set(reason["previews"])
     his = {Path(r["path"]).name for r in open_db(gate_url.data / "gate.db")["character_references"].rows_where(
         "character_id = 'ultraman'")}
     assert all(m["score"] > 0.9 and m["reference"] in his for m in reason["matched"]), (reason["matched"], his)
     page = urllib.request.urlopen(final["evidence_url"]).read().decode()
     assert "The hub's preview images" in page and "<b>shows Ultraman</b>" in page and "preview_00.png" in page
-    assert "_reference.png" in page and "to the reference beside it" in page
+    assert "_reference.png" in page and "the closest is beside it" in page
     rows = list(open_db(gate_url.data / "gate.db")["upload_previews"].rows_where("upload_id = ?", [answer["id"]],
                                                                                   order_by="position"))
     assert [r["refused"] for r in rows] == [None, None, None, None, "image_format"]

@@ -1,0 +1,119 @@
+"""An image's score for a character averages its few most similar reference views of it (gate.images.consensus):
+agreement across references outweighs one chance pair, the answer is the same in blocks and with a shortlist,
+a copy of a reference is still strong on its own, and thresholds fitted on other scores are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gate.detection.matching import References
+from gate.images import screening
+from gate.images.calibration import fit_image_thresholds
+from gate.images.consensus import CONSENSUS, consensus_counts
+from gate.images.screen import ImageCalibrationMissing, load_image_thresholds
+from gate.images.screening import ImageThresholds, judge_set, match_images, nearest, scores
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _registry(rng, characters: int, sheets: int, views: int, dimension: int) -> References:
+    vectors = rng.normal(size=(characters * sheets, views, dimension))
+    vectors[:, 1:] = vectors[:, :1] + 0.6 * vectors[:, 1:]  # a crop resembles its sheet
+    return References(tuple(f"c{i}" for i in range(characters)), _unit(vectors).reshape(-1, dimension),
+                      np.repeat(np.arange(characters), sheets * views), views=views)
+
+
+def _brute_force(images: np.ndarray, references: References, consensus: int):
+    """The rule written the plain way: each reference view at the image's most similar view, each character the
+    mean of its top k = min(consensus, 1 + sheets) of them."""
+    views = images.reshape(len(images), -1, references.vectors.shape[1])
+    per_row = (views @ references.vectors.T).max(axis=1)
+    scores = np.zeros((len(images), len(references.character_ids)))
+    for c in range(len(references.character_ids)):
+        rows = np.flatnonzero(references.owners == c)
+        k = min(consensus, 1 + len(rows) // references.views)
+        scores[:, c] = np.sort(per_row[:, rows], axis=1)[:, -k:].mean(axis=1)
+    return scores.argmax(axis=1), scores.max(axis=1)
+
+
+def test_how_many_reference_views_a_score_averages_grows_with_the_sheets():
+    owners = np.repeat([0, 1, 2], [10, 20, 80])  # one, two and eight sheets of 10 views
+    assert consensus_counts(owners, 3, 10).tolist() == [2, 3, CONSENSUS]
+    assert consensus_counts(owners, 3, 1).tolist() == [1, 1, 1]  # references held whole: the best pair
+    assert consensus_counts(owners, 3, 10, consensus=1).tolist() == [1, 1, 1]
+
+
+def test_agreement_across_references_outweighs_one_chance_pair():
+    # Character a: two sheets of two views, one of which the picture resembles by chance (0.95), the rest not.
+    # Character b: two sheets whose views the picture resembles each at about 0.9: a drawing of b.
+    axes = np.eye(8, dtype=np.float32)
+    picture = axes[0]
+    chance = _unit(0.95 * axes[0] + np.sqrt(1 - 0.95**2) * axes[1])
+    alike = [_unit(0.9 * axes[0] + np.sqrt(1 - 0.81) * axes[k]) for k in (2, 3, 4, 5)]
+    references = References(("a", "b"), np.stack([chance, axes[6], axes[7], axes[6], *alike]),
+                            np.repeat([0, 1], 4), views=2)
+    best_pair = nearest(picture[None, :], references)
+    assert best_pair[0].tolist() == [0] and best_pair[1][0] == pytest.approx(0.95)
+    owner, score, row = nearest(picture[None, :], references, consensus=CONSENSUS)
+    assert owner.tolist() == [1] and score[0] == pytest.approx(0.9, abs=1e-5)  # k = 3 for two sheets
+    assert references.owners[row[0]] == 1  # the evidence's reference is b's own most similar one
+
+
+@pytest.mark.parametrize("budget", [4, 4 * 90 * 7, 10**9])  # a reference view a block, seven, all of them
+def test_a_block_at_a_time_and_a_shortlist_give_the_plain_rules_answer(monkeypatch, budget):
+    rng = np.random.default_rng(11)
+    references = _registry(rng, 300, 3, 4, 24)
+    rows = rng.choice(len(references.vectors), 30)
+    images = _unit(references.vectors[rows][:, None, :] + 0.1 * rng.normal(size=(30, 3, 24)))
+    images = images.reshape(30, -1)  # three views an image, each near one reference view
+    expected_owner, expected_score = _brute_force(images, references, CONSENSUS)
+    monkeypatch.setattr(screening, "SIMILARITY_BYTES", budget)
+    owner, score, row = nearest(images, references, shortlist=0, consensus=CONSENSUS)
+    np.testing.assert_array_equal(owner, expected_owner)
+    np.testing.assert_allclose(score, expected_score, rtol=1e-5)
+    assert (references.owners[row] == owner).all()
+    # The single best pair comes from the same pass: with every pair counted as a copy, `scores` answers by it.
+    every_pair = ImageThresholds(0.0, 0.0, 0.01, consensus=CONSENSUS, pair_block_score=-1.0)
+    for got, want in zip(scores(images, references, every_pair), nearest(images, references), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    short = nearest(images, references, shortlist=8, consensus=CONSENSUS)  # 300 characters: shortlisted
+    np.testing.assert_array_equal(short[0], owner)
+    np.testing.assert_allclose(short[1], score, rtol=1e-5)
+    np.testing.assert_array_equal(short[2], row)
+
+
+def test_a_copy_of_one_reference_is_a_strong_match_though_the_others_differ():
+    rng = np.random.default_rng(2)
+    references = References(tuple(f"c{i}" for i in range(4)), _unit(rng.normal(size=(48, 32))),
+                            np.repeat(np.arange(4), 12), views=3)  # four sheets a character, views unalike
+    # Negatives that resemble all of a character's references a little, as a generic picture in its colours does.
+    blends = references.vectors.reshape(4, 12, 32).sum(axis=1)[rng.integers(4, size=(200, 2))]
+    negatives = _unit(blends + 1.0 * rng.normal(size=(200, 2, 32))).reshape(200, -1)
+    fitted = fit_image_thresholds(negatives, references, ["random"])
+    assert fitted.consensus == CONSENSUS and fitted.pair_block_score > fitted.block_score
+    copy = np.concatenate([references.vectors[7], _unit(rng.normal(size=32))])[None, :]  # a crop of a sheet
+    [match] = match_images(copy, references, fitted)
+    assert (match.character_id, match.reference, match.strong) == ("c0", 7, True)
+    assert match.score == pytest.approx(1.0, abs=1e-5)
+    # Without the pair rule the same picture scores its character's consensus, which its unlike references
+    # pull below strong.
+    plain = ImageThresholds(**{**fitted.to_dict(), "pair_block_score": None})
+    assert not any(m.strong for m in match_images(copy, references, plain))
+    assert judge_set(copy, references, fitted, {"c0": "block"}, {"c0": "C0"}).verdict == "quarantine"
+
+
+def test_thresholds_fitted_on_best_pair_scores_are_refused_as_stale(tmp_path):
+    old = ImageThresholds(score=0.93, block_score=0.97, false_rate=0.01).to_dict()
+    del old["consensus"], old["pair_block_score"]  # a calibration file written before the consensus (2026-12-07)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"images": {"thresholds": old, "embedder": "e+views"}}))
+    with pytest.raises(ImageCalibrationMissing) as refused:
+        load_image_thresholds(path, "e+views")
+    assert refused.value.code == "calibration_stale" and "gate calibrate --images" in refused.value.message
+    path.write_text(json.dumps({"images": {"thresholds": {**old, "consensus": CONSENSUS}, "embedder": "e+views"}}))
+    assert load_image_thresholds(path, "e+views").consensus == CONSENSUS
