@@ -8,10 +8,11 @@ in the record's own tables. A set is --images images of VIEW_COUNT views each. P
 - reading: the baseline reads every view of every reference into a list and stacks it (two copies at the peak);
   the gate fills one array as the rows arrive (gate.registry.characters.load_references), and a second set
   screened while the registry stands reads nothing (gate.images.screen.image_references);
-- matching: the baseline takes every (view, reference view) similarity of the set at once; the gate a block of
-  references at a time, and view by view only with the SHORTLIST characters nearest by their sheets whole
-  (gate.images.screening.nearest), its memory bounded by SIMILARITY_BYTES. "All views" is the gate without
-  the shortlist.
+- matching: the baseline takes every (view, reference view) similarity of the set at once, and scores the
+  single best pair; "all views" does the same a block of references at a time (its memory bounded by
+  SIMILARITY_BYTES), and must give the baseline's answers; the gate scores by its rule (gate.images.screening.
+  scores: the consensus of a few reference views, gate.images.consensus), view by view only with the SHORTLIST
+  characters nearest by their sheets whole.
 
 Peak memory is what numpy allocated during the step (tracemalloc), not the process's resident size.
 
@@ -36,13 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from gate.detection.matching import References
+from gate.images.consensus import CONSENSUS
 from gate.images.screen import image_references
-from gate.images.screening import nearest
+from gate.images.screening import ImageThresholds, nearest, scores
 from gate.record.db import open_db
 from gate.registry.characters import load_references
 from probes.views import REFERENCE_VIEW_COUNT, VIEW_COUNT
 
 EMBEDDER = "synthetic@1+reference-views-v1"
+# The gate's rule, as its calibration sets it: the consensus, and the single pair that scores alone
+RULE = ImageThresholds(0.0, 0.0, 0.01, consensus=CONSENSUS, pair_block_score=1.0)
 
 
 def registry(path: Path, characters: int, refs: int, dim: int, rng) -> None:
@@ -129,7 +133,7 @@ def main() -> None:
         _, again, _ = measured(image_references, db, EMBEDDER)
         (owner, score, _), all_match, all_match_mb = measured(nearest, images, new, 0)
         assert (owner == old_owner).all() and np.allclose(score, old_score, atol=1e-5)  # the same answers
-        _, new_match, new_match_mb = measured(nearest, images, new)
+        _, new_match, new_match_mb = measured(scores, images, new, RULE)
         assert len(new.vectors) == len(load_references(db, EMBEDDER, REFERENCE_VIEW_COUNT).vectors)
         print(f"| {size:,} | {len(new.vectors):,} | {old_read:.2f} / {old_read_mb:,.0f} | {new_read:.2f} / "
               f"{new_read_mb:,.0f} | {again:.3f} | {old_match:.2f} / {old_match_mb:,.0f} | {all_match:.2f} / "
@@ -170,8 +174,8 @@ def agreement(work: Path, count: int) -> None:
     vectors = embed_images(read_bundle([e["path"] for e in entries]), side.images)
     labels = [e["character"] if e["kind"] == "character" else None for e in entries]
     thresholds = load_image_thresholds(settings.calibration_file, side.vectors_id)
-    (exact_owner, exact, _), exact_s, _ = measured(nearest, vectors, registry, 0)
-    (owner, score, _), short_s, _ = measured(nearest, vectors, registry)
+    (exact_owner, exact, _), exact_s, _ = measured(scores, vectors, registry, thresholds, 0)
+    (owner, score, _), short_s, _ = measured(scores, vectors, registry, thresholds)
 
     def matched(o, s):
         return [registry.character_ids[c] if v >= thresholds.score else None for c, v in zip(o, s, strict=True)]
