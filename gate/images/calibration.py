@@ -11,7 +11,7 @@ import numpy as np
 
 from gate.detection.matching import References
 from gate.images.consensus import CONSENSUS
-from gate.images.screening import ImageThresholds, nearest
+from gate.images.screening import ImageThresholds, nearest_with_pair
 
 IMAGE_FALSE_RATE = 0.01  # the share of negative images that may match some character
 STRONG_MARGIN = 0.01  # a strong match is this much above the most similar negative
@@ -29,11 +29,11 @@ def fit_image_thresholds(negatives: np.ndarray, references: References, sources:
     few to count per character (a 1% rate of 400 negatives is 4)."""
     if len(negatives) < 50:
         raise ValueError(f"{len(negatives)} negative images; calibration needs at least 50 (hundreds are better)")
-    owner, best, _ = nearest(negatives, references, consensus=consensus)
+    owner, best, _, _, pair, _ = nearest_with_pair(negatives, references, consensus=consensus)
     score = float(np.quantile(best, 1.0 - false_rate))
     measured = float(np.mean(best >= score))
     block = min(1.0, float(best.max()) + STRONG_MARGIN)
-    pair = None if consensus <= 1 else min(1.0, float(nearest(negatives, references)[1].max()) + STRONG_MARGIN)
+    pair_block = None if consensus <= 1 else round(min(1.0, float(pair.max()) + STRONG_MARGIN), 4)
     near = owner[best >= np.quantile(best, 1.0 - NEAR_MISS_SHARE)]
     near_misses = {cid: int(n) for cid, n in zip(references.character_ids,
                                                  np.bincount(near, minlength=len(references.character_ids)),
@@ -44,7 +44,7 @@ def fit_image_thresholds(negatives: np.ndarray, references: References, sources:
                                        "near_miss_share": NEAR_MISS_SHARE,
                                        "fitted_at": datetime.now(UTC).isoformat(timespec="seconds")},
                            near_misses=near_misses, consensus=consensus,
-                           pair_block_score=None if pair is None else round(pair, 4))
+                           pair_block_score=pair_block)
 
 
 def world_negatives(world_dir: Path) -> list[Path]:

@@ -42,10 +42,10 @@ def top_per_owner(similarity: np.ndarray, owners: np.ndarray,
     order = np.argsort(owners, kind="stable")
     grouped_owners = owners[order]
     starts, lengths = _segments(grouped_owners)
-    grouped = similarity[:, order].astype(np.float64)
-    # Sort each image's row by (owner, largest first): similarities lie in [-1, 1], so an offset of 4 per owner
-    # keeps each owner's columns where they are.
-    within = np.argsort(np.repeat(np.arange(len(starts)), lengths)[None, :] * 4.0 - grouped, axis=1, kind="stable")
+    # A broken vector's NaN is no resemblance, not a sort key that would shift every later owner's columns.
+    grouped = np.nan_to_num(similarity[:, order].astype(np.float64), nan=-1.0, posinf=1.0, neginf=-1.0)
+    segment = np.broadcast_to(np.repeat(np.arange(len(starts)), lengths), grouped.shape)
+    within = np.lexsort((-grouped, segment), axis=-1)  # by owner, then each owner's largest first
     keep = np.flatnonzero(np.arange(len(order)) - np.repeat(starts, lengths) < limit)
     picked = within[:, keep]
     return np.take_along_axis(grouped, picked, axis=1), order[picked], grouped_owners[keep]
@@ -58,5 +58,6 @@ def owner_means(values: np.ndarray, owners: np.ndarray,
     starts, lengths = _segments(owners)
     present = owners[starts]
     take = np.minimum(counts[present], lengths)
-    total = np.concatenate([np.zeros((len(values), 1)), np.cumsum(values, axis=1)], axis=1)
-    return present, (total[:, starts + take] - total[:, starts]) / take, starts
+    rank = np.arange(len(owners)) - np.repeat(starts, lengths)  # each position's place in its owner's values
+    counted = np.where(rank < np.repeat(take, lengths), values, 0.0)  # summed exactly: k = 1 is the pair itself
+    return present, np.add.reduceat(counted, starts, axis=1) / take, starts

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -110,21 +111,29 @@ def nearest(vectors: np.ndarray, references: References, shortlist: int = SHORTL
     reference views of that character (gate.images.consensus; 1: the single most similar). With more than 4 x
     `shortlist` characters (fewer cost more to shortlist than to compare) and references held as views, each
     image is compared view by view with the `shortlist` characters nearest by their sheets whole alone (0: with
-    all). Memory is bounded by SIMILARITY_BYTES, not by the registry's size times the set's."""
-    return _nearest(vectors, references, shortlist, consensus)[:3]
+    all). Memory is bounded by a few times SIMILARITY_BYTES, not by the registry's size times the set's: a set
+    is matched as many images at a time as that allows."""
+    return nearest_with_pair(vectors, references, shortlist, consensus)[:3]
 
 
-def _nearest(vectors: np.ndarray, references: References, shortlist: int, consensus: int):
-    """nearest()'s three answers, then the same three for the single most similar pair (for `scores`)."""
+def nearest_with_pair(vectors: np.ndarray, references: References, shortlist: int = SHORTLIST,
+                      consensus: int = 1) -> tuple[np.ndarray, ...]:
+    """nearest()'s three answers, then the same three for the single most similar pair, from one pass."""
     if not len(vectors) or not len(references.vectors):
         empty = np.zeros(len(vectors))
         return (empty.astype(int) - 1, empty, empty.astype(int)) * 2
     views = np.asarray(vectors, np.float32).reshape(len(vectors), -1, references.vectors.shape[1])
-    counts = consensus_counts(references.owners, len(references.character_ids), references.views, consensus)
-    if (references.views > 1 and 0 < 4 * shortlist < len(references.character_ids)
+    characters = len(references.character_ids)
+    counts = consensus_counts(references.owners, characters, references.views, consensus)
+    if (references.views > 1 and 0 < 4 * shortlist < characters
             and bool(np.all(np.diff(references.owners) >= 0))):
-        return _nearest_shortlisted(views, references, shortlist, counts)
-    return _nearest_all(views, references.vectors, references.owners, counts)
+        step = max(1, SIMILARITY_BYTES // (4 * characters))  # each image's best sheet per character
+        match = partial(_nearest_shortlisted, references=references, shortlist=shortlist, counts=counts)
+    else:  # each image's largest few similarities per character, the blocks' and their merge's copies
+        step = max(1, SIMILARITY_BYTES // (48 * int(counts.max()) * characters))
+        match = partial(_nearest_all, rows=references.vectors, owners=references.owners, counts=counts)
+    parts = [match(views[start:start + step]) for start in range(0, len(views), step)]
+    return tuple(np.concatenate(answers) for answers in zip(*parts, strict=True))
 
 
 def _blocks(views: np.ndarray, rows: np.ndarray):
@@ -192,7 +201,8 @@ def scores(vectors: np.ndarray, references: References, thresholds: ImageThresho
            shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """nearest() under the thresholds' rule: the consensus they were fitted on, and where one pair reaches
     `pair_block_score`, that pair's character, reference and similarity instead."""
-    owner, score, row, pair_owner, pair, pair_row = _nearest(vectors, references, shortlist, thresholds.consensus)
+    owner, score, row, pair_owner, pair, pair_row = nearest_with_pair(vectors, references, shortlist,
+                                                                      thresholds.consensus)
     if thresholds.consensus > 1 and thresholds.pair_block_score is not None:
         copied = pair >= thresholds.pair_block_score
         owner, score, row = (np.where(copied, pair_owner, owner), np.where(copied, pair, score),
@@ -247,7 +257,7 @@ def judge_set(vectors: np.ndarray, references: References, thresholds: ImageThre
     if not result.reasons:
         seen = (f"{len(matches)} of {total} images resemble a registered character, fewer for any one than "
                 f"chance would not explain, and none reaches a strong match ({thresholds.block_score:.3f})"
-                if matches else f"none of {total} images resembles a registered character (similarity "
+                if matches else f"none of {total} images resembles a registered character (score "
                                 f"{thresholds.score:.3f} or more)")
         result.reasons.append({"kind": "nothing_shown", "verdict": "allow", "character": None, "message": seen})
     result.verdict = max((r["verdict"] for r in result.reasons), key=VERDICT_ORDER.__getitem__)

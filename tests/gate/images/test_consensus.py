@@ -21,24 +21,27 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _registry(rng, characters: int, sheets: int, views: int, dimension: int) -> References:
-    vectors = rng.normal(size=(characters * sheets, views, dimension))
+def _registry(rng, sheets: list[int], views: int, dimension: int) -> References:
+    """A character per entry of `sheets`, with that many sheets of `views` views (so each has its own k)."""
+    vectors = rng.normal(size=(sum(sheets), views, dimension))
     vectors[:, 1:] = vectors[:, :1] + 0.6 * vectors[:, 1:]  # a crop resembles its sheet
-    return References(tuple(f"c{i}" for i in range(characters)), _unit(vectors).reshape(-1, dimension),
-                      np.repeat(np.arange(characters), sheets * views), views=views)
+    return References(tuple(f"c{i}" for i in range(len(sheets))), _unit(vectors).reshape(-1, dimension),
+                      np.repeat(np.arange(len(sheets)), np.array(sheets) * views), views=views)
 
 
 def _brute_force(images: np.ndarray, references: References, consensus: int):
     """The rule written the plain way: each reference view at the image's most similar view, each character the
-    mean of its top k = min(consensus, 1 + sheets) of them."""
+    mean of its top k = min(consensus, 1 + sheets) of them; the row is the winner's most similar view."""
     views = images.reshape(len(images), -1, references.vectors.shape[1])
     per_row = (views @ references.vectors.T).max(axis=1)
-    scores = np.zeros((len(images), len(references.character_ids)))
+    scores, best = np.zeros((len(images), len(references.character_ids))), []
     for c in range(len(references.character_ids)):
         rows = np.flatnonzero(references.owners == c)
         k = min(consensus, 1 + len(rows) // references.views)
         scores[:, c] = np.sort(per_row[:, rows], axis=1)[:, -k:].mean(axis=1)
-    return scores.argmax(axis=1), scores.max(axis=1)
+        best.append(rows[per_row[:, rows].argmax(axis=1)])
+    owner = scores.argmax(axis=1)
+    return owner, scores.max(axis=1), np.array(best).T[np.arange(len(images)), owner]
 
 
 def test_how_many_reference_views_a_score_averages_grows_with_the_sheets():
@@ -54,37 +57,62 @@ def test_agreement_across_references_outweighs_one_chance_pair():
     axes = np.eye(8, dtype=np.float32)
     picture = axes[0]
     chance = _unit(0.95 * axes[0] + np.sqrt(1 - 0.95**2) * axes[1])
-    alike = [_unit(0.9 * axes[0] + np.sqrt(1 - 0.81) * axes[k]) for k in (2, 3, 4, 5)]
+    alike = [_unit(s * axes[0] + np.sqrt(1 - s * s) * axes[k]) for s, k in ((0.93, 2), (0.9, 3), (0.87, 4), (0.5, 5))]
     references = References(("a", "b"), np.stack([chance, axes[6], axes[7], axes[6], *alike]),
                             np.repeat([0, 1], 4), views=2)
     best_pair = nearest(picture[None, :], references)
     assert best_pair[0].tolist() == [0] and best_pair[1][0] == pytest.approx(0.95)
     owner, score, row = nearest(picture[None, :], references, consensus=CONSENSUS)
-    assert owner.tolist() == [1] and score[0] == pytest.approx(0.9, abs=1e-5)  # k = 3 for two sheets
-    assert references.owners[row[0]] == 1  # the evidence's reference is b's own most similar one
+    assert owner.tolist() == [1] and score[0] == pytest.approx(0.9, abs=1e-5)  # (0.93 + 0.9 + 0.87) / 3: k = 3
+    assert row.tolist() == [4]  # the evidence's reference is b's own most similar one (0.93)
+    # A pair below the copy threshold does not override the consensus; one above it does.
+    fitted = {"score": 0.5, "block_score": 0.99, "false_rate": 0.01, "consensus": CONSENSUS}
+    assert scores(picture[None, :], references, ImageThresholds(**fitted, pair_block_score=0.96))[0].tolist() == [1]
+    assert scores(picture[None, :], references, ImageThresholds(**fitted, pair_block_score=0.94))[0].tolist() == [0]
 
 
 @pytest.mark.parametrize("budget", [4, 4 * 90 * 7, 10**9])  # a reference view a block, seven, all of them
 def test_a_block_at_a_time_and_a_shortlist_give_the_plain_rules_answer(monkeypatch, budget):
     rng = np.random.default_rng(11)
-    references = _registry(rng, 300, 3, 4, 24)
+    references = _registry(rng, list(rng.choice([1, 2, 3, 8], 60)), 4, 24)  # k from 2 to 6 by character
     rows = rng.choice(len(references.vectors), 30)
     images = _unit(references.vectors[rows][:, None, :] + 0.1 * rng.normal(size=(30, 3, 24)))
     images = images.reshape(30, -1)  # three views an image, each near one reference view
-    expected_owner, expected_score = _brute_force(images, references, CONSENSUS)
+    expected = _brute_force(images, references, CONSENSUS)
     monkeypatch.setattr(screening, "SIMILARITY_BYTES", budget)
     owner, score, row = nearest(images, references, shortlist=0, consensus=CONSENSUS)
-    np.testing.assert_array_equal(owner, expected_owner)
-    np.testing.assert_allclose(score, expected_score, rtol=1e-5)
-    assert (references.owners[row] == owner).all()
+    np.testing.assert_array_equal(owner, expected[0])
+    np.testing.assert_allclose(score, expected[1], rtol=1e-5)
+    np.testing.assert_array_equal(row, expected[2])
     # The single best pair comes from the same pass: with every pair counted as a copy, `scores` answers by it.
     every_pair = ImageThresholds(0.0, 0.0, 0.01, consensus=CONSENSUS, pair_block_score=-1.0)
     for got, want in zip(scores(images, references, every_pair), nearest(images, references), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5)
-    short = nearest(images, references, shortlist=8, consensus=CONSENSUS)  # 300 characters: shortlisted
+        np.testing.assert_array_equal(got, want)
+    short = nearest(images, references, shortlist=8, consensus=CONSENSUS)  # 60 characters: shortlisted
     np.testing.assert_array_equal(short[0], owner)
     np.testing.assert_allclose(short[1], score, rtol=1e-5)
     np.testing.assert_array_equal(short[2], row)
+    # A registry whose rows are out of order (no shortlist then) gives the same answers, rows mapped back.
+    shuffled = rng.permutation(len(references.vectors))
+    mixed = References(references.character_ids, references.vectors[shuffled], references.owners[shuffled],
+                       views=references.views)
+    owner, score, row = nearest(images, mixed, shortlist=8, consensus=CONSENSUS)
+    np.testing.assert_array_equal(owner, expected[0])
+    np.testing.assert_allclose(score, expected[1], rtol=1e-5)
+    np.testing.assert_array_equal(shuffled[row], expected[2])
+
+
+def test_a_broken_reference_vector_counts_as_no_resemblance_and_moves_no_other_character():
+    rng = np.random.default_rng(4)
+    references = _registry(rng, [2, 2, 2], 3, 16)
+    images = _unit(references.vectors[[13]] + 0.05 * rng.normal(size=(1, 16)))  # close to c2's second sheet
+    expected = nearest(images, references, consensus=CONSENSUS)
+    broken = references.vectors.copy()
+    broken[2] = np.nan  # one of c0's views, from an embedder that failed
+    answer = nearest(images, References(references.character_ids, broken, references.owners, views=3),
+                     consensus=CONSENSUS)
+    assert answer[0].tolist() == expected[0].tolist() == [2] and np.isfinite(answer[1]).all()
+    np.testing.assert_allclose(answer[1], expected[1], rtol=1e-6)
 
 
 def test_a_copy_of_one_reference_is_a_strong_match_though_the_others_differ():
