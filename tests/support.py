@@ -1,6 +1,6 @@
 """Helpers the tests share (not fixtures: those are in conftest.py): free loopback ports, waiting, a private
-redis-server, a hub's callback endpoint, signed uploads through the Flask test client, and a process without
-torch."""
+redis-server, a hub's callback endpoint, signed uploads through the Flask test client, a process without
+torch, and synthetic registries of reference views."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
+from gate.detection.matching import References
 from gate.hubs import signatures
 from gate.hubs.client import deliver, multipart
 from gate.hubs.signatures import sign
@@ -229,3 +231,17 @@ def record_call(path: str, value: str) -> str:
     with open(path, "a") as out:
         out.write(value + "\n")
     return value
+
+
+def unit_vectors(a) -> np.ndarray:
+    """`a` scaled to unit length along its last axis, as float32 (as embedders give vectors)."""
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def synthetic_references(rng, sheets: list[int], views: int, dimension: int) -> References:
+    """Random reference views: a character per entry of `sheets`, with that many sheets of `views` views, each
+    crop resembling its sheet."""
+    vectors = rng.normal(size=(sum(sheets), views, dimension))
+    vectors[:, 1:] = vectors[:, :1] + 0.6 * vectors[:, 1:]
+    return References(tuple(f"c{i}" for i in range(len(sheets))), unit_vectors(vectors).reshape(-1, dimension),
+                      np.repeat(np.arange(len(sheets)), np.array(sheets) * views), views=views)

@@ -15,18 +15,7 @@ from gate.images.calibration import fit_image_thresholds
 from gate.images.consensus import CONSENSUS, consensus_counts
 from gate.images.screen import ImageCalibrationMissing, load_image_thresholds
 from gate.images.screening import ImageThresholds, judge_set, match_images, nearest, scores
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _registry(rng, sheets: list[int], views: int, dimension: int) -> References:
-    """A character per entry of `sheets`, with that many sheets of `views` views (so each has its own k)."""
-    vectors = rng.normal(size=(sum(sheets), views, dimension))
-    vectors[:, 1:] = vectors[:, :1] + 0.6 * vectors[:, 1:]  # a crop resembles its sheet
-    return References(tuple(f"c{i}" for i in range(len(sheets))), _unit(vectors).reshape(-1, dimension),
-                      np.repeat(np.arange(len(sheets)), np.array(sheets) * views), views=views)
+from tests.support import synthetic_references, unit_vectors
 
 
 def _brute_force(images: np.ndarray, references: References, consensus: int):
@@ -56,8 +45,9 @@ def test_agreement_across_references_outweighs_one_chance_pair():
     # Character b: two sheets whose views the picture resembles each at about 0.9: a drawing of b.
     axes = np.eye(8, dtype=np.float32)
     picture = axes[0]
-    chance = _unit(0.95 * axes[0] + np.sqrt(1 - 0.95**2) * axes[1])
-    alike = [_unit(s * axes[0] + np.sqrt(1 - s * s) * axes[k]) for s, k in ((0.93, 2), (0.9, 3), (0.87, 4), (0.5, 5))]
+    chance = unit_vectors(0.95 * axes[0] + np.sqrt(1 - 0.95**2) * axes[1])
+    alike = [unit_vectors(s * axes[0] + np.sqrt(1 - s * s) * axes[k])
+             for s, k in ((0.93, 2), (0.9, 3), (0.87, 4), (0.5, 5))]
     references = References(("a", "b"), np.stack([chance, axes[6], axes[7], axes[6], *alike]),
                             np.repeat([0, 1], 4), views=2)
     best_pair = nearest(picture[None, :], references)
@@ -74,9 +64,9 @@ def test_agreement_across_references_outweighs_one_chance_pair():
 @pytest.mark.parametrize("budget", [4, 4 * 90 * 7, 10**9])  # a reference view a block, seven, all of them
 def test_a_block_at_a_time_and_a_shortlist_give_the_plain_rules_answer(monkeypatch, budget):
     rng = np.random.default_rng(11)
-    references = _registry(rng, list(rng.choice([1, 2, 3, 8], 60)), 4, 24)  # k from 2 to 6 by character
+    references = synthetic_references(rng, list(rng.choice([1, 2, 3, 8], 60)), 4, 24)  # k from 2 to 6 by character
     rows = rng.choice(len(references.vectors), 30)
-    images = _unit(references.vectors[rows][:, None, :] + 0.1 * rng.normal(size=(30, 3, 24)))
+    images = unit_vectors(references.vectors[rows][:, None, :] + 0.1 * rng.normal(size=(30, 3, 24)))
     images = images.reshape(30, -1)  # three views an image, each near one reference view
     expected = _brute_force(images, references, CONSENSUS)
     monkeypatch.setattr(screening, "SIMILARITY_BYTES", budget)
@@ -104,8 +94,8 @@ def test_a_block_at_a_time_and_a_shortlist_give_the_plain_rules_answer(monkeypat
 
 def test_a_broken_reference_vector_counts_as_no_resemblance_and_moves_no_other_character():
     rng = np.random.default_rng(4)
-    references = _registry(rng, [2, 2, 2], 3, 16)
-    images = _unit(references.vectors[[13]] + 0.05 * rng.normal(size=(1, 16)))  # close to c2's second sheet
+    references = synthetic_references(rng, [2, 2, 2], 3, 16)
+    images = unit_vectors(references.vectors[[13]] + 0.05 * rng.normal(size=(1, 16)))  # close to c2's second sheet
     expected = nearest(images, references, consensus=CONSENSUS)
     broken = references.vectors.copy()
     broken[2] = np.nan  # one of c0's views, from an embedder that failed
@@ -117,14 +107,14 @@ def test_a_broken_reference_vector_counts_as_no_resemblance_and_moves_no_other_c
 
 def test_a_copy_of_one_reference_is_a_strong_match_though_the_others_differ():
     rng = np.random.default_rng(2)
-    references = References(tuple(f"c{i}" for i in range(4)), _unit(rng.normal(size=(48, 32))),
+    references = References(tuple(f"c{i}" for i in range(4)), unit_vectors(rng.normal(size=(48, 32))),
                             np.repeat(np.arange(4), 12), views=3)  # four sheets a character, views unalike
     # Negatives that resemble all of a character's references a little, as a generic picture in its colours does.
     blends = references.vectors.reshape(4, 12, 32).sum(axis=1)[rng.integers(4, size=(200, 2))]
-    negatives = _unit(blends + 1.0 * rng.normal(size=(200, 2, 32))).reshape(200, -1)
+    negatives = unit_vectors(blends + 1.0 * rng.normal(size=(200, 2, 32))).reshape(200, -1)
     fitted = fit_image_thresholds(negatives, references, ["random"])
     assert fitted.consensus == CONSENSUS and fitted.pair_block_score > fitted.block_score
-    copy = np.concatenate([references.vectors[7], _unit(rng.normal(size=32))])[None, :]  # a crop of a sheet
+    copy = np.concatenate([references.vectors[7], unit_vectors(rng.normal(size=32))])[None, :]  # a crop of a sheet
     [match] = match_images(copy, references, fitted)
     assert (match.character_id, match.reference, match.strong) == ("c0", 7, True)
     assert match.score == pytest.approx(1.0, abs=1e-5)

@@ -9,6 +9,7 @@ from gate.detection.matching import References
 from gate.detection.screening import NameHit
 from gate.images.calibration import fit_image_thresholds
 from gate.images.screening import ImageThresholds, judge_set
+from tests.support import synthetic_references, unit_vectors
 
 # Two characters, one reference each, on orthogonal axes; an image's similarity to a character is its cosine.
 REFS = References(("ultraman", "doraemon"), np.eye(4, dtype=np.float32)[:2], np.array([0, 1]), ("u.png", "d.png"))
@@ -128,10 +129,9 @@ def test_nearest_a_block_of_references_at_a_time_is_nearest_over_them_all(monkey
     from gate.images import screening
 
     rng = np.random.default_rng(3)
-    unit = lambda a: (a / np.linalg.norm(a, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
-    references = References(tuple(f"c{i}" for i in range(40)), unit(rng.normal(size=(200, 16))),
+    references = References(tuple(f"c{i}" for i in range(40)), unit_vectors(rng.normal(size=(200, 16))),
                             np.repeat(np.arange(40), 5))
-    images = unit(rng.normal(size=(30, 3, 16))).reshape(30, -1)  # three views an image
+    images = unit_vectors(rng.normal(size=(30, 3, 16))).reshape(30, -1)  # three views an image
     whole = screening.nearest(images, references)
     for budget in (4, 4 * 90 * 7, 10**9):  # one reference a block, seven, all
         monkeypatch.setattr(screening, "SIMILARITY_BYTES", budget)
@@ -144,19 +144,11 @@ def test_nearest_a_block_of_references_at_a_time_is_nearest_over_them_all(monkey
     np.testing.assert_array_equal(whole[2], expected.argmax(axis=1))
 
 
-def _registry(rng, characters: int, sheets: int, views: int, dimension: int) -> References:
-    vectors = rng.normal(size=(characters * sheets, views, dimension))
-    vectors[:, 1:] = vectors[:, :1] + 0.6 * vectors[:, 1:]  # a crop resembles its sheet
-    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return References(tuple(f"c{i}" for i in range(characters)), vectors.reshape(-1, dimension).astype(np.float32),
-                      np.repeat(np.arange(characters), sheets * views), views=views)
-
-
 def test_a_large_registry_is_matched_view_by_view_only_on_the_characters_nearest_by_their_sheets():
     from gate.images import screening
 
     rng = np.random.default_rng(5)
-    references = _registry(rng, 300, 2, 4, 32)
+    references = synthetic_references(rng, [2] * 300, 4, 32)
     # Pictures close to one crop of one sheet each (a portrait of a character): found, shortlist or not.
     rows = rng.choice(len(references.vectors), 40)
     images = references.vectors[rows] + 0.05 * rng.normal(size=(40, 32)).astype(np.float32)
