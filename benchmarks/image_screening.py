@@ -1,12 +1,17 @@
 """Screening images on the fixture world's held-back drawings (never tuned on): per image and per training set,
 and the embedding throughput batched against one image at a time.
 
-Five ways of embedding, each calibrated in this run the way `gate calibrate --images` does (on the tuning split's
-negatives), so they compare on equal terms. The baseline is how images were screened until 2026-12-07: the
-render embedder, each image whole. The shipped way is the image embedder, each image's views against each
-reference's views (probes/views.py). Two tables then show how the view schemes were chosen, on the tuning split.
+Six ways of embedding and scoring, each calibrated in this run the way `gate calibrate --images` does (on the
+tuning split's negatives), so they compare on equal terms. The baseline is how images were screened until
+2026-12-07: the render embedder, each image whole. The shipped way is the image embedder, each image's views
+against each reference's views (probes/views.py), scored by the consensus of a few reference views
+(gate.images.consensus); beside it the same scored by the single best pair. Two tables then show how the view
+schemes were chosen, on the tuning split, and one how many reference views the consensus averages, on a
+selection split drawn in memory (--selection-per-character drawings of each character, --selection-generic
+negatives).
 
     GATE_PROFILE=demo python -m benchmarks.image_screening [--trials 500] [--throughput 256]
+        [--selection-per-character 60] [--selection-generic 2000]
 """
 
 from __future__ import annotations
