@@ -5,7 +5,8 @@ quarantine count is one more than any negative subject reached, and more where a
 that chance alone (the negatives' per-render match rate) would reach it for more than the target share of
 clean LoRAs; an automatic block needs a render more similar than any negative ever was. The likelihood
 probe's thresholds sit above the largest gain any clean LoRA gave any character's references, by a stated
-margin; its residual threshold above the largest residual any clean LoRA left (gate.detection.sensitivity).
+margin; its residual threshold above the largest residual any clean LoRA left, read in proportion beyond the
+largest effect on the whole registry any clean LoRA had (gate.detection.sensitivity).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from gate.detection.matching import Scores, Thresholds, render_matches
-from gate.detection.sensitivity import residual_floor, sensitivities
+from gate.detection.sensitivity import effect_reach, residual_floor, sensitivities
 
 DEFAULT_QUANTILE = 0.99
 # Issue 5's target: at most 1% of clean LoRAs flagged. The matching-render counts are held to it.
@@ -91,7 +92,8 @@ def calibrate(subjects: list[Subject], quantile: float = DEFAULT_QUANTILE, min_q
     floor = residual_floor(negative_gains)
     if floor is not None:  # the residual rule sits above every clean LoRA's largest residual, by the same margin
         likelihood.update(likelihood_residual=round(floor + likelihood_margins[0], 6),
-                          likelihood_sensitivity=sensitivities(negative_gains))
+                          likelihood_sensitivity=sensitivities(negative_gains),
+                          likelihood_effect_reach=round(effect_reach(negative_gains), 6))
     return Thresholds(
         render_score=round(render_score, 6),
         lift=round(lift, 6),

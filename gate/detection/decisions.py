@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from gate.detection.matching import CharacterMatch, Thresholds
 from gate.detection.screening import NameHit
-from gate.detection.sensitivity import residuals
+from gate.detection.sensitivity import effect, read_at, residuals
 from probes.likelihood import CharacterGain
 
 _PAST = {"block": "blocked", "quarantine": "quarantined"}
@@ -216,7 +216,8 @@ def _residual_reason(gains, characters: dict[str, CharacterPolicy], thresholds: 
         return None
     measured = {g.character_id: g for g in gains if g.character_id in characters}
     # The whole LoRA's gains: what the sensitivities were fitted on (a part's is judged by its own thresholds).
-    left = residuals({cid: g.of_whole for cid, g in measured.items()}, thresholds.likelihood_sensitivity)
+    whole = {cid: g.of_whole for cid, g in measured.items()}
+    left = residuals(whole, thresholds.likelihood_sensitivity, thresholds.likelihood_effect_reach)
     if not left:
         return None
     top = max(left, key=left.get)
@@ -224,15 +225,18 @@ def _residual_reason(gains, characters: dict[str, CharacterPolicy], thresholds: 
     if left[top] < thresholds.likelihood_residual or top in found or gain.screened:
         return None
     also = f"; its metadata names it too ({_where(named[top])})" if named.get(top) else ""
+    share = read_at(effect(whole, thresholds.likelihood_sensitivity), thresholds.likelihood_effect_reach)
+    scaled = (f", read at {share:.0%}: the LoRA moves every character {1 / share:.1f} times as far as any clean "
+              f"LoRA did" if share < 1 else "")
     return Reason(
         "likelihood_match", Verdict.QUARANTINE,
         f"possible match with {characters[top].name}: the LoRA favours its references over the other characters' "
-        f"by {left[top]:.0%} more than what it does to every character explains (its own gain {gain.of_whole:+.0%}, "
-        f"{_conditioning(gain, own=False)}; possible from {thresholds.likelihood_residual:.0%}), as when a style "
-        f"is merged into a character LoRA{also}",
+        f"by {left[top]:.0%} more than what it does to every character explains{scaled} (its own gain "
+        f"{gain.of_whole:+.0%}, {_conditioning(gain, own=False)}; possible from "
+        f"{thresholds.likelihood_residual:.0%}), as when a style is merged into a character LoRA{also}",
         top,
-        {"gain": round(gain.of_whole, 4), "residual": round(left[top], 4), "prompt": gain.prompt,
-         "reference_gains": list(gain.reference_gains), "certainty": "possible",
+        {"gain": round(gain.of_whole, 4), "residual": round(left[top], 4), "residual_read_at": round(share, 4),
+         "prompt": gain.prompt, "reference_gains": list(gain.reference_gains), "certainty": "possible",
          **_how_measured(gain, own=False)},
     )
 

@@ -61,6 +61,9 @@ class Thresholds:
     # character's sensitivity, its mean gain under the calibration's clean LoRAs. None: not calibrated, not used.
     likelihood_residual: float | None = None
     likelihood_sensitivity: dict[str, float] | None = None
+    # The largest effect on the whole registry (the size of its mean gain) any clean LoRA had: a LoRA that moves
+    # every character further has its residuals read in proportion (gate.detection.sensitivity). None: read whole.
+    likelihood_effect_reach: float | None = None
     # How often a clean render matches some character (measured on the negatives), and the false-positive rate
     # the counts must keep to: a LoRA with more renders needs more matches. None: the fixed counts alone.
     render_false_rate: float | None = None

@@ -6,6 +6,12 @@ Characters are not moved alike: some characters' references suffer more from any
 character's sensitivity is its mean gain under the calibration's clean LoRAs. A LoRA's gains across the
 registry are fitted as a + b * sensitivity; what the fit leaves on one character, its residual, is what the LoRA
 does for that character alone.
+
+The fit is a line through what clean LoRAs do at the weights they were published at. A LoRA that moves every
+character much further (a clean LoRA published at twice or four times its weight: mean gains of -1.5 to -5 where
+clean LoRAs reach -0.5) bends away from that line, and what it leaves grows with how far it moved them all: at 4x,
+every one of the fixture world's 9 clean LoRAs left a residual above the threshold. Beyond the `reach` calibration saw
+(the largest mean gain, in size, of any clean LoRA), a residual is read in proportion: scaled by reach / effect.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ def sensitivities(negatives: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {character: round(float(np.mean(values)), 6) for character, values in sorted(measured.items())}
 
 
-def residuals(gains: Mapping[str, float], sensitivity: Mapping[str, float]) -> dict[str, float]:
+def residuals(gains: Mapping[str, float], sensitivity: Mapping[str, float],
+              reach: float | None = None) -> dict[str, float]:
     """Each character's gain less the fit, for the characters with a sensitivity. One without (registered since
     the calibration, or held back from it) is left out: taken as the mean one, a style that happens to spare it
-    made it a false match (benchmarks.merges). Empty where fewer than MIN_CHARACTERS remain."""
+    made it a false match (benchmarks.merges). Empty where fewer than MIN_CHARACTERS remain. With `reach`, a LoRA
+    whose effect (below) exceeds it has its residuals scaled by reach / effect."""
     characters = [character for character in gains if character in sensitivity]
     if len(characters) < MIN_CHARACTERS:
         return {}
@@ -37,12 +45,35 @@ def residuals(gains: Mapping[str, float], sensitivity: Mapping[str, float]) -> d
     y = np.array([gains[character] for character in characters])
     design = np.stack([np.ones_like(x), x], axis=1)
     coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return dict(zip(characters, (y - design @ coefficients).tolist(), strict=True))
+    scale = read_at(effect(gains, sensitivity), reach)
+    return dict(zip(characters, ((y - design @ coefficients) * scale).tolist(), strict=True))
+
+
+def effect(gains: Mapping[str, float], sensitivity: Mapping[str, float]) -> float:
+    """How far a LoRA moves the registry as a whole: the size of its mean gain over the characters the fit
+    reads (those with a sensitivity)."""
+    known = [gain for character, gain in gains.items() if character in sensitivity]
+    return abs(float(np.mean(known))) if known else 0.0
+
+
+def read_at(effect_size: float, reach: float | None) -> float:
+    """The share of a residual that is read: 1 within the reach calibration saw (or without one), else
+    reach / effect."""
+    if reach is None or reach <= 0 or effect_size <= reach:
+        return 1.0
+    return reach / effect_size
+
+
+def effect_reach(negatives: Sequence[Mapping[str, float]]) -> float | None:
+    """The largest effect any negative (clean LoRA) had on the registry; None without negatives."""
+    found = [effect(gains, gains) for gains in negatives if gains]
+    return max(found) if found else None
 
 
 def residual_floor(negatives: Sequence[Mapping[str, float]]) -> float | None:
     """The largest residual any negative leaves on any character, each fitted with the sensitivities of the
-    others (its own would flatter it). None with fewer than two negatives."""
+    others (its own would flatter it), read whole: each is within the reach the negatives set together. None
+    with fewer than two negatives."""
     if len(negatives) < 2:
         return None
     largest = [max(residuals(gains, sensitivities([*negatives[:i], *negatives[i + 1:]])).values(), default=None)

@@ -12,7 +12,7 @@ from fixtures.lora_transforms import Lora, merge, read_lora, write_lora
 from gate.detection.calibration import LIKELIHOOD_MARGINS, Subject, calibrate
 from gate.detection.decisions import CharacterPolicy, Verdict, decide
 from gate.detection.matching import Scores, Thresholds
-from gate.detection.sensitivity import residual_floor, residuals, sensitivities
+from gate.detection.sensitivity import effect, effect_reach, residual_floor, residuals, sensitivities
 from probes.likelihood import CharacterGain
 from tests.conftest import world_lora
 
@@ -67,6 +67,54 @@ def test_calibration_sets_the_residual_threshold_above_every_clean_loras():
     assert thresholds.likelihood_sensitivity == sensitivities(negatives)
     assert thresholds.provenance["negative_likelihood_residual"] == pytest.approx(floor, abs=1e-6)
     assert Thresholds.from_dict(thresholds.to_dict()) == thresholds  # what calibration.json keeps
+
+
+def _bent(strength: float) -> dict[str, float]:
+    """A LoRA published at `strength` times its weight: every character moved further than the line, and not
+    alike (what the fit leaves grows with the strength, as on the fixture world's clean LoRAs at 2x and 4x)."""
+    return {cid: strength * s - 0.02 * strength ** 2 * (i % 2) for i, (cid, s) in enumerate(SENSITIVITY.items())}
+
+
+def test_beyond_the_reach_calibration_saw_a_residual_is_read_in_proportion():
+    reach = effect(_style(1.0, -0.1), SENSITIVITY)  # the furthest any clean LoRA moved the registry
+    assert reach == pytest.approx(0.1 + 0.2, abs=1e-9)
+    raw = residuals(_bent(8.0), SENSITIVITY)
+    assert max(raw.values()) > THRESHOLDS.likelihood_residual  # read whole, a clean LoRA at 8x matches someone
+    scaled = residuals(_bent(8.0), SENSITIVITY, reach)
+    share = reach / effect(_bent(8.0), SENSITIVITY)
+    assert share < 0.3 and scaled == pytest.approx({cid: value * share for cid, value in raw.items()})
+    assert max(scaled.values()) < THRESHOLDS.likelihood_residual
+    within = _style(0.5, -0.05) | {"c": 0.2}  # a merge within reach is read whole
+    assert residuals(within, SENSITIVITY, reach) == residuals(within, SENSITIVITY)
+
+
+def test_a_clean_lora_published_at_many_times_its_weight_is_not_a_match():
+    reach = 0.3
+    bent = _gains(_bent(8.0))
+    whole = replace(THRESHOLDS, likelihood_effect_reach=None)  # calibrated before the reach was kept
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=whole,
+                  likelihood=bent).verdict == Verdict.QUARANTINE
+    read = replace(THRESHOLDS, likelihood_effect_reach=reach)
+    assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=read,
+                  likelihood=bent).verdict == Verdict.ALLOW
+    # A character under a style that moves the registry twice as far as reach is still seen, its residual halved
+    # and said so.
+    merged = _style(2.0, -0.3) | {"c": _style(2.0, -0.3)["c"] + 0.9}
+    decision = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=read, likelihood=_gains(merged))
+    (reason,) = [r for r in decision.reasons if r.kind == "likelihood_match"]
+    share = reach / effect(merged, SENSITIVITY)
+    assert reason.character_id == "c" and reason.details["residual_read_at"] == pytest.approx(share, abs=1e-4)
+    assert reason.details["residual"] == pytest.approx(residuals(merged, SENSITIVITY)["c"] * share, abs=1e-4)
+    assert f"read at {share:.0%}" in reason.message
+
+
+def test_calibration_keeps_the_largest_effect_any_clean_lora_had():
+    scores = Scores(np.full((4, 1), 0.5, np.float32), np.zeros((4, 1), int))
+    negatives = [_style(1.0), _style(2.0, 0.05), _style(0.5) | {"a": 0.1}]
+    thresholds = calibrate([Subject(f"clean-{i}", scores, scores, g, profile=g) for i, g in enumerate(negatives)])
+    assert thresholds.likelihood_effect_reach == pytest.approx(effect(negatives[1], SENSITIVITY), abs=1e-6)
+    assert thresholds.likelihood_effect_reach == pytest.approx(effect_reach(negatives), abs=1e-6)
+    assert Thresholds.from_dict(thresholds.to_dict()) == thresholds
 
 
 def test_a_merged_style_hiding_a_characters_gain_is_quarantined_not_blocked():
