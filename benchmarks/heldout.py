@@ -10,13 +10,16 @@ The registry is the world's 11 registered characters and the 3 registered held-b
 - the held-back clean LoRAs (an original nobody registered, a style the world has no LoRA of), as built;
 - each held-back LoRA at half and at double strength (weights scaled, as published for users to load at another
   weight), and merged with every style LoRA of the world at --strengths (ranks concatenated);
-- the 20 shipped LoRAs as they are, against the larger registry, and the 11 character LoRAs at half and double
-  strength.
+- the 20 shipped LoRAs as they are, against the larger registry, the 11 character LoRAs at half and double
+  strength, and the 9 clean ones at double and four times their weight (and the held-back clean ones at four
+  times too): a clean LoRA published overweight moves every character further than calibration saw.
 
-Each case is scanned once under each probe set and judged three ways: the baseline (fixture-v1) and the gate
+Each case is scanned once under each probe set and judged four ways: the baseline (fixture-v1) and the gate
 (fixture-v3), each calibrated in this run as `gate calibrate` fits after the held-back characters are registered
-(on the world's clean LoRAs alone, each clean LoRA judged by a fit without it); and the gate with the shipped
-calibration (fitted before they were registered). A character case counts as caught when the verdict is block
+(on the world's clean LoRAs alone, each clean LoRA and its rescaled copies judged by a fit without it); the gate
+with the shipped calibration (fitted before they were registered); and the gate refitted but with every residual
+read whole, as before 2026-12-08 (gate.detection.sensitivity: beyond the reach calibration saw, a residual is
+read in proportion). A character case counts as caught when the verdict is block
 or quarantine; an auto-block is correct when the LoRA is of the character it names. Cost: each case's probe
 time (renders, embedding, likelihood) under each probe set, and their ratio.
 
@@ -36,6 +39,7 @@ import os
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fixtures.heldout import REFERENCES, characters, loras
@@ -54,6 +58,7 @@ FLAGGED = ("block", "quarantine")
 CLEAN = ("original", "style", "concept")
 BASELINE, GATE = "fixture-v1", "fixture-v3"
 SCALES = (0.5, 2.0)  # a LoRA published weaker or stronger than it was trained
+CLEAN_SCALES = (2.0, 4.0)  # a clean LoRA published overweight: the shipped clean ones' copies
 
 
 def cases(world: World, strengths: list[float]) -> list[dict]:
@@ -67,7 +72,8 @@ def cases(world: World, strengths: list[float]) -> list[dict]:
         found.append({"name": held["id"], "path": path, "set": "held back", "kind": f"{group}, as built",
                       "character": character})
         found += [{"name": f"{held['id']}@{scale:g}", "path": path, "scale": scale, "set": "held back",
-                   "kind": f"{group}, scaled x{scale:g}", "character": character} for scale in SCALES]
+                   "kind": f"{group}, scaled x{scale:g}", "character": character}
+                  for scale in (sorted({*SCALES, *CLEAN_SCALES}) if clean else SCALES)]
         for strength in strengths:
             found += [{"name": f"{held['id']}+{style['id']}@{strength:g}", "path": path,
                        "style": world.path(style["path"]), "strength": strength, "set": "held back",
@@ -76,6 +82,10 @@ def cases(world: World, strengths: list[float]) -> list[dict]:
         clean = lora["kind"] in CLEAN
         found.append({"name": lora["id"], "path": world.path(lora["path"]), "set": "shipped",
                       "kind": "clean" if clean else "character", "character": None if clean else lora["character"]})
+    for scale in CLEAN_SCALES:  # each judged by a refit without the clean LoRA it is a copy of
+        found += [{"name": f"{lora['id']}@{scale:g}", "path": world.path(lora["path"]), "scale": scale,
+                   "set": "shipped", "kind": f"clean, scaled x{scale:g}", "character": None, "source": lora["id"]}
+                  for lora in world.loras() if lora["kind"] in CLEAN]
     for scale in SCALES:
         found += [{"name": f"{lora['id']}@{scale:g}", "path": world.path(lora["path"]), "scale": scale,
                    "set": "shipped", "kind": f"character, scaled x{scale:g}", "character": lora["character"]}
@@ -161,10 +171,14 @@ def main() -> None:
     fitted = {name: refit(name, None) for name in scanners}
 
     def fit_for(probe_set: str):
-        return lambda case: refit(probe_set, case["name"]) if case["kind"] == "clean" else fitted[probe_set]
+        return lambda case: (refit(probe_set, case.get("source", case["name"])) if case["kind"].startswith("clean")
+                             and case["set"] == "shipped" else fitted[probe_set])
+
+    def read_whole(case):
+        return replace(fit_for(GATE)(case), likelihood_effect_reach=None)
 
     judgements = {"baseline": (BASELINE, fit_for(BASELINE)), "shipped": (GATE, lambda case: shipped),
-                  "gate": (GATE, fit_for(GATE))}
+                  "gate": (GATE, fit_for(GATE)), "whole": (GATE, read_whole)}
     rows = []
     for case, scanned in results:
         row = {key: case[key] for key in ("name", "set", "kind", "character")}
@@ -189,9 +203,10 @@ def main() -> None:
           f"{len(policies)} characters ({sum(c.registered for c in characters())} held back); likelihood "
           f"thresholds (quarantine / block / residual): shipped {_limits(shipped)}, "
           + ", ".join(f"{name} refitted {_limits(t)}" for name, t in fitted.items()) + "\n")
-    print(f"| set | cases | n | baseline ({BASELINE}) | the gate ({GATE}), shipped calibration | the gate "
-          "| by a recovered trigger | by a merge's part | at another strength | by the residual | auto-blocks wrong |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| set | cases | n | baseline ({BASELINE}) | the gate ({GATE}), shipped calibration | the gate, residual "
+          "read whole | the gate | by a recovered trigger | by a merge's part | at another strength | by the residual "
+          "| auto-blocks wrong |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for group in dict.fromkeys((row["set"], row["kind"]) for row in rows):
         chosen = [row for row in rows if (row["set"], row["kind"]) == group]
         n = len(chosen)
@@ -203,7 +218,8 @@ def main() -> None:
         wrong = sum(any(c != row["character"] for label in judgements for c in row[label]["blocked"])
                     for row in chosen)
         print(f"| {group[0]} | {group[1]} | {n} | {flagged['baseline']}/{n} | {flagged['shipped']}/{n} "
-              f"| {flagged['gate']}/{n} | {by_recovery} | {by_part} | {by_strength} | {by_residual} | {wrong} |")
+              f"| {flagged['whole']}/{n} | {flagged['gate']}/{n} | {by_recovery} | {by_part} | {by_strength} "
+              f"| {by_residual} | {wrong} |")
     for label in ("held back", "shipped"):
         chosen = [row for row in rows if row["set"] == label]
         base_s, gate_s = (sum(row["seconds"][name] for row in chosen) for name in (BASELINE, GATE))
