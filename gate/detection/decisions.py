@@ -226,12 +226,12 @@ def _residual_reason(gains, characters: dict[str, CharacterPolicy], thresholds: 
         return None
     also = f"; its metadata names it too ({_where(named[top])})" if named.get(top) else ""
     share = read_at(effect(whole, thresholds.likelihood_sensitivity), thresholds.likelihood_effect_reach)
-    scaled = (f", read at {share:.0%}: the LoRA moves every character {1 / share:.1f} times as far as any clean "
-              f"LoRA did" if share < 1 else "")
+    scaled = (f"{left[top] / share:.0%} read at {share:.0%}, as the LoRA moves the registry {1 / share:.1f} times "
+              f"as far as the furthest clean LoRA did; " if share < 0.995 else "")
     return Reason(
         "likelihood_match", Verdict.QUARANTINE,
         f"possible match with {characters[top].name}: the LoRA favours its references over the other characters' "
-        f"by {left[top]:.0%} more than what it does to every character explains{scaled} (its own gain "
+        f"by {left[top]:.0%} more than what it does to every character explains ({scaled}its own gain "
         f"{gain.of_whole:+.0%}, {_conditioning(gain, own=False)}; possible from "
         f"{thresholds.likelihood_residual:.0%}), as when a style is merged into a character LoRA{also}",
         top,

@@ -8,10 +8,12 @@ registry are fitted as a + b * sensitivity; what the fit leaves on one character
 does for that character alone.
 
 The fit is a line through what clean LoRAs do at the weights they were published at. A LoRA that moves every
-character much further (a clean LoRA published at twice or four times its weight: mean gains of -1.5 to -5 where
-clean LoRAs reach -0.5) bends away from that line, and what it leaves grows with how far it moved them all: at 4x,
-every one of the fixture world's 9 clean LoRAs left a residual above the threshold. Beyond the `reach` calibration saw
-(the largest mean gain, in size, of any clean LoRA), a residual is read in proportion: scaled by reach / effect.
+character much further (a clean LoRA published at twice or four times its weight: mean gains of -0.6 to -5.0
+where the fixture world's clean LoRAs reach -0.58) bends away from that line, and what it leaves grows with how
+far it moved them all: at 4x, every one of the world's 9 clean LoRAs left a residual above the threshold. Beyond
+the `reach` calibration saw (the largest effect, below, of any clean LoRA), a residual is read in proportion:
+scaled by reach / effect. A style strong enough to move the registry that far reads a character merged under it
+in proportion too: the parts and the other strengths (probes/blocks.py, the probe set's `strengths`) remain.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 MIN_CHARACTERS = 3  # a line through fewer points leaves no residual worth reading
+MIN_SENSITIVITY = 1e-3  # a registry clean LoRAs barely move: an effect is measured against at least this
 
 
 def sensitivities(negatives: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -50,23 +53,32 @@ def residuals(gains: Mapping[str, float], sensitivity: Mapping[str, float],
 
 
 def effect(gains: Mapping[str, float], sensitivity: Mapping[str, float]) -> float:
-    """How far a LoRA moves the registry as a whole: the size of its mean gain over the characters the fit
-    reads (those with a sensitivity)."""
-    known = [gain for character, gain in gains.items() if character in sensitivity]
-    return abs(float(np.mean(known))) if known else 0.0
+    """How far a LoRA moves the registry as a whole, against how far clean LoRAs move the same characters: its
+    mean gain over the characters the fit reads (those with a sensitivity) over their mean sensitivity, in size.
+    Relative, so that a subset of the registry (a large registry's shortlist, a character retired since) measures
+    the same LoRA alike whichever characters are in it. 0 where nothing is known or a gain is not a number."""
+    known = [character for character in gains if character in sensitivity]
+    if not known:
+        return 0.0
+    moved = abs(float(np.mean([gains[character] for character in known])))
+    usual = abs(float(np.mean([sensitivity[character] for character in known])))
+    value = moved / max(usual, MIN_SENSITIVITY)
+    return value if np.isfinite(value) else 0.0
 
 
 def read_at(effect_size: float, reach: float | None) -> float:
     """The share of a residual that is read: 1 within the reach calibration saw (or without one), else
     reach / effect."""
-    if reach is None or reach <= 0 or effect_size <= reach:
+    if reach is None or not np.isfinite(reach) or reach <= 0 or effect_size <= reach:
         return 1.0
     return reach / effect_size
 
 
 def effect_reach(negatives: Sequence[Mapping[str, float]]) -> float | None:
-    """The largest effect any negative (clean LoRA) had on the registry; None without negatives."""
-    found = [effect(gains, gains) for gains in negatives if gains]
+    """The largest effect any negative (clean LoRA) had, against the sensitivities they give together; None
+    without negatives."""
+    usual = sensitivities(negatives)
+    found = [effect(gains, usual) for gains in negatives if gains]
     return max(found) if found else None
 
 

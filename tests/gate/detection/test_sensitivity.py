@@ -77,7 +77,7 @@ def _bent(strength: float) -> dict[str, float]:
 
 def test_beyond_the_reach_calibration_saw_a_residual_is_read_in_proportion():
     reach = effect(_style(1.0, -0.1), SENSITIVITY)  # the furthest any clean LoRA moved the registry
-    assert reach == pytest.approx(0.1 + 0.2, abs=1e-9)
+    assert reach == pytest.approx((0.1 + 0.2) / 0.2, abs=1e-9)  # mean gain over mean sensitivity, in size
     raw = residuals(_bent(8.0), SENSITIVITY)
     assert max(raw.values()) > THRESHOLDS.likelihood_residual  # read whole, a clean LoRA at 8x matches someone
     scaled = residuals(_bent(8.0), SENSITIVITY, reach)
@@ -88,8 +88,27 @@ def test_beyond_the_reach_calibration_saw_a_residual_is_read_in_proportion():
     assert residuals(within, SENSITIVITY, reach) == residuals(within, SENSITIVITY)
 
 
+def test_the_effect_is_the_same_on_any_part_of_the_registry():
+    # A style at 3x: on the least sensitive characters alone (a shortlist) or on all, three times the usual move.
+    style = _style(3.0)
+    assert effect(style, SENSITIVITY) == pytest.approx(3.0)
+    assert effect({cid: style[cid] for cid in ("a", "b", "d")}, SENSITIVITY) == pytest.approx(3.0)
+    assert effect({cid: style[cid] for cid in ("c", "e")}, SENSITIVITY) == pytest.approx(3.0)
+    assert effect({"new": -2.0}, SENSITIVITY) == 0.0  # nothing known: read whole
+    assert effect(style | {"a": float("nan")}, SENSITIVITY) == 0.0
+
+
+def test_a_reach_that_is_not_a_number_reads_every_residual_whole():
+    merged = _style(1.8, -0.1) | {"c": _style(1.8, -0.1)["c"] + 0.4}
+    for reach in (None, 0.0, float("nan"), float("inf")):
+        assert residuals(merged, SENSITIVITY, reach) == residuals(merged, SENSITIVITY)
+    broken = effect_reach([_style(1.0), {"a": float("nan"), "b": -0.1, "c": -0.3}, _style(2.0)])
+    assert broken is not None and np.isfinite(broken)  # a broken profile is no reach, not a NaN that flags all
+    assert all(np.isfinite(v) for v in residuals(merged, SENSITIVITY, broken).values())
+
+
 def test_a_clean_lora_published_at_many_times_its_weight_is_not_a_match():
-    reach = 0.3
+    reach = 1.5
     bent = _gains(_bent(8.0))
     whole = replace(THRESHOLDS, likelihood_effect_reach=None)  # calibrated before the reach was kept
     assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=whole,
@@ -97,8 +116,8 @@ def test_a_clean_lora_published_at_many_times_its_weight_is_not_a_match():
     read = replace(THRESHOLDS, likelihood_effect_reach=reach)
     assert decide(matches=[], name_hits=[], characters=POLICIES, thresholds=read,
                   likelihood=bent).verdict == Verdict.ALLOW
-    # A character under a style that moves the registry twice as far as reach is still seen, its residual halved
-    # and said so.
+    # A character under a style that moves the registry further than the reach is still seen, its residual read
+    # in proportion and said so.
     merged = _style(2.0, -0.3) | {"c": _style(2.0, -0.3)["c"] + 0.9}
     decision = decide(matches=[], name_hits=[], characters=POLICIES, thresholds=read, likelihood=_gains(merged))
     (reason,) = [r for r in decision.reasons if r.kind == "likelihood_match"]
@@ -112,7 +131,10 @@ def test_calibration_keeps_the_largest_effect_any_clean_lora_had():
     scores = Scores(np.full((4, 1), 0.5, np.float32), np.zeros((4, 1), int))
     negatives = [_style(1.0), _style(2.0, 0.05), _style(0.5) | {"a": 0.1}]
     thresholds = calibrate([Subject(f"clean-{i}", scores, scores, g, profile=g) for i, g in enumerate(negatives)])
-    assert thresholds.likelihood_effect_reach == pytest.approx(effect(negatives[1], SENSITIVITY), abs=1e-6)
+    together = sensitivities(negatives)
+    assert thresholds.likelihood_effect_reach == pytest.approx(
+        max(effect(gains, together) for gains in negatives), abs=1e-6)
+    assert thresholds.likelihood_effect_reach == pytest.approx(effect(negatives[1], together), abs=1e-6)
     assert thresholds.likelihood_effect_reach == pytest.approx(effect_reach(negatives), abs=1e-6)
     assert Thresholds.from_dict(thresholds.to_dict()) == thresholds
 
