@@ -61,8 +61,9 @@ class Thresholds:
     # character's sensitivity, its mean gain under the calibration's clean LoRAs. None: not calibrated, not used.
     likelihood_residual: float | None = None
     likelihood_sensitivity: dict[str, float] | None = None
-    # The largest effect on the whole registry (the size of its mean gain) any clean LoRA had: a LoRA that moves
-    # every character further has its residuals read in proportion (gate.detection.sensitivity). None: read whole.
+    # The largest effect any clean LoRA had (its mean gain against the same characters' mean sensitivity, in size):
+    # a LoRA that moves the registry further has its residuals read in proportion (gate.detection.sensitivity.
+    # effect). None: read whole.
     likelihood_effect_reach: float | None = None
     # How often a clean render matches some character (measured on the negatives), and the false-positive rate
     # the counts must keep to: a LoRA with more renders needs more matches. None: the fixed counts alone.
